@@ -1,0 +1,93 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <caf/atom.hpp>
+#include <caf/error.hpp>
+#include <caf/fwd.hpp>
+
+namespace understudy {
+
+/// Error category atom for `supervision_errc`, as carried in `caf::error`.
+constexpr caf::atom_value supervision_category = caf::atom("us_superv");
+
+/// What a caller should do next after a failure: the same question a supervisor
+/// and a client ask, so every error answers it.
+enum class next_step : uint8_t {
+  /// Try again right away: the condition was transient.
+  retry_now,
+  /// Try again later: the target is busy or restarting.
+  back_off,
+  /// Resolve the peer again (it restarted or moved) and retry.
+  reconnect,
+  /// Do not retry: the request or configuration is wrong and must be fixed.
+  give_up,
+};
+
+/// Returns a human-readable name for `x`.
+std::string to_string(next_step x);
+
+/// Failures of supervisors and of requests made to them.
+enum class supervision_errc : uint8_t {
+  /// Not an error.
+  none = 0,
+  /// Two children of one supervisor share an id (the context names the id).
+  duplicate_child_id,
+  /// A request names a child the supervisor does not have.
+  unknown_child,
+  /// A child's start function returned an error or the new child died before
+  /// it was serving; the context names the child and the reason.
+  start_failed,
+  /// A child did not become ready within its `start_timeout`.
+  start_timeout,
+  /// `max_restarts` negative or `period` not positive.
+  invalid_intensity,
+  /// A shutdown, start or liveness timeout is zero or negative.
+  invalid_timeout,
+  /// Backoff bounds are inconsistent (min > max, multiplier < 1, jitter outside [0, 1]).
+  invalid_backoff,
+  /// A child spec lacks an id or a start function, or combines incompatible options.
+  invalid_child_spec,
+  /// More than `max_restarts` restarts within `period`: the supervisor gave up and
+  /// exits with this reason so that its parent applies its own strategy.
+  intensity_exceeded,
+  /// A child reported no progress within its liveness deadline and was killed.
+  liveness_deadline_missed,
+  /// The request is not valid for this supervisor's strategy (e.g. start_child
+  /// with arguments on a supervisor that is not `simple_one_for_one`).
+  wrong_strategy,
+  /// The child is running; the request needs it stopped (e.g. delete_child).
+  child_running,
+  /// The child is stopped or not yet started; the request needs a running child.
+  child_not_running,
+  /// The supervisor is shutting down and accepts no new work.
+  supervisor_stopping,
+  /// A blocking call on the runtime did not complete within its timeout.
+  timeout,
+};
+
+/// Returns the name of `x`, e.g. "duplicate_child_id".
+std::string to_string(supervision_errc x);
+
+/// Classifies `x` by what the caller should do next.
+next_step next_step_for(supervision_errc x);
+
+/// Wraps `x` into a `caf::error` so that it crosses actor and node boundaries.
+caf::error make_error(supervision_errc x);
+
+/// Wraps `x` into a `caf::error` with a context message describing the details.
+caf::error make_error(supervision_errc x, std::string context);
+
+/// Returns whether `err` is of category `supervision_category` with code `x`.
+bool is(const caf::error& err, supervision_errc x);
+
+/// Renders any error readably: our categories by name with their context, CAF's
+/// own (`exit_reason`, `sec`) as CAF renders them. Safe to call from any thread.
+std::string describe(const caf::error& err);
+
+/// Registers understudy's error categories with `cfg` so that
+/// `caf::actor_system::render` prints them by name.
+void register_error_categories(caf::actor_system_config& cfg);
+
+} // namespace understudy

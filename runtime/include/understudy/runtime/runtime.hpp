@@ -1,0 +1,105 @@
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/expected.hpp>
+#include <caf/fwd.hpp>
+
+#include "understudy/runtime/supervisor.hpp"
+
+namespace understudy {
+
+/// Settings of an embedded runtime.
+struct runtime_config {
+  /// Scheduler threads; 0 picks CAF's default (one per core).
+  size_t worker_threads = 0;
+  /// Default event sink for trees started without one. May be null.
+  std::shared_ptr<event_sink> events;
+};
+
+/// A handle to a running supervisor with blocking calls for the embedding
+/// program (not for actor handlers: they send the protocol messages of
+/// supervisor.hpp instead). Cheap to copy; any thread.
+class supervisor_ref {
+public:
+  supervisor_ref() = default;
+  supervisor_ref(caf::actor_system& sys, caf::actor handle);
+
+  /// The supervisor actor.
+  const caf::actor& handle() const noexcept { return handle_; }
+  explicit operator bool() const noexcept { return static_cast<bool>(handle_); }
+
+  /// All children with status, incarnation and restarts.
+  caf::expected<std::vector<child_info>> which_children(
+    std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  /// Counts as OTP's count_children.
+  caf::expected<child_counts> count_children(
+    std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  /// The serving incarnation of child `id` (waits while it restarts).
+  caf::expected<caf::actor> resolve(const std::string& id,
+                                    std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  /// simple_one_for_one: a new child `id` from the template with `args`.
+  caf::expected<caf::actor> start_child(const std::string& id, caf::message args,
+                                        std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  /// Static strategies: adds and starts a new child.
+  caf::expected<caf::actor> add_child(child_spec spec,
+                                      std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  /// Stops child `id` (a dynamic child is removed; a static child's spec stays).
+  caf::error terminate_child(const std::string& id,
+                             std::chrono::milliseconds timeout = std::chrono::seconds(30)) const;
+  /// Starts a stopped static child again.
+  caf::expected<caf::actor> restart_child(const std::string& id,
+                                          std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  /// Removes a stopped static child's spec.
+  caf::error delete_child(const std::string& id,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+
+private:
+  caf::actor_system* sys_ = nullptr;
+  caf::actor handle_;
+};
+
+/// The understudy runtime embedded in a service: owns the CAF actor system and
+/// the supervision trees started through it. No global state: create it in
+/// main() (or the service) and pass it down. Not copyable; its methods may be
+/// called from any non-actor thread.
+class runtime {
+public:
+  explicit runtime(runtime_config cfg = {});
+  /// Stops all trees (as `shutdown`) and then the actor system.
+  ~runtime();
+
+  runtime(const runtime&) = delete;
+  runtime& operator=(const runtime&) = delete;
+
+  /// The actor system, for spawning actors and sending messages.
+  caf::actor_system& system() noexcept;
+
+  /// Starts a supervision tree and blocks until all its children serve.
+  /// Errors: the `validate` error for a bad spec; `start_failed` naming the
+  /// child that failed to start (nothing stays running then); `timeout`.
+  caf::expected<supervisor_ref> start(supervisor_spec spec,
+                                      std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+  /// Stops one tree gracefully (children in reverse start order, each within its
+  /// shutdown spec) and waits for it. Returns `timeout` if it did not finish.
+  caf::error stop(const supervisor_ref& tree,
+                  std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+  /// Stops all trees started here, newest first.
+  void shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+  /// Renders `err` with all registered categories.
+  std::string render(const caf::error& err) const;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace understudy

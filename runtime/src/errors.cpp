@@ -1,0 +1,146 @@
+#include "understudy/runtime/errors.hpp"
+
+#include <caf/actor_system_config.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/make_message.hpp>
+#include <caf/message.hpp>
+#include <caf/sec.hpp>
+
+namespace understudy {
+
+std::string to_string(next_step x) {
+  switch (x) {
+    case next_step::retry_now:
+      return "retry_now";
+    case next_step::back_off:
+      return "back_off";
+    case next_step::reconnect:
+      return "reconnect";
+    case next_step::give_up:
+      return "give_up";
+  }
+  return "unknown";
+}
+
+std::string to_string(supervision_errc x) {
+  switch (x) {
+    case supervision_errc::none:
+      return "none";
+    case supervision_errc::duplicate_child_id:
+      return "duplicate_child_id";
+    case supervision_errc::unknown_child:
+      return "unknown_child";
+    case supervision_errc::start_failed:
+      return "start_failed";
+    case supervision_errc::start_timeout:
+      return "start_timeout";
+    case supervision_errc::invalid_intensity:
+      return "invalid_intensity";
+    case supervision_errc::invalid_timeout:
+      return "invalid_timeout";
+    case supervision_errc::invalid_backoff:
+      return "invalid_backoff";
+    case supervision_errc::invalid_child_spec:
+      return "invalid_child_spec";
+    case supervision_errc::intensity_exceeded:
+      return "intensity_exceeded";
+    case supervision_errc::liveness_deadline_missed:
+      return "liveness_deadline_missed";
+    case supervision_errc::wrong_strategy:
+      return "wrong_strategy";
+    case supervision_errc::child_running:
+      return "child_running";
+    case supervision_errc::child_not_running:
+      return "child_not_running";
+    case supervision_errc::supervisor_stopping:
+      return "supervisor_stopping";
+    case supervision_errc::timeout:
+      return "timeout";
+  }
+  return "unknown";
+}
+
+next_step next_step_for(supervision_errc x) {
+  switch (x) {
+    case supervision_errc::none:
+    case supervision_errc::start_timeout:
+    case supervision_errc::timeout:
+      return next_step::retry_now;
+    case supervision_errc::start_failed:
+    case supervision_errc::intensity_exceeded:
+    case supervision_errc::child_not_running:
+      return next_step::back_off;
+    case supervision_errc::liveness_deadline_missed:
+    case supervision_errc::supervisor_stopping:
+      return next_step::reconnect;
+    case supervision_errc::duplicate_child_id:
+    case supervision_errc::unknown_child:
+    case supervision_errc::invalid_intensity:
+    case supervision_errc::invalid_timeout:
+    case supervision_errc::invalid_backoff:
+    case supervision_errc::invalid_child_spec:
+    case supervision_errc::wrong_strategy:
+    case supervision_errc::child_running:
+      return next_step::give_up;
+  }
+  return next_step::give_up;
+}
+
+caf::error make_error(supervision_errc x) {
+  return caf::error{static_cast<uint8_t>(x), supervision_category};
+}
+
+caf::error make_error(supervision_errc x, std::string context) {
+  return caf::error{static_cast<uint8_t>(x), supervision_category,
+                    caf::make_message(std::move(context))};
+}
+
+bool is(const caf::error& err, supervision_errc x) {
+  return err.category() == supervision_category && err.code() == static_cast<uint8_t>(x);
+}
+
+namespace {
+
+std::string context_text(const caf::message& ctx) {
+  if (ctx.empty())
+    return {};
+  if (ctx.size() == 1 && ctx.match_element<std::string>(0))
+    return ctx.get_as<std::string>(0);
+  return to_string(ctx);
+}
+
+} // namespace
+
+std::string describe(const caf::error& err) {
+  if (!err)
+    return "normal";
+  std::string result;
+  auto cat = err.category();
+  if (cat == supervision_category) {
+    result = to_string(static_cast<supervision_errc>(err.code()));
+  } else if (cat == caf::atom("exit")) {
+    result = to_string(static_cast<caf::exit_reason>(err.code()));
+  } else if (cat == caf::atom("system")) {
+    result = to_string(static_cast<caf::sec>(err.code()));
+  } else {
+    return to_string(err);
+  }
+  auto ctx = context_text(err.context());
+  if (!ctx.empty()) {
+    result += ": ";
+    result += ctx;
+  }
+  return result;
+}
+
+void register_error_categories(caf::actor_system_config& cfg) {
+  cfg.add_error_category(supervision_category, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+    auto result = to_string(static_cast<supervision_errc>(code));
+    auto text = context_text(ctx);
+    if (!text.empty())
+      result += ": " + text;
+    return result;
+  });
+}
+
+} // namespace understudy

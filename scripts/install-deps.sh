@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages understudy needs to build, test and benchmark.
+# Idempotent: packages already present are skipped; nothing is done when all are there.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config ccache
+  libcaf-dev libssl-dev
+  liblmdb-dev lmdb-utils
+  capnproto libcapnp-dev
+  libxxhash-dev
+  catch2
+  libtoml11-dev libcli11-dev libspdlog-dev prometheus-cpp-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "understudy: installing missing packages: ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "understudy: need root (or sudo) to install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
