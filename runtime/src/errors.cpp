@@ -134,13 +134,14 @@ std::string describe(const caf::error& err) {
 }
 
 void register_error_categories(caf::actor_system_config& cfg) {
-  cfg.add_error_category(supervision_category, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
-    auto result = to_string(static_cast<supervision_errc>(code));
-    auto text = context_text(ctx);
-    if (!text.empty())
-      result += ": " + text;
-    return result;
-  });
+  cfg.add_error_category(supervision_category,
+                         [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+                           auto result = to_string(static_cast<supervision_errc>(code));
+                           auto text = context_text(ctx);
+                           if (!text.empty())
+                             result += ": " + text;
+                           return result;
+                         });
 }
 
 } // namespace understudy

@@ -31,8 +31,8 @@ caf::expected<T> call(caf::actor_system& sys, const caf::actor& dest,
   caf::scoped_actor self{sys};
   caf::expected<T> result{make_error(supervision_errc::timeout)};
   self->request(dest, timeout, std::forward<Ts>(xs)...)
-    .receive([&](T& x) { result = std::move(x); },
-             [&](caf::error& err) { result = translate(std::move(err)); });
+      .receive([&](T& x) { result = std::move(x); },
+               [&](caf::error& err) { result = translate(std::move(err)); });
   return result;
 }
 
@@ -52,12 +52,13 @@ supervisor_ref::supervisor_ref(caf::actor_system& sys, caf::actor handle)
   // Nothing to do.
 }
 
-caf::expected<std::vector<child_info>>
-supervisor_ref::which_children(std::chrono::milliseconds timeout) const {
+caf::expected<std::vector<child_info>> supervisor_ref::which_children(
+    std::chrono::milliseconds timeout) const {
   return call<std::vector<child_info>>(*sys_, handle_, timeout, which_children_atom::value);
 }
 
-caf::expected<child_counts> supervisor_ref::count_children(std::chrono::milliseconds timeout) const {
+caf::expected<child_counts> supervisor_ref::count_children(
+    std::chrono::milliseconds timeout) const {
   return call<child_counts>(*sys_, handle_, timeout, count_children_atom::value);
 }
 
@@ -140,17 +141,18 @@ caf::expected<supervisor_ref> runtime::start(supervisor_spec spec,
   caf::error failure;
   bool ready = false;
   self->request(*sup, timeout, await_ready_atom::value)
-    .receive([&](caf::ok_atom) { ready = true; },
-             [&](caf::error& err) { failure = translate(std::move(err)); });
+      .receive([&](caf::ok_atom) { ready = true; },
+               [&](caf::error& err) { failure = translate(std::move(err)); });
   if (!ready) {
     // Prefer the supervisor's own exit reason (it names the failed child).
     auto wait = failure == caf::sec::request_receiver_down ? std::chrono::seconds(5)
                                                            : std::chrono::seconds(0);
-    self->receive([&](caf::down_msg& dm) {
-                    if (dm.reason)
-                      failure = std::move(dm.reason);
-                  },
-                  caf::after(wait) >> [] {});
+    self->receive(
+        [&](caf::down_msg& dm) {
+          if (dm.reason)
+            failure = std::move(dm.reason);
+        },
+        caf::after(wait) >> [] {});
     if (is(failure, supervision_errc::timeout))
       self->send_exit(*sup, caf::exit_reason::user_shutdown);
     return failure;
@@ -168,8 +170,7 @@ caf::error runtime::stop(const supervisor_ref& tree, std::chrono::milliseconds t
   self->monitor(tree.handle());
   self->send_exit(tree.handle(), caf::exit_reason::user_shutdown);
   caf::error result = make_error(supervision_errc::timeout, "tree did not stop in time");
-  self->receive([&](caf::down_msg&) { result = caf::none; },
-                caf::after(timeout) >> [] {});
+  self->receive([&](caf::down_msg&) { result = caf::none; }, caf::after(timeout) >> [] {});
   if (!result) {
     std::lock_guard<std::mutex> guard{impl_->mtx};
     auto& ts = impl_->trees;

@@ -29,8 +29,7 @@ using start_timer_atom = caf::atom_constant<caf::atom("us_sttimer")>;
 
 /// Normal and shutdown exits are not failures (OTP's `normal` and `shutdown`).
 bool is_normal_exit(const caf::error& reason) {
-  return !reason || reason == caf::exit_reason::normal
-         || reason == caf::exit_reason::user_shutdown;
+  return !reason || reason == caf::exit_reason::normal || reason == caf::exit_reason::user_shutdown;
 }
 
 struct resolve_waiter {
@@ -64,8 +63,8 @@ struct child_rec {
   /// Whether the child's handle may be handed out (serving, or started without
   /// an explicit readiness announcement).
   bool resolvable() const {
-    return status == child_status::running
-           || (status == child_status::starting && !spec.announces_ready);
+    return status == child_status::running ||
+           (status == child_status::starting && !spec.announces_ready);
   }
 };
 
@@ -115,9 +114,7 @@ public:
     // Nothing to do.
   }
 
-  const char* name() const override {
-    return "understudy.supervisor";
-  }
+  const char* name() const override { return "understudy.supervisor"; }
 
   caf::behavior make_behavior() override;
 
@@ -133,13 +130,9 @@ public:
 private:
   // -- bookkeeping -----------------------------------------------------------------
 
-  bool dynamic() const {
-    return spec_.strategy == restart_strategy::simple_one_for_one;
-  }
+  bool dynamic() const { return spec_.strategy == restart_strategy::simple_one_for_one; }
 
-  time_point now() {
-    return clock().now();
-  }
+  time_point now() { return clock().now(); }
 
   child_rec* find_slot(uint64_t slot) {
     auto i = recs_.find(slot);
@@ -191,9 +184,7 @@ private:
     ws.erase(keep, ws.end());
   }
 
-  std::string child_path(const child_spec& spec) const {
-    return path_ + "/" + spec.id;
-  }
+  std::string child_path(const child_spec& spec) const { return path_ + "/" + spec.id; }
 
   // -- events ----------------------------------------------------------------------
 
@@ -225,9 +216,7 @@ private:
       advance();
   }
 
-  job* current() {
-    return jobs_.empty() ? nullptr : jobs_.front().get();
-  }
+  job* current() { return jobs_.empty() ? nullptr : jobs_.front().get(); }
 
   /// Works through the current job's steps until one has to wait, then returns;
   /// finishes jobs and moves on to the next.
@@ -286,8 +275,8 @@ private:
       case job::purpose::stop_all: {
         std::vector<uint64_t> live;
         for (auto i = order_.rbegin(); i != order_.rend(); ++i)
-          if ((*i)->status == child_status::running || (*i)->status == child_status::starting
-              || (*i)->status == child_status::stopping)
+          if ((*i)->status == child_status::running || (*i)->status == child_status::starting ||
+              (*i)->status == child_status::stopping)
             live.push_back((*i)->slot);
         if (live.empty())
           break;
@@ -312,8 +301,8 @@ private:
   std::vector<uint64_t> restart_group(child_rec* trigger) {
     std::vector<uint64_t> group;
     auto take = [&](child_rec* rec) {
-      if (rec == trigger || rec->status == child_status::running
-          || rec->status == child_status::starting || rec->status == child_status::restarting)
+      if (rec == trigger || rec->status == child_status::running ||
+          rec->status == child_status::starting || rec->status == child_status::restarting)
         group.push_back(rec->slot);
     };
     switch (spec_.strategy) {
@@ -340,8 +329,8 @@ private:
     switch (s.kind) {
       case job::step_kind::start: {
         auto* rec = find_slot(s.slots.front());
-        if (rec == nullptr || rec->status == child_status::running
-            || rec->status == child_status::starting)
+        if (rec == nullptr || rec->status == child_status::running ||
+            rec->status == child_status::starting)
           return true; // Removed (temporary sibling) or already up.
         if (auto err = start_incarnation(*rec)) {
           on_start_failed(rec, err);
@@ -366,8 +355,8 @@ private:
           s.slots.erase(std::remove_if(s.slots.begin(), s.slots.end(),
                                        [&](uint64_t slot) {
                                          auto* rec = find_slot(slot);
-                                         return rec == nullptr
-                                                || rec->status != child_status::stopping;
+                                         return rec == nullptr ||
+                                                rec->status != child_status::stopping;
                                        }),
                         s.slots.end());
         }
@@ -437,8 +426,9 @@ private:
   caf::error start_incarnation(child_rec& rec) {
     auto path = child_path(rec.spec);
     auto inc = rec.incarnation + 1;
-    child_context ctx{system(), rec.spec.id, path, inc, rec.args,
-                      child_token{caf::actor_cast<caf::actor>(this), rec.slot, inc},
+    child_context ctx{system(),    rec.spec.id,
+                      path,        inc,
+                      rec.args,    child_token{caf::actor_cast<caf::actor>(this), rec.slot, inc},
                       spec_.events};
     caf::expected<caf::actor> res{caf::actor{}};
     try {
@@ -464,19 +454,19 @@ private:
     // takes care of the other direction.
     monitor(rec.handle);
     if (rec.spec.start_timeout.count() > 0)
-      delayed_send(caf::actor_cast<caf::actor>(this), rec.spec.start_timeout, start_timer_atom::value, rec.slot, inc);
+      delayed_send(caf::actor_cast<caf::actor>(this), rec.spec.start_timeout,
+                   start_timer_atom::value, rec.slot, inc);
     if (!rec.spec.announces_ready) {
       // Any scheduled actor answers this system message once it has initialized:
       // its answer tells that the new incarnation is serving.
       auto slot = rec.slot;
       request(rec.handle, caf::infinite, caf::sys_atom::value, caf::get_atom::value,
               std::string{"info"})
-        .then(
-          [this, slot, inc](caf::ok_atom, const std::string&, const caf::strong_actor_ptr&,
-                            const std::string&) { on_ready(slot, inc); },
-          [](caf::error&) {
-            // The exit message tells what happened.
-          });
+          .then([this, slot, inc](caf::ok_atom, const std::string&, const caf::strong_actor_ptr&,
+                                  const std::string&) { on_ready(slot, inc); },
+                [](caf::error&) {
+                  // The exit message tells what happened.
+                });
     }
     serve_waiters(&rec);
     return caf::none;
@@ -490,8 +480,8 @@ private:
         break;
       case shutdown_mode::timeout:
         send_exit(rec.handle, caf::exit_reason::user_shutdown);
-        delayed_send(caf::actor_cast<caf::actor>(this), rec.spec.shutdown.timeout, shutdown_timer_atom::value, rec.slot,
-                     rec.incarnation);
+        delayed_send(caf::actor_cast<caf::actor>(this), rec.spec.shutdown.timeout,
+                     shutdown_timer_atom::value, rec.slot, rec.incarnation);
         break;
       case shutdown_mode::infinity:
         send_exit(rec.handle, caf::exit_reason::user_shutdown);
@@ -514,11 +504,12 @@ private:
     serve_waiters(rec);
     if (rec->spec.liveness_deadline.count() > 0) {
       rec->last_progress = rec->started_at;
-      delayed_send(caf::actor_cast<caf::actor>(this), rec->spec.liveness_deadline, liveness_timer_atom::value, slot, inc);
+      delayed_send(caf::actor_cast<caf::actor>(this), rec->spec.liveness_deadline,
+                   liveness_timer_atom::value, slot, inc);
     }
     auto* j = current();
-    if (j != nullptr && !j->steps.empty() && j->steps.front().kind == job::step_kind::start
-        && j->steps.front().slots.front() == slot)
+    if (j != nullptr && !j->steps.empty() && j->steps.front().kind == job::step_kind::start &&
+        j->steps.front().slots.front() == slot)
       step_done();
   }
 
@@ -549,9 +540,9 @@ private:
         on_stopped(rec, reason);
         break;
       case child_status::starting:
-        on_start_failed(rec, make_error(supervision_errc::start_failed,
-                                        rec->spec.id + ": exited before serving: "
-                                          + describe(reason)));
+        on_start_failed(rec,
+                        make_error(supervision_errc::start_failed,
+                                   rec->spec.id + ": exited before serving: " + describe(reason)));
         break;
       case child_status::running:
         on_crash(rec, reason);
@@ -563,9 +554,8 @@ private:
 
   void on_stopped(child_rec* rec, const caf::error& reason) {
     auto* j = current();
-    bool group_restart = j != nullptr && j->what == job::purpose::restart
-                         && std::find(j->group.begin(), j->group.end(), rec->slot)
-                              != j->group.end();
+    bool group_restart = j != nullptr && j->what == job::purpose::restart &&
+                         std::find(j->group.begin(), j->group.end(), rec->slot) != j->group.end();
     record(event_kind::child_stopped, rec, describe(reason),
            rec->killed_after_timeout ? "killed after shutdown timeout" : "stopped");
     if (group_restart && rec->spec.restart != restart_type::temporary) {
@@ -595,9 +585,8 @@ private:
 
   void on_crash(child_rec* rec, const caf::error& reason) {
     bool abnormal = !is_normal_exit(reason);
-    bool restart = !stopping_
-                   && (rec->spec.restart == restart_type::permanent
-                       || (rec->spec.restart == restart_type::transient && abnormal));
+    bool restart = !stopping_ && (rec->spec.restart == restart_type::permanent ||
+                                  (rec->spec.restart == restart_type::transient && abnormal));
     auto crash_time = now();
     if (!restart) {
       bool remove = rec->spec.restart == restart_type::temporary;
@@ -619,8 +608,8 @@ private:
     rec->crashed_at = crash_time;
     // A child that a running restart job will start anyway needs no job of its own.
     auto* j = current();
-    if (j != nullptr && j->what == job::purpose::restart && j->begun
-        && std::find(j->group.begin(), j->group.end(), rec->slot) != j->group.end()) {
+    if (j != nullptr && j->what == job::purpose::restart && j->begun &&
+        std::find(j->group.begin(), j->group.end(), rec->slot) != j->group.end()) {
       record(event_kind::child_exited, rec, describe(reason), "restart (pending)");
       return;
     }
@@ -654,8 +643,7 @@ private:
     switch (j->what) {
       case job::purpose::initial_start: {
         // The supervisor's start fails: undo in reverse order, then exit.
-        start_error_ = make_error(supervision_errc::start_failed,
-                                  describe(err));
+        start_error_ = make_error(supervision_errc::start_failed, describe(err));
         replace_with_stop_all(start_error_, false);
         return;
       }
@@ -680,8 +668,8 @@ private:
         if (rec->crashed_at == time_point{})
           rec->crashed_at = now();
         auto* trig = find_slot(trigger);
-        if (trig != nullptr && trig != rec && trig->status != child_status::running
-            && trig->status != child_status::starting)
+        if (trig != nullptr && trig != rec && trig->status != child_status::running &&
+            trig->status != child_status::starting)
           trig->status = child_status::restarting;
         // Bring the rest of the group down again so the retry restarts it in order.
         for (auto slot : group) {
@@ -727,8 +715,8 @@ private:
       return caf::timespan{0};
     if (rec.started_at != time_point{} && crash_time - rec.started_at >= b.reset_after)
       rec.backoff_attempt = 0;
-    double d = static_cast<double>(b.min.count())
-               * std::pow(b.multiplier, static_cast<double>(rec.backoff_attempt));
+    double d = static_cast<double>(b.min.count()) *
+               std::pow(b.multiplier, static_cast<double>(rec.backoff_attempt));
     auto cap = static_cast<double>(std::max(b.max, b.min).count());
     d = std::min(d, cap);
     if (b.jitter > 0) {
@@ -741,10 +729,10 @@ private:
 
   void escalate(child_rec* rec, const caf::error& reason) {
     auto err = make_error(supervision_errc::intensity_exceeded,
-                          path_ + ": more than " + std::to_string(spec_.intensity.max_restarts)
-                            + " restarts within "
-                            + std::to_string(spec_.intensity.period.count() / 1000000) + " ms; last: "
-                            + rec->spec.id + " " + describe(reason));
+                          path_ + ": more than " + std::to_string(spec_.intensity.max_restarts) +
+                              " restarts within " +
+                              std::to_string(spec_.intensity.period.count() / 1000000) +
+                              " ms; last: " + rec->spec.id + " " + describe(reason));
     record(event_kind::intensity_exceeded, rec, describe(reason), "escalate");
     replace_with_stop_all(err, true);
   }
@@ -793,11 +781,13 @@ private:
 
   void on_shutdown_timer(uint64_t slot, uint64_t inc) {
     auto* rec = find_slot(slot);
-    if (rec == nullptr || rec->incarnation != inc || rec->status != child_status::stopping
-        || !rec->handle)
+    if (rec == nullptr || rec->incarnation != inc || rec->status != child_status::stopping ||
+        !rec->handle)
       return;
-    record(event_kind::shutdown_timeout, rec, "ignored shutdown for "
-             + std::to_string(rec->spec.shutdown.timeout.count() / 1000000) + " ms", "kill");
+    record(event_kind::shutdown_timeout, rec,
+           "ignored shutdown for " + std::to_string(rec->spec.shutdown.timeout.count() / 1000000) +
+               " ms",
+           "kill");
     rec->killed_after_timeout = true;
     send_exit(rec->handle, caf::exit_reason::kill);
   }
@@ -810,7 +800,8 @@ private:
     auto deadline = rec->spec.liveness_deadline;
     auto idle = t - rec->last_progress;
     if (idle < deadline) {
-      delayed_send(caf::actor_cast<caf::actor>(this), deadline - idle, liveness_timer_atom::value, slot, inc);
+      delayed_send(caf::actor_cast<caf::actor>(this), deadline - idle, liveness_timer_atom::value,
+                   slot, inc);
       return;
     }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline).count();
@@ -826,9 +817,9 @@ private:
     if (rec == nullptr || rec->incarnation != inc || rec->status != child_status::starting)
       return;
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(rec->spec.start_timeout);
-    rec->kill_reason = make_error(supervision_errc::start_timeout,
-                                  rec->spec.id + ": not serving after "
-                                    + std::to_string(ms.count()) + " ms");
+    rec->kill_reason =
+        make_error(supervision_errc::start_timeout,
+                   rec->spec.id + ": not serving after " + std::to_string(ms.count()) + " ms");
     send_exit(rec->handle, caf::exit_reason::kill);
   }
 
@@ -897,7 +888,6 @@ private:
     return rp;
   }
 
-
   supervisor_spec spec_;
   std::string path_;
   child_token parent_;
@@ -921,8 +911,8 @@ caf::error validate_timespan(const std::string& what, const std::string& id, caf
                              bool zero_ok) {
   if (t.count() < 0 || (!zero_ok && t.count() == 0))
     return make_error(supervision_errc::invalid_timeout,
-                      id + ": " + what + " must be " + (zero_ok ? "zero or " : "")
-                        + "positive, got " + std::to_string(t.count()) + " ns");
+                      id + ": " + what + " must be " + (zero_ok ? "zero or " : "") +
+                          "positive, got " + std::to_string(t.count()) + " ns");
   return caf::none;
 }
 
@@ -947,7 +937,6 @@ caf::error validate_child_spec(const child_spec& spec) {
   return caf::none;
 }
 
-
 caf::behavior supervisor_actor::make_behavior() {
   set_exit_handler([this](caf::exit_msg& msg) { on_exit(msg); });
   set_down_handler([this](caf::down_msg& msg) { on_down(msg); });
@@ -960,105 +949,107 @@ caf::behavior supervisor_actor::make_behavior() {
   j->what = job::purpose::initial_start;
   enqueue(std::move(j));
   return {
-    [this](await_ready_atom) -> caf::result<caf::ok_atom> {
-      if (started_)
+      [this](await_ready_atom) -> caf::result<caf::ok_atom> {
+        if (started_)
+          return caf::ok_atom::value;
+        if (stopping_)
+          return start_error_ ? start_error_
+                              : make_error(supervision_errc::supervisor_stopping, path_);
+        auto rp = make_response_promise<caf::ok_atom>();
+        ready_waiters_.push_back(rp);
+        return rp;
+      },
+      [this](which_children_atom) { return which_children(); },
+      [this](count_children_atom) { return count_children(); },
+      [this](resolve_atom, const std::string& id) { return resolve(id, 0); },
+      [this](resolve_atom, const std::string& id, uint64_t min_incarnation) {
+        return resolve(id, min_incarnation);
+      },
+      [this](start_child_atom, const std::string& id,
+             caf::message& args) -> caf::result<caf::actor> {
+        if (!dynamic())
+          return make_error(supervision_errc::wrong_strategy,
+                            path_ +
+                                ": start_child with arguments needs simple_one_for_one; "
+                                "use add_child or restart_child");
+        auto spec = spec_.children.front();
+        spec.id = id;
+        return start_new_child(std::move(spec), std::move(args));
+      },
+      [this](start_child_atom, const std::string& id) -> caf::result<caf::actor> {
+        if (dynamic())
+          return make_error(supervision_errc::wrong_strategy,
+                            path_ + ": restart_child is not supported by simple_one_for_one");
+        auto* rec = find_id(id);
+        if (rec == nullptr)
+          return make_error(supervision_errc::unknown_child, id);
+        if (rec->status != child_status::stopped)
+          return make_error(supervision_errc::child_running, id);
+        if (stopping_)
+          return make_error(supervision_errc::supervisor_stopping, path_);
+        rec->status = child_status::restarting;
+        auto j = std::make_unique<job>();
+        j->what = job::purpose::start_one;
+        j->trigger = rec->slot;
+        auto rp = make_response_promise<caf::actor>();
+        j->rp = rp;
+        enqueue(std::move(j));
+        return rp;
+      },
+      [this](add_child_atom, child_spec& spec) -> caf::result<caf::actor> {
+        if (dynamic())
+          return make_error(supervision_errc::wrong_strategy,
+                            path_ +
+                                ": simple_one_for_one children come from its template; "
+                                "use start_child with arguments");
+        return start_new_child(std::move(spec), caf::message{});
+      },
+      [this](terminate_child_atom, const std::string& id) -> caf::result<caf::ok_atom> {
+        auto* rec = find_id(id);
+        if (rec == nullptr)
+          return make_error(supervision_errc::unknown_child, id);
+        if (stopping_)
+          return make_error(supervision_errc::supervisor_stopping, path_);
+        if (rec->status == child_status::stopped) {
+          if (dynamic() || rec->spec.restart == restart_type::temporary)
+            remove_rec(rec);
+          return caf::ok_atom::value;
+        }
+        auto j = std::make_unique<job>();
+        j->what = job::purpose::terminate;
+        j->trigger = rec->slot;
+        auto rp = make_response_promise<caf::ok_atom>();
+        j->rp = rp;
+        enqueue(std::move(j));
+        return rp;
+      },
+      [this](delete_child_atom, const std::string& id) -> caf::result<caf::ok_atom> {
+        if (dynamic())
+          return make_error(supervision_errc::wrong_strategy,
+                            path_ + ": delete_child is not supported by simple_one_for_one");
+        auto* rec = find_id(id);
+        if (rec == nullptr)
+          return make_error(supervision_errc::unknown_child, id);
+        if (rec->status != child_status::stopped)
+          return make_error(supervision_errc::child_running, id);
+        remove_rec(rec);
         return caf::ok_atom::value;
-      if (stopping_)
-        return start_error_ ? start_error_
-                            : make_error(supervision_errc::supervisor_stopping, path_);
-      auto rp = make_response_promise<caf::ok_atom>();
-      ready_waiters_.push_back(rp);
-      return rp;
-    },
-    [this](which_children_atom) { return which_children(); },
-    [this](count_children_atom) { return count_children(); },
-    [this](resolve_atom, const std::string& id) { return resolve(id, 0); },
-    [this](resolve_atom, const std::string& id, uint64_t min_incarnation) {
-      return resolve(id, min_incarnation);
-    },
-    [this](start_child_atom, const std::string& id,
-           caf::message& args) -> caf::result<caf::actor> {
-      if (!dynamic())
-        return make_error(supervision_errc::wrong_strategy,
-                          path_ + ": start_child with arguments needs simple_one_for_one; "
-                                  "use add_child or restart_child");
-      auto spec = spec_.children.front();
-      spec.id = id;
-      return start_new_child(std::move(spec), std::move(args));
-    },
-    [this](start_child_atom, const std::string& id) -> caf::result<caf::actor> {
-      if (dynamic())
-        return make_error(supervision_errc::wrong_strategy,
-                          path_ + ": restart_child is not supported by simple_one_for_one");
-      auto* rec = find_id(id);
-      if (rec == nullptr)
-        return make_error(supervision_errc::unknown_child, id);
-      if (rec->status != child_status::stopped)
-        return make_error(supervision_errc::child_running, id);
-      if (stopping_)
-        return make_error(supervision_errc::supervisor_stopping, path_);
-      rec->status = child_status::restarting;
-      auto j = std::make_unique<job>();
-      j->what = job::purpose::start_one;
-      j->trigger = rec->slot;
-      auto rp = make_response_promise<caf::actor>();
-      j->rp = rp;
-      enqueue(std::move(j));
-      return rp;
-    },
-    [this](add_child_atom, child_spec& spec) -> caf::result<caf::actor> {
-      if (dynamic())
-        return make_error(supervision_errc::wrong_strategy,
-                          path_ + ": simple_one_for_one children come from its template; "
-                                  "use start_child with arguments");
-      return start_new_child(std::move(spec), caf::message{});
-    },
-    [this](terminate_child_atom, const std::string& id) -> caf::result<caf::ok_atom> {
-      auto* rec = find_id(id);
-      if (rec == nullptr)
-        return make_error(supervision_errc::unknown_child, id);
-      if (stopping_)
-        return make_error(supervision_errc::supervisor_stopping, path_);
-      if (rec->status == child_status::stopped) {
-        if (dynamic() || rec->spec.restart == restart_type::temporary)
-          remove_rec(rec);
-        return caf::ok_atom::value;
-      }
-      auto j = std::make_unique<job>();
-      j->what = job::purpose::terminate;
-      j->trigger = rec->slot;
-      auto rp = make_response_promise<caf::ok_atom>();
-      j->rp = rp;
-      enqueue(std::move(j));
-      return rp;
-    },
-    [this](delete_child_atom, const std::string& id) -> caf::result<caf::ok_atom> {
-      if (dynamic())
-        return make_error(supervision_errc::wrong_strategy,
-                          path_ + ": delete_child is not supported by simple_one_for_one");
-      auto* rec = find_id(id);
-      if (rec == nullptr)
-        return make_error(supervision_errc::unknown_child, id);
-      if (rec->status != child_status::stopped)
-        return make_error(supervision_errc::child_running, id);
-      remove_rec(rec);
-      return caf::ok_atom::value;
-    },
-    [this](ready_atom, uint64_t slot, uint64_t inc) { on_ready(slot, inc); },
-    [this](progress_atom, uint64_t slot, uint64_t inc) {
-      auto* rec = find_slot(slot);
-      if (rec != nullptr && rec->incarnation == inc)
-        rec->last_progress = now();
-    },
-    [this](restart_timer_atom, uint64_t job_id) {
-      auto* j = current();
-      if (j != nullptr && j->id == job_id && !j->steps.empty()
-          && j->steps.front().kind == job::step_kind::delay)
-        step_done();
-    },
-    [this](shutdown_timer_atom, uint64_t slot, uint64_t inc) { on_shutdown_timer(slot, inc); },
-    [this](liveness_timer_atom, uint64_t slot, uint64_t inc) { on_liveness_timer(slot, inc); },
-    [this](start_timer_atom, uint64_t slot, uint64_t inc) { on_start_timer(slot, inc); },
+      },
+      [this](ready_atom, uint64_t slot, uint64_t inc) { on_ready(slot, inc); },
+      [this](progress_atom, uint64_t slot, uint64_t inc) {
+        auto* rec = find_slot(slot);
+        if (rec != nullptr && rec->incarnation == inc)
+          rec->last_progress = now();
+      },
+      [this](restart_timer_atom, uint64_t job_id) {
+        auto* j = current();
+        if (j != nullptr && j->id == job_id && !j->steps.empty() &&
+            j->steps.front().kind == job::step_kind::delay)
+          step_done();
+      },
+      [this](shutdown_timer_atom, uint64_t slot, uint64_t inc) { on_shutdown_timer(slot, inc); },
+      [this](liveness_timer_atom, uint64_t slot, uint64_t inc) { on_liveness_timer(slot, inc); },
+      [this](start_timer_atom, uint64_t slot, uint64_t inc) { on_start_timer(slot, inc); },
   };
 }
 
@@ -1066,8 +1057,8 @@ caf::expected<caf::actor> spawn_supervisor_impl(caf::actor_system& sys, supervis
                                                 std::string path, child_token parent) {
   if (auto err = validate(spec))
     return err;
-  return caf::actor{sys.spawn<supervisor_actor>(std::move(spec), std::move(path),
-                                                std::move(parent))};
+  return caf::actor{
+      sys.spawn<supervisor_actor>(std::move(spec), std::move(path), std::move(parent))};
 }
 
 } // namespace
@@ -1087,24 +1078,23 @@ void announce_ready(const child_token& token) {
 caf::error validate(const supervisor_spec& spec) {
   if (spec.name.empty() || spec.name.find('/') != std::string::npos)
     return make_error(supervision_errc::invalid_child_spec,
-                      "supervisor name must be non-empty and contain no '/': '" + spec.name
-                        + "'");
+                      "supervisor name must be non-empty and contain no '/': '" + spec.name + "'");
   if (spec.intensity.max_restarts < 0)
     return make_error(supervision_errc::invalid_intensity,
-                      spec.name + ": max_restarts must be >= 0, got "
-                        + std::to_string(spec.intensity.max_restarts));
+                      spec.name + ": max_restarts must be >= 0, got " +
+                          std::to_string(spec.intensity.max_restarts));
   if (spec.intensity.period.count() <= 0)
     return make_error(supervision_errc::invalid_intensity,
-                      spec.name + ": period must be positive, got "
-                        + std::to_string(spec.intensity.period.count()) + " ns");
+                      spec.name + ": period must be positive, got " +
+                          std::to_string(spec.intensity.period.count()) + " ns");
   const auto& b = spec.backoff;
   if (b.min.count() < 0 || b.max.count() < 0 || b.reset_after.count() < 0)
     return make_error(supervision_errc::invalid_backoff,
                       spec.name + ": backoff durations must not be negative");
   if (b.enabled() && b.max.count() > 0 && b.max < b.min)
     return make_error(supervision_errc::invalid_backoff,
-                      spec.name + ": backoff max (" + std::to_string(b.max.count())
-                        + " ns) is below min (" + std::to_string(b.min.count()) + " ns)");
+                      spec.name + ": backoff max (" + std::to_string(b.max.count()) +
+                          " ns) is below min (" + std::to_string(b.min.count()) + " ns)");
   if (b.multiplier < 1.0)
     return make_error(supervision_errc::invalid_backoff,
                       spec.name + ": backoff multiplier must be >= 1");
@@ -1113,8 +1103,8 @@ caf::error validate(const supervisor_spec& spec) {
                       spec.name + ": backoff jitter must be within [0, 1]");
   if (spec.strategy == restart_strategy::simple_one_for_one && spec.children.size() != 1)
     return make_error(supervision_errc::invalid_child_spec,
-                      spec.name + ": simple_one_for_one needs exactly one template child, got "
-                        + std::to_string(spec.children.size()));
+                      spec.name + ": simple_one_for_one needs exactly one template child, got " +
+                          std::to_string(spec.children.size()));
   std::unordered_set<std::string> ids;
   for (const auto& c : spec.children) {
     if (auto err = validate_child_spec(c))

@@ -35,21 +35,21 @@ TEST_CASE("an embedded runtime starts a tree, survives a crash and shuts down gr
   REQUIRE(loader);
   caf::anon_send(*loader, test::crash_atom::value);
   REQUIRE(log->wait_for(
-    [](const std::vector<supervision_event>& evs) {
-      size_t n = 0;
-      for (auto& ev : evs)
-        if (ev.kind == event_kind::child_restarted)
-          ++n;
-      return n == 2; // loader and, by rest_for_one, worker
-    },
-    std::chrono::seconds(10)));
+      [](const std::vector<supervision_event>& evs) {
+        size_t n = 0;
+        for (auto& ev : evs)
+          if (ev.kind == event_kind::child_restarted)
+            ++n;
+        return n == 2; // loader and, by rest_for_one, worker
+      },
+      std::chrono::seconds(10)));
   auto fresh = tree->resolve("loader");
   REQUIRE(fresh);
   CHECK(*fresh != *loader);
   caf::scoped_actor self{rt.system()};
   int answer = 0;
-  self->request(*fresh, std::chrono::seconds(5), 41).receive([&](int x) { answer = x; },
-                                                             [](caf::error&) {});
+  self->request(*fresh, std::chrono::seconds(5), 41)
+      .receive([&](int x) { answer = x; }, [](caf::error&) {});
   CHECK(answer == 41);
   CHECK_FALSE(rt.stop(*tree));
   CHECK(log->count(event_kind::supervisor_stopped) == 1);

@@ -84,8 +84,8 @@ TEST_CASE("each strategy restarts exactly the children OTP would, for every rest
   REQUIRE(*f.j == std::vector<std::string>{"start:a", "start:b", "start:c"});
   auto mark = f.j->size();
   make_exit(f, f.handle(sup, "b"), kind);
-  bool abnormal = kind == exit_kind::exception || kind == exit_kind::error
-                  || kind == exit_kind::kill;
+  bool abnormal =
+      kind == exit_kind::exception || kind == exit_kind::error || kind == exit_kind::kill;
   bool restart = rt == restart_type::permanent || (rt == restart_type::transient && abnormal);
   auto kids = f.children(sup);
   auto find = [&](const std::string& id) {
@@ -145,8 +145,8 @@ TEST_CASE("a dynamic child is restarted or removed according to its restart type
   auto h = f.ask<caf::actor>(sup, start_child_atom::value, std::string{"w1"}, caf::message{});
   REQUIRE(h);
   make_exit(f, *h, kind);
-  bool restart = rt == restart_type::permanent
-                 || (rt == restart_type::transient && kind != exit_kind::normal);
+  bool restart =
+      rt == restart_type::permanent || (rt == restart_type::transient && kind != exit_kind::normal);
   auto kids = f.children(sup);
   if (restart) {
     REQUIRE(kids.size() == 1);
@@ -170,7 +170,8 @@ TEST_CASE("simple_one_for_one starts children from its template with arguments a
   auto j = f.j;
   tmpl.start = [j](child_context& ctx) -> caf::expected<caf::actor> {
     auto label = ctx.args.get_as<std::string>(0);
-    return caf::actor{ctx.system.spawn(test::test_child, ctx.id + "=" + label, j, test::child_opts{})};
+    return caf::actor{
+        ctx.system.spawn(test::test_child, ctx.id + "=" + label, j, test::child_opts{})};
   };
   spec.children = {tmpl};
   auto sup = f.spawn(spec);
@@ -336,8 +337,7 @@ TEST_CASE("a nested supervisor that gives up is restarted by its parent as a uni
   auto mark = f.j->size();
   f.self->send(f.handle(inner1, "x"), test::crash_atom::value);
   f.run();
-  CHECK(since(f.j, mark)
-        == std::vector<std::string>{"stop:x", "stop:y", "start:x", "start:y"});
+  CHECK(since(f.j, mark) == std::vector<std::string>{"stop:x", "stop:y", "start:x", "start:y"});
   auto row = f.info(sup, "inner");
   CHECK(row.incarnation == 2);
   CHECK(row.status == child_status::running);
@@ -585,8 +585,7 @@ TEST_CASE("resolve waits for a restarting child and returns the new incarnation"
   auto old = f.handle(sup, "a");
   f.self->send(old, test::crash_atom::value);
   f.run();
-  auto h = f.self->request(sup, caf::infinite, resolve_atom::value, std::string{"a"},
-                           uint64_t{2});
+  auto h = f.self->request(sup, caf::infinite, resolve_atom::value, std::string{"a"}, uint64_t{2});
   f.run();
   bool answered = false;
   f.self->receive([&](caf::actor&) { answered = true; }, [&](caf::error&) { answered = true; },
@@ -624,8 +623,8 @@ TEST_CASE("a child that reports no progress within its liveness deadline is kill
   CHECK(f.count(event_kind::hang_detected, "w") == 1);
   auto evs = f.log->snapshot();
   CHECK(std::any_of(evs.begin(), evs.end(), [](const supervision_event& ev) {
-    return ev.kind == event_kind::child_exited
-           && ev.reason.find("liveness_deadline_missed") != std::string::npos;
+    return ev.kind == event_kind::child_exited &&
+           ev.reason.find("liveness_deadline_missed") != std::string::npos;
   }));
 }
 

@@ -13,7 +13,6 @@
 #include <caf/exit_reason.hpp>
 #include <caf/scheduler/test_coordinator.hpp>
 #include <caf/scoped_actor.hpp>
-
 #include <catch2/catch.hpp>
 
 #include "understudy/runtime/errors.hpp"
@@ -54,19 +53,19 @@ inline caf::behavior test_child(caf::event_based_actor* self, std::string name, 
   if (opts.stubborn)
     self->set_exit_handler([](caf::exit_msg&) {});
   return {
-    [](int x) { return x; },
-    [](crash_atom) -> int { throw std::runtime_error("injected crash"); },
-    [self](fail_atom) { self->quit(caf::sec::runtime_error); },
-    [self](normal_atom) { self->quit(); },
-    [self](shutdown_atom) { self->quit(caf::exit_reason::user_shutdown); },
-    [opts](work_atom) { understudy::report_progress(opts.token); },
+      [](int x) { return x; },
+      [](crash_atom) -> int { throw std::runtime_error("injected crash"); },
+      [self](fail_atom) { self->quit(caf::sec::runtime_error); },
+      [self](normal_atom) { self->quit(); },
+      [self](shutdown_atom) { self->quit(caf::exit_reason::user_shutdown); },
+      [opts](work_atom) { understudy::report_progress(opts.token); },
   };
 }
 
 /// A child spec running test_child.
-inline understudy::child_spec child(std::string id, journal j,
-                                    understudy::restart_type rt = understudy::restart_type::permanent,
-                                    child_opts opts = {}) {
+inline understudy::child_spec child(
+    std::string id, journal j, understudy::restart_type rt = understudy::restart_type::permanent,
+    child_opts opts = {}) {
   understudy::child_spec spec;
   spec.id = id;
   spec.restart = rt;
@@ -104,9 +103,7 @@ struct fixture {
   }
 
   /// Runs every actor until no messages are left (time stands still).
-  void run() {
-    sched.run();
-  }
+  void run() { sched.run(); }
 
   /// Moves the clock forward, firing due timers, then runs.
   void advance(caf::timespan t) {
@@ -134,14 +131,14 @@ struct fixture {
     run();
     bool got = false;
     h.receive(
-      [&](T& x) {
-        result = std::move(x);
-        got = true;
-      },
-      [&](caf::error& err) {
-        result = std::move(err);
-        got = true;
-      });
+        [&](T& x) {
+          result = std::move(x);
+          got = true;
+        },
+        [&](caf::error& err) {
+          result = std::move(err);
+          got = true;
+        });
     REQUIRE(got);
     if (!result)
       UNSCOPED_INFO("request failed: " << understudy::describe(result.error()));
@@ -155,7 +152,8 @@ struct fixture {
   }
 
   std::vector<understudy::child_info> children(const caf::actor& sup) {
-    auto res = ask<std::vector<understudy::child_info>>(sup, understudy::which_children_atom::value);
+    auto res =
+        ask<std::vector<understudy::child_info>>(sup, understudy::which_children_atom::value);
     REQUIRE(res);
     return *res;
   }
@@ -179,16 +177,17 @@ struct fixture {
     bool down = false;
     for (;;) {
       bool got = false;
-      self->receive([&](caf::down_msg& dm) {
-                      got = true;
-                      if (dm.source == sup.address()) {
-                        down = true;
-                        if (reason != nullptr)
-                          *reason = dm.reason;
-                        downs.push_back(dm);
-                      }
-                    },
-                    caf::after(caf::timespan{0}) >> [] {});
+      self->receive(
+          [&](caf::down_msg& dm) {
+            got = true;
+            if (dm.source == sup.address()) {
+              down = true;
+              if (reason != nullptr)
+                *reason = dm.reason;
+              downs.push_back(dm);
+            }
+          },
+          caf::after(caf::timespan{0}) >> [] {});
       if (!got)
         break;
     }

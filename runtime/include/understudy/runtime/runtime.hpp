@@ -36,25 +36,26 @@ public:
 
   /// All children with status, incarnation and restarts.
   caf::expected<std::vector<child_info>> which_children(
-    std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+      std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   /// Counts as OTP's count_children.
   caf::expected<child_counts> count_children(
-    std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+      std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   /// The serving incarnation of child `id` (waits while it restarts).
-  caf::expected<caf::actor> resolve(const std::string& id,
-                                    std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  caf::expected<caf::actor> resolve(
+      const std::string& id, std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   /// simple_one_for_one: a new child `id` from the template with `args`.
-  caf::expected<caf::actor> start_child(const std::string& id, caf::message args,
-                                        std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  caf::expected<caf::actor> start_child(
+      const std::string& id, caf::message args,
+      std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   /// Static strategies: adds and starts a new child.
-  caf::expected<caf::actor> add_child(child_spec spec,
-                                      std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  caf::expected<caf::actor> add_child(
+      child_spec spec, std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   /// Stops child `id` (a dynamic child is removed; a static child's spec stays).
   caf::error terminate_child(const std::string& id,
                              std::chrono::milliseconds timeout = std::chrono::seconds(30)) const;
   /// Starts a stopped static child again.
-  caf::expected<caf::actor> restart_child(const std::string& id,
-                                          std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  caf::expected<caf::actor> restart_child(
+      const std::string& id, std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   /// Removes a stopped static child's spec.
   caf::error delete_child(const std::string& id,
                           std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;

@@ -49,8 +49,7 @@ caf::expected<caf::actor> spawn_supervisor(caf::actor_system& sys, supervisor_sp
 
 /// A child spec that runs a nested supervisor for `spec`. It is restarted as a
 /// unit (with all its children); shutdown defaults to infinity as in OTP.
-child_spec supervisor_child(supervisor_spec spec,
-                            restart_type restart = restart_type::permanent);
+child_spec supervisor_child(supervisor_spec spec, restart_type restart = restart_type::permanent);
 
 // -- protocol --------------------------------------------------------------------
 //
