@@ -1,1 +1,554 @@
-int main() { return 0; }
+// Benchmark: the cost of supervision, next to raw CAF measured in the same run.
+//
+//   restart_latency_*   a supervised child crashes; time until its restarted
+//                       incarnation answered a request. Baseline: a hand-written
+//                       manager actor that monitors its child and respawns it on
+//                       the down message, answering the same "incarnation >= n"
+//                       request.
+//   message_throughput  messages per second into a supervised counting actor
+//                       (sent to its handle, not through the supervisor) versus
+//                       the same actor spawned directly.
+//
+// Both sides run alternately (A/B/A/B...) so that drift on a noisy machine hits
+// both alike. Usage: bench_supervision [--restarts N] [--messages N] [--rounds N]
+
+#include <algorithm>
+#include <chrono>
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <future>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/atom.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/scheduled_actor.hpp>
+#include <caf/sec.hpp>
+#include <caf/send.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/system_messages.hpp>
+#include <caf/typed_response_promise.hpp>
+
+#include "understudy/runtime/errors.hpp"
+#include "understudy/runtime/runtime.hpp"
+#include "understudy/runtime/supervisor.hpp"
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+using crash_atom = caf::atom_constant<caf::atom("b_crash")>;
+/// The baseline manager's equivalent of understudy::resolve_atom.
+using base_resolve_atom = caf::atom_constant<caf::atom("b_resolve")>;
+
+constexpr auto request_timeout = std::chrono::seconds(10);
+const std::string crasher_id = "crasher";
+const std::string counter_id = "counter";
+
+// -- the children ------------------------------------------------------------------------
+
+struct crash_error : std::runtime_error {
+  crash_error() : std::runtime_error("crash requested") {
+    // Nothing to do.
+  }
+};
+
+/// Echoes ints; throws on crash_atom. The exception handler only keeps CAF's
+/// default handler from printing one line per crash; the actor still exits
+/// abnormally (sec::runtime_error), as with the default handler.
+caf::behavior crasher(caf::event_based_actor* self) {
+  self->set_exception_handler(
+    [](caf::scheduled_actor*, std::exception_ptr&) -> caf::error { return caf::sec::runtime_error; });
+  return {
+    [](int x) { return x; },
+    [](crash_atom) { throw crash_error{}; },
+  };
+}
+
+struct counter_state {
+  uint64_t count = 0;
+};
+
+/// Adds every int it gets; get_atom returns the sum so far and resets it.
+caf::behavior counting_actor(caf::stateful_actor<counter_state>* self) {
+  return {
+    [self](int x) { self->state.count += static_cast<uint64_t>(x); },
+    [self](caf::get_atom) {
+      auto result = self->state.count;
+      self->state.count = 0;
+      return result;
+    },
+  };
+}
+
+// -- the raw CAF baseline for restarts ---------------------------------------------------
+
+struct waiter {
+  uint64_t min_incarnation;
+  caf::typed_response_promise<caf::actor> rp;
+};
+
+struct manager_state {
+  caf::actor child;
+  uint64_t incarnation = 0;
+  std::vector<waiter> waiters;
+};
+
+/// Monitors one crasher and respawns it on its down message, by hand.
+caf::behavior baseline_manager(caf::stateful_actor<manager_state>* self) {
+  auto start = [self] {
+    auto& st = self->state;
+    st.child = self->system().spawn(crasher);
+    ++st.incarnation;
+    self->monitor(st.child);
+    auto keep = std::partition(st.waiters.begin(), st.waiters.end(), [&](const waiter& w) {
+      return w.min_incarnation > st.incarnation;
+    });
+    for (auto i = keep; i != st.waiters.end(); ++i)
+      i->rp.deliver(st.child);
+    st.waiters.erase(keep, st.waiters.end());
+  };
+  start();
+  self->set_down_handler([self, start](caf::down_msg& msg) {
+    if (msg.source == self->state.child.address())
+      start();
+  });
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    if (self->state.child)
+      self->send_exit(self->state.child, caf::exit_reason::kill);
+    self->quit(msg.reason);
+  });
+  return {
+    [self](base_resolve_atom, const std::string&,
+           uint64_t min_incarnation) -> caf::result<caf::actor> {
+      auto& st = self->state;
+      if (st.incarnation >= min_incarnation)
+        return st.child;
+      auto rp = self->make_response_promise<caf::actor>();
+      st.waiters.push_back({min_incarnation, rp});
+      return rp;
+    },
+  };
+}
+
+// -- restart latency driver --------------------------------------------------------------
+
+struct latency_round {
+  /// Crash to answer of the new incarnation, in microseconds.
+  std::vector<double> samples_us;
+  /// Incarnation serving at the end of the round.
+  uint64_t incarnation = 0;
+  /// Empty on success.
+  std::string error;
+};
+
+struct latency_driver_state {
+  caf::actor manager;
+  caf::actor child;
+  uint64_t incarnation = 0;
+  size_t remaining = 0;
+  int probe = 0;
+  clock_type::time_point t0;
+  std::promise<latency_round>* done = nullptr;
+  latency_round result;
+};
+
+using latency_driver_actor = caf::stateful_actor<latency_driver_state>;
+
+void finish_latency(latency_driver_actor* self, std::string error = {}) {
+  auto& st = self->state;
+  st.result.incarnation = st.incarnation;
+  st.result.error = std::move(error);
+  st.done->set_value(std::move(st.result));
+  self->quit();
+}
+
+std::function<void(caf::error&)> fail_with(latency_driver_actor* self, std::string what) {
+  return [self, what](caf::error& err) {
+    finish_latency(self, what + ": " + understudy::describe(err));
+  };
+}
+
+/// One restart: crash the current child, ask the manager for the next
+/// incarnation, get an answer from it. `ResolveAtom` picks the manager's protocol.
+template <class ResolveAtom>
+void restart_once(latency_driver_actor* self) {
+  auto& st = self->state;
+  if (st.remaining == 0) {
+    finish_latency(self);
+    return;
+  }
+  --st.remaining;
+  st.t0 = clock_type::now();
+  auto old = st.child;
+  self->send(old, crash_atom::value);
+  self->request(st.manager, request_timeout, ResolveAtom::value, crasher_id, st.incarnation + 1)
+    .then(
+      [self, old](caf::actor& fresh) {
+        auto& st = self->state;
+        if (!fresh || fresh == old) {
+          finish_latency(self, "resolve returned the crashed incarnation or none");
+          return;
+        }
+        st.child = std::move(fresh);
+        ++st.incarnation;
+        auto probe = ++st.probe;
+        self->request(st.child, request_timeout, probe)
+          .then(
+            [self, probe](int answer) {
+              auto t1 = clock_type::now();
+              auto& st = self->state;
+              if (answer != probe) {
+                finish_latency(self, "new incarnation answered " + std::to_string(answer)
+                                       + " to " + std::to_string(probe));
+                return;
+              }
+              st.result.samples_us.push_back(
+                std::chrono::duration<double, std::micro>(t1 - st.t0).count());
+              restart_once<ResolveAtom>(self);
+            },
+            fail_with(self, "request to the new incarnation"));
+      },
+      fail_with(self, "resolve"));
+}
+
+/// Runs `restarts` restarts of the child currently at `incarnation`.
+template <class ResolveAtom>
+caf::behavior latency_driver(latency_driver_actor* self, caf::actor manager,
+                             uint64_t incarnation, size_t restarts,
+                             std::promise<latency_round>* done) {
+  auto& st = self->state;
+  st.manager = std::move(manager);
+  st.incarnation = incarnation;
+  st.remaining = restarts;
+  st.done = done;
+  st.result.samples_us.reserve(restarts);
+  // Untimed: fetch the handle of the serving incarnation.
+  self->request(st.manager, request_timeout, ResolveAtom::value, crasher_id, incarnation)
+    .then(
+      [self](caf::actor& child) {
+        self->state.child = std::move(child);
+        restart_once<ResolveAtom>(self);
+      },
+      fail_with(self, "initial resolve"));
+  return {
+    [](caf::ok_atom) {
+      // Never sent; keeps the driver alive between responses.
+    },
+  };
+}
+
+template <class ResolveAtom>
+latency_round run_latency_round(caf::actor_system& sys, const caf::actor& manager,
+                                uint64_t incarnation, size_t restarts) {
+  std::promise<latency_round> done;
+  auto fut = done.get_future();
+  sys.spawn(latency_driver<ResolveAtom>, manager, incarnation, restarts, &done);
+  return fut.get();
+}
+
+// -- throughput driver -------------------------------------------------------------------
+
+struct throughput_round {
+  double msgs_per_s = 0;
+  std::string error;
+};
+
+/// Sends `n` ints to `counter`, then asks for the sum; rate = n / elapsed.
+caf::behavior throughput_driver(caf::event_based_actor* self, caf::actor counter, size_t n,
+                                std::promise<throughput_round>* done) {
+  auto t0 = clock_type::now();
+  for (size_t i = 0; i < n; ++i)
+    self->send(counter, 1);
+  self->request(counter, std::chrono::seconds(120), caf::get_atom::value)
+    .then(
+      [self, n, t0, done](uint64_t count) {
+        auto t1 = clock_type::now();
+        throughput_round r;
+        if (count != n)
+          r.error = "counter saw " + std::to_string(count) + " of " + std::to_string(n);
+        else
+          r.msgs_per_s = static_cast<double>(n) / std::chrono::duration<double>(t1 - t0).count();
+        done->set_value(std::move(r));
+        self->quit();
+      },
+      [self, done](caf::error& err) {
+        throughput_round r;
+        r.error = "count request: " + understudy::describe(err);
+        done->set_value(std::move(r));
+        self->quit();
+      });
+  return {
+    [](caf::ok_atom) {
+      // Never sent; keeps the driver alive until the count arrives.
+    },
+  };
+}
+
+throughput_round run_throughput_round(caf::actor_system& sys, const caf::actor& counter,
+                                      size_t n) {
+  std::promise<throughput_round> done;
+  auto fut = done.get_future();
+  sys.spawn(throughput_driver, counter, n, &done);
+  return fut.get();
+}
+
+// -- statistics and output ---------------------------------------------------------------
+
+double percentile(std::vector<double> xs, double p) {
+  if (xs.empty())
+    return 0;
+  std::sort(xs.begin(), xs.end());
+  auto rank = static_cast<size_t>(std::ceil(p * static_cast<double>(xs.size())));
+  return xs[std::min(xs.size(), std::max<size_t>(rank, 1)) - 1];
+}
+
+double median(std::vector<double> xs) {
+  if (xs.empty())
+    return 0;
+  std::sort(xs.begin(), xs.end());
+  auto n = xs.size();
+  return n % 2 == 1 ? xs[n / 2] : (xs[n / 2 - 1] + xs[n / 2]) / 2;
+}
+
+struct figure {
+  std::string name;
+  std::string unit;
+  double value = 0;
+  double baseline = 0;
+  bool has_baseline = true;
+  int decimals = 1;
+  std::string target; // Empty: none.
+  bool met = true;
+  std::string note;
+
+  double ratio() const {
+    return baseline > 0 ? value / baseline : 0;
+  }
+};
+
+figure make_figure(std::string name, std::string unit, double value, double baseline) {
+  figure f;
+  f.name = std::move(name);
+  f.unit = std::move(unit);
+  f.value = value;
+  f.baseline = baseline;
+  return f;
+}
+
+std::string fixed(double x, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", decimals, x);
+  return buf;
+}
+
+void print_table(const std::vector<figure>& figs) {
+  std::printf("%-24s %-7s %12s %12s %8s  %-28s %s\n", "figure", "unit", "ours", "baseline",
+              "ratio", "target", "result");
+  for (const auto& f : figs) {
+    std::printf("%-24s %-7s %12s %12s %8s  %-28s %s\n", f.name.c_str(), f.unit.c_str(),
+                fixed(f.value, f.decimals).c_str(),
+                f.has_baseline ? fixed(f.baseline, f.decimals).c_str() : "-",
+                f.has_baseline ? fixed(f.ratio(), 3).c_str() : "-",
+                f.target.empty() ? "-" : f.target.c_str(),
+                f.target.empty() ? "" : (f.met ? "ok" : "MISSED"));
+  }
+  for (const auto& f : figs)
+    if (!f.note.empty())
+      std::printf("  %s: %s\n", f.name.c_str(), f.note.c_str());
+}
+
+void print_json(const figure& f) {
+  std::printf("{\"bench\":\"supervision\",\"figure\":\"%s\",\"unit\":\"%s\",\"value\":%s,"
+              "\"baseline\":%s,\"ratio\":%s}\n",
+              f.name.c_str(), f.unit.c_str(), fixed(f.value, f.decimals).c_str(),
+              f.has_baseline ? fixed(f.baseline, f.decimals).c_str() : "null",
+              f.has_baseline ? fixed(f.ratio(), 3).c_str() : "null");
+}
+
+// -- command line ------------------------------------------------------------------------
+
+struct options {
+  /// Measured restarts per side (in total over all rounds).
+  size_t restarts = 4000;
+  /// Messages per throughput run.
+  size_t messages = 1000000;
+  /// A/B rounds per figure.
+  size_t rounds = 6;
+};
+
+bool parse_size(const char* text, size_t& out) {
+  char* end = nullptr;
+  errno = 0;
+  auto x = std::strtoull(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || x == 0)
+    return false;
+  out = static_cast<size_t>(x);
+  return true;
+}
+
+bool parse_args(int argc, char** argv, options& opts) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    size_t* target = nullptr;
+    if (arg == "--restarts")
+      target = &opts.restarts;
+    else if (arg == "--messages")
+      target = &opts.messages;
+    else if (arg == "--rounds")
+      target = &opts.rounds;
+    else if (arg == "--help" || arg == "-h")
+      return false;
+    if (target == nullptr || i + 1 >= argc || !parse_size(argv[i + 1], *target)) {
+      std::fprintf(stderr, "bad argument: %s\n", arg.c_str());
+      return false;
+    }
+    ++i;
+  }
+  return true;
+}
+
+/// Returns a spec for a root supervisor that restarts at once and never gives up.
+understudy::supervisor_spec bench_spec(std::string name, understudy::child_spec child) {
+  understudy::supervisor_spec spec;
+  spec.name = std::move(name);
+  spec.strategy = understudy::restart_strategy::one_for_one;
+  spec.intensity.max_restarts = INT_MAX;
+  spec.intensity.period = std::chrono::seconds(1);
+  spec.children.push_back(std::move(child));
+  return spec;
+}
+
+int run(caf::actor_system& sys, const options& opts) {
+  auto fail = [](const std::string& what) {
+    std::fprintf(stderr, "bench_supervision: error: %s\n", what.c_str());
+    return EXIT_FAILURE;
+  };
+  auto rounds = opts.rounds;
+  auto per_round = std::max<size_t>(1, opts.restarts / rounds);
+  std::vector<figure> figs;
+
+  // -- restart latency --
+  understudy::child_spec crasher_spec;
+  crasher_spec.id = crasher_id;
+  crasher_spec.start = [](understudy::child_context& ctx) -> caf::expected<caf::actor> {
+    return caf::actor{ctx.system.spawn(crasher)};
+  };
+  auto sup = understudy::spawn_supervisor(sys, bench_spec("bench_restart", crasher_spec));
+  if (!sup)
+    return fail("spawn_supervisor: " + understudy::describe(sup.error()));
+  auto manager = sys.spawn(baseline_manager);
+  uint64_t ours_inc = 1;
+  uint64_t base_inc = 1;
+  std::vector<double> ours_us;
+  std::vector<double> base_us;
+  // Warm-up (not recorded), then rounds A/B/A/B.
+  for (size_t r = 0; r <= rounds; ++r) {
+    auto n = r == 0 ? std::max<size_t>(per_round / 5, 50) : per_round;
+    auto a = run_latency_round<understudy::resolve_atom>(sys, *sup, ours_inc, n);
+    if (!a.error.empty())
+      return fail("supervised restart: " + a.error);
+    ours_inc = a.incarnation;
+    auto b = run_latency_round<base_resolve_atom>(sys, manager, base_inc, n);
+    if (!b.error.empty())
+      return fail("baseline restart: " + b.error);
+    base_inc = b.incarnation;
+    if (r > 0) {
+      ours_us.insert(ours_us.end(), a.samples_us.begin(), a.samples_us.end());
+      base_us.insert(base_us.end(), b.samples_us.begin(), b.samples_us.end());
+    }
+  }
+  // The supervisor must have counted every crash as a restart.
+  understudy::supervisor_ref ref{sys, *sup};
+  auto kids = ref.which_children();
+  if (!kids)
+    return fail("which_children: " + understudy::describe(kids.error()));
+  if (kids->size() != 1 || kids->front().incarnation != ours_inc
+      || kids->front().restarts != ours_inc - 1)
+    return fail("supervisor reports an unexpected incarnation or restart count");
+
+  auto med = make_figure("restart_latency_median", "us", median(ours_us), median(base_us));
+  med.target = "<= 1.5x baseline, <= 100 us";
+  med.met = med.value <= 1.5 * med.baseline && med.value <= 100.0;
+  med.note = std::to_string(ours_us.size()) + " restarts per side in " + std::to_string(rounds)
+             + " A/B rounds; latency ratio: lower is better";
+  auto p99 = make_figure("restart_latency_p99", "us", percentile(ours_us, 0.99),
+                         percentile(base_us, 0.99));
+  figs.push_back(med);
+  figs.push_back(p99);
+
+  // -- message throughput --
+  auto tsup = understudy::spawn_supervisor(
+    sys, bench_spec("bench_throughput", understudy::worker(counter_id, counting_actor)));
+  if (!tsup)
+    return fail("spawn_supervisor: " + understudy::describe(tsup.error()));
+  understudy::supervisor_ref tref{sys, *tsup};
+  auto supervised_counter = tref.resolve(counter_id);
+  if (!supervised_counter)
+    return fail("resolve counter: " + understudy::describe(supervised_counter.error()));
+  auto plain_counter = caf::actor{sys.spawn(counting_actor)};
+  std::vector<double> ours_rate;
+  std::vector<double> base_rate;
+  for (size_t r = 0; r <= rounds; ++r) {
+    auto n = r == 0 ? std::max<size_t>(opts.messages / 10, 1000) : opts.messages;
+    auto a = run_throughput_round(sys, *supervised_counter, n);
+    if (!a.error.empty())
+      return fail("supervised throughput: " + a.error);
+    auto b = run_throughput_round(sys, plain_counter, n);
+    if (!b.error.empty())
+      return fail("plain throughput: " + b.error);
+    if (r > 0) {
+      ours_rate.push_back(a.msgs_per_s);
+      base_rate.push_back(b.msgs_per_s);
+    }
+  }
+  auto tput = make_figure("message_throughput", "msgs/s", median(ours_rate), median(base_rate));
+  tput.decimals = 0;
+  tput.target = ">= 0.95x baseline";
+  tput.met = tput.ratio() >= 0.95;
+  tput.note = std::to_string(opts.messages) + " messages per run, median of "
+              + std::to_string(rounds) + " A/B rounds; ratio: higher is better";
+  figs.push_back(tput);
+
+  // -- shutdown --
+  caf::anon_send_exit(*sup, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(*tsup, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(manager, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(plain_counter, caf::exit_reason::user_shutdown);
+
+  print_table(figs);
+  for (const auto& f : figs)
+    print_json(f);
+  return EXIT_SUCCESS;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  options opts;
+  if (!parse_args(argc, argv, opts)) {
+    std::fprintf(stderr,
+                 "usage: %s [--restarts N] [--messages N] [--rounds N]\n"
+                 "  --restarts N  measured restarts per side, over all rounds (default %zu)\n"
+                 "  --messages N  messages per throughput run (default %zu)\n"
+                 "  --rounds N    alternating A/B rounds per figure (default %zu)\n",
+                 argv[0], options{}.restarts, options{}.messages, options{}.rounds);
+    return EXIT_FAILURE;
+  }
+  caf::actor_system_config cfg;
+  understudy::register_error_categories(cfg);
+  caf::actor_system sys{cfg};
+  return run(sys, opts);
+}

@@ -107,10 +107,12 @@ struct runtime::impl {
   }
 
   explicit impl(runtime_config rc) : conf(std::move(rc)), sys(prepare(cfg, conf)) {
-    // Nothing to do.
+    if (conf.log_events)
+      log = make_log_sink();
   }
 
   runtime_config conf;
+  std::shared_ptr<event_sink> log;
   caf::actor_system_config cfg;
   caf::actor_system sys;
   std::mutex mtx;
@@ -133,6 +135,9 @@ caf::expected<supervisor_ref> runtime::start(supervisor_spec spec,
                                              std::chrono::milliseconds timeout) {
   if (!spec.events)
     spec.events = impl_->conf.events;
+  if (impl_->log)
+    spec.events = std::make_shared<fanout_sink>(
+        std::vector<std::shared_ptr<event_sink>>{spec.events, impl_->log});
   auto sup = spawn_supervisor(impl_->sys, std::move(spec));
   if (!sup)
     return sup.error();

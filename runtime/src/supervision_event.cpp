@@ -1,5 +1,8 @@
 #include "understudy/runtime/supervision_event.hpp"
 
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstdio>
 
@@ -110,6 +113,58 @@ callback_sink::callback_sink(std::function<void(const supervision_event&)> fn)
 
 void callback_sink::on_event(const supervision_event& ev) {
   fn_(ev);
+}
+
+fanout_sink::fanout_sink(std::vector<std::shared_ptr<event_sink>> sinks)
+    : sinks_(std::move(sinks)) {
+  sinks_.erase(std::remove(sinks_.begin(), sinks_.end(), nullptr), sinks_.end());
+}
+
+void fanout_sink::on_event(const supervision_event& ev) {
+  for (auto& s : sinks_)
+    s->on_event(ev);
+}
+
+namespace {
+
+class log_sink : public event_sink {
+public:
+  explicit log_sink(std::shared_ptr<spdlog::logger> logger) : logger_(std::move(logger)) {
+    // Nothing to do.
+  }
+
+  void on_event(const supervision_event& ev) override {
+    auto level = spdlog::level::info;
+    switch (ev.kind) {
+      case event_kind::child_exited:
+        level = ev.action == "ignore" || ev.action == "remove" ? spdlog::level::info
+                                                               : spdlog::level::warn;
+        break;
+      case event_kind::start_failed:
+      case event_kind::hang_detected:
+      case event_kind::shutdown_timeout:
+        level = spdlog::level::warn;
+        break;
+      case event_kind::intensity_exceeded:
+        level = spdlog::level::err;
+        break;
+      default:
+        break;
+    }
+    logger_->log(level, "{}", to_string(ev));
+  }
+
+private:
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
+} // namespace
+
+std::shared_ptr<event_sink> make_log_sink(const std::string& logger_name) {
+  // A logger of its own, not registered in spdlog's global registry.
+  auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  auto logger = std::make_shared<spdlog::logger>(logger_name, std::move(sink));
+  return std::make_shared<log_sink>(std::move(logger));
 }
 
 } // namespace understudy

@@ -643,7 +643,12 @@ private:
     switch (j->what) {
       case job::purpose::initial_start: {
         // The supervisor's start fails: undo in reverse order, then exit.
-        start_error_ = make_error(supervision_errc::start_failed, describe(err));
+        // err names the child relative to us; name it by its path in the tree.
+        auto detail = describe(err);
+        const std::string prefix = "start_failed: ";
+        if (detail.compare(0, prefix.size(), prefix) == 0)
+          detail.erase(0, prefix.size());
+        start_error_ = make_error(supervision_errc::start_failed, path_ + "/" + detail);
         replace_with_stop_all(start_error_, false);
         return;
       }

@@ -20,6 +20,8 @@ struct runtime_config {
   size_t worker_threads = 0;
   /// Default event sink for trees started without one. May be null.
   std::shared_ptr<event_sink> events;
+  /// Also log every supervision event to stderr (make_log_sink).
+  bool log_events = true;
 };
 
 /// A handle to a running supervisor with blocking calls for the embedding

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -116,5 +117,20 @@ public:
 private:
   std::function<void(const supervision_event&)> fn_;
 };
+
+/// Sends each event to several sinks, in order. Null sinks are skipped.
+class fanout_sink : public event_sink {
+public:
+  explicit fanout_sink(std::vector<std::shared_ptr<event_sink>> sinks);
+  void on_event(const supervision_event& ev) override;
+
+private:
+  std::vector<std::shared_ptr<event_sink>> sinks_;
+};
+
+/// Writes each event as one line to stderr through a new spdlog logger named
+/// `logger_name` (not registered globally): restarts and stops at info, crashes, hangs
+/// and failed starts at warn, escalations at error.
+std::shared_ptr<event_sink> make_log_sink(const std::string& logger_name = "understudy");
 
 } // namespace understudy

@@ -1,0 +1,34 @@
+#include "understudy/runtime/errors.hpp"
+
+#include <set>
+
+#include <caf/exit_reason.hpp>
+#include <caf/sec.hpp>
+#include <catch2/catch.hpp>
+
+using namespace understudy;
+
+TEST_CASE("every supervision error has a distinct name and a next step", "[runtime][errors]") {
+  std::set<std::string> names;
+  for (int i = 0; i <= static_cast<int>(supervision_errc::timeout); ++i) {
+    auto code = static_cast<supervision_errc>(i);
+    auto name = to_string(code);
+    CHECK(name != "unknown");
+    CHECK(names.insert(name).second);
+    CHECK(to_string(next_step_for(code)) != "unknown");
+  }
+  CHECK(next_step_for(supervision_errc::duplicate_child_id) == next_step::give_up);
+  CHECK(next_step_for(supervision_errc::intensity_exceeded) == next_step::back_off);
+  CHECK(next_step_for(supervision_errc::supervisor_stopping) == next_step::reconnect);
+}
+
+TEST_CASE("errors carry their context and render readably", "[runtime][errors]") {
+  auto err = make_error(supervision_errc::unknown_child, "worker-7");
+  CHECK(is(err, supervision_errc::unknown_child));
+  CHECK_FALSE(is(err, supervision_errc::child_running));
+  CHECK(describe(err) == "unknown_child: worker-7");
+  CHECK(describe(make_error(supervision_errc::timeout)) == "timeout");
+  CHECK(describe(caf::error{}) == "normal");
+  CHECK(describe(caf::make_error(caf::exit_reason::kill)) == "kill");
+  CHECK(describe(caf::make_error(caf::sec::runtime_error)) == "runtime_error");
+}
