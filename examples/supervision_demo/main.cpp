@@ -61,6 +61,17 @@ struct step_state {
 /// supervisor's liveness deadline.
 caf::behavior stepper(caf::stateful_actor<step_state>* self, caf::timespan period,
                       understudy::child_token token) {
+  // CAF's default handler would print the exception to stdout and exit with a bare
+  // `runtime_error`; keep what() in the exit reason so the supervisor's event says why.
+  self->set_exception_handler([](std::exception_ptr& eptr) -> caf::error {
+    try {
+      std::rethrow_exception(eptr);
+    } catch (const std::exception& e) {
+      return caf::make_error(caf::sec::runtime_error, std::string{"exception: "} + e.what());
+    } catch (...) {
+      return caf::make_error(caf::sec::runtime_error, std::string{"unknown exception"});
+    }
+  });
   self->send(self, step_atom::value);
   return {
     [=](step_atom) {
@@ -72,7 +83,9 @@ caf::behavior stepper(caf::stateful_actor<step_state>* self, caf::timespan perio
     },
     [=](caf::get_atom) { return self->state.steps; },
     [=](crash_atom) { throw std::runtime_error("injected: loss became NaN"); },
-    [=](fail_atom) { self->quit(caf::sec::runtime_error); },
+    [=](fail_atom) {
+      self->quit(caf::make_error(caf::sec::runtime_error, std::string{"input shard unreadable"}));
+    },
     [=](hang_atom) { self->state.hung = true; },
   };
 }
@@ -220,14 +233,14 @@ int main() {
 
   // Every event goes to the console (live) and to a log main() can wait on.
   auto log = std::make_shared<understudy::event_log>();
-  auto sink = std::make_shared<understudy::callback_sink>([&](const supervision_event& ev) {
-    out.line(render(ev, out, shutting_down.load()));
-    log->on_event(ev);
-  });
+  auto printer = std::make_shared<understudy::callback_sink>(
+      [&](const supervision_event& ev) { out.line(render(ev, out, shutting_down.load())); });
 
   understudy::runtime_config cfg;
   cfg.worker_threads = 2;
-  cfg.events = sink;
+  cfg.events = std::make_shared<understudy::fanout_sink>(
+      std::vector<std::shared_ptr<understudy::event_sink>>{printer, log});
+  cfg.log_events = false; // The demo prints its own lines; no second copy on stderr.
   understudy::runtime rt{cfg};
 
   auto backoff = understudy::backoff_policy::exponential(50ms, 400ms, 0.2);

@@ -12,6 +12,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/response_promise.hpp>
+#include <caf/sec.hpp>
 #include <caf/send.hpp>
 
 #include "understudy/runtime/errors.hpp"
@@ -1069,6 +1070,18 @@ caf::expected<caf::actor> spawn_supervisor_impl(caf::actor_system& sys, supervis
 } // namespace
 
 // -- free functions --------------------------------------------------------------------
+
+void capture_exceptions(caf::scheduled_actor* self) {
+  self->set_exception_handler([](caf::scheduled_actor*, std::exception_ptr& eptr) -> caf::error {
+    try {
+      std::rethrow_exception(eptr);
+    } catch (const std::exception& e) {
+      return caf::make_error(caf::sec::runtime_error, std::string{"exception: "} + e.what());
+    } catch (...) {
+      return caf::make_error(caf::sec::runtime_error, std::string{"unknown exception"});
+    }
+  });
+}
 
 void report_progress(const child_token& token) {
   if (token)

@@ -298,6 +298,12 @@ TEST_CASE("more restarts than the intensity allows make the supervisor exit",
   CHECK(describe(reason).find("a") != std::string::npos);
   CHECK(since(f.j, mark) == std::vector<std::string>{"stop:a", "stop:b"});
   CHECK(f.count(event_kind::intensity_exceeded) == 1);
+  // The exception's message travels with the exit reason into the events.
+  auto evs = f.log->snapshot();
+  CHECK(std::any_of(evs.begin(), evs.end(), [](const supervision_event& ev) {
+    return ev.kind == event_kind::child_exited &&
+           ev.reason.find("injected crash") != std::string::npos;
+  }));
 }
 
 TEST_CASE("restarts spread wider than the period never exceed the intensity",

@@ -46,6 +46,7 @@ struct child_opts {
 /// A child that answers ints, crashes or exits on request, and journals its life.
 inline caf::behavior test_child(caf::event_based_actor* self, std::string name, journal j,
                                 child_opts opts) {
+  understudy::capture_exceptions(self);
   if (opts.fail_init)
     throw std::runtime_error("init failed for " + name);
   j->push_back("start:" + name);

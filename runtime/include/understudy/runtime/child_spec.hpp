@@ -4,9 +4,11 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 #include <caf/message.hpp>
@@ -89,14 +91,28 @@ struct child_spec {
   bool significant = false;
 };
 
-/// Convenience: a child spec for `fn` spawned as an event-based actor
-/// with `args`, i.e. `sys.spawn(fn, args...)`.
+/// Makes an exception that escapes one of `self`'s handlers end the actor with
+/// `caf::sec::runtime_error` carrying the exception's message, so that the
+/// supervisor's events say what went wrong (CAF's default handler drops it).
+/// Call it first thing in the actor's initialisation.
+void capture_exceptions(caf::scheduled_actor* self);
+
+/// Convenience: a child spec for `fn` spawned as an actor with `args`, i.e.
+/// `sys.spawn(fn, args...)`. For a function taking `caf::event_based_actor*`,
+/// exceptions are captured (capture_exceptions) before `fn` runs.
 template <class F, class... Ts>
 child_spec worker(std::string id, F fn, Ts... args) {
   child_spec spec;
   spec.id = std::move(id);
   spec.start = [fn, args...](child_context& ctx) -> caf::expected<caf::actor> {
-    return caf::actor{ctx.system.spawn(fn, args...)};
+    if constexpr (std::is_invocable_v<F, caf::event_based_actor*, Ts...>) {
+      return caf::actor{ctx.system.spawn([fn, args...](caf::event_based_actor* self) {
+        capture_exceptions(self);
+        return fn(self, args...);
+      })};
+    } else {
+      return caf::actor{ctx.system.spawn(fn, args...)};
+    }
   };
   return spec;
 }
