@@ -31,7 +31,6 @@
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 
-#include "understudy/runtime/errors.hpp"
 #include "understudy/runtime/runtime.hpp"
 
 namespace {
@@ -74,19 +73,19 @@ caf::behavior stepper(caf::stateful_actor<step_state>* self, caf::timespan perio
   });
   self->send(self, step_atom::value);
   return {
-    [=](step_atom) {
-      if (self->state.hung)
-        return;
-      ++self->state.steps;
-      understudy::report_progress(token);
-      self->delayed_send(self, period, step_atom::value);
-    },
-    [=](caf::get_atom) { return self->state.steps; },
-    [=](crash_atom) { throw std::runtime_error("injected: loss became NaN"); },
-    [=](fail_atom) {
-      self->quit(caf::make_error(caf::sec::runtime_error, std::string{"input shard unreadable"}));
-    },
-    [=](hang_atom) { self->state.hung = true; },
+      [=](step_atom) {
+        if (self->state.hung)
+          return;
+        ++self->state.steps;
+        understudy::report_progress(token);
+        self->delayed_send(self, period, step_atom::value);
+      },
+      [=](caf::get_atom) { return self->state.steps; },
+      [=](crash_atom) { throw std::runtime_error("injected: loss became NaN"); },
+      [=](fail_atom) {
+        self->quit(caf::make_error(caf::sec::runtime_error, std::string{"input shard unreadable"}));
+      },
+      [=](hang_atom) { self->state.hung = true; },
   };
 }
 
@@ -112,8 +111,7 @@ public:
   /// Seconds since the demo began, e.g. "  1.234s".
   std::string stamp(clock_type::time_point t) const {
     char buf[32];
-    std::snprintf(buf, sizeof(buf), "%7.3fs",
-                  std::chrono::duration<double>(t - t0_).count());
+    std::snprintf(buf, sizeof(buf), "%7.3fs", std::chrono::duration<double>(t - t0_).count());
     return buf;
   }
 
@@ -189,7 +187,9 @@ std::string render(const supervision_event& ev, const console& out, bool shuttin
       detail = ev.reason;
       break;
   }
-  return "  " + out.stamp(ev.time) + "  " + pad(who, 30) + pad(what, 16) + detail;
+  auto line = "  " + out.stamp(ev.time) + "  " + pad(who, 30) + pad(what, 17) + detail;
+  line.erase(line.find_last_not_of(' ') + 1);
+  return line;
 }
 
 // -- fault injection ---------------------------------------------------------------------
@@ -213,7 +213,7 @@ uint64_t steps_of(caf::actor_system& sys, const caf::actor& h) {
   caf::scoped_actor self{sys};
   uint64_t steps = 0;
   self->request(h, 1s, caf::get_atom::value)
-    .receive([&](uint64_t n) { steps = n; }, [](caf::error&) {});
+      .receive([&](uint64_t n) { steps = n; }, [](caf::error&) {});
   return steps;
 }
 
@@ -264,8 +264,8 @@ int main() {
   job.strategy = understudy::restart_strategy::one_for_one;
   job.intensity = {10, 10s};
   job.backoff = backoff;
-  job.children = {stepping_worker("data_loader", 10ms),
-                  understudy::supervisor_child(trainers), checkpointer};
+  job.children = {stepping_worker("data_loader", 10ms), understudy::supervisor_child(trainers),
+                  checkpointer};
 
   out.line("understudy supervision demo");
   out.line("  A small training job runs as a supervision tree; main() injects four different");
@@ -286,7 +286,7 @@ int main() {
     std::fprintf(stderr, "demo: the tree did not start: %s\n", rt.render(root.error()).c_str());
     return 1;
   }
-  std::this_thread::sleep_for(700ms); // Let the job make some progress.
+  std::this_thread::sleep_for(1s); // Let the job make some progress.
 
   auto supervisor = [&](const std::string& name) -> caf::expected<understudy::supervisor_ref> {
     if (name == "job")
@@ -298,17 +298,27 @@ int main() {
   };
 
   std::vector<fault> faults;
-  faults.push_back({"an exception escapes a message handler", "trainers", "worker-0",
+  faults.push_back({"an exception escapes a message handler",
+                    "trainers",
+                    "worker-0",
                     "one_for_all: trainers stops worker-1 and restarts both",
                     {"worker-0", "worker-1"},
                     [](const caf::actor& h) { caf::anon_send(h, crash_atom::value); }});
-  faults.push_back({"exits with an error (quit(sec::runtime_error))", "job", "data_loader",
-                    "one_for_one: only data_loader restarts", {"data_loader"},
+  faults.push_back({"exits with an error (quit(sec::runtime_error))",
+                    "job",
+                    "data_loader",
+                    "one_for_one: only data_loader restarts",
+                    {"data_loader"},
                     [](const caf::actor& h) { caf::anon_send(h, fail_atom::value); }});
-  faults.push_back({"is killed (exit_reason::kill)", "job", "data_loader",
-                    "second crash in a row: the backoff doubles", {"data_loader"},
+  faults.push_back({"is killed (exit_reason::kill)",
+                    "job",
+                    "data_loader",
+                    "second crash in a row: the backoff doubles",
+                    {"data_loader"},
                     [](const caf::actor& h) { caf::anon_send_exit(h, caf::exit_reason::kill); }});
-  faults.push_back({"hangs (stops reporting progress)", "job", "checkpointer",
+  faults.push_back({"hangs (stops reporting progress)",
+                    "job",
+                    "checkpointer",
                     "liveness deadline passes: the supervisor kills and restarts it",
                     {"checkpointer"},
                     [](const caf::actor& h) { caf::anon_send(h, hang_atom::value); }});
@@ -326,18 +336,19 @@ int main() {
     auto kids = sup->which_children();
     auto victim = sup->resolve(f.child);
     if (!kids || !victim) {
-      failure = "cannot resolve " + f.child + ": "
-                + rt.render(kids ? victim.error() : kids.error());
+      failure =
+          "cannot resolve " + f.child + ": " + rt.render(kids ? victim.error() : kids.error());
       break;
     }
     std::vector<uint64_t> before;
     for (auto& id : f.restarted)
       before.push_back(incarnation_of(*kids, id));
+    auto victim_inc = incarnation_of(*kids, f.child);
     auto path = f.supervisor == "job" ? std::string{"/job"} : "/job/" + f.supervisor;
     out.line("");
-    out.line("fault " + std::to_string(n) + "/" + std::to_string(faults.size()) + ": " + f.child
-             + "#" + std::to_string(incarnation_of(*kids, f.child)) + " (at step "
-             + std::to_string(steps_of(rt.system(), *victim)) + ") " + f.kind);
+    out.line("fault " + std::to_string(n) + "/" + std::to_string(faults.size()) + ": " + f.child +
+             "#" + std::to_string(victim_inc) + " (at step " +
+             std::to_string(steps_of(rt.system(), *victim)) + ") " + f.kind);
     out.line("  expected: " + f.expect);
     auto injected_at = clock_type::now();
     f.inject(*victim);
@@ -346,8 +357,8 @@ int main() {
     auto recovered = [&](const std::vector<supervision_event>& evs) {
       for (size_t i = 0; i < f.restarted.size(); ++i) {
         bool found = std::any_of(evs.begin(), evs.end(), [&](const supervision_event& ev) {
-          return ev.kind == event_kind::child_restarted && ev.supervisor == path
-                 && ev.child == f.restarted[i] && ev.incarnation > before[i];
+          return ev.kind == event_kind::child_restarted && ev.supervisor == path &&
+                 ev.child == f.restarted[i] && ev.incarnation > before[i];
         });
         if (!found)
           return false;
@@ -355,42 +366,52 @@ int main() {
       return true;
     };
     if (!log->wait_for(recovered, 5s)) {
-      failure = f.child + " did not recover within 5 s after: " + f.kind;
+      failure =
+          "fault " + std::to_string(n) + ", " + f.child + " " + f.kind + ": no recovery within 5 s";
       break;
     }
+    caf::timespan backoff_delay{0};
     for (auto& ev : log->snapshot()) {
       if (ev.supervisor != path || ev.child != f.child)
         continue;
-      if (ev.kind == event_kind::hang_detected && ev.incarnation == before.front())
-        out.line("  hang detected " + pretty(ev.time - injected_at) + " after it went quiet");
-      if (ev.kind == event_kind::child_restarted && ev.incarnation > before.front()) {
+      if (ev.kind == event_kind::hang_detected && ev.incarnation == victim_inc)
+        out.line("  hang detected " + pretty(ev.time - injected_at) +
+                 " after the injection (deadline: 500 ms without a progress report)");
+      if (ev.kind == event_kind::child_exited && ev.incarnation == victim_inc)
+        backoff_delay = ev.duration;
+      if (ev.kind == event_kind::child_restarted && ev.incarnation > victim_inc) {
         recoveries.push_back(ev.duration);
-        out.line("  recovered: " + f.child + "#" + std::to_string(ev.incarnation)
-                 + " serving, " + pretty(ev.duration) + " after the crash");
+        out.line("  recovered: " + f.child + "#" + std::to_string(ev.incarnation) + " serving " +
+                 pretty(ev.duration) + " after the crash (" + pretty(backoff_delay) +
+                 " backoff + " + pretty(ev.duration - backoff_delay) + " restart)");
       }
     }
-    std::this_thread::sleep_for(700ms); // Pace the demo so the reader can follow.
+    std::this_thread::sleep_for(1s); // Pace the demo so the reader can follow.
   }
 
   int rc = 0;
   if (failure.empty()) {
     out.line("");
     out.line("children after " + std::to_string(faults.size()) + " faults:");
-    out.line("  " + pad("child", 24) + pad("kind", 12) + pad("status", 12) + pad("incarnation", 13)
-             + "restarts");
+    out.line("  " + pad("child", 24) + pad("kind", 12) + pad("status", 12) +
+             pad("incarnation", 13) + "restarts");
     for (const char* name : {"job", "trainers"}) {
       auto sup = supervisor(name);
-      auto kids = sup ? sup->which_children() : caf::expected<std::vector<understudy::child_info>>{sup.error()};
+      if (!sup) {
+        failure = std::string{"cannot reach supervisor "} + name + ": " + rt.render(sup.error());
+        break;
+      }
+      auto kids = sup->which_children();
       if (!kids) {
         failure = std::string{"which_children failed for "} + name + ": " + rt.render(kids.error());
         break;
       }
       std::string prefix = std::string{name} == "job" ? "/job/" : "/job/trainers/";
       for (auto& k : *kids)
-        out.line("  " + pad(prefix + k.id, 24)
-                 + pad(k.kind == understudy::child_kind::supervisor ? "supervisor" : "worker", 12)
-                 + pad(understudy::to_string(k.status), 12)
-                 + pad(std::to_string(k.incarnation), 13) + std::to_string(k.restarts));
+        out.line("  " + pad(prefix + k.id, 24) +
+                 pad(k.kind == understudy::child_kind::supervisor ? "supervisor" : "worker", 12) +
+                 pad(understudy::to_string(k.status), 12) + pad(std::to_string(k.incarnation), 13) +
+                 std::to_string(k.restarts));
     }
   }
   if (!failure.empty()) {
@@ -416,8 +437,8 @@ int main() {
     median = k % 2 == 1 ? recoveries[k / 2] : (recoveries[k / 2 - 1] + recoveries[k / 2]) / 2;
   }
   out.line("");
-  out.line("demo: " + std::to_string(faults.size()) + " faults injected, "
-           + std::to_string(recoveries.size()) + " recoveries, median recovery "
-           + pretty(median) + ", clean shutdown");
+  out.line("demo: " + std::to_string(faults.size()) + " faults injected, " +
+           std::to_string(recoveries.size()) + " recoveries, median recovery " + pretty(median) +
+           ", clean shutdown");
   return recoveries.size() == faults.size() ? 0 : 1;
 }

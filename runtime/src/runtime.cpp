@@ -67,6 +67,14 @@ caf::expected<caf::actor> supervisor_ref::resolve(const std::string& id,
   return call<caf::actor>(*sys_, handle_, timeout, resolve_atom::value, id);
 }
 
+caf::expected<supervisor_ref> supervisor_ref::nested(const std::string& id,
+                                                     std::chrono::milliseconds timeout) const {
+  auto h = resolve(id, timeout);
+  if (!h)
+    return h.error();
+  return supervisor_ref{*sys_, std::move(*h)};
+}
+
 caf::expected<caf::actor> supervisor_ref::start_child(const std::string& id, caf::message args,
                                                       std::chrono::milliseconds timeout) const {
   return call<caf::actor>(*sys_, handle_, timeout, start_child_atom::value, id, std::move(args));

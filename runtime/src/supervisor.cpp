@@ -111,7 +111,7 @@ public:
         spec_(std::move(spec)),
         path_(std::move(path)),
         parent_(std::move(parent)),
-        rng_(spec_.seed) {
+        rng_(spec_.seed ^ std::hash<std::string>{}(path_)) {
     // Nothing to do.
   }
 
@@ -561,6 +561,7 @@ private:
            rec->killed_after_timeout ? "killed after shutdown timeout" : "stopped");
     if (group_restart && rec->spec.restart != restart_type::temporary) {
       rec->status = child_status::restarting;
+      ++rec->restarts;
       rec->recovering = true;
       rec->crashed_at = find_slot(j->trigger)->crashed_at;
     } else {

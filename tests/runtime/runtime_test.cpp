@@ -31,6 +31,9 @@ TEST_CASE("an embedded runtime starts a tree, survives a crash and shuts down gr
   auto counts = tree->count_children();
   REQUIRE(counts);
   CHECK(counts->active == 2);
+  auto missing = tree->nested("loader-typo");
+  REQUIRE_FALSE(missing);
+  CHECK(is(missing.error(), supervision_errc::unknown_child));
   auto loader = tree->resolve("loader");
   REQUIRE(loader);
   caf::anon_send(*loader, test::crash_atom::value);

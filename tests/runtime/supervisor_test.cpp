@@ -272,6 +272,7 @@ TEST_CASE("one_for_all does not restart a temporary sibling it had to stop",
   REQUIRE(kids.size() == 2);
   CHECK(kids[0].id == "a");
   CHECK(kids[0].incarnation == 2);
+  CHECK(kids[0].restarts == 1); // group restarts count too
   CHECK(kids[1].id == "b");
   CHECK(kids[1].incarnation == 2);
 }
@@ -350,6 +351,7 @@ TEST_CASE("a nested supervisor that gives up is restarted by its parent as a uni
   auto inner2 = f.handle(sup, "inner");
   CHECK(inner2 != inner1);
   CHECK(f.info(inner2, "x").incarnation == 1);
+  CHECK(f.info(sup, "inner").restarts == 1);
   CHECK(f.info(sup, "a").incarnation == 1);
   CHECK(f.info(sup, "b").incarnation == 1);
   // The nested supervisor's own events reach the shared sink with its path.

@@ -42,6 +42,9 @@ public:
   /// Counts as OTP's count_children.
   caf::expected<child_counts> count_children(
       std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  /// The nested supervisor `id` (a child made with supervisor_child), as a ref.
+  caf::expected<supervisor_ref> nested(
+      const std::string& id, std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   /// The serving incarnation of child `id` (waits while it restarts).
   caf::expected<caf::actor> resolve(
       const std::string& id, std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;

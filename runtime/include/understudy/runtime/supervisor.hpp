@@ -33,7 +33,8 @@ struct supervisor_spec {
   /// Receives every event of this supervisor and (unless they set their own)
   /// of nested supervisors. May be null.
   std::shared_ptr<event_sink> events;
-  /// Seed for backoff jitter, so that a run can be reproduced.
+  /// Seed for backoff jitter, so that a run can be reproduced; mixed with the
+  /// supervisor's path so that siblings do not back off in lockstep.
   uint64_t seed = 0x5eed;
 };
 
@@ -115,6 +116,7 @@ struct child_info {
   restart_type restart = restart_type::permanent;
   child_status status = child_status::stopped;
   uint64_t incarnation = 0;
+  /// How often this child was restarted, by its own crashes or its group's.
   uint64_t restarts = 0;
 };
 
