@@ -60,17 +60,8 @@ struct step_state {
 /// supervisor's liveness deadline.
 caf::behavior stepper(caf::stateful_actor<step_state>* self, caf::timespan period,
                       understudy::child_token token) {
-  // CAF's default handler would print the exception to stdout and exit with a bare
-  // `runtime_error`; keep what() in the exit reason so the supervisor's event says why.
-  self->set_exception_handler([](std::exception_ptr& eptr) -> caf::error {
-    try {
-      std::rethrow_exception(eptr);
-    } catch (const std::exception& e) {
-      return caf::make_error(caf::sec::runtime_error, std::string{"exception: "} + e.what());
-    } catch (...) {
-      return caf::make_error(caf::sec::runtime_error, std::string{"unknown exception"});
-    }
-  });
+  // Keep what() in the exit reason so the supervisor's event says why.
+  understudy::capture_exceptions(self);
   self->send(self, step_atom::value);
   return {
       [=](step_atom) {
