@@ -586,13 +586,15 @@ private:
   }
 
   void on_crash(child_rec* rec, const caf::error& reason) {
+    // Rendering the reason costs; only do it when someone listens.
+    auto why = [&] { return spec_.events ? describe(reason) : std::string{}; };
     bool abnormal = !is_normal_exit(reason);
     bool restart = !stopping_ && (rec->spec.restart == restart_type::permanent ||
                                   (rec->spec.restart == restart_type::transient && abnormal));
     auto crash_time = now();
     if (!restart) {
       bool remove = rec->spec.restart == restart_type::temporary;
-      record(event_kind::child_exited, rec, describe(reason), remove ? "remove" : "ignore");
+      record(event_kind::child_exited, rec, why(), remove ? "remove" : "ignore");
       rec->status = child_status::stopped;
       bool significant = rec->spec.significant;
       if (remove) {
@@ -612,11 +614,11 @@ private:
     auto* j = current();
     if (j != nullptr && j->what == job::purpose::restart && j->begun &&
         std::find(j->group.begin(), j->group.end(), rec->slot) != j->group.end()) {
-      record(event_kind::child_exited, rec, describe(reason), "restart (pending)");
+      record(event_kind::child_exited, rec, why(), "restart (pending)");
       return;
     }
     if (!count_restart()) {
-      record(event_kind::child_exited, rec, describe(reason), "escalate");
+      record(event_kind::child_exited, rec, why(), "escalate");
       escalate(rec, reason);
       return;
     }
@@ -626,7 +628,7 @@ private:
       action += " one_for_all";
     else if (spec_.strategy == restart_strategy::rest_for_one)
       action += " rest_for_one";
-    record(event_kind::child_exited, rec, describe(reason), action, delay);
+    record(event_kind::child_exited, rec, why(), action, delay);
     ++rec->restarts;
     auto nj = std::make_unique<job>();
     nj->what = job::purpose::restart;
