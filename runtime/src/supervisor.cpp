@@ -887,14 +887,34 @@ private:
     if (find_id(spec.id) != nullptr)
       return make_error(supervision_errc::duplicate_child_id, spec.id);
     auto* rec = add_rec(std::move(spec), std::move(args));
+    return request_job<caf::actor>(job::purpose::start_one, rec, true);
+  }
+
+  /// Queues a job on behalf of a request; its finish (or failure) answers it.
+  template <class T>
+  caf::typed_response_promise<T> request_job(job::purpose what, child_rec* rec, bool added) {
     auto j = std::make_unique<job>();
-    j->what = job::purpose::start_one;
+    j->what = what;
     j->trigger = rec->slot;
-    j->added = true;
-    auto rp = make_response_promise<caf::actor>();
+    j->added = added;
+    auto rp = make_response_promise<T>();
     j->rp = rp;
     enqueue(std::move(j));
     return rp;
+  }
+
+  /// For requests that only static supervisors support on a stopped child:
+  /// finds child `id` or says why the request is refused.
+  caf::error stopped_static_child(const char* request, const std::string& id, child_rec*& rec) {
+    if (dynamic())
+      return make_error(supervision_errc::wrong_strategy,
+                        path_ + ": " + request + " is not supported by simple_one_for_one");
+    rec = find_id(id);
+    if (rec == nullptr)
+      return make_error(supervision_errc::unknown_child, id);
+    if (rec->status != child_status::stopped)
+      return make_error(supervision_errc::child_running, id);
+    return caf::none;
   }
 
   supervisor_spec spec_;
@@ -986,24 +1006,13 @@ caf::behavior supervisor_actor::make_behavior() {
         return start_new_child(std::move(spec), std::move(args));
       },
       [this](start_child_atom, const std::string& id) -> caf::result<caf::actor> {
-        if (dynamic())
-          return make_error(supervision_errc::wrong_strategy,
-                            path_ + ": restart_child is not supported by simple_one_for_one");
-        auto* rec = find_id(id);
-        if (rec == nullptr)
-          return make_error(supervision_errc::unknown_child, id);
-        if (rec->status != child_status::stopped)
-          return make_error(supervision_errc::child_running, id);
+        child_rec* rec = nullptr;
+        if (auto err = stopped_static_child("restart_child", id, rec))
+          return err;
         if (stopping_)
           return make_error(supervision_errc::supervisor_stopping, path_);
         rec->status = child_status::restarting;
-        auto j = std::make_unique<job>();
-        j->what = job::purpose::start_one;
-        j->trigger = rec->slot;
-        auto rp = make_response_promise<caf::actor>();
-        j->rp = rp;
-        enqueue(std::move(j));
-        return rp;
+        return request_job<caf::actor>(job::purpose::start_one, rec, false);
       },
       [this](add_child_atom, child_spec& spec) -> caf::result<caf::actor> {
         if (dynamic())
@@ -1024,23 +1033,12 @@ caf::behavior supervisor_actor::make_behavior() {
             remove_rec(rec);
           return caf::ok_atom::value;
         }
-        auto j = std::make_unique<job>();
-        j->what = job::purpose::terminate;
-        j->trigger = rec->slot;
-        auto rp = make_response_promise<caf::ok_atom>();
-        j->rp = rp;
-        enqueue(std::move(j));
-        return rp;
+        return request_job<caf::ok_atom>(job::purpose::terminate, rec, false);
       },
       [this](delete_child_atom, const std::string& id) -> caf::result<caf::ok_atom> {
-        if (dynamic())
-          return make_error(supervision_errc::wrong_strategy,
-                            path_ + ": delete_child is not supported by simple_one_for_one");
-        auto* rec = find_id(id);
-        if (rec == nullptr)
-          return make_error(supervision_errc::unknown_child, id);
-        if (rec->status != child_status::stopped)
-          return make_error(supervision_errc::child_running, id);
+        child_rec* rec = nullptr;
+        if (auto err = stopped_static_child("delete_child", id, rec))
+          return err;
         remove_rec(rec);
         return caf::ok_atom::value;
       },
