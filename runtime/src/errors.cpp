@@ -99,6 +99,76 @@ bool is(const caf::error& err, supervision_errc x) {
   return err.category() == supervision_category && err.code() == static_cast<uint8_t>(x);
 }
 
+std::string to_string(state_errc x) {
+  switch (x) {
+    case state_errc::none:
+      return "none";
+    case state_errc::io_error:
+      return "io_error";
+    case state_errc::disk_full:
+      return "disk_full";
+    case state_errc::map_size_limit:
+      return "map_size_limit";
+    case state_errc::locked:
+      return "locked";
+    case state_errc::invalid_config:
+      return "invalid_config";
+    case state_errc::invalid_path:
+      return "invalid_path";
+    case state_errc::payload_too_large:
+      return "payload_too_large";
+    case state_errc::corrupt_record:
+      return "corrupt_record";
+    case state_errc::truncated_chunk:
+      return "truncated_chunk";
+    case state_errc::not_found:
+      return "not_found";
+    case state_errc::schema_mismatch:
+      return "schema_mismatch";
+    case state_errc::read_only:
+      return "read_only";
+    case state_errc::writer_stopped:
+      return "writer_stopped";
+  }
+  return "unknown";
+}
+
+next_step next_step_for(state_errc x) {
+  switch (x) {
+    case state_errc::none:
+    case state_errc::io_error:
+      return next_step::retry_now;
+    case state_errc::disk_full:
+    case state_errc::map_size_limit:
+    case state_errc::locked:
+      return next_step::back_off;
+    case state_errc::writer_stopped:
+      return next_step::reconnect;
+    case state_errc::invalid_config:
+    case state_errc::invalid_path:
+    case state_errc::payload_too_large:
+    case state_errc::corrupt_record:
+    case state_errc::truncated_chunk:
+    case state_errc::not_found:
+    case state_errc::schema_mismatch:
+    case state_errc::read_only:
+      return next_step::give_up;
+  }
+  return next_step::give_up;
+}
+
+caf::error make_error(state_errc x) {
+  return caf::error{static_cast<uint8_t>(x), state_category};
+}
+
+caf::error make_error(state_errc x, std::string context) {
+  return caf::error{static_cast<uint8_t>(x), state_category, caf::make_message(std::move(context))};
+}
+
+bool is(const caf::error& err, state_errc x) {
+  return err.category() == state_category && err.code() == static_cast<uint8_t>(x);
+}
+
 namespace {
 
 std::string context_text(const caf::message& ctx) {
@@ -118,6 +188,8 @@ std::string describe(const caf::error& err) {
   auto cat = err.category();
   if (cat == supervision_category) {
     result = to_string(static_cast<supervision_errc>(err.code()));
+  } else if (cat == state_category) {
+    result = to_string(static_cast<state_errc>(err.code()));
   } else if (cat == caf::atom("exit")) {
     result = to_string(static_cast<caf::exit_reason>(err.code()));
   } else if (cat == caf::atom("system")) {
@@ -137,6 +209,14 @@ void register_error_categories(caf::actor_system_config& cfg) {
   cfg.add_error_category(supervision_category,
                          [](uint8_t code, caf::atom_value, const caf::message& ctx) {
                            auto result = to_string(static_cast<supervision_errc>(code));
+                           auto text = context_text(ctx);
+                           if (!text.empty())
+                             result += ": " + text;
+                           return result;
+                         });
+  cfg.add_error_category(state_category,
+                         [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+                           auto result = to_string(static_cast<state_errc>(code));
                            auto text = context_text(ctx);
                            if (!text.empty())
                              result += ": " + text;

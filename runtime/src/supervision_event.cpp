@@ -30,6 +30,12 @@ std::string to_string(event_kind x) {
       return "supervisor_started";
     case event_kind::supervisor_stopped:
       return "supervisor_stopped";
+    case event_kind::state_restored:
+      return "state_restored";
+    case event_kind::state_fallback:
+      return "state_fallback";
+    case event_kind::state_fresh:
+      return "state_fresh";
   }
   return "unknown";
 }
@@ -51,7 +57,11 @@ std::string to_string(const supervision_event& ev) {
   if (ev.duration.count() > 0) {
     char buf[64];
     std::snprintf(buf, sizeof(buf), " %s=%.1fus",
-                  ev.kind == event_kind::child_restarted ? "recovery" : "backoff",
+                  ev.kind == event_kind::child_restarted ? "recovery"
+                  : ev.kind == event_kind::state_restored || ev.kind == event_kind::state_fallback
+                          || ev.kind == event_kind::state_fresh
+                      ? "load"
+                      : "backoff",
                   static_cast<double>(ev.duration.count()) / 1000.0);
     line += buf;
   }
@@ -142,6 +152,7 @@ public:
         break;
       case event_kind::start_failed:
       case event_kind::hang_detected:
+      case event_kind::state_fallback:
       case event_kind::shutdown_timeout:
         level = spdlog::level::warn;
         break;

@@ -12,6 +12,9 @@ namespace understudy {
 /// Error category atom for `supervision_errc`, as carried in `caf::error`.
 constexpr caf::atom_value supervision_category = caf::atom("us_superv");
 
+/// Error category atom for `state_errc`, as carried in `caf::error`.
+constexpr caf::atom_value state_category = caf::atom("us_state");
+
 /// What a caller should do next after a failure: the same question a supervisor
 /// and a client ask, so every error answers it.
 enum class next_step : uint8_t {
@@ -66,6 +69,55 @@ enum class supervision_errc : uint8_t {
   /// A blocking call on the runtime did not complete within its timeout.
   timeout,
 };
+
+/// Failures of the state store (state_store.hpp) and of persistent actors.
+enum class state_errc : uint8_t {
+  /// Not an error.
+  none = 0,
+  /// An LMDB or operating-system call failed; the context names the call, the
+  /// directory and the original code (`MDB_*` or errno) with its text.
+  io_error,
+  /// The disk is full (ENOSPC): the transaction was aborted, nothing committed is lost.
+  disk_full,
+  /// The map reached `max_map_size` and cannot grow further.
+  map_size_limit,
+  /// The state directory is in use by another store (this or another process).
+  locked,
+  /// A configuration value is impossible (e.g. zero chunk size, keep_last of 0).
+  invalid_config,
+  /// An actor path is empty or contains a NUL byte.
+  invalid_path,
+  /// A checkpoint's payload exceeds the payload limit (put large data in tensors).
+  payload_too_large,
+  /// A record failed verification: checksum mismatch, malformed Cap'n Proto
+  /// data, or a header that does not match its key. The context names the record.
+  corrupt_record,
+  /// A tensor chunk of a record is missing or shorter than its header says.
+  truncated_chunk,
+  /// The requested version does not exist.
+  not_found,
+  /// A record's schema id or version is not the one the state type reads.
+  schema_mismatch,
+  /// A write was attempted on a store opened read-only.
+  read_only,
+  /// The state writer stopped before the checkpoint was durable.
+  writer_stopped,
+};
+
+/// Returns the name of `x`, e.g. "corrupt_record".
+std::string to_string(state_errc x);
+
+/// Classifies `x` by what the caller should do next.
+next_step next_step_for(state_errc x);
+
+/// Wraps `x` into a `caf::error`.
+caf::error make_error(state_errc x);
+
+/// Wraps `x` into a `caf::error` with a context message describing the details.
+caf::error make_error(state_errc x, std::string context);
+
+/// Returns whether `err` is of category `state_category` with code `x`.
+bool is(const caf::error& err, state_errc x);
 
 /// Returns the name of `x`, e.g. "duplicate_child_id".
 std::string to_string(supervision_errc x);

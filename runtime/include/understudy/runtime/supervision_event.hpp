@@ -36,6 +36,15 @@ enum class event_kind : uint8_t {
   supervisor_started,
   /// The supervisor stopped; `reason` is its exit reason.
   supervisor_stopped,
+  /// A persistent child loaded its newest version; `action` names the step,
+  /// `duration` is the load time.
+  state_restored,
+  /// A persistent child skipped newer versions that failed verification and
+  /// loaded an older one; `reason` names each skipped version and why.
+  state_fallback,
+  /// A persistent child found no valid version and starts fresh; `reason` says
+  /// whether there was none or all were corrupt.
+  state_fresh,
 };
 
 /// Returns the name of `x`, e.g. "child_restarted".

@@ -1,0 +1,43 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include <caf/actor.hpp>
+#include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/atom.hpp>
+#include <caf/fwd.hpp>
+
+#include "understudy/runtime/state_store.hpp"
+
+namespace understudy {
+
+/// A checkpoint on its way to the writer (shared, immutable).
+using checkpoint_ptr = std::shared_ptr<const checkpoint>;
+
+/// Request to the writer: `(put_state_atom, checkpoint_ptr)` → `uint64_t` (the
+/// step) once the checkpoint is durable (per the store's durability mode), or
+/// the error that rejected it.
+using put_state_atom = caf::atom_constant<caf::atom("us_put")>;
+/// Request to the writer: `(sync_state_atom)` → `uint64_t` (commits so far) once
+/// everything acknowledged or pending is on disk.
+using sync_state_atom = caf::atom_constant<caf::atom("us_sync")>;
+
+/// Limits of one group commit.
+struct state_writer_config {
+  /// At most this many puts per transaction.
+  size_t max_batch_puts = 1024;
+  /// At most this many bytes per transaction (a single larger put still commits alone).
+  size_t max_batch_bytes = size_t{256} << 20;
+};
+
+/// Spawns the single writer of `store`: a detached actor that batches the puts
+/// waiting in its mailbox into one transaction (group commit) and answers each
+/// put when its data is durable. One writer per store. It stops with the
+/// actor system or on an exit message; pending puts then get `writer_stopped`.
+caf::actor spawn_state_writer(caf::actor_system& sys, std::shared_ptr<state_store> store,
+                              state_writer_config cfg = {});
+
+} // namespace understudy
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::checkpoint_ptr)

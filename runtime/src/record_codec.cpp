@@ -1,0 +1,94 @@
+#include "record_codec.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+namespace understudy::detail {
+
+namespace {
+
+void put_be(std::string& out, uint64_t x, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i)
+    out.push_back(static_cast<char>((x >> (8 * i)) & 0xff));
+}
+
+} // namespace
+
+std::string path_prefix(std::string_view path) {
+  std::string key{path};
+  key.push_back('\0');
+  return key;
+}
+
+std::string record_key(std::string_view path, uint64_t step) {
+  auto key = path_prefix(path);
+  put_be(key, step, 8);
+  return key;
+}
+
+std::string chunk_key(std::string_view path, uint64_t step, uint32_t tensor, uint32_t chunk) {
+  auto key = record_key(path, step);
+  put_be(key, tensor, 4);
+  put_be(key, chunk, 4);
+  return key;
+}
+
+bool parse_record_key(std::string_view key, std::string& path, uint64_t& step) {
+  if (key.size() < 10 || key[key.size() - 9] != '\0')
+    return false;
+  path.assign(key.data(), key.size() - 9);
+  step = 0;
+  for (size_t i = key.size() - 8; i < key.size(); ++i)
+    step = (step << 8) | static_cast<uint8_t>(key[i]);
+  return true;
+}
+
+record_hasher::record_hasher() : state_(XXH3_createState()) {
+  if (state_ == nullptr)
+    throw std::bad_alloc();
+  XXH3_64bits_reset(state_);
+}
+
+record_hasher::~record_hasher() {
+  XXH3_freeState(state_);
+}
+
+void record_hasher::bytes(const void* data, size_t size) {
+  XXH3_64bits_update(state_, data, size);
+}
+
+void record_hasher::u64(uint64_t x) {
+  unsigned char buf[8];
+  for (int i = 0; i < 8; ++i)
+    buf[i] = static_cast<unsigned char>(x >> (8 * i));
+  bytes(buf, sizeof(buf));
+}
+
+void record_hasher::text(std::string_view x) {
+  u64(x.size());
+  bytes(x.data(), x.size());
+}
+
+uint64_t record_hasher::digest() const {
+  return XXH3_64bits_digest(state_);
+}
+
+uint64_t copy_and_hash(void* dst, const void* src, size_t size) {
+  constexpr size_t block = size_t{128} << 10;
+  if (size <= block) {
+    std::memcpy(dst, src, size);
+    return XXH3_64bits(src, size);
+  }
+  record_hasher h;
+  auto* d = static_cast<std::byte*>(dst);
+  auto* s = static_cast<const std::byte*>(src);
+  for (size_t off = 0; off < size; off += block) {
+    auto n = std::min(block, size - off);
+    std::memcpy(d + off, s + off, n);
+    h.bytes(s + off, n);
+  }
+  return h.digest();
+}
+
+} // namespace understudy::detail

@@ -1,0 +1,155 @@
+#include "understudy/runtime/state_writer.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/response_promise.hpp>
+#include <caf/send.hpp>
+#include <caf/spawn_options.hpp>
+
+#include "understudy/runtime/errors.hpp"
+
+namespace understudy {
+
+namespace {
+
+using flush_atom = caf::atom_constant<caf::atom("us_flush")>;
+using tick_atom = caf::atom_constant<caf::atom("us_tick")>;
+
+struct pending_put {
+  checkpoint_ptr cp;
+  caf::response_promise rp;
+};
+
+struct writer_state {
+  std::shared_ptr<state_store> store;
+  state_writer_config cfg;
+  /// Puts received and not yet committed.
+  std::vector<pending_put> pending;
+  /// Committed puts waiting for the periodic sync.
+  std::vector<pending_put> unsynced;
+  /// Sync requests waiting for the periodic sync.
+  std::vector<caf::response_promise> sync_waiters;
+  bool flush_scheduled = false;
+  bool tick_scheduled = false;
+
+  void fail_all(const caf::error& err) {
+    for (auto& p : pending)
+      p.rp.deliver(err);
+    for (auto& p : unsynced)
+      p.rp.deliver(err);
+    pending.clear();
+    unsynced.clear();
+  }
+};
+
+/// Commits everything pending, in batches bounded by the config.
+void flush(caf::event_based_actor* self, writer_state& st) {
+  auto mode = st.store->config().mode;
+  std::vector<const checkpoint*> batch;
+  std::vector<caf::error> results;
+  size_t begin = 0;
+  while (begin < st.pending.size()) {
+    batch.clear();
+    size_t bytes = 0;
+    auto end = begin;
+    while (end < st.pending.size() && batch.size() < st.cfg.max_batch_puts) {
+      auto n = st.pending[end].cp->byte_size();
+      if (!batch.empty() && bytes + n > st.cfg.max_batch_bytes)
+        break;
+      batch.push_back(st.pending[end].cp.get());
+      bytes += n;
+      ++end;
+    }
+    auto err = st.store->commit(batch, results);
+    for (auto i = begin; i < end; ++i) {
+      auto& p = st.pending[i];
+      auto& res = results[i - begin];
+      if (err)
+        p.rp.deliver(err);
+      else if (res)
+        p.rp.deliver(res);
+      else if (mode == durability::periodic)
+        st.unsynced.push_back(std::move(p));
+      else
+        p.rp.deliver(p.cp->step);
+    }
+    begin = end;
+  }
+  st.pending.clear();
+  if (!st.unsynced.empty() && !st.tick_scheduled) {
+    st.tick_scheduled = true;
+    self->delayed_send(self, st.store->config().sync_interval, tick_atom::value);
+  }
+}
+
+/// Syncs and acknowledges what waited for it.
+void sync_now(writer_state& st) {
+  auto err = st.store->sync();
+  for (auto& p : st.unsynced) {
+    if (err)
+      p.rp.deliver(err);
+    else
+      p.rp.deliver(p.cp->step);
+  }
+  st.unsynced.clear();
+  for (auto& rp : st.sync_waiters) {
+    if (err)
+      rp.deliver(err);
+    else
+      rp.deliver(st.store->stats().commits);
+  }
+  st.sync_waiters.clear();
+}
+
+caf::behavior writer_actor(caf::event_based_actor* self, std::shared_ptr<state_store> store,
+                           state_writer_config cfg) {
+  auto st = std::make_shared<writer_state>();
+  st->store = std::move(store);
+  st->cfg = cfg;
+  self->set_exit_handler([self, st](caf::exit_msg& msg) {
+    st->fail_all(make_error(state_errc::writer_stopped,
+                            "state writer of " + st->store->config().directory + " stopped"));
+    self->quit(msg.reason);
+  });
+  return {
+      [self, st](put_state_atom, const checkpoint_ptr& cp) -> caf::result<uint64_t> {
+        auto rp = self->make_response_promise<uint64_t>();
+        st->pending.push_back(pending_put{cp, rp});
+        if (!st->flush_scheduled) {
+          // Everything already in the mailbox comes before this message, so
+          // all of it joins the same transaction.
+          st->flush_scheduled = true;
+          self->send(self, flush_atom::value);
+        }
+        return rp;
+      },
+      [self, st](flush_atom) {
+        st->flush_scheduled = false;
+        flush(self, *st);
+      },
+      [self, st](tick_atom) {
+        st->tick_scheduled = false;
+        sync_now(*st);
+      },
+      [self, st](sync_state_atom) -> caf::result<uint64_t> {
+        flush(self, *st);
+        auto rp = self->make_response_promise<uint64_t>();
+        st->sync_waiters.push_back(rp);
+        sync_now(*st);
+        return rp;
+      },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_state_writer(caf::actor_system& sys, std::shared_ptr<state_store> store,
+                              state_writer_config cfg) {
+  return sys.spawn<caf::detached>(writer_actor, std::move(store), cfg);
+}
+
+} // namespace understudy
