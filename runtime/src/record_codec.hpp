@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -49,6 +50,18 @@ private:
 /// Copies `size` bytes from `src` to `dst` and returns the XXH3-64 of them,
 /// hashing each block while it is still in cache.
 uint64_t copy_and_hash(void* dst, const void* src, size_t size);
+
+/// Offset in data.mdb of `p`, a pointer into an LMDB memory map whose pages
+/// are `page_size` bytes (the OS page size): every LMDB page starts with its
+/// page number, which locates the page in the file. (mdb_env_info's
+/// me_mapaddr is not the map's address unless MDB_FIXEDMAP is used.)
+inline size_t map_offset(const void* p, size_t page_size) {
+  auto addr = reinterpret_cast<uintptr_t>(p);
+  auto page = addr & ~(static_cast<uintptr_t>(page_size) - 1);
+  uint64_t pgno = 0;
+  std::memcpy(&pgno, reinterpret_cast<const void*>(page), sizeof(pgno));
+  return static_cast<size_t>(pgno * page_size + (addr - page));
+}
 
 /// XXH3-64 of `size` bytes.
 inline uint64_t hash_bytes(const void* data, size_t size) {

@@ -8,7 +8,9 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/after.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/exit_reason.hpp>
 #include <caf/sec.hpp>
+#include <caf/system_messages.hpp>
 
 #include "understudy/runtime/errors.hpp"
 
@@ -125,6 +127,7 @@ struct runtime::impl {
   caf::actor_system sys;
   std::mutex mtx;
   std::vector<caf::actor> trees;
+  persistence state;
 };
 
 runtime::runtime(runtime_config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
@@ -200,6 +203,35 @@ void runtime::shutdown(std::chrono::milliseconds timeout) {
   }
   for (auto i = trees.rbegin(); i != trees.rend(); ++i)
     stop(supervisor_ref{impl_->sys, *i}, timeout);
+  persistence state;
+  {
+    std::lock_guard<std::mutex> guard{impl_->mtx};
+    std::swap(state, impl_->state);
+  }
+  if (state.writer) {
+    caf::scoped_actor self{impl_->sys};
+    self->monitor(state.writer);
+    self->send_exit(state.writer, caf::exit_reason::user_shutdown);
+    self->receive([](caf::down_msg&) {}, caf::after(timeout) >> [] {});
+  }
+}
+
+caf::expected<persistence> runtime::open_state(state_store_config cfg) {
+  std::lock_guard<std::mutex> guard{impl_->mtx};
+  auto& state = impl_->state;
+  if (state) {
+    if (state.store->config().directory != cfg.directory)
+      return make_error(state_errc::invalid_config,
+                        "this runtime's state store is " + state.store->config().directory
+                            + ", not " + cfg.directory + " (one store per node)");
+    return state;
+  }
+  auto store = state_store::open(std::move(cfg));
+  if (!store)
+    return store.error();
+  state.store = std::move(*store);
+  state.writer = spawn_state_writer(impl_->sys, state.store);
+  return state;
 }
 
 std::string runtime::render(const caf::error& err) const {

@@ -166,7 +166,9 @@ struct state_store::impl {
   /// Readers hold it shared for their transaction; growing the map takes it
   /// exclusively (LMDB forbids resizing with transactions open).
   mutable std::shared_mutex resize_mtx;
-  char* map = nullptr;
+  /// Values are written straight into the map (MDB_WRITEMAP, not read-only).
+  bool direct = false;
+  size_t page_size = 4096;
   std::atomic<size_t> map_size{0};
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> puts{0};
@@ -186,19 +188,21 @@ struct state_store::impl {
   void refresh_map_info() {
     MDB_envinfo info;
     mdb_env_info(env, &info);
-    map = static_cast<char*>(info.me_mapaddr);
     map_size = info.me_mapsize;
+    MDB_stat st;
+    mdb_env_stat(env, &st);
+    page_size = st.ms_psize;
   }
 
   /// Makes sure the file range behind `p` is allocated before it is written
   /// through the map, so that a full disk is an error (ENOSPC) rather than a
   /// SIGBUS on the page fault.
   int ensure_allocated(const void* p, size_t len) {
-    auto* c = static_cast<const char*>(p);
-    if (map == nullptr || c < map || c >= map + map_size.load())
+    if (!direct)
       return 0;
-    auto begin = static_cast<size_t>(c - map) & ~size_t{4095};
-    auto end = static_cast<size_t>(c - map) + len;
+    auto off = detail::map_offset(p, page_size);
+    auto begin = off & ~(page_size - 1);
+    auto end = off + len;
     if (end <= allocated)
       return 0;
     if (::fallocate(data_fd, 0, static_cast<off_t>(begin), static_cast<off_t>(end - begin)) != 0)
@@ -209,7 +213,7 @@ struct state_store::impl {
   /// Allocates slack beyond the last used page for the B-tree pages a
   /// transaction touches (write_map only).
   int reserve_slack() {
-    if (map == nullptr)
+    if (!direct)
       return 0;
     MDB_envinfo info;
     MDB_stat st;
@@ -228,11 +232,11 @@ struct state_store::impl {
 
   /// Starts writeback of `len` bytes at `p` without waiting (write_map only).
   void start_writeback(const void* p, size_t len) {
-    auto* c = static_cast<const char*>(p);
-    if (map == nullptr || cfg.mode == durability::none || c < map)
+    if (!direct || cfg.mode == durability::none)
       return;
-    auto begin = static_cast<size_t>(c - map) & ~size_t{4095};
-    auto end = static_cast<size_t>(c - map) + len;
+    auto off = detail::map_offset(p, page_size);
+    auto begin = off & ~(page_size - 1);
+    auto end = off + len;
     ::sync_file_range(data_fd, static_cast<off_t>(begin), static_cast<off_t>(end - begin),
                       SYNC_FILE_RANGE_WRITE);
   }
@@ -405,20 +409,26 @@ struct state_store::impl {
     h.setPayloadLength(payload_bytes.size());
     rec.setPayload(payload_bytes);
     h.setChecksum(record_checksum(h.asReader(), payload_bytes));
-    auto words = capnp::messageToFlatArray(msg);
+    // Canonical form (one segment, zeroed padding) lets a reader check that
+    // every byte is meaningful: the checksum covers the fields, canonicality the rest.
+    auto words = capnp::canonicalize(rec.asReader());
     auto bytes = words.asBytes();
+    // A one-segment message: the segment table (count - 1 = 0, size in words),
+    // then the canonical segment.
+    uint32_t table[2] = {0, static_cast<uint32_t>(words.size())};
     auto key = record_key(cp.path, cp.step);
     MDB_val k = as_val(key);
-    MDB_val v{bytes.size(), nullptr};
+    MDB_val v{sizeof(table) + bytes.size(), nullptr};
     if (auto rc = mdb_put(txn, records, &k, &v, MDB_RESERVE)) {
       what = "mdb_put record " + versioned(cp.path, cp.step);
       return rc;
     }
-    if (auto rc = ensure_allocated(v.mv_data, bytes.size())) {
+    if (auto rc = ensure_allocated(v.mv_data, v.mv_size)) {
       what = "fallocate for " + versioned(cp.path, cp.step);
       return rc;
     }
-    std::memcpy(v.mv_data, bytes.begin(), bytes.size());
+    std::memcpy(v.mv_data, table, sizeof(table));
+    std::memcpy(static_cast<char*>(v.mv_data) + sizeof(table), bytes.begin(), bytes.size());
     if (auto rc = apply_retention(txn, cp.path, cp.step)) {
       what = "retention of " + cp.path;
       return rc;
@@ -478,6 +488,9 @@ struct record_view::access {
       capnp::FlatArrayMessageReader msg{
           kj::arrayPtr(reinterpret_cast<const capnp::word*>(words), val.mv_size / 8), opts};
       auto rec = msg.getRoot<schema::Record>();
+      if (!msg.isCanonical())
+        return make_error(state_errc::corrupt_record,
+                          name + ": record is not in canonical form (stray or flipped bytes)");
       auto h = rec.getHeader();
       auto payload = rec.getPayload();
       auto& info = view.info_;
@@ -715,8 +728,7 @@ caf::expected<std::shared_ptr<state_store>> state_store::open(state_store_config
   mdb_reader_check(st->env, &dead);
   mdb_env_get_fd(st->env, &st->data_fd);
   st->refresh_map_info();
-  if (!cfg.write_map || cfg.read_only)
-    st->map = nullptr;
+  st->direct = cfg.write_map && !cfg.read_only;
   MDB_txn* txn = nullptr;
   if (auto rc = mdb_txn_begin(st->env, nullptr, cfg.read_only ? MDB_RDONLY : 0, &txn))
     return mdb_error(rc, "mdb_txn_begin(open)");

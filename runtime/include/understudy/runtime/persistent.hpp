@@ -27,15 +27,6 @@
 
 namespace understudy {
 
-/// What persistent actors need: the node's store (to load from) and its writer
-/// (to checkpoint through). Build it once in main() or take it from
-/// runtime::open_state, and pass it to the children's specs.
-struct persistence {
-  std::shared_ptr<state_store> store;
-  caf::actor writer;
-  explicit operator bool() const noexcept { return store && writer; }
-};
-
 /// Limits for reading a state payload, which is untrusted input (it came from
 /// disk): at most `traversal_words` words visited and `nesting` levels deep.
 struct payload_limits {

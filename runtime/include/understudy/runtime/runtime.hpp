@@ -10,6 +10,7 @@
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 
+#include "understudy/runtime/state_writer.hpp"
 #include "understudy/runtime/supervisor.hpp"
 
 namespace understudy {
@@ -97,7 +98,13 @@ public:
   caf::error stop(const supervisor_ref& tree,
                   std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
-  /// Stops all trees started here, newest first.
+  /// Opens the node's state store under `cfg.directory` and spawns its writer,
+  /// once per runtime: later calls return the same persistence (an error if
+  /// they name another directory). Stopped by `shutdown`, after the trees.
+  /// Errors: those of state_store::open (locked, invalid_config, io_error, ...).
+  caf::expected<persistence> open_state(state_store_config cfg = {});
+
+  /// Stops all trees started here, newest first, then the state writer.
   void shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
   /// Renders `err` with all registered categories.

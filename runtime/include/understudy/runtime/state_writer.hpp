@@ -31,6 +31,15 @@ struct state_writer_config {
   size_t max_batch_bytes = size_t{256} << 20;
 };
 
+/// What persistent actors need: the node's store (to load from) and its writer
+/// (to checkpoint through). Build it once in main() (or take it from
+/// runtime::open_state) and pass it to the children's specs.
+struct persistence {
+  std::shared_ptr<state_store> store;
+  caf::actor writer;
+  explicit operator bool() const noexcept { return store && writer; }
+};
+
 /// Spawns the single writer of `store`: a detached actor that batches the puts
 /// waiting in its mailbox into one transaction (group commit) and answers each
 /// put when its data is durable. One writer per store. It stops with the

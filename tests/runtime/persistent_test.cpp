@@ -1,0 +1,262 @@
+// Persistent actors on a real actor system: state is restored from the store
+// on every restart, never from the dead incarnation's memory. Waits are on
+// events and replies, never sleeps.
+
+#include "understudy/runtime/persistent.hpp"
+
+#include <atomic>
+
+#include <caf/scoped_actor.hpp>
+
+#include "state_fixture.hpp"
+#include "test_fixture.hpp"
+#include "understudy/runtime/runtime.hpp"
+
+using namespace understudy;
+using test::counter_state;
+using test::temp_state_dir;
+
+namespace {
+
+using set_atom = caf::atom_constant<caf::atom("set")>;
+using save_atom = caf::atom_constant<caf::atom("save")>;
+using get_atom = caf::atom_constant<caf::atom("get")>;
+
+/// A persistent counter: `set` changes memory only, `save` checkpoints and
+/// answers when durable, `get` answers the counter and the first weight.
+caf::behavior counter_actor(caf::event_based_actor* self,
+                            std::shared_ptr<persistent<counter_state>> st) {
+  return {
+      [st](set_atom, uint64_t v) {
+        st->value().counter = v;
+        st->value().weights.assign(1000, static_cast<float>(v));
+      },
+      [self, st](save_atom, uint64_t step) -> caf::result<uint64_t> {
+        auto rp = self->make_response_promise<uint64_t>();
+        st->checkpoint(step, [rp](caf::expected<uint64_t> res) mutable {
+          if (res)
+            rp.deliver(*res);
+          else
+            rp.deliver(res.error());
+        });
+        return rp;
+      },
+      [st](get_atom) {
+        auto& v = st->value();
+        return std::make_tuple(v.counter, v.weights.empty() ? -1.0f : v.weights[0],
+                               st->restored_step() ? *st->restored_step() : uint64_t{0});
+      },
+      [](test::crash_atom) -> int { throw std::runtime_error("injected crash"); },
+  };
+}
+
+struct persistent_fixture {
+  explicit persistent_fixture(const std::string& dir, durability mode = durability::none)
+      : log(std::make_shared<event_log>()), rt(make_config(log)) {
+    auto cfg = test::test_store_config(dir);
+    cfg.mode = mode;
+    auto p = rt.open_state(cfg);
+    if (!p)
+      FAIL("open_state: " << describe(p.error()));
+    state = *p;
+  }
+
+  static runtime_config make_config(std::shared_ptr<event_log> log) {
+    runtime_config cfg;
+    cfg.worker_threads = 2;
+    cfg.events = std::move(log);
+    cfg.log_events = false;
+    return cfg;
+  }
+
+  supervisor_ref start_counter(const std::string& name = "job") {
+    supervisor_spec spec;
+    spec.name = name;
+    spec.backoff.min = caf::timespan{0};
+    spec.children.push_back(persistent_child<counter_state>("counter", state, counter_actor));
+    auto tree = rt.start(spec);
+    if (!tree)
+      FAIL("start: " << describe(tree.error()));
+    return *tree;
+  }
+
+  template <class T, class... Ts>
+  T ask(const caf::actor& dest, Ts&&... xs) {
+    caf::scoped_actor self{rt.system()};
+    T result{};
+    bool ok = false;
+    self->request(dest, std::chrono::seconds(30), std::forward<Ts>(xs)...)
+        .receive(
+            [&](T& x) {
+              result = std::move(x);
+              ok = true;
+            },
+            [&](caf::error& err) { FAIL("request failed: " << describe(err)); });
+    REQUIRE(ok);
+    return result;
+  }
+
+  std::tuple<uint64_t, float, uint64_t> get(const caf::actor& a) {
+    caf::scoped_actor self{rt.system()};
+    std::tuple<uint64_t, float, uint64_t> result;
+    self->request(a, std::chrono::seconds(30), get_atom::value)
+        .receive([&](uint64_t c, float w, uint64_t s) { result = {c, w, s}; },
+                 [&](caf::error& err) { FAIL("get failed: " << describe(err)); });
+    return result;
+  }
+
+  bool wait_for(event_kind kind, size_t n) {
+    return log->wait_for(
+        [&](const std::vector<supervision_event>& evs) {
+          return static_cast<size_t>(std::count_if(evs.begin(), evs.end(), [&](auto& ev) {
+                   return ev.kind == kind;
+                 }))
+                 >= n;
+        },
+        std::chrono::seconds(30));
+  }
+
+  std::shared_ptr<event_log> log;
+  runtime rt;
+  persistence state;
+};
+
+} // namespace
+
+TEST_CASE("a restarted child has its checkpointed state, not what it changed afterwards",
+          "[state][persistent]") {
+  temp_state_dir dir;
+  persistent_fixture f{dir.path};
+  auto tree = f.start_counter();
+  REQUIRE(f.wait_for(event_kind::state_fresh, 1));
+  auto a = tree.resolve("counter");
+  REQUIRE(a);
+  caf::anon_send(*a, set_atom::value, uint64_t{10});
+  CHECK(f.ask<uint64_t>(*a, save_atom::value, uint64_t{1}) == 1);
+  caf::anon_send(*a, set_atom::value, uint64_t{99}); // after the checkpoint
+  CHECK(std::get<0>(f.get(*a)) == 99);
+  caf::anon_send(*a, test::crash_atom::value);
+  REQUIRE(f.wait_for(event_kind::child_restarted, 1));
+  auto b = tree.resolve("counter");
+  REQUIRE(b);
+  CHECK(*b != *a);
+  auto [counter, weight, restored] = f.get(*b);
+  CHECK(counter == 10);
+  CHECK(weight == 10.0f);
+  CHECK(restored == 1);
+  CHECK(f.log->count(event_kind::state_restored, "counter") == 1);
+  auto evs = f.log->snapshot();
+  auto ev = std::find_if(evs.begin(), evs.end(),
+                         [](auto& e) { return e.kind == event_kind::state_restored; });
+  REQUIRE(ev != evs.end());
+  CHECK(ev->action == "restored step 1");
+  CHECK(ev->incarnation == 2);
+  CHECK(ev->supervisor == "/job");
+}
+
+TEST_CASE("a corrupt newest version makes the restarted child load the previous one and say so",
+          "[state][persistent][corruption]") {
+  temp_state_dir dir;
+  {
+    persistent_fixture f{dir.path};
+    auto tree = f.start_counter();
+    auto a = tree.resolve("counter");
+    REQUIRE(a);
+    for (uint64_t s = 1; s <= 3; ++s) {
+      caf::anon_send(*a, set_atom::value, s * 100);
+      CHECK(f.ask<uint64_t>(*a, save_atom::value, s) == s);
+    }
+  } // runtime, writer and store closed: the node is down
+  test::flip_byte_in_chunk(dir.path, "/job/counter", 3, 0, 0, 17);
+  persistent_fixture f{dir.path};
+  auto tree = f.start_counter();
+  REQUIRE(f.wait_for(event_kind::state_fallback, 1));
+  auto a = tree.resolve("counter");
+  REQUIRE(a);
+  auto [counter, weight, restored] = f.get(*a);
+  CHECK(counter == 200);
+  CHECK(weight == 200.0f);
+  CHECK(restored == 2);
+  auto evs = f.log->snapshot();
+  auto ev = std::find_if(evs.begin(), evs.end(),
+                         [](auto& e) { return e.kind == event_kind::state_fallback; });
+  REQUIRE(ev != evs.end());
+  CHECK(ev->action == "restored step 2");
+  CHECK(ev->reason.find("skipped step 3") != std::string::npos);
+  CHECK(ev->reason.find("checksum mismatch") != std::string::npos);
+  CHECK(f.log->count(event_kind::state_restored) == 0);
+}
+
+TEST_CASE("a child with no saved state starts fresh and the event says so", "[state][persistent]") {
+  temp_state_dir dir;
+  persistent_fixture f{dir.path};
+  auto tree = f.start_counter();
+  REQUIRE(f.wait_for(event_kind::state_fresh, 1));
+  auto evs = f.log->snapshot();
+  auto ev = std::find_if(evs.begin(), evs.end(),
+                         [](auto& e) { return e.kind == event_kind::state_fresh; });
+  REQUIRE(ev != evs.end());
+  CHECK(ev->reason == "no saved state");
+  auto a = tree.resolve("counter");
+  REQUIRE(a);
+  CHECK(std::get<0>(f.get(*a)) == 0);
+}
+
+TEST_CASE("64 actors checkpointing at once: every acknowledged checkpoint is readable",
+          "[state][persistent][group_commit]") {
+  temp_state_dir dir;
+  persistent_fixture f{dir.path, durability::sync_each_commit};
+  constexpr size_t actors = 64;
+  constexpr uint64_t steps = 5;
+  caf::scoped_actor self{f.rt.system()};
+  std::vector<caf::actor> writers;
+  for (size_t i = 0; i < actors; ++i) {
+    writers.push_back(f.rt.system().spawn([i, p = f.state](caf::event_based_actor* me) {
+      persistent_identity id;
+      id.path = "/job/actor-" + std::to_string(i);
+      auto st = std::make_shared<persistent<counter_state>>(me, p, id);
+      return counter_actor(me, st);
+    }));
+  }
+  // All actors checkpoint each step concurrently; their acks come back through
+  // the group commit.
+  size_t acks = 0;
+  for (uint64_t s = 1; s <= steps; ++s) {
+    for (size_t i = 0; i < actors; ++i)
+      self->send(writers[i], set_atom::value, s * 1000 + i);
+    for (size_t i = 0; i < actors; ++i)
+      self->send(writers[i], save_atom::value, s);
+    for (size_t i = 0; i < actors; ++i)
+      self->receive(
+          [&](uint64_t step) {
+            CHECK(step == s);
+            ++acks;
+          },
+          [&](caf::error& err) { FAIL("checkpoint failed: " << describe(err)); });
+  }
+  CHECK(acks == actors * steps);
+  for (auto& w : writers)
+    self->send_exit(w, caf::exit_reason::user_shutdown);
+  auto stats = f.state.store->stats();
+  CHECK(stats.puts == actors * steps);
+  // Batching: far fewer transactions than puts.
+  CHECK(stats.commits < stats.puts);
+  for (size_t i = 0; i < actors; ++i) {
+    for (uint64_t s = 1; s <= steps; ++s) {
+      counter_state loaded;
+      auto err = f.state.store->read(
+          "/job/actor-" + std::to_string(i), s, [&](const record_view& rec) -> caf::error {
+            state_decoder dec{rec, {}};
+            return state_codec<counter_state>::load(dec, loaded);
+          });
+      if (s + 3 <= steps) {
+        // Retention (keep_last 3) removed the oldest versions.
+        CHECK(is(err, state_errc::not_found));
+        continue;
+      }
+      REQUIRE_FALSE(err);
+      CHECK(loaded.counter == s * 1000 + i);
+      CHECK(loaded.weights.size() == 1000);
+    }
+  }
+}
