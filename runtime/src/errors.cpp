@@ -205,23 +205,25 @@ std::string describe(const caf::error& err) {
   return result;
 }
 
+namespace {
+
+/// Renders errors of category enum `E` by name, with their context.
+template <class E>
+auto renderer() {
+  return [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+    auto result = to_string(static_cast<E>(code));
+    auto text = context_text(ctx);
+    if (!text.empty())
+      result += ": " + text;
+    return result;
+  };
+}
+
+} // namespace
+
 void register_error_categories(caf::actor_system_config& cfg) {
-  cfg.add_error_category(supervision_category,
-                         [](uint8_t code, caf::atom_value, const caf::message& ctx) {
-                           auto result = to_string(static_cast<supervision_errc>(code));
-                           auto text = context_text(ctx);
-                           if (!text.empty())
-                             result += ": " + text;
-                           return result;
-                         });
-  cfg.add_error_category(state_category,
-                         [](uint8_t code, caf::atom_value, const caf::message& ctx) {
-                           auto result = to_string(static_cast<state_errc>(code));
-                           auto text = context_text(ctx);
-                           if (!text.empty())
-                             result += ": " + text;
-                           return result;
-                         });
+  cfg.add_error_category(supervision_category, renderer<supervision_errc>());
+  cfg.add_error_category(state_category, renderer<state_errc>());
 }
 
 } // namespace understudy

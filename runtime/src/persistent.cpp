@@ -21,7 +21,7 @@ checkpoint state_encoder::finish(std::string path, uint64_t step, uint64_t schem
 }
 
 state_decoder::state_decoder(const record_view& rec, payload_limits limits)
-  : rec_(rec), limits_(limits) {
+    : rec_(rec), limits_(limits) {
   // Nothing to do.
 }
 
@@ -46,9 +46,9 @@ caf::error state_decoder::copy_tensor(std::string_view name, void* dst, size_t s
 }
 
 caf::error state_decoder::missing_tensor(std::string_view name) const {
-  return make_error(state_errc::schema_mismatch, rec_.info().path + "@"
-                                                     + std::to_string(rec_.info().step)
-                                                     + " has no tensor " + std::string{name});
+  return make_error(state_errc::schema_mismatch, rec_.info().path + "@" +
+                                                     std::to_string(rec_.info().step) +
+                                                     " has no tensor " + std::string{name});
 }
 
 persistent_identity persistent_identity::of(const child_context& ctx) {

@@ -2,14 +2,14 @@
 // Private: the on-disk layout of the state store (keys, record checksum,
 // hashing). Shared by state_store.cpp and the tests of corruption handling.
 
+#include <xxh_x86dispatch.h>
+#include <xxhash.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <string_view>
-
-#include <xxhash.h>
-#include <xxh_x86dispatch.h>
 
 #include "understudy/runtime/state_store.hpp"
 

@@ -7,8 +7,8 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/after.hpp>
-#include <caf/scoped_actor.hpp>
 #include <caf/exit_reason.hpp>
+#include <caf/scoped_actor.hpp>
 #include <caf/sec.hpp>
 #include <caf/system_messages.hpp>
 
@@ -221,9 +221,9 @@ caf::expected<persistence> runtime::open_state(state_store_config cfg) {
   auto& state = impl_->state;
   if (state) {
     if (state.store->config().directory != cfg.directory)
-      return make_error(state_errc::invalid_config,
-                        "this runtime's state store is " + state.store->config().directory
-                            + ", not " + cfg.directory + " (one store per node)");
+      return make_error(state_errc::invalid_config, "this runtime's state store is " +
+                                                        state.store->config().directory + ", not " +
+                                                        cfg.directory + " (one store per node)");
     return state;
   }
   auto store = state_store::open(std::move(cfg));

@@ -1,13 +1,5 @@
 #include "understudy/runtime/state_store.hpp"
 
-#include <algorithm>
-#include <atomic>
-#include <cerrno>
-#include <cstring>
-#include <filesystem>
-#include <mutex>
-#include <shared_mutex>
-
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <fcntl.h>
@@ -15,6 +7,14 @@
 #include <lmdb.h>
 #include <sys/file.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <shared_mutex>
 
 #include "record_codec.hpp"
 #include "understudy/runtime/errors.hpp"
@@ -245,9 +245,9 @@ struct state_store::impl {
     std::unique_lock<std::shared_mutex> guard{resize_mtx};
     auto cur = map_size.load();
     if (cur >= cfg.max_map_size)
-      return make_error(state_errc::map_size_limit,
-                        cfg.directory + ": map is full at max_map_size " + std::to_string(cur)
-                            + " bytes");
+      return make_error(
+          state_errc::map_size_limit,
+          cfg.directory + ": map is full at max_map_size " + std::to_string(cur) + " bytes");
     auto next = std::min(cfg.max_map_size, cur * 2);
     if (auto rc = mdb_env_set_mapsize(env, next))
       return mdb_error(rc, "mdb_env_set_mapsize(" + std::to_string(next) + ")");
@@ -443,8 +443,7 @@ struct state_store::impl {
   struct reader {
     std::shared_lock<std::shared_mutex> guard;
     MDB_txn* txn = nullptr;
-    explicit reader(const impl& self) : guard(self.resize_mtx) {
-    }
+    explicit reader(const impl& self) : guard(self.resize_mtx) {}
     ~reader() {
       if (txn != nullptr)
         mdb_txn_abort(txn);
@@ -471,9 +470,9 @@ struct record_view::access {
     const uint64_t* words = nullptr;
     auto aligned = reinterpret_cast<uintptr_t>(val.mv_data) % alignof(uint64_t) == 0;
     if (val.mv_size % 8 != 0)
-      return make_error(state_errc::corrupt_record,
-                        name + ": record length " + std::to_string(val.mv_size)
-                            + " is not a whole number of words");
+      return make_error(state_errc::corrupt_record, name + ": record length " +
+                                                        std::to_string(val.mv_size) +
+                                                        " is not a whole number of words");
     if (aligned) {
       words = static_cast<const uint64_t*>(val.mv_data);
     } else {
@@ -554,7 +553,7 @@ struct record_view::access {
       return make_error(state_errc::corrupt_record,
                         name + ": malformed record: " + e.getDescription().cStr());
     }
-    (void) st;
+    (void)st;
     return {};
   }
 
@@ -567,25 +566,25 @@ struct record_view::access {
     MDB_val v;
     auto* txn = static_cast<MDB_txn*>(const_cast<void*>(view.txn_));
     auto expected = std::min<uint64_t>(t.chunk_size, t.size - uint64_t{c} * t.chunk_size);
-    auto name = versioned(view.info_.path, view.info_.step) + " tensor " + t.name + " chunk "
-                + std::to_string(c);
+    auto name = versioned(view.info_.path, view.info_.step) + " tensor " + t.name + " chunk " +
+                std::to_string(c);
     int rc = mdb_get(txn, st.chunks, &k, &v);
     if (rc == MDB_NOTFOUND)
       return make_error(state_errc::truncated_chunk, name + " is missing");
     if (rc != 0)
       return mdb_error(rc, "mdb_get " + name);
     if (v.mv_size != expected)
-      return make_error(state_errc::truncated_chunk, name + " has " + std::to_string(v.mv_size)
-                                                         + " bytes, expected "
-                                                         + std::to_string(expected));
+      return make_error(state_errc::truncated_chunk, name + " has " + std::to_string(v.mv_size) +
+                                                         " bytes, expected " +
+                                                         std::to_string(expected));
     return byte_span{static_cast<const std::byte*>(v.mv_data), v.mv_size};
   }
 
   static caf::error mismatch(const record_view& view, size_t ti, uint32_t c) {
-    return make_error(state_errc::corrupt_record,
-                      versioned(view.info_.path, view.info_.step) + " tensor "
-                          + view.info_.tensors[ti].name + " chunk " + std::to_string(c)
-                          + ": checksum mismatch");
+    return make_error(state_errc::corrupt_record, versioned(view.info_.path, view.info_.step) +
+                                                      " tensor " + view.info_.tensors[ti].name +
+                                                      " chunk " + std::to_string(c) +
+                                                      ": checksum mismatch");
   }
 };
 
@@ -608,16 +607,15 @@ caf::error record_view::copy_tensor(size_t index, void* dst, size_t size) const 
   auto& t = info_.tensors[index];
   if (size != t.size)
     return make_error(state_errc::schema_mismatch,
-                      versioned(info_.path, info_.step) + " tensor " + t.name + " has "
-                          + std::to_string(t.size) + " bytes, the target "
-                          + std::to_string(size));
+                      versioned(info_.path, info_.step) + " tensor " + t.name + " has " +
+                          std::to_string(t.size) + " bytes, the target " + std::to_string(size));
   auto* out = static_cast<std::byte*>(dst);
   for (uint32_t c = 0; c < t.chunks; ++c) {
     auto span = access::chunk(*this, index, c);
     if (!span)
       return std::move(span.error());
-    if (detail::copy_and_hash(out + uint64_t{c} * t.chunk_size, span->data, span->size)
-        != chunk_checksums_[index][c])
+    if (detail::copy_and_hash(out + uint64_t{c} * t.chunk_size, span->data, span->size) !=
+        chunk_checksums_[index][c])
       return access::mismatch(*this, index, c);
   }
   return {};
@@ -662,9 +660,9 @@ caf::expected<std::shared_ptr<state_store>> state_store::open(state_store_config
   if (cfg.directory.empty())
     return make_error(state_errc::invalid_config, "state directory is empty");
   if (cfg.chunk_size == 0 || cfg.chunk_size % 4096 != 0)
-    return make_error(state_errc::invalid_config,
-                      "chunk_size must be a positive multiple of 4096, got "
-                          + std::to_string(cfg.chunk_size));
+    return make_error(
+        state_errc::invalid_config,
+        "chunk_size must be a positive multiple of 4096, got " + std::to_string(cfg.chunk_size));
   if (cfg.retention.keep_last == 0)
     return make_error(state_errc::invalid_config, "retention.keep_last must be at least 1");
   if (cfg.initial_map_size < (size_t{1} << 20) || cfg.initial_map_size > cfg.max_map_size)
@@ -690,9 +688,8 @@ caf::expected<std::shared_ptr<state_store>> state_store::open(state_store_config
       char buf[32] = {0};
       auto n = ::pread(st->lock_fd, buf, sizeof(buf) - 1, 0);
       std::string holder = n > 0 ? std::string{" (held by pid "} + buf + ")" : std::string{};
-      return make_error(state_errc::locked,
-                        "state directory " + cfg.directory + " is already open for writing"
-                            + holder);
+      return make_error(state_errc::locked, "state directory " + cfg.directory +
+                                                " is already open for writing" + holder);
     }
     auto pid = std::to_string(::getpid());
     if (::ftruncate(st->lock_fd, 0) == 0 && ::pwrite(st->lock_fd, pid.data(), pid.size(), 0) < 0) {
@@ -719,9 +716,9 @@ caf::expected<std::shared_ptr<state_store>> state_store::open(state_store_config
     flags |= MDB_NOSYNC;
   if (auto rc = mdb_env_open(st->env, cfg.directory.c_str(), flags, 0644)) {
     if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH)
-      return make_error(state_errc::corrupt_record,
-                        cfg.directory + "/data.mdb is not a usable LMDB environment: "
-                            + mdb_strerror(rc));
+      return make_error(
+          state_errc::corrupt_record,
+          cfg.directory + "/data.mdb is not a usable LMDB environment: " + mdb_strerror(rc));
     return mdb_error(rc, "mdb_env_open(" + cfg.directory + ")");
   }
   int dead = 0;
@@ -756,16 +753,16 @@ caf::error state_store::commit(const std::vector<const checkpoint*>& batch,
   std::vector<size_t> valid;
   for (size_t i = 0; i < batch.size(); ++i) {
     auto& cp = *batch[i];
-    if (cp.path.empty() || cp.path.find('\0') != std::string::npos
-        || cp.path.size() > detail::max_path_length)
+    if (cp.path.empty() || cp.path.find('\0') != std::string::npos ||
+        cp.path.size() > detail::max_path_length)
       results[i] = make_error(state_errc::invalid_path,
-                              "actor path must be 1.." + std::to_string(detail::max_path_length)
-                                  + " bytes without NUL: '" + cp.path + "'");
+                              "actor path must be 1.." + std::to_string(detail::max_path_length) +
+                                  " bytes without NUL: '" + cp.path + "'");
     else if (cp.payload.size() * sizeof(uint64_t) > st.cfg.max_payload)
       results[i] = make_error(state_errc::payload_too_large,
-                              versioned(cp.path, cp.step) + ": payload of "
-                                  + std::to_string(cp.payload.size() * 8)
-                                  + " bytes exceeds max_payload; store large data as tensors");
+                              versioned(cp.path, cp.step) + ": payload of " +
+                                  std::to_string(cp.payload.size() * 8) +
+                                  " bytes exceeds max_payload; store large data as tensors");
     else
       valid.push_back(i);
   }
@@ -823,8 +820,8 @@ caf::expected<std::vector<std::string>> state_store::paths() const {
   uint64_t step = 0;
   int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
   while (rc == 0) {
-    if (detail::parse_record_key(as_view(k), path, step)
-        && (result.empty() || result.back() != path))
+    if (detail::parse_record_key(as_view(k), path, step) &&
+        (result.empty() || result.back() != path))
       result.push_back(path);
     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
   }
@@ -915,8 +912,8 @@ caf::expected<restore_report> state_store::restore_newest(
       report.step = *i;
       break;
     }
-    if (err.category() == state_category
-        && (is(err, state_errc::io_error) || is(err, state_errc::disk_full)))
+    if (err.category() == state_category &&
+        (is(err, state_errc::io_error) || is(err, state_errc::disk_full)))
       return err;
     report.skipped.emplace_back(*i, std::move(err));
   }

@@ -32,3 +32,21 @@ TEST_CASE("errors carry their context and render readably", "[runtime][errors]")
   CHECK(describe(caf::make_error(caf::exit_reason::kill)) == "kill");
   CHECK(describe(caf::make_error(caf::sec::runtime_error)) == "runtime_error");
 }
+
+TEST_CASE("every state error has a distinct name and a next step, distinct from supervision's",
+          "[state][errors]") {
+  std::set<std::string> names;
+  for (int i = 0; i <= static_cast<int>(state_errc::writer_stopped); ++i) {
+    auto code = static_cast<state_errc>(i);
+    auto name = to_string(code);
+    CHECK(name != "unknown");
+    CHECK(names.insert(name).second);
+    CHECK(to_string(next_step_for(code)) != "unknown");
+  }
+  CHECK(next_step_for(state_errc::corrupt_record) == next_step::give_up);
+  CHECK(next_step_for(state_errc::disk_full) == next_step::back_off);
+  auto err = make_error(state_errc::corrupt_record, "/job/a@3: checksum mismatch");
+  CHECK(is(err, state_errc::corrupt_record));
+  CHECK_FALSE(is(err, supervision_errc::start_failed));
+  CHECK(describe(err) == "corrupt_record: /job/a@3: checksum mismatch");
+}

@@ -100,18 +100,19 @@ struct persistent_fixture {
     caf::scoped_actor self{rt.system()};
     std::tuple<uint64_t, float, uint64_t> result;
     self->request(a, std::chrono::seconds(30), get_atom::value)
-        .receive([&](uint64_t c, float w, uint64_t s) { result = {c, w, s}; },
-                 [&](caf::error& err) { FAIL("get failed: " << describe(err)); });
+        .receive(
+            [&](uint64_t c, float w, uint64_t s) {
+              result = {c, w, s};
+            },
+            [&](caf::error& err) { FAIL("get failed: " << describe(err)); });
     return result;
   }
 
   bool wait_for(event_kind kind, size_t n) {
     return log->wait_for(
         [&](const std::vector<supervision_event>& evs) {
-          return static_cast<size_t>(std::count_if(evs.begin(), evs.end(), [&](auto& ev) {
-                   return ev.kind == kind;
-                 }))
-                 >= n;
+          return static_cast<size_t>(std::count_if(evs.begin(), evs.end(),
+                                                   [&](auto& ev) { return ev.kind == kind; })) >= n;
         },
         std::chrono::seconds(30));
   }
@@ -244,11 +245,11 @@ TEST_CASE("64 actors checkpointing at once: every acknowledged checkpoint is rea
   for (size_t i = 0; i < actors; ++i) {
     for (uint64_t s = 1; s <= steps; ++s) {
       counter_state loaded;
-      auto err = f.state.store->read(
-          "/job/actor-" + std::to_string(i), s, [&](const record_view& rec) -> caf::error {
-            state_decoder dec{rec, {}};
-            return state_codec<counter_state>::load(dec, loaded);
-          });
+      auto err = f.state.store->read("/job/actor-" + std::to_string(i), s,
+                                     [&](const record_view& rec) -> caf::error {
+                                       state_decoder dec{rec, {}};
+                                       return state_codec<counter_state>::load(dec, loaded);
+                                     });
       if (s + 3 <= steps) {
         // Retention (keep_last 3) removed the oldest versions.
         CHECK(is(err, state_errc::not_found));
@@ -258,5 +259,37 @@ TEST_CASE("64 actors checkpointing at once: every acknowledged checkpoint is rea
       CHECK(loaded.counter == s * 1000 + i);
       CHECK(loaded.weights.size() == 1000);
     }
+  }
+}
+
+TEST_CASE("the writer answers each put: its step when durable, or why it was rejected",
+          "[state][writer]") {
+  temp_state_dir dir;
+  for (auto mode : {durability::sync_each_commit, durability::periodic, durability::none}) {
+    INFO("durability " << to_string(mode));
+    persistent_fixture f{dir.path + "/" + to_string(mode), mode};
+    caf::scoped_actor self{f.rt.system()};
+    auto good = std::make_shared<const checkpoint>(test::make_checkpoint("/w/a", 7, 1000));
+    auto bad = std::make_shared<const checkpoint>(test::make_checkpoint("", 8, 10));
+    // Both are in the mailbox before the writer runs its flush: one transaction.
+    self->send(f.state.writer, put_state_atom::value, checkpoint_ptr{good});
+    self->send(f.state.writer, put_state_atom::value, checkpoint_ptr{bad});
+    uint64_t acked = 0;
+    caf::error rejected;
+    for (int i = 0; i < 2; ++i)
+      self->receive([&](uint64_t step) { acked = step; },
+                    [&](caf::error& err) { rejected = std::move(err); });
+    CHECK(acked == 7);
+    CHECK(is(rejected, state_errc::invalid_path));
+    auto w = test::read_w(*f.state.store, "/w/a", 7);
+    REQUIRE(w);
+    CHECK(w->size() == 1000);
+    // A sync request answers once everything before it is on disk.
+    uint64_t commits = 0;
+    self->request(f.state.writer, std::chrono::seconds(30), sync_state_atom::value)
+        .receive([&](uint64_t n) { commits = n; },
+                 [&](caf::error& err) { FAIL("sync failed: " << describe(err)); });
+    CHECK(commits == f.state.store->stats().commits);
+    CHECK(commits >= 1);
   }
 }

@@ -2,6 +2,9 @@
 // Helpers for state store tests: checkpoints with a TensorState payload, a
 // test state type with its codec, and a store in a fresh directory.
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -9,8 +12,6 @@
 #include <string>
 #include <vector>
 
-#include <capnp/message.h>
-#include <capnp/serialize.h>
 #include <catch2/catch.hpp>
 
 #include "state_test_util.hpp"
@@ -46,8 +47,8 @@ inline understudy::state_store_config test_store_config(const std::string& dir) 
 }
 
 /// Opens a store or fails the test.
-inline std::shared_ptr<understudy::state_store>
-open_store(const understudy::state_store_config& cfg) {
+inline std::shared_ptr<understudy::state_store> open_store(
+    const understudy::state_store_config& cfg) {
   auto st = understudy::state_store::open(cfg);
   if (!st)
     FAIL("cannot open store: " << understudy::describe(st.error()));
@@ -77,7 +78,8 @@ inline understudy::checkpoint make_checkpoint(const std::string& path, uint64_t 
 }
 
 /// Commits `cps` in one transaction and requires every put to succeed.
-inline void commit_all(understudy::state_store& st, const std::vector<understudy::checkpoint>& cps) {
+inline void commit_all(understudy::state_store& st,
+                       const std::vector<understudy::checkpoint>& cps) {
   std::vector<const understudy::checkpoint*> batch;
   for (auto& cp : cps)
     batch.push_back(&cp);

@@ -5,16 +5,16 @@
 // (tests/main.cpp). It commits ever larger steps and reports each
 // acknowledged step on stdout; the parent kills it at a random moment.
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
-
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "state_fixture.hpp"
 

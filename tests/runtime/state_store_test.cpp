@@ -206,7 +206,8 @@ TEST_CASE("a flipped byte in the newest version's tensor makes restore fall back
   CHECK(loaded.back() == test::w_value(2.0f, 599999));
 }
 
-TEST_CASE("a flipped byte in a record's header or payload is detected", "[state][store][corruption]") {
+TEST_CASE("a flipped byte in a record's header or payload is detected",
+          "[state][store][corruption]") {
   temp_state_dir dir;
   std::vector<uint64_t> payload;
   {
@@ -238,7 +239,8 @@ TEST_CASE("a missing chunk is reported as truncated, and no version at all is a 
   test::delete_chunk(dir.path, "/t", 5, 0, 1);
   auto st = open_store(test_store_config(dir.path));
   CHECK(is(st->verify("/t", 5), state_errc::truncated_chunk));
-  auto report = st->restore_newest("/t", [](const record_view& rec) { return rec.verify_tensors(); });
+  auto report =
+      st->restore_newest("/t", [](const record_view& rec) { return rec.verify_tensors(); });
   REQUIRE(report);
   CHECK_FALSE(report->step);
   REQUIRE(report->skipped.size() == 1);

@@ -1,5 +1,8 @@
 #pragma once
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -11,13 +14,11 @@
 #include <utility>
 #include <vector>
 
-#include <capnp/generated-header-support.h>
-#include <capnp/message.h>
-#include <capnp/serialize.h>
 #include <caf/actor.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/expected.hpp>
 #include <caf/timespan.hpp>
+#include <capnp/generated-header-support.h>
 
 #include "understudy/runtime/child_spec.hpp"
 #include "understudy/runtime/errors.hpp"
@@ -146,8 +147,7 @@ public:
 
   persistent(caf::event_based_actor* self, persistence p, persistent_identity id,
              payload_limits limits = {})
-    : self_(self), p_(std::move(p)), id_(std::move(id)), limits_(limits) {
-  }
+      : self_(self), p_(std::move(p)), id_(std::move(id)), limits_(limits) {}
 
   /// Loads the newest valid version with step <= `max_step` into value()
   /// (replacing it only on success) and reports it as a supervision event:
@@ -157,11 +157,11 @@ public:
     auto report = p_.store->restore_newest(
         id_.path,
         [this](const record_view& rec) -> caf::error {
-          if (rec.info().schema_id != capnp::typeId<typename codec::schema>()
-              || rec.info().schema_version != codec::version)
+          if (rec.info().schema_id != capnp::typeId<typename codec::schema>() ||
+              rec.info().schema_version != codec::version)
             return make_error(state_errc::schema_mismatch,
-                              id_.path + "@" + std::to_string(rec.info().step)
-                                  + ": stored schema does not match the state type");
+                              id_.path + "@" + std::to_string(rec.info().step) +
+                                  ": stored schema does not match the state type");
           State fresh{};
           state_decoder dec{rec, limits_};
           try {
@@ -195,9 +195,8 @@ public:
   void checkpoint(uint64_t step, std::function<void(caf::expected<uint64_t>)> done = {}) {
     state_encoder enc;
     codec::save(value_, enc);
-    auto cp = std::make_shared<const understudy::checkpoint>(
-        enc.finish(id_.path, step, capnp::typeId<typename codec::schema>(), codec::version,
-                   id_.incarnation));
+    auto cp = std::make_shared<const understudy::checkpoint>(enc.finish(
+        id_.path, step, capnp::typeId<typename codec::schema>(), codec::version, id_.incarnation));
     ++in_flight_;
     self_->request(p_.writer, caf::infinite, put_state_atom::value, checkpoint_ptr{std::move(cp)})
         .then(
@@ -247,8 +246,8 @@ child_spec persistent_child(std::string id, persistence p, Init init) {
       capture_exceptions(self);
       auto st = std::make_shared<persistent<State>>(self, p, ident);
       if (auto report = st->restore(); !report)
-        throw std::runtime_error("cannot load the state of " + ident.path + ": "
-                                 + describe(report.error()));
+        throw std::runtime_error("cannot load the state of " + ident.path + ": " +
+                                 describe(report.error()));
       return init(self, st);
     })};
   };
