@@ -476,9 +476,9 @@ struct record_view::access {
     if (aligned) {
       words = static_cast<const uint64_t*>(val.mv_data);
     } else {
-      view.payload_copy_.resize(val.mv_size / 8);
-      std::memcpy(view.payload_copy_.data(), val.mv_data, val.mv_size);
-      words = view.payload_copy_.data();
+      view.record_copy_.resize(val.mv_size / 8);
+      std::memcpy(view.record_copy_.data(), val.mv_data, val.mv_size);
+      words = view.record_copy_.data();
     }
     try {
       capnp::ReaderOptions opts;
@@ -589,7 +589,7 @@ struct record_view::access {
 };
 
 const std::vector<uint64_t>& record_view::payload_copy() const {
-  if (payload_copy_.empty() || payload_copy_.data() != payload_words_)
+  if (payload_copy_.size() != payload_size_ / 8)
     payload_copy_.assign(payload_words_, payload_words_ + payload_size_ / 8);
   return payload_copy_;
 }

@@ -245,6 +245,8 @@ child_spec persistent_child(std::string id, persistence p, Init init) {
     return caf::actor{ctx.system.spawn([p, init, ident](caf::event_based_actor* self) {
       capture_exceptions(self);
       auto st = std::make_shared<persistent<State>>(self, p, ident);
+      // Pending checkpoint callbacks refer to `st`: keep it as long as the actor.
+      self->attach_functor([st] {});
       if (auto report = st->restore(); !report)
         throw std::runtime_error("cannot load the state of " + ident.path + ": " +
                                  describe(report.error()));

@@ -164,10 +164,11 @@ class record_view {
 public:
   const version_info& info() const noexcept { return info_; }
 
-  /// The state's payload, a Cap'n Proto flat array: zero-copy from the memory
-  /// map when it is 8-byte aligned there, else an aligned copy.
+  /// An owned copy of the state's payload (a Cap'n Proto flat array).
   const std::vector<uint64_t>& payload_copy() const;
-  /// The payload as words: a pointer into the map or into payload_copy().
+  /// The payload as words, zero-copy: a pointer into the memory map when the
+  /// record is 8-byte aligned there (always for records of a page or more),
+  /// else into an aligned copy held by this view.
   const uint64_t* payload_words() const noexcept { return payload_words_; }
   size_t payload_word_count() const noexcept { return payload_size_ / 8; }
 
@@ -191,6 +192,8 @@ private:
   const uint64_t* payload_words_ = nullptr;
   size_t payload_size_ = 0;
   mutable std::vector<uint64_t> payload_copy_;
+  /// The record, copied when it is not 8-byte aligned in the map.
+  std::vector<uint64_t> record_copy_;
   const void* txn_ = nullptr;
   const class state_store* store_ = nullptr;
   std::vector<std::vector<uint64_t>> chunk_checksums_;
