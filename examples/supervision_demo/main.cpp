@@ -7,20 +7,30 @@
 //   +- trainers     nested supervisor, one_for_all
 //   |  +- worker-0
 //   |  +- worker-1
-//   +- checkpointer worker with a 500 ms liveness deadline (reports progress on every tick)
+//   +- checkpointer persistent worker with a 500 ms liveness deadline: every tick advances its
+//                   cumulative step count, reports progress and checkpoints its state to the
+//                   node's state store (LMDB under .understudy/demo-state, sync_each_commit)
 //
-// Exits 0 when every fault was recovered from and the tree shut down cleanly; 1 otherwise.
+// The state directory is wiped at the start, so the first checkpointer starts fresh. When it
+// hangs and is restarted, its new incarnation loads the newest durable checkpoint from the
+// store (never the dead incarnation's memory); the demo checks that it resumes at or after the
+// last step acknowledged as durable before the fault.
+//
+// Exits 0 when every fault was recovered from, the checkpointer's state was restored and the
+// tree shut down cleanly; 1 otherwise.
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -31,7 +41,9 @@
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include "understudy/runtime/persistent.hpp"
 #include "understudy/runtime/runtime.hpp"
+#include "understudy/schema/state.capnp.h"
 
 namespace {
 
@@ -83,6 +95,83 @@ caf::behavior stepper(caf::stateful_actor<step_state>* self, caf::timespan perio
 /// A permanent worker running `stepper` without liveness checks.
 understudy::child_spec stepping_worker(std::string id, caf::timespan period) {
   return understudy::worker(std::move(id), stepper, period, understudy::child_token{});
+}
+
+using durable_atom = caf::atom_constant<caf::atom("durable")>;
+
+/// The checkpointer's persisted state: the cumulative step count over all
+/// incarnations and a small stand-in for model weights (a tensor). Each step
+/// adds 1 to one weight, so the weights always sum to the step count.
+struct checkpointer_state {
+  static constexpr size_t weight_count = 256;
+  uint64_t steps = 0;
+  std::vector<float> weights = std::vector<float>(weight_count, 0.0f);
+};
+
+} // namespace
+
+/// Stores checkpointer_state as the generic TensorState: `step` holds the step
+/// count, the weights go in the tensor "weights".
+template <>
+struct understudy::state_codec<checkpointer_state> {
+  using schema = understudy::schema::TensorState;
+  static constexpr uint32_t version = 1;
+
+  static void save(const checkpointer_state& st, understudy::state_encoder& enc) {
+    auto root = enc.init_root<schema>();
+    root.setStep(st.steps);
+    root.setNote("supervision_demo checkpointer");
+    enc.add_tensor(
+        understudy::tensor_data::copy_of("weights", understudy::element_type::f32, st.weights));
+  }
+
+  static caf::error load(understudy::state_decoder& dec, checkpointer_state& st) {
+    st.steps = dec.root<schema>().getStep();
+    if (auto err = dec.read_tensor("weights", st.weights))
+      return err;
+    double sum = 0;
+    for (auto w : st.weights)
+      sum += w;
+    if (st.weights.size() != checkpointer_state::weight_count ||
+        sum != static_cast<double>(st.steps))
+      return understudy::make_error(
+          understudy::state_errc::corrupt_record,
+          "checkpointer weights do not match step " + std::to_string(st.steps));
+    return {};
+  }
+};
+
+namespace {
+
+/// The checkpointer: one step every `period`, each a progress report for the
+/// liveness deadline and an asynchronous checkpoint of the whole state. Its
+/// state comes from the store (persistent_child loads it before this runs).
+/// Answers `get_atom` with the cumulative steps and `durable_atom` with the
+/// newest step this incarnation had acknowledged as durable (0 for none).
+/// `hang_atom` makes it go quiet; a failed checkpoint ends it with the error.
+caf::behavior checkpointer(caf::event_based_actor* self,
+                           std::shared_ptr<understudy::persistent<checkpointer_state>> st,
+                           caf::timespan period) {
+  auto hung = std::make_shared<bool>(false);
+  self->send(self, step_atom::value);
+  return {
+      [=](step_atom) {
+        if (*hung)
+          return;
+        auto& s = st->value();
+        ++s.steps;
+        s.weights[s.steps % s.weights.size()] += 1.0f;
+        understudy::report_progress(st->identity().token);
+        st->checkpoint(s.steps, [self](caf::expected<uint64_t> durable) {
+          if (!durable)
+            self->quit(durable.error());
+        });
+        self->delayed_send(self, period, step_atom::value);
+      },
+      [=](caf::get_atom) { return st->value().steps; },
+      [=](durable_atom) { return st->durable_step().value_or(0); },
+      [=](hang_atom) { *hung = true; },
+  };
 }
 
 // -- output ------------------------------------------------------------------------------
@@ -177,6 +266,18 @@ std::string render(const supervision_event& ev, const console& out, bool shuttin
       what = "supervisor down";
       detail = ev.reason;
       break;
+    case event_kind::state_restored:
+      what = "state restored";
+      detail = ev.action + " from the store, loaded in " + pretty(ev.duration);
+      break;
+    case event_kind::state_fallback:
+      what = "STATE FALLBACK";
+      detail = ev.action + " in " + pretty(ev.duration) + " (" + ev.reason + ")";
+      break;
+    case event_kind::state_fresh:
+      what = "fresh state";
+      detail = ev.reason + "  -> starting from step 0";
+      break;
   }
   auto line = "  " + out.stamp(ev.time) + "  " + pad(who, 30) + pad(what, 17) + detail;
   line.erase(line.find_last_not_of(' ') + 1);
@@ -200,12 +301,24 @@ struct fault {
   std::function<void(const caf::actor&)> inject;
 };
 
-uint64_t steps_of(caf::actor_system& sys, const caf::actor& h) {
+/// Asks `h` for a step count (`get_atom`: steps made; `durable_atom`: last durable step).
+template <class Atom = caf::get_atom>
+uint64_t steps_of(caf::actor_system& sys, const caf::actor& h, Atom what = caf::get_atom::value) {
   caf::scoped_actor self{sys};
   uint64_t steps = 0;
-  self->request(h, 1s, caf::get_atom::value)
-      .receive([&](uint64_t n) { steps = n; }, [](caf::error&) {});
+  self->request(h, 1s, what).receive([&](uint64_t n) { steps = n; }, [](caf::error&) {});
   return steps;
+}
+
+/// The step N of a state_restored or state_fallback event ("restored step N").
+uint64_t restored_step_of(const supervision_event& ev) {
+  auto pos = ev.action.find_last_of(' ');
+  return pos == std::string::npos ? 0 : std::stoull(ev.action.substr(pos + 1));
+}
+
+bool is_state_event(const supervision_event& ev) {
+  return ev.kind == event_kind::state_restored || ev.kind == event_kind::state_fallback ||
+         ev.kind == event_kind::state_fresh;
 }
 
 uint64_t incarnation_of(const std::vector<understudy::child_info>& kids, const std::string& id) {
@@ -234,6 +347,25 @@ int main() {
   cfg.log_events = false; // The demo prints its own lines; no second copy on stderr.
   understudy::runtime rt{cfg};
 
+  // Every run starts from an empty store; the checkpointer's versions live here.
+  const std::string state_dir = ".understudy/demo-state";
+  std::error_code wipe_err;
+  std::filesystem::remove_all(state_dir, wipe_err);
+  if (wipe_err) {
+    std::fprintf(stderr, "demo: cannot wipe %s: %s\n", state_dir.c_str(),
+                 wipe_err.message().c_str());
+    return 1;
+  }
+  understudy::state_store_config store_cfg;
+  store_cfg.directory = state_dir;
+  store_cfg.mode = understudy::durability::sync_each_commit;
+  auto persistence = rt.open_state(store_cfg);
+  if (!persistence) {
+    std::fprintf(stderr, "demo: cannot open the state store in %s: %s\n", state_dir.c_str(),
+                 rt.render(persistence.error()).c_str());
+    return 1;
+  }
+
   auto backoff = understudy::backoff_policy::exponential(50ms, 400ms, 0.2);
 
   understudy::supervisor_spec trainers;
@@ -243,12 +375,15 @@ int main() {
   trainers.backoff = backoff;
   trainers.children = {stepping_worker("worker-0", 20ms), stepping_worker("worker-1", 20ms)};
 
-  understudy::child_spec checkpointer;
-  checkpointer.id = "checkpointer";
-  checkpointer.liveness_deadline = 500ms;
-  checkpointer.start = [](understudy::child_context& ctx) -> caf::expected<caf::actor> {
-    return caf::actor{ctx.system.spawn(stepper, caf::timespan{100ms}, ctx.token)};
-  };
+  // Loads its newest valid version on every (re)start, then runs checkpointer().
+  const std::string persistent_id = "checkpointer";
+  auto checkpointer_spec = understudy::persistent_child<checkpointer_state>(
+      persistent_id, *persistence,
+      [](caf::event_based_actor* self,
+         std::shared_ptr<understudy::persistent<checkpointer_state>> st) {
+        return checkpointer(self, std::move(st), caf::timespan{100ms});
+      });
+  checkpointer_spec.liveness_deadline = 500ms;
 
   understudy::supervisor_spec job;
   job.name = "job";
@@ -256,19 +391,23 @@ int main() {
   job.intensity = {10, 10s};
   job.backoff = backoff;
   job.children = {stepping_worker("data_loader", 10ms), understudy::supervisor_child(trainers),
-                  checkpointer};
+                  checkpointer_spec};
 
   out.line("understudy supervision demo");
   out.line("  A small training job runs as a supervision tree; main() injects four different");
   out.line("  failures and the supervisors bring the failed actors back. Each event line shows");
   out.line("  time since start, supervisor path/child#incarnation, what happened and why.");
+  out.line("  The checkpointer persists its state in " + state_dir + " (LMDB, synced on every");
+  out.line("  commit), wiped first so each run starts fresh; after its restart it must resume");
+  out.line("  from its last durable checkpoint, not from the dead incarnation's memory.");
   out.line("");
   out.line("  /job             one_for_one, backoff 50..400 ms +/-20%, max 10 restarts in 10 s");
   out.line("  +- data_loader   worker, 1 batch / 10 ms");
   out.line("  +- trainers      supervisor, one_for_all");
   out.line("  |  +- worker-0   worker, 1 step / 20 ms");
   out.line("  |  +- worker-1   worker, 1 step / 20 ms");
-  out.line("  +- checkpointer  worker, 1 checkpoint / 100 ms, liveness deadline 500 ms");
+  out.line("  +- checkpointer  persistent worker, 1 step + durable checkpoint / 100 ms,");
+  out.line("                   liveness deadline 500 ms");
   out.line("");
   out.line("starting the tree:");
 
@@ -316,6 +455,7 @@ int main() {
 
   std::vector<caf::timespan> recoveries;
   std::string failure;
+  std::string state_fact; // For the summary line, once the state was restored.
   int n = 0;
   for (auto& f : faults) {
     ++n;
@@ -336,15 +476,27 @@ int main() {
       before.push_back(incarnation_of(*kids, id));
     auto victim_inc = incarnation_of(*kids, f.child);
     auto path = f.supervisor == "job" ? std::string{"/job"} : "/job/" + f.supervisor;
+    const bool persistent = f.child == persistent_id;
+    auto at = "at step " + std::to_string(steps_of(rt.system(), *victim));
+    // The newest step the victim had acknowledged as durable before the fault.
+    uint64_t durable_before = 0;
+    if (persistent) {
+      durable_before = steps_of(rt.system(), *victim, durable_atom::value);
+      at += ", durable through step " + std::to_string(durable_before);
+      if (durable_before == 0) {
+        failure = f.child + " had no durable checkpoint before the fault";
+        break;
+      }
+    }
     out.line("");
     out.line("fault " + std::to_string(n) + "/" + std::to_string(faults.size()) + ": " + f.child +
-             "#" + std::to_string(victim_inc) + " (at step " +
-             std::to_string(steps_of(rt.system(), *victim)) + ") " + f.kind);
+             "#" + std::to_string(victim_inc) + " (" + at + ") " + f.kind);
     out.line("  expected: " + f.expect);
     auto injected_at = clock_type::now();
     f.inject(*victim);
 
-    // Recovered once every child of the group serves a newer incarnation.
+    // Recovered once every child of the group serves a newer incarnation (a
+    // persistent child loads its state before it serves).
     auto recovered = [&](const std::vector<supervision_event>& evs) {
       for (size_t i = 0; i < f.restarted.size(); ++i) {
         bool found = std::any_of(evs.begin(), evs.end(), [&](const supervision_event& ev) {
@@ -376,6 +528,39 @@ int main() {
                  pretty(ev.duration) + " after the crash (" + pretty(backoff_delay) +
                  " backoff + " + pretty(ev.duration - backoff_delay) + " restart)");
       }
+    }
+    if (persistent) {
+      auto evs = log->snapshot();
+      auto ev = std::find_if(evs.begin(), evs.end(), [&](const supervision_event& e) {
+        return is_state_event(e) && e.supervisor == path && e.child == f.child &&
+               e.incarnation > victim_inc;
+      });
+      if (ev == evs.end() || ev->kind != event_kind::state_restored) {
+        failure = f.child + " restarted without restoring its state (" +
+                  (ev == evs.end() ? std::string{"no state event"}
+                                   : understudy::to_string(ev->kind) + ": " + ev->reason) +
+                  ")";
+        break;
+      }
+      auto restored = restored_step_of(*ev);
+      auto h = sup->resolve(f.child);
+      if (!h) {
+        failure = "cannot resolve " + f.child + " after its restart: " + rt.render(h.error());
+        break;
+      }
+      auto now = steps_of(rt.system(), *h);
+      out.line("  state: " + f.child + "#" + std::to_string(ev->incarnation) + " resumed at step " +
+               std::to_string(restored) + " from its last durable checkpoint (load " +
+               pretty(ev->duration) + "), not from 0");
+      if (restored < durable_before || now < durable_before) {
+        failure = f.child + " went back: restored step " + std::to_string(restored) +
+                  ", now at step " + std::to_string(now) + ", but step " +
+                  std::to_string(durable_before) + " was durable before the fault";
+        break;
+      }
+      out.line("  verified: now at step " + std::to_string(now) + " >= step " +
+               std::to_string(durable_before) + ", the last durable step before the fault");
+      state_fact = ", state restored at step " + std::to_string(restored);
     }
     std::this_thread::sleep_for(1s); // Pace the demo so the reader can follow.
   }
@@ -430,6 +615,6 @@ int main() {
   out.line("");
   out.line("demo: " + std::to_string(faults.size()) + " faults injected, " +
            std::to_string(recoveries.size()) + " recoveries, median recovery " + pretty(median) +
-           ", clean shutdown");
-  return recoveries.size() == faults.size() ? 0 : 1;
+           state_fact + ", clean shutdown");
+  return recoveries.size() == faults.size() && !state_fact.empty() ? 0 : 1;
 }

@@ -451,11 +451,24 @@ struct state_store::impl {
   };
 
   caf::error begin_read(reader& r) const {
-    if (auto rc = mdb_txn_begin(env, nullptr, MDB_RDONLY, &r.txn)) {
+    for (int attempt = 0;; ++attempt) {
+      auto rc = mdb_txn_begin(env, nullptr, MDB_RDONLY, &r.txn);
+      if (rc == 0)
+        return {};
       r.txn = nullptr;
-      return mdb_error(rc, "mdb_txn_begin(read) in " + cfg.directory);
+      if (rc != MDB_MAP_RESIZED || attempt > 0)
+        return mdb_error(rc, "mdb_txn_begin(read) in " + cfg.directory);
+      // The writer (another process) grew the map: adopt its size, which
+      // LMDB allows only with no transaction open here.
+      r.guard.unlock();
+      {
+        std::unique_lock<std::shared_mutex> resize{resize_mtx};
+        if (auto rc2 = mdb_env_set_mapsize(env, 0))
+          return mdb_error(rc2, "mdb_env_set_mapsize(0) in " + cfg.directory);
+        const_cast<impl*>(this)->refresh_map_info();
+      }
+      r.guard.lock();
     }
-    return {};
   }
 };
 

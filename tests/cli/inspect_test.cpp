@@ -181,13 +181,17 @@ TEST_CASE("inspect lists every version and exits 0 when all verify", "[cli]") {
   for (auto step : {"1", "2", "3"}) {
     auto row = find_row(run.out, "/job/shard-0", step);
     REQUIRE(row.size() == 9);
-    CHECK(row[2] == "2");             // schema version
-    CHECK(row[3] + row[4] == "120B"); // payload
-    CHECK(row[5] == "11.7");          // tensors: 3000 f32 values
+    CHECK(row[2] == "2");            // schema version
+    CHECK(row[3] + row[4] == "96B"); // payload
+    CHECK(row[5] == "11.7");         // tensors: 3000 f32 values
     CHECK(row[8] == "ok");
   }
-  CHECK(find_row(run.out, "/job/loader", "0").size() == 8);
-  CHECK(find_row(run.out, "/job/loader", "3").size() == 8);
+  for (auto step : {"0", "3"}) {
+    auto row = find_row(run.out, "/job/loader", step);
+    REQUIRE(row.size() == 9);
+    CHECK(row[5] + row[6] == "0B"); // no tensors
+    CHECK(row[8] == "ok");
+  }
   CHECK(count_lines(run.out, "  ok") == 5);
   CHECK(run.out.find("2 paths, 5 versions") != std::string::npos);
   CHECK(run.out.find(", 0 corrupt") != std::string::npos);
@@ -257,8 +261,7 @@ TEST_CASE("inspect names a record with a corrupt payload and exits 1", "[cli]") 
   test::flip_byte_in_record(dir.path, "/job/loader", 3, size - 12);
   auto run = run_cli({"inspect", dir.path}, scratch.path);
   CHECK(run.status == 1);
-  CHECK(run.err.rfind("corrupt: /job/loader@3: corrupt_record: ", 0) == 0);
-  CHECK(count_lines(run.err, "corrupt:") == 1);
+  CHECK(run.err == "corrupt: /job/loader@3: corrupt_record: checksum mismatch\n");
   // Its header failed its checksum: sizes and age are unknown.
   auto row = find_row(run.out, "/job/loader", "3");
   REQUIRE(row.size() > 7);

@@ -85,6 +85,69 @@ int checkpoint_crasher_main(const char* dir) {
 
 } // namespace test
 
+namespace {
+
+/// Runs the crasher on `dir` until it acknowledged `acks_before_kill` commits,
+/// waits `extra` more, kills it with SIGKILL and returns how many commits it
+/// acknowledged in all and the last acknowledged step.
+std::pair<int, uint64_t> run_crasher(const std::string& dir, int acks_before_kill,
+                                     std::chrono::microseconds extra) {
+  int out[2];
+  REQUIRE(::pipe(out) == 0);
+  auto pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::dup2(out[1], STDOUT_FILENO);
+    ::close(out[0]);
+    ::close(out[1]);
+    ::execl("/proc/self/exe", "understudy_tests", "--checkpoint-crasher", dir.c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  uint64_t last_acked = 0;
+  int acks = 0;
+  std::string pending;
+  char buf[256];
+  auto consume = [&] {
+    for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
+      last_acked = std::stoull(pending.substr(0, nl));
+      pending.erase(0, nl + 1);
+      ++acks;
+    }
+  };
+  while (acks < acks_before_kill) {
+    auto n = ::read(out[0], buf, sizeof(buf));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    pending.append(buf, static_cast<size_t>(n));
+    consume();
+  }
+  // Busy-wait (not a sleep: nothing is waited for) to spread the kill point
+  // over the next commit, which the crasher starts right away.
+  auto until = std::chrono::steady_clock::now() + extra;
+  while (std::chrono::steady_clock::now() < until) {
+  }
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  // Acks that reached the pipe before the kill count too.
+  for (;;) {
+    auto n = ::read(out[0], buf, sizeof(buf));
+    if (n <= 0)
+      break;
+    pending.append(buf, static_cast<size_t>(n));
+  }
+  consume();
+  ::close(out[0]);
+  CHECK(WIFSIGNALED(status));
+  return {acks, last_acked};
+}
+
+} // namespace
+
 TEST_CASE("SIGKILL during commits never loses an acknowledged checkpoint",
           "[state][store][crash]") {
   int kills = 50;
@@ -94,63 +157,11 @@ TEST_CASE("SIGKILL during commits never loses an acknowledged checkpoint",
   std::mt19937_64 rng{std::random_device{}()};
   uint64_t total_acked = 0;
   for (int round = 0; round < kills; ++round) {
-    int out[2];
-    REQUIRE(::pipe(out) == 0);
-    auto pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::dup2(out[1], STDOUT_FILENO);
-      ::close(out[0]);
-      ::close(out[1]);
-      ::execl("/proc/self/exe", "understudy_tests", "--checkpoint-crasher", dir.path.c_str(),
-              static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    // Let it acknowledge a random number of commits, then kill it at a random
-    // moment of the next one (it commits back to back).
     auto acks_before_kill = std::uniform_int_distribution<int>{1, 6}(rng);
     auto extra = std::chrono::microseconds{std::uniform_int_distribution<int>{0, 3000}(rng)};
-    uint64_t last_acked = 0;
-    int acks = 0;
-    std::string pending;
-    char buf[256];
-    while (acks < acks_before_kill) {
-      auto n = ::read(out[0], buf, sizeof(buf));
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        break;
-      pending.append(buf, static_cast<size_t>(n));
-      for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
-        last_acked = std::stoull(pending.substr(0, nl));
-        pending.erase(0, nl + 1);
-        ++acks;
-      }
-    }
-    // Busy-wait (not a sleep: nothing is waited for) to spread the kill point.
-    auto until = std::chrono::steady_clock::now() + extra;
-    while (std::chrono::steady_clock::now() < until) {
-    }
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    // Acks that reached the pipe before the kill count too.
-    for (;;) {
-      auto n = ::read(out[0], buf, sizeof(buf));
-      if (n <= 0)
-        break;
-      pending.append(buf, static_cast<size_t>(n));
-    }
-    for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
-      last_acked = std::stoull(pending.substr(0, nl));
-      pending.erase(0, nl + 1);
-      ++acks;
-    }
-    ::close(out[0]);
+    auto [acks, last_acked] = run_crasher(dir.path, acks_before_kill, extra);
     INFO("round " << round << ", last acknowledged step " << last_acked);
     REQUIRE(acks > 0);
-    REQUIRE(WIFSIGNALED(status));
     total_acked += static_cast<uint64_t>(acks);
 
     auto st = test::open_store(test::crash_store_config(dir.path));
@@ -168,4 +179,24 @@ TEST_CASE("SIGKILL during commits never loses an acknowledged checkpoint",
     CHECK(*w == test::tensor_for(newest));
   }
   CHECK(total_acked >= static_cast<uint64_t>(kills));
+}
+
+TEST_CASE("a read-only store keeps reading after a writer process grew the map",
+          "[state][store][crash]") {
+  test::temp_state_dir dir;
+  auto first = run_crasher(dir.path, 1, std::chrono::microseconds{0});
+  REQUIRE(first.first > 0);
+  auto cfg = test::crash_store_config(dir.path);
+  cfg.read_only = true;
+  auto reader = test::open_store(cfg);
+  auto before = reader->map_size();
+  // The writer commits until its map has grown well past the reader's.
+  auto second = run_crasher(dir.path, 30, std::chrono::microseconds{0});
+  REQUIRE(second.first >= 30);
+  auto newest = test::newest_step(*reader);
+  CHECK(newest >= second.second);
+  CHECK(reader->map_size() > before);
+  auto w = test::read_w(*reader, "/job/crasher", newest);
+  REQUIRE(w);
+  CHECK(*w == test::tensor_for(newest));
 }

@@ -288,7 +288,7 @@ TEST_CASE("a full map at max_map_size fails the commit and keeps what was commit
   CHECK((*w)[999] == 1000.0f);
 }
 
-TEST_CASE("one writer per state directory; readers may open it alongside", "[state][store]") {
+TEST_CASE("one writer per state directory; read-only opens cannot write", "[state][store]") {
   temp_state_dir dir;
   auto st = open_store(test_store_config(dir.path));
   commit_all(*st, {make_checkpoint("/x", 1, 4)});
@@ -296,6 +296,9 @@ TEST_CASE("one writer per state directory; readers may open it alongside", "[sta
   REQUIRE_FALSE(second);
   CHECK(is(second.error(), state_errc::locked));
   CHECK(describe(second.error()).find(dir.path) != std::string::npos);
+  st.reset();
+  // (A read-only open next to a live writer is for other processes, as
+  // `understudy inspect`: LMDB forbids two environments on one file per process.)
   auto ro_cfg = test_store_config(dir.path);
   ro_cfg.read_only = true;
   auto ro = state_store::open(ro_cfg);
@@ -306,7 +309,7 @@ TEST_CASE("one writer per state directory; readers may open it alongside", "[sta
   std::vector<caf::error> results;
   auto cp = make_checkpoint("/x", 2, 4);
   CHECK(is((*ro)->commit({&cp}, results), state_errc::read_only));
-  st.reset();
+  ro->reset();
   // Once the writer is gone the directory can be opened for writing again.
   auto again = state_store::open(test_store_config(dir.path));
   CHECK(again);
