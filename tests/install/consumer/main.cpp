@@ -1,17 +1,62 @@
 // A service outside the understudy tree: it finds the installed package,
-// embeds the runtime, starts a supervision tree, sees a crash repaired and
-// shuts down. Exits non-zero if any of that does not work.
+// embeds the runtime, starts a supervision tree with a persistent child (its
+// state type uses the installed Cap'n Proto schema), sees a crash repaired
+// with the checkpointed state restored, and shuts down. Exits non-zero if any
+// of that does not work.
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include <caf/event_based_actor.hpp>
+#include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
+#include <understudy/runtime/persistent.hpp>
 #include <understudy/runtime/runtime.hpp>
 #include <understudy/runtime/version.hpp>
+#include <understudy/schema/state.capnp.h>
+
+struct counter {
+  uint64_t value = 0;
+};
+
+template <>
+struct understudy::state_codec<counter> {
+  using schema = understudy::schema::TensorState;
+  static constexpr uint32_t version = 1;
+  static void save(const counter& c, understudy::state_encoder& enc) {
+    enc.init_root<schema>().setStep(c.value);
+  }
+  static caf::error load(understudy::state_decoder& dec, counter& c) {
+    c.value = dec.root<schema>().getStep();
+    return {};
+  }
+};
 
 namespace {
+
+using save_atom = caf::atom_constant<caf::atom("save")>;
+
+caf::behavior persistent_counter(caf::event_based_actor* self,
+                                 std::shared_ptr<understudy::persistent<counter>> st) {
+  return {
+      [self, st](save_atom, uint64_t v) -> caf::result<uint64_t> {
+        st->value().value = v;
+        auto rp = self->make_response_promise<uint64_t>();
+        st->checkpoint(v, [rp](caf::expected<uint64_t> res) mutable {
+          if (res)
+            rp.deliver(*res);
+          else
+            rp.deliver(res.error());
+        });
+        return rp;
+      },
+      [st](caf::get_atom) { return st->value().value; },
+      [](const std::string&) -> uint64_t { throw std::runtime_error("asked to crash"); },
+  };
+}
 
 caf::behavior echo(caf::event_based_actor*) {
   return {
@@ -27,9 +72,19 @@ int main() {
   understudy::runtime_config cfg;
   cfg.events = log;
   understudy::runtime rt{cfg};
+  auto dir = std::filesystem::temp_directory_path() / "understudy-consumer-state";
+  std::filesystem::remove_all(dir);
+  understudy::state_store_config state_cfg;
+  state_cfg.directory = dir.string();
+  auto state = rt.open_state(state_cfg);
+  if (!state) {
+    std::cerr << "open_state failed: " << rt.render(state.error()) << '\n';
+    return 5;
+  }
   understudy::supervisor_spec spec;
   spec.name = "consumer";
-  spec.children = {understudy::worker("echo", echo)};
+  spec.children = {understudy::worker("echo", echo),
+                   understudy::persistent_child<counter>("counter", *state, persistent_counter)};
   auto tree = rt.start(spec);
   if (!tree) {
     std::cerr << "start failed: " << rt.render(tree.error()) << '\n';
@@ -48,15 +103,44 @@ int main() {
       },
       std::chrono::seconds(10));
   auto kids = tree->which_children();
-  if (!restarted || !kids || kids->size() != 1 || (*kids)[0].incarnation != 2) {
+  if (!restarted || !kids || kids->size() != 2 || (*kids)[0].incarnation != 2) {
     std::cerr << "the crashed child was not restarted\n";
     return 3;
+  }
+  // The persistent child checkpoints 42, crashes, and comes back with 42.
+  caf::scoped_actor self{rt.system()};
+  auto ask = [&](auto... xs) {
+    uint64_t answer = 0;
+    auto h = tree->resolve("counter");
+    if (h)
+      self->request(*h, std::chrono::seconds(10), xs...)
+          .receive([&](uint64_t x) { answer = x; }, [](caf::error&) {});
+    return answer;
+  };
+  if (ask(save_atom::value, uint64_t{42}) != 42)
+    return 6;
+  auto old = tree->resolve("counter");
+  if (!old)
+    return 7;
+  caf::anon_send(*old, std::string{"crash"});
+  bool back = log->wait_for(
+      [](const std::vector<understudy::supervision_event>& evs) {
+        for (auto& ev : evs)
+          if (ev.kind == understudy::event_kind::state_restored && ev.child == "counter")
+            return true;
+        return false;
+      },
+      std::chrono::seconds(10));
+  if (!back || ask(caf::get_atom::value) != 42) {
+    std::cerr << "the restarted persistent child did not get its state back\n";
+    return 8;
   }
   if (auto err = rt.stop(*tree)) {
     std::cerr << "stop failed: " << rt.render(err) << '\n';
     return 4;
   }
+  std::filesystem::remove_all(dir);
   std::cout << "understudy " << understudy::version() << ": tree started, child restarted, "
-            << "stopped cleanly\n";
+            << "state restored, stopped cleanly\n";
   return 0;
 }
