@@ -1,6 +1,9 @@
 #include "understudy/runtime/persistent.hpp"
 
 #include <kj/exception.h>
+#include <sys/mman.h>
+
+#include <cstdint>
 
 namespace understudy {
 
@@ -36,6 +39,16 @@ capnp::MessageReader& state_decoder::reader() {
         opts);
   }
   return *reader_;
+}
+
+void state_decoder::advise_fresh_buffer(void* data, size_t bytes) {
+  constexpr uintptr_t huge = uintptr_t{2} << 20;
+  if (bytes < 2 * huge)
+    return;
+  auto begin = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
+  auto end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(huge - 1);
+  if (end > begin)
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 caf::error state_decoder::copy_tensor(std::string_view name, void* dst, size_t size) const {

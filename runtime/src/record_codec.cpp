@@ -4,6 +4,10 @@
 #include <cstring>
 #include <new>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace understudy::detail {
 
 namespace {
@@ -74,6 +78,37 @@ uint64_t record_hasher::digest() const {
   return XXH3_64bits_digest(state_);
 }
 
+namespace {
+
+/// Copies `n` bytes with non-temporal stores where SSE2 is available: the
+/// destination (a fresh buffer or the memory map) is not read into the cache
+/// first, as ordinary stores would. The caller issues the fence.
+void stream_copy(std::byte* d, const std::byte* s, size_t n) {
+#if defined(__SSE2__)
+  auto head = std::min(n, (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15);
+  std::memcpy(d, s, head);
+  d += head;
+  s += head;
+  n -= head;
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    auto a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+    auto b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
+    auto c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
+    auto e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), e);
+  }
+  std::memcpy(d + i, s + i, n - i);
+#else
+  std::memcpy(d, s, n);
+#endif
+}
+
+} // namespace
+
 uint64_t copy_and_hash(void* dst, const void* src, size_t size) {
   constexpr size_t block = size_t{128} << 10;
   if (size <= block) {
@@ -85,9 +120,13 @@ uint64_t copy_and_hash(void* dst, const void* src, size_t size) {
   auto* s = static_cast<const std::byte*>(src);
   for (size_t off = 0; off < size; off += block) {
     auto n = std::min(block, size - off);
-    std::memcpy(d + off, s + off, n);
+    stream_copy(d + off, s + off, n);
+    // The source block was just read: hash it while it is in cache.
     h.bytes(s + off, n);
   }
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
   return h.digest();
 }
 

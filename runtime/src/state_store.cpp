@@ -177,6 +177,8 @@ struct state_store::impl {
   std::atomic<uint64_t> versions_deleted{0};
   /// Bytes of the data file known to be allocated (write_map only).
   size_t allocated = 0;
+  /// Chunks smaller than this get no early writeback.
+  static constexpr size_t writeback_min = size_t{1} << 20;
 
   ~impl() {
     if (env != nullptr)
@@ -207,6 +209,8 @@ struct state_store::impl {
       return 0;
     if (::fallocate(data_fd, 0, static_cast<off_t>(begin), static_cast<off_t>(end - begin)) != 0)
       return errno;
+    if (begin <= allocated)
+      allocated = end;
     return 0;
   }
 
@@ -401,7 +405,10 @@ struct state_store::impl {
           return rc;
         }
         sums.set(c, detail::copy_and_hash(v.mv_data, t.data + off, len));
-        start_writeback(v.mv_data, len);
+        // Early writeback pays for large chunks; each call costs a VM exit,
+        // so small ones are left to the commit's single sync.
+        if (len >= writeback_min)
+          start_writeback(v.mv_data, len);
       }
     }
     auto payload_bytes = kj::arrayPtr(reinterpret_cast<const kj::byte*>(cp.payload.data()),

@@ -35,6 +35,10 @@ struct writer_state {
   std::vector<caf::response_promise> sync_waiters;
   bool flush_scheduled = false;
   bool tick_scheduled = false;
+  /// A flush was put off by commit_delay.
+  bool delaying = false;
+  /// Puts committed by the last flush.
+  size_t last_batch = 0;
 
   void fail_all(const caf::error& err) {
     for (auto& p : pending)
@@ -79,6 +83,7 @@ void flush(caf::event_based_actor* self, writer_state& st) {
     }
     begin = end;
   }
+  st.last_batch = st.pending.size();
   st.pending.clear();
   if (!st.unsynced.empty() && !st.tick_scheduled) {
     st.tick_scheduled = true;
@@ -119,7 +124,11 @@ caf::behavior writer_actor(caf::event_based_actor* self, std::shared_ptr<state_s
       [self, st](put_state_atom, const checkpoint_ptr& cp) -> caf::result<uint64_t> {
         auto rp = self->make_response_promise<uint64_t>();
         st->pending.push_back(pending_put{cp, rp});
-        if (!st->flush_scheduled) {
+        if (st->delaying && st->pending.size() >= st->last_batch) {
+          // Everyone from the last batch is back: no need to wait longer.
+          st->delaying = false;
+          self->send(self, flush_atom::value);
+        } else if (!st->flush_scheduled) {
           // Everything already in the mailbox comes before this message, so
           // all of it joins the same transaction.
           st->flush_scheduled = true;
@@ -129,6 +138,16 @@ caf::behavior writer_actor(caf::event_based_actor* self, std::shared_ptr<state_s
       },
       [self, st](flush_atom) {
         st->flush_scheduled = false;
+        if (st->pending.empty())
+          return;
+        if (!st->delaying && st->last_batch > 1 && st->pending.size() < st->last_batch &&
+            st->cfg.commit_delay.count() > 0) {
+          st->delaying = true;
+          st->flush_scheduled = true;
+          self->delayed_send(self, st->cfg.commit_delay, flush_atom::value);
+          return;
+        }
+        st->delaying = false;
         flush(self, *st);
       },
       [self, st](tick_atom) {

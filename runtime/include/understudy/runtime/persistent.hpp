@@ -86,11 +86,19 @@ public:
     if (bytes % sizeof(T) != 0)
       return make_error(state_errc::corrupt_record,
                         "tensor " + std::string{name} + " size is not a multiple of the element");
+    if (out.capacity() * sizeof(T) < bytes) {
+      std::vector<T>{}.swap(out);
+      out.reserve(bytes / sizeof(T));
+      advise_fresh_buffer(out.data(), bytes);
+    }
     out.resize(bytes / sizeof(T));
     return rec_.copy_tensor(*idx, out.data(), bytes);
   }
 
 private:
+  /// Asks for huge pages on a fresh buffer of `bytes` (>= 4 MiB), which cuts
+  /// its page faults by 512x; a no-op for smaller buffers.
+  static void advise_fresh_buffer(void* data, size_t bytes);
   capnp::MessageReader& reader();
   caf::error missing_tensor(std::string_view name) const;
   const record_view& rec_;

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 
@@ -7,6 +8,7 @@
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
 #include <caf/fwd.hpp>
+#include <caf/timespan.hpp>
 
 #include "understudy/runtime/state_store.hpp"
 
@@ -29,6 +31,10 @@ struct state_writer_config {
   size_t max_batch_puts = 1024;
   /// At most this many bytes per transaction (a single larger put still commits alone).
   size_t max_batch_bytes = size_t{256} << 20;
+  /// When the previous transaction carried several puts (others checkpoint
+  /// too) and fewer are waiting now, wait up to this long for the rest before
+  /// committing, as PostgreSQL's commit_delay. Zero: commit at once.
+  caf::timespan commit_delay = std::chrono::microseconds(200);
 };
 
 /// What persistent actors need: the node's store (to load from) and its writer
