@@ -310,10 +310,9 @@ uint64_t steps_of(caf::actor_system& sys, const caf::actor& h, Atom what = caf::
   return steps;
 }
 
-/// The step N of a state_restored or state_fallback event ("restored step N").
+/// The step loaded according to a state_restored or state_fallback event.
 uint64_t restored_step_of(const supervision_event& ev) {
-  auto pos = ev.action.find_last_of(' ');
-  return pos == std::string::npos ? 0 : std::stoull(ev.action.substr(pos + 1));
+  return ev.state_step.value_or(0);
 }
 
 bool is_state_event(const supervision_event& ev) {

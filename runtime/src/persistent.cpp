@@ -97,6 +97,7 @@ void report_restore(const persistent_identity& id, const caf::expected<restore_r
   if (report->step) {
     ev.kind = report->skipped.empty() ? event_kind::state_restored : event_kind::state_fallback;
     ev.action = "restored step " + std::to_string(*report->step);
+    ev.state_step = report->step;
     ev.reason = skipped;
   } else {
     ev.kind = event_kind::state_fresh;

@@ -151,6 +151,7 @@ TEST_CASE("a restarted child has its checkpointed state, not what it changed aft
                          [](auto& e) { return e.kind == event_kind::state_restored; });
   REQUIRE(ev != evs.end());
   CHECK(ev->action == "restored step 1");
+  CHECK(ev->state_step == std::optional<uint64_t>{1});
   CHECK(ev->incarnation == 2);
   CHECK(ev->supervisor == "/job");
 }
@@ -183,6 +184,7 @@ TEST_CASE("a corrupt newest version makes the restarted child load the previous 
                          [](auto& e) { return e.kind == event_kind::state_fallback; });
   REQUIRE(ev != evs.end());
   CHECK(ev->action == "restored step 2");
+  CHECK(ev->state_step == std::optional<uint64_t>{2});
   CHECK(ev->reason.find("skipped step 3") != std::string::npos);
   CHECK(ev->reason.find("checksum mismatch") != std::string::npos);
   CHECK(f.log->count(event_kind::state_restored) == 0);

@@ -63,6 +63,16 @@ TEST_CASE("a record round-trips its header, payload and tensors of every element
   cp.tensors.push_back(tensor_data::copy_of("u8", element_type::u8, u8));
   cp.tensors.push_back(tensor_data::copy_of("empty", element_type::f32, std::vector<float>{}));
   cp.tensors[0].shape = {3, 1};
+  // One small tensor of every element type, so each enum value round-trips.
+  constexpr int first_extra = 4;
+  size_t extra_bytes = 0;
+  for (int et = 0; et <= static_cast<int>(element_type::bf16); ++et) {
+    auto type = static_cast<element_type>(et);
+    std::vector<uint8_t> bytes(element_size(type) * 3, static_cast<uint8_t>(et));
+    cp.tensors.push_back(tensor_data::copy_of("t-" + to_string(type), type, bytes));
+    cp.tensors.back().shape = {3};
+    extra_bytes += bytes.size();
+  }
   commit_all(*st, {cp});
 
   auto err = st->read(cp.path, 42, [&](const record_view& rec) -> caf::error {
@@ -74,11 +84,20 @@ TEST_CASE("a record round-trips its header, payload and tensors of every element
     CHECK(info.incarnation == 7);
     CHECK(info.problem.empty());
     CHECK(info.payload_size == cp.payload.size() * 8);
-    REQUIRE(info.tensors.size() == 4);
+    REQUIRE(info.tensors.size() == first_extra + 10);
+    for (int et = 0; et <= static_cast<int>(element_type::bf16); ++et) {
+      auto& t = info.tensors[first_extra + et];
+      CHECK(t.type == static_cast<element_type>(et));
+      CHECK(t.name == "t-" + to_string(t.type));
+      CHECK(t.size == 3 * element_size(t.type));
+      std::vector<uint8_t> back(t.size);
+      CHECK_FALSE(rec.copy_tensor(first_extra + et, back.data(), back.size()));
+      CHECK(back == std::vector<uint8_t>(t.size, static_cast<uint8_t>(et)));
+    }
     CHECK(info.tensors[0].shape == std::vector<uint64_t>{3, 1});
     CHECK(info.tensors[0].type == element_type::f64);
     CHECK(info.tensors[2].chunks == 4);
-    CHECK(info.tensor_size == 3 * 8 + 3 * 8 + u8.size());
+    CHECK(info.tensor_size == 3 * 8 + 3 * 8 + u8.size() + extra_bytes);
     capnp::FlatArrayMessageReader msg{kj::arrayPtr(
         reinterpret_cast<const capnp::word*>(rec.payload_words()), rec.payload_word_count())};
     auto root = msg.getRoot<schema::TensorState>();

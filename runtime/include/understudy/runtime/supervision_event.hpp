@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,8 @@ struct supervision_event {
   /// For child_restarted: time from the crash being observed to the new
   /// incarnation serving. For the backoff of a pending restart: the delay.
   caf::timespan duration{0};
+  /// For state_restored and state_fallback: the step that was loaded.
+  std::optional<uint64_t> state_step;
   /// When the event was recorded (supervisor's clock).
   std::chrono::steady_clock::time_point time;
   /// Wall-clock time of the event, for logs.
