@@ -23,8 +23,9 @@ checkpoint state_encoder::finish(std::string path, uint64_t step, uint64_t schem
   return cp;
 }
 
-state_decoder::state_decoder(const record_view& rec, payload_limits limits)
-    : rec_(rec), limits_(limits) {
+state_decoder::state_decoder(const record_view& rec, payload_limits limits,
+                             tensor_recycler* recycler)
+    : rec_(rec), limits_(limits), recycler_(recycler) {
   // Nothing to do.
 }
 

@@ -231,6 +231,7 @@ caf::expected<persistence> runtime::open_state(state_store_config cfg) {
     return store.error();
   state.store = std::move(*store);
   state.writer = spawn_state_writer(impl_->sys, state.store);
+  state.recycler = std::make_shared<tensor_recycler>();
   return state;
 }
 

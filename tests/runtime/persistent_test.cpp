@@ -31,6 +31,7 @@ caf::behavior counter_actor(caf::event_based_actor* self,
         st->value().counter = v;
         st->value().weights.assign(1000, static_cast<float>(v));
       },
+
       [self, st](save_atom, uint64_t step) -> caf::result<uint64_t> {
         auto rp = self->make_response_promise<uint64_t>();
         st->checkpoint(step, [rp](caf::expected<uint64_t> res) mutable {
@@ -294,4 +295,65 @@ TEST_CASE("the writer answers each put: its step when durable, or why it was rej
     CHECK(commits == f.state.store->stats().commits);
     CHECK(commits >= 1);
   }
+}
+
+TEST_CASE("the tensor recycler hands a kept buffer only to a matching restore",
+          "[state][recycle]") {
+  tensor_recycler bin{size_t{8} << 20};
+  std::vector<float> a(1u << 20); // 4 MiB
+  auto* pa = a.data();
+  bin.give(std::move(a));
+  bin.give(std::vector<float>(100)); // too small to be worth keeping
+  CHECK(bin.held() == size_t{4} << 20);
+  CHECK(bin.take<double>(1u << 19).capacity() == 0); // another element type
+  CHECK(bin.take<float>(1u << 22).capacity() == 0);  // too small for the request
+  CHECK(bin.take<float>(1u << 18).capacity() == 0);  // more than twice the request
+  auto b = bin.take<float>(1u << 20);
+  CHECK(b.data() == pa);
+  CHECK(bin.held() == 0);
+  // Over the cap, the oldest buffers go first.
+  bin.give(std::vector<float>(1u << 20));
+  std::vector<float> c(1u << 20);
+  auto* pc = c.data();
+  bin.give(std::move(c));
+  bin.give(std::vector<float>(1u << 20));
+  CHECK(bin.held() == size_t{8} << 20);
+  CHECK(bin.counts() == std::make_pair(size_t{4}, size_t{1}));
+  CHECK(bin.take<float>(1u << 20).data() == pc);
+}
+
+TEST_CASE("a restore reads into the recycled buffer of a dead incarnation and overwrites it all",
+          "[state][persistent][recycle]") {
+  temp_state_dir dir;
+  auto store = test::open_store(test::test_store_config(dir.path));
+  constexpr size_t n = 1u << 19; // 2 MiB of floats
+  {
+    counter_state saved;
+    saved.counter = 9;
+    saved.weights.assign(n, 9.0f);
+    state_encoder enc;
+    state_codec<counter_state>::save(saved, enc);
+    test::commit_all(*store, {enc.finish("/job/r", 1, capnp::typeId<schema::TensorState>(),
+                                         state_codec<counter_state>::version, 1)});
+  }
+  auto bin = std::make_shared<tensor_recycler>();
+  // What a dead incarnation leaves: a buffer of the right size full of stale values.
+  std::vector<float> stale(n, -1.0f);
+  auto* buffer = stale.data();
+  bin->give(std::move(stale));
+  persistent_identity id;
+  id.path = "/job/r";
+  {
+    persistent<counter_state> st{nullptr, persistence{store, caf::actor{}, bin}, id};
+    auto report = st.restore();
+    REQUIRE(report);
+    CHECK(report->step == std::optional<uint64_t>{1});
+    CHECK(st.value().counter == 9);
+    REQUIRE(st.value().weights.size() == n);
+    CHECK(st.value().weights.data() == buffer);
+    CHECK(std::count(st.value().weights.begin(), st.value().weights.end(), 9.0f) == n);
+    CHECK(bin->held() == 0);
+  } // this incarnation ends: its buffer goes back for the next one
+  CHECK(bin->held() == n * sizeof(float));
+  CHECK(bin->counts() == std::make_pair(size_t{2}, size_t{1}));
 }

@@ -147,4 +147,8 @@ struct understudy::state_codec<test::counter_state> {
     st.counter = root.getStep();
     return dec.read_tensor("weights", st.weights);
   }
+
+  static void recycle(test::counter_state&& st, understudy::tensor_recycler& bin) {
+    bin.give(std::move(st.weights));
+  }
 };

@@ -62,7 +62,7 @@ private:
 /// verified chunk by chunk as they are copied out.
 class state_decoder {
 public:
-  state_decoder(const record_view& rec, payload_limits limits);
+  state_decoder(const record_view& rec, payload_limits limits, tensor_recycler* recycler = nullptr);
 
   const record_view& record() const noexcept { return rec_; }
 
@@ -87,9 +87,15 @@ public:
       return make_error(state_errc::corrupt_record,
                         "tensor " + std::string{name} + " size is not a multiple of the element");
     if (out.capacity() * sizeof(T) < bytes) {
-      std::vector<T>{}.swap(out);
-      out.reserve(bytes / sizeof(T));
-      advise_fresh_buffer(out.data(), bytes);
+      // A dead incarnation's buffer is already mapped: no page faults. Its
+      // stale elements are all overwritten below (or the load fails).
+      if (recycler_ != nullptr)
+        out = recycler_->take<T>(bytes / sizeof(T));
+      if (out.capacity() * sizeof(T) < bytes) {
+        std::vector<T>{}.swap(out);
+        out.reserve(bytes / sizeof(T));
+        advise_fresh_buffer(out.data(), bytes);
+      }
     }
     out.resize(bytes / sizeof(T));
     return rec_.copy_tensor(*idx, out.data(), bytes);
@@ -103,6 +109,7 @@ private:
   caf::error missing_tensor(std::string_view name) const;
   const record_view& rec_;
   payload_limits limits_;
+  tensor_recycler* recycler_;
   std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
 };
 
@@ -116,9 +123,27 @@ private:
 ///     };
 ///
 /// `load` fills a default-constructed state; an error (or a Cap'n Proto
-/// exception) rejects the version, and the previous one is tried.
+/// exception) rejects the version, and the previous one is tried. Optional:
+///
+///       static void recycle(my_state&& dead, tensor_recycler& bin);
+///
+/// hands a dead incarnation's tensor vectors to `bin.give(...)`, so that the
+/// next incarnation's `read_tensor` restores into memory already mapped.
 template <class State>
 struct state_codec;
+
+namespace detail {
+
+template <class Codec, class State, class = void>
+struct has_recycle : std::false_type {};
+
+template <class Codec, class State>
+struct has_recycle<Codec, State,
+                   std::void_t<decltype(Codec::recycle(std::declval<State&&>(),
+                                                       std::declval<tensor_recycler&>()))>>
+    : std::true_type {};
+
+} // namespace detail
 
 /// Who a persistent state belongs to (for keys and events).
 struct persistent_identity {
@@ -157,6 +182,24 @@ public:
              payload_limits limits = {})
       : self_(self), p_(std::move(p)), id_(std::move(id)), limits_(limits) {}
 
+  ~persistent() { release(); }
+
+  persistent(const persistent&) = delete;
+  persistent& operator=(const persistent&) = delete;
+
+  /// Hands the state's buffers to the recycler when the codec supports it (see
+  /// state_codec); value() is left empty. For when the actor exits: the next
+  /// incarnation then restores into memory that is already mapped.
+  void release() {
+    if constexpr (detail::has_recycle<codec, State>::value) {
+      if (p_.recycler && !released_) {
+        released_ = true;
+        codec::recycle(std::move(value_), *p_.recycler);
+        value_ = State{};
+      }
+    }
+  }
+
   /// Loads the newest valid version with step <= `max_step` into value()
   /// (replacing it only on success) and reports it as a supervision event:
   /// state_restored, state_fallback (a newer version was corrupt) or
@@ -171,7 +214,7 @@ public:
                               id_.path + "@" + std::to_string(rec.info().step) +
                                   ": stored schema does not match the state type");
           State fresh{};
-          state_decoder dec{rec, limits_};
+          state_decoder dec{rec, limits_, p_.recycler.get()};
           try {
             if (auto err = codec::load(dec, fresh))
               return err;
@@ -234,6 +277,7 @@ private:
   persistent_identity id_;
   payload_limits limits_;
   State value_{};
+  bool released_ = false;
   std::optional<uint64_t> restored_step_;
   std::optional<uint64_t> durable_step_;
   size_t in_flight_ = 0;
@@ -253,8 +297,9 @@ child_spec persistent_child(std::string id, persistence p, Init init) {
     return caf::actor{ctx.system.spawn([p, init, ident](caf::event_based_actor* self) {
       capture_exceptions(self);
       auto st = std::make_shared<persistent<State>>(self, p, ident);
-      // Pending checkpoint callbacks refer to `st`: keep it as long as the actor.
-      self->attach_functor([st] {});
+      // Pending checkpoint callbacks refer to `st`: keep it as long as the
+      // actor; when it exits, its buffers go to the recycler right away.
+      self->attach_functor([st](const caf::error&) { st->release(); });
       if (auto report = st->restore(); !report)
         throw std::runtime_error("cannot load the state of " + ident.path + ": " +
                                  describe(report.error()));

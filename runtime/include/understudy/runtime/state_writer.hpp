@@ -11,6 +11,7 @@
 #include <caf/timespan.hpp>
 
 #include "understudy/runtime/state_store.hpp"
+#include "understudy/runtime/tensor_recycler.hpp"
 
 namespace understudy {
 
@@ -43,6 +44,8 @@ struct state_writer_config {
 struct persistence {
   std::shared_ptr<state_store> store;
   caf::actor writer;
+  /// Tensor buffers of dead incarnations, for codecs that recycle (may be null).
+  std::shared_ptr<tensor_recycler> recycler;
   explicit operator bool() const noexcept { return store && writer; }
 };
 
