@@ -262,26 +262,32 @@ struct state_store::impl {
 
   // -- writing ----------------------------------------------------------------
 
-  /// Deletes the chunks of `path`@`step` (all tensors).
-  int delete_chunks(MDB_txn* txn, std::string_view path, uint64_t step) {
-    auto prefix = record_key(path, step);
-    std::vector<std::string> keys;
+  /// Calls `fn(key)` for every key of `dbi` that starts with `prefix`, in order.
+  template <class F>
+  int scan_prefix(MDB_txn* txn, MDB_dbi dbi, const std::string& prefix, F fn) const {
     MDB_cursor* cur = nullptr;
-    if (auto rc = mdb_cursor_open(txn, chunks, &cur))
+    if (auto rc = mdb_cursor_open(txn, dbi, &cur))
       return rc;
     MDB_val k = as_val(prefix);
     MDB_val v;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && starts_with(as_view(k), prefix)) {
-      keys.emplace_back(as_view(k));
+      fn(as_view(k));
       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
-    if (rc != 0 && rc != MDB_NOTFOUND)
+    return rc == MDB_NOTFOUND ? 0 : rc;
+  }
+
+  /// Deletes the chunks of `path`@`step` (all tensors).
+  int delete_chunks(MDB_txn* txn, std::string_view path, uint64_t step) {
+    std::vector<std::string> keys;
+    if (auto rc = scan_prefix(txn, chunks, record_key(path, step),
+                              [&](std::string_view key) { keys.emplace_back(key); }))
       return rc;
     for (auto& key : keys) {
       MDB_val dk = as_val(key);
-      if ((rc = mdb_del(txn, chunks, &dk, nullptr)) != 0)
+      if (auto rc = mdb_del(txn, chunks, &dk, nullptr))
         return rc;
     }
     return 0;
@@ -302,21 +308,12 @@ struct state_store::impl {
   /// Steps of `path`, ascending.
   int steps_of(MDB_txn* txn, std::string_view path, std::vector<uint64_t>& out) const {
     auto prefix = path_prefix(path);
-    MDB_cursor* cur = nullptr;
-    if (auto rc = mdb_cursor_open(txn, records, &cur))
-      return rc;
-    MDB_val k = as_val(prefix);
-    MDB_val v;
-    int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     std::string p;
     uint64_t step = 0;
-    while (rc == 0 && starts_with(as_view(k), prefix)) {
-      if (detail::parse_record_key(as_view(k), p, step) && p.size() + 1 == prefix.size())
+    return scan_prefix(txn, records, prefix, [&](std::string_view key) {
+      if (detail::parse_record_key(key, p, step) && p.size() + 1 == prefix.size())
         out.push_back(step);
-      rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    }
-    mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    });
   }
 
   /// Versions newer than the one just written belong to an abandoned timeline
