@@ -23,6 +23,8 @@ enum class durability : uint8_t {
   sync_each_commit,
   /// Commits are synced every `sync_interval`; a checkpoint is acknowledged
   /// only after the sync that covers it. Fewer syncs, later acknowledgements.
+  /// The environment runs with MDB_NOSYNC: a power loss (not a killed
+  /// process) between syncs can, as LMDB documents, damage the environment.
   periodic,
   /// Never synced explicitly; acknowledged at commit. Survives a killed process
   /// but not a power loss. For tests and throwaway jobs.
