@@ -44,7 +44,6 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -70,6 +69,7 @@
 #include <caf/stateful_actor.hpp>
 #include <caf/system_messages.hpp>
 
+#include "report.hpp"
 #include "understudy/runtime/errors.hpp"
 #include "understudy/runtime/persistent.hpp"
 #include "understudy/runtime/runtime.hpp"
@@ -80,6 +80,13 @@
 #include "understudy/schema/state.capnp.h"
 
 namespace {
+
+using bench::figure;
+using bench::fixed;
+using bench::make_figure;
+using bench::median;
+using bench::rotated;
+using bench::spread;
 
 using clock_type = std::chrono::steady_clock;
 
@@ -159,87 +166,6 @@ understudy::checkpoint_ptr make_checkpoint(std::string path, uint64_t step,
   cp->payload = tensor_state_payload(step);
   cp->tensors.push_back(understudy::tensor_data::share("w", understudy::element_type::f32, w));
   return cp;
-}
-
-// -- statistics and output ---------------------------------------------------------------
-
-double median(std::vector<double> xs) {
-  if (xs.empty())
-    return 0;
-  std::sort(xs.begin(), xs.end());
-  auto n = xs.size();
-  return n % 2 == 1 ? xs[n / 2] : (xs[n / 2 - 1] + xs[n / 2]) / 2;
-}
-
-std::string fixed(double x, int decimals) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.*f", decimals, x);
-  return buf;
-}
-
-/// "min .. max" of `xs`.
-std::string spread(const std::vector<double>& xs, int decimals) {
-  if (xs.empty())
-    return "-";
-  auto [lo, hi] = std::minmax_element(xs.begin(), xs.end());
-  return fixed(*lo, decimals) + " .. " + fixed(*hi, decimals);
-}
-
-struct figure {
-  std::string name;
-  std::string unit;
-  double value = 0;
-  double baseline = 0;
-  bool has_baseline = true;
-  int decimals = 1;
-  std::string target; // Empty: none.
-  bool met = true;
-  std::vector<std::string> notes;
-
-  [[nodiscard]] double ratio() const { return baseline > 0 ? value / baseline : 0; }
-};
-
-figure make_figure(std::string name, std::string unit, double value, double baseline,
-                   int decimals) {
-  figure f;
-  f.name = std::move(name);
-  f.unit = std::move(unit);
-  f.value = value;
-  f.baseline = baseline;
-  f.decimals = decimals;
-  return f;
-}
-
-void print_table(const std::vector<figure>& figs) {
-  std::printf("%-36s %-9s %12s %12s %9s  %-22s %s\n", "figure", "unit", "value", "baseline",
-              "ratio", "target", "met?");
-  for (const auto& f : figs) {
-    std::printf("%-36s %-9s %12s %12s %9s  %-22s %s\n", f.name.c_str(), f.unit.c_str(),
-                fixed(f.value, f.decimals).c_str(),
-                f.has_baseline ? fixed(f.baseline, f.decimals).c_str() : "-",
-                f.has_baseline ? fixed(f.ratio(), 3).c_str() : "-",
-                f.target.empty() ? "-" : f.target.c_str(),
-                f.target.empty() ? "-" : (f.met ? "yes" : "NO"));
-  }
-  for (const auto& f : figs)
-    for (const auto& n : f.notes)
-      std::printf("  %s: %s\n", f.name.c_str(), n.c_str());
-}
-
-void print_json(const figure& f) {
-  std::printf(
-      "{\"bench\":\"state_store\",\"figure\":\"%s\",\"unit\":\"%s\",\"value\":%s,"
-      "\"baseline\":%s,\"ratio\":%s}\n",
-      f.name.c_str(), f.unit.c_str(), fixed(f.value, f.decimals).c_str(),
-      f.has_baseline ? fixed(f.baseline, f.decimals).c_str() : "null",
-      f.has_baseline ? fixed(f.ratio(), 3).c_str() : "null");
-}
-
-/// Runs `sides[i]` for every i, starting at `round % sides.size()`, so that
-/// every side runs first, second, ... equally often.
-void rotated(size_t round, const std::vector<std::function<void()>>& sides) {
-  for (size_t i = 0; i < sides.size(); ++i)
-    sides[(round + i) % sides.size()]();
 }
 
 // -- files -------------------------------------------------------------------------------
@@ -997,31 +923,6 @@ void bench_restart(understudy::runtime& rt, const std::shared_ptr<understudy::ev
 
 // -- main --------------------------------------------------------------------------------
 
-enum class parse_result { run, help, bad };
-
-parse_result parse_args(int argc, char** argv, options& opts) {
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--quick") {
-      opts.make_quick();
-    } else if (arg == "--dir" && i + 1 < argc) {
-      opts.dir = argv[++i];
-    } else if (arg == "--only" && i + 1 < argc) {
-      opts.only = argv[++i];
-      if (opts.only != "write" && opts.only != "group" && opts.only != "restart") {
-        std::fprintf(stderr, "bad argument: --only %s\n", opts.only.c_str());
-        return parse_result::bad;
-      }
-    } else if (arg == "--help" || arg == "-h") {
-      return parse_result::help;
-    } else {
-      std::fprintf(stderr, "bad argument: %s\n", arg.c_str());
-      return parse_result::bad;
-    }
-  }
-  return parse_result::run;
-}
-
 int run(const options& opts) {
   std::vector<figure> figs;
   bench_dir dir{opts.dir};
@@ -1054,9 +955,7 @@ int run(const options& opts) {
                                  " is on a tmpfs: the write figures measure no disk");
   figs.front().notes.push_back("state directory " + dir.path() + " (removed at the end)" +
                                (opts.quick ? "; --quick: few repetitions, figures are rough" : ""));
-  print_table(figs);
-  for (const auto& f : figs)
-    print_json(f);
+  bench::print_report("state_store", figs);
   return EXIT_SUCCESS;
 }
 
@@ -1064,18 +963,24 @@ int run(const options& opts) {
 
 int main(int argc, char** argv) {
   options opts;
-  auto parsed = parse_args(argc, argv, opts);
-  if (parsed != parse_result::run) {
-    std::fprintf(parsed == parse_result::help ? stdout : stderr,
-                 "usage: %s [--quick] [--only write|group|restart] [--dir PATH]\n"
-                 "  --quick     few repetitions (a smoke run)\n"
-                 "  --only X    only the write and restore figures, the group commit or the\n"
-                 "              restarts\n"
-                 "  --dir PATH  where the state directories go, on the disk to measure "
-                 "(default %s);\n"
-                 "              the run uses PATH/run-<pid> and removes it at the end\n",
-                 argv[0], options{}.dir.c_str());
-    return parsed == parse_result::help ? EXIT_SUCCESS : EXIT_FAILURE;
-  }
+  if (auto status = bench::parse_command_line(
+          argc, argv,
+          {
+              bench::flag_option("--quick", [&] { opts.make_quick(); }),
+              bench::string_option("--dir", opts.dir),
+              {"--only", true,
+               [&](const char* value) {
+                 opts.only = value;
+                 return opts.only == "write" || opts.only == "group" || opts.only == "restart";
+               }},
+          },
+          "usage: %s [--quick] [--only write|group|restart] [--dir PATH]\n"
+          "  --quick     few repetitions (a smoke run)\n"
+          "  --only X    only the write and restore figures, the group commit or the\n"
+          "              restarts\n"
+          "  --dir PATH  where the state directories go, on the disk to measure (default %s);\n"
+          "              the run uses PATH/run-<pid> and removes it at the end\n",
+          argv[0], options{}.dir.c_str()))
+    return *status;
   return run(opts);
 }

@@ -15,10 +15,8 @@
 // Usage: bench_supervision [--restarts N] [--messages N] [--rounds N]
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <climits>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -44,11 +42,19 @@
 #include <caf/system_messages.hpp>
 #include <caf/typed_response_promise.hpp>
 
+#include "report.hpp"
 #include "understudy/runtime/errors.hpp"
 #include "understudy/runtime/runtime.hpp"
 #include "understudy/runtime/supervisor.hpp"
 
 namespace {
+
+using bench::figure;
+using bench::fixed;
+using bench::in_order;
+using bench::make_figure;
+using bench::median;
+using bench::percentile;
 
 using clock_type = std::chrono::steady_clock;
 
@@ -386,78 +392,6 @@ throughput_round run_throughput_round(caf::actor_system& sys, const caf::actor& 
   return fut.get();
 }
 
-// -- statistics and output ---------------------------------------------------------------
-
-double percentile(std::vector<double> xs, double p) {
-  if (xs.empty())
-    return 0;
-  std::sort(xs.begin(), xs.end());
-  auto rank = static_cast<size_t>(std::ceil(p * static_cast<double>(xs.size())));
-  return xs[std::min(xs.size(), std::max<size_t>(rank, 1)) - 1];
-}
-
-double median(std::vector<double> xs) {
-  if (xs.empty())
-    return 0;
-  std::sort(xs.begin(), xs.end());
-  auto n = xs.size();
-  return n % 2 == 1 ? xs[n / 2] : (xs[n / 2 - 1] + xs[n / 2]) / 2;
-}
-
-struct figure {
-  std::string name;
-  std::string unit;
-  double value = 0;
-  double baseline = 0;
-  bool has_baseline = true;
-  int decimals = 1;
-  std::string target; // Empty: none.
-  bool met = true;
-  std::string note;
-
-  [[nodiscard]] double ratio() const { return baseline > 0 ? value / baseline : 0; }
-};
-
-figure make_figure(std::string name, std::string unit, double value, double baseline) {
-  figure f;
-  f.name = std::move(name);
-  f.unit = std::move(unit);
-  f.value = value;
-  f.baseline = baseline;
-  return f;
-}
-
-std::string fixed(double x, int decimals) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.*f", decimals, x);
-  return buf;
-}
-
-void print_table(const std::vector<figure>& figs) {
-  std::printf("%-24s %-7s %12s %12s %8s  %-28s %s\n", "figure", "unit", "ours", "baseline", "ratio",
-              "target", "result");
-  for (const auto& f : figs) {
-    std::printf("%-24s %-7s %12s %12s %8s  %-28s %s\n", f.name.c_str(), f.unit.c_str(),
-                fixed(f.value, f.decimals).c_str(),
-                f.has_baseline ? fixed(f.baseline, f.decimals).c_str() : "-",
-                f.has_baseline ? fixed(f.ratio(), 3).c_str() : "-",
-                f.target.empty() ? "-" : f.target.c_str(),
-                f.target.empty() ? "" : (f.met ? "ok" : "MISSED"));
-  }
-  for (const auto& f : figs)
-    if (!f.note.empty())
-      std::printf("  %s: %s\n", f.name.c_str(), f.note.c_str());
-}
-
-void print_json(const figure& f) {
-  std::printf(
-      "{\"bench\":\"supervision\",\"figure\":\"%s\",\"unit\":\"%s\",\"value\":%s,"
-      "\"baseline\":%s,\"ratio\":%s}\n",
-      f.name.c_str(), f.unit.c_str(), fixed(f.value, f.decimals).c_str(),
-      f.has_baseline ? fixed(f.baseline, f.decimals).c_str() : "null",
-      f.has_baseline ? fixed(f.ratio(), 3).c_str() : "null");
-}
-
 // -- command line ------------------------------------------------------------------------
 
 struct options {
@@ -469,39 +403,6 @@ struct options {
   size_t rounds = 16;
 };
 
-bool parse_size(const char* text, size_t& out) {
-  char* end = nullptr;
-  errno = 0;
-  auto x = std::strtoull(text, &end, 10);
-  if (errno != 0 || end == text || *end != '\0' || x == 0)
-    return false;
-  out = static_cast<size_t>(x);
-  return true;
-}
-
-enum class parse_result { run, help, bad };
-
-parse_result parse_args(int argc, char** argv, options& opts) {
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    size_t* target = nullptr;
-    if (arg == "--restarts")
-      target = &opts.restarts;
-    else if (arg == "--messages")
-      target = &opts.messages;
-    else if (arg == "--rounds")
-      target = &opts.rounds;
-    else if (arg == "--help" || arg == "-h")
-      return parse_result::help;
-    if (target == nullptr || i + 1 >= argc || !parse_size(argv[i + 1], *target)) {
-      std::fprintf(stderr, "bad argument: %s\n", arg.c_str());
-      return parse_result::bad;
-    }
-    ++i;
-  }
-  return parse_result::run;
-}
-
 /// Stops `x` with user_shutdown and waits until it is gone (a supervisor: with
 /// all its children), so that nothing of one round runs into the next.
 void stop_and_wait(caf::actor_system& sys, const caf::actor& x) {
@@ -511,19 +412,6 @@ void stop_and_wait(caf::actor_system& sys, const caf::actor& x) {
   self->receive([](const caf::down_msg&) {
     // Gone.
   });
-}
-
-/// Runs both sides of round `r`: A first in even rounds, B first in odd ones
-/// (A B B A A B ...), so that neither side always runs first.
-template <class A, class B>
-void in_order(size_t r, A run_a, B run_b) {
-  if (r % 2 == 0) {
-    run_a();
-    run_b();
-  } else {
-    run_b();
-    run_a();
-  }
 }
 
 /// Returns a spec for a root supervisor that restarts at once and never gives up.
@@ -594,8 +482,9 @@ int run(caf::actor_system& sys, const options& opts) {
   auto med = make_figure("restart_latency_median", "us", median(ours_us), median(base_us));
   med.target = "<= 1.5x baseline, <= 100 us";
   med.met = med.value <= 1.5 * med.baseline && med.value <= 100.0;
-  med.note = std::to_string(ours_us.size()) + " restarts per side in " + std::to_string(rounds) +
-             " alternating rounds; latency ratio: lower is better";
+  med.notes.push_back(std::to_string(ours_us.size()) + " restarts per side in " +
+                      std::to_string(rounds) +
+                      " alternating rounds; latency ratio: lower is better");
   auto p99 = make_figure("restart_latency_p99", "us", percentile(ours_us, 0.99),
                          percentile(base_us, 0.99));
   figs.push_back(med);
@@ -661,20 +550,17 @@ int run(caf::actor_system& sys, const options& opts) {
   tput.target = ">= 0.95x baseline";
   tput.met = tput.ratio() >= 0.95;
   // The spread of the per-round ratios shows how much of a miss is noise.
-  auto [lo, hi] = std::minmax_element(pair_ratios.begin(), pair_ratios.end());
-  tput.note = std::to_string(opts.messages) + " messages per run, median of " +
-              std::to_string(rounds) + " alternating rounds; ratio: higher is better; " +
-              "per-round ratios " + fixed(*lo, 3) + " .. " + fixed(*hi, 3) + " (median " +
-              fixed(median(pair_ratios), 3) + ")";
+  tput.notes.push_back(std::to_string(opts.messages) + " messages per run, median of " +
+                       std::to_string(rounds) + " alternating rounds; ratio: higher is better; " +
+                       "per-round ratios " + bench::spread(pair_ratios, 3) + " (median " +
+                       fixed(median(pair_ratios), 3) + ")");
   figs.push_back(tput);
 
   // -- shutdown --
   caf::anon_send_exit(*sup, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(manager, caf::exit_reason::user_shutdown);
 
-  print_table(figs);
-  for (const auto& f : figs)
-    print_json(f);
+  bench::print_report("supervision", figs);
   return EXIT_SUCCESS;
 }
 
@@ -682,16 +568,19 @@ int run(caf::actor_system& sys, const options& opts) {
 
 int main(int argc, char** argv) {
   options opts;
-  auto parsed = parse_args(argc, argv, opts);
-  if (parsed != parse_result::run) {
-    std::fprintf(parsed == parse_result::help ? stdout : stderr,
-                 "usage: %s [--restarts N] [--messages N] [--rounds N]\n"
-                 "  --restarts N  measured restarts per side, over all rounds (default %zu)\n"
-                 "  --messages N  messages per throughput run (default %zu)\n"
-                 "  --rounds N    alternating A/B rounds per figure (default %zu)\n",
-                 argv[0], options{}.restarts, options{}.messages, options{}.rounds);
-    return parsed == parse_result::help ? EXIT_SUCCESS : EXIT_FAILURE;
-  }
+  if (auto status = bench::parse_command_line(
+          argc, argv,
+          {
+              bench::size_option("--restarts", opts.restarts),
+              bench::size_option("--messages", opts.messages),
+              bench::size_option("--rounds", opts.rounds),
+          },
+          "usage: %s [--restarts N] [--messages N] [--rounds N]\n"
+          "  --restarts N  measured restarts per side, over all rounds (default %zu)\n"
+          "  --messages N  messages per throughput run (default %zu)\n"
+          "  --rounds N    alternating A/B rounds per figure (default %zu)\n",
+          argv[0], options{}.restarts, options{}.messages, options{}.rounds))
+    return *status;
   caf::actor_system_config cfg;
   understudy::register_error_categories(cfg);
   caf::actor_system sys{cfg};
