@@ -574,6 +574,23 @@ struct record_view::access {
     return {};
   }
 
+  /// Fetches the record of `path`@`step` into `view` and verifies its header.
+  /// Errors: not_found, io_error, corrupt_record.
+  static caf::error fetch(record_view& view, const state_store* owner, MDB_txn* txn,
+                          const std::string& path, uint64_t step) {
+    auto& st = *owner->impl_;
+    auto key = record_key(path, step);
+    MDB_val k = as_val(key);
+    MDB_val v;
+    int rc = mdb_get(txn, st.records, &k, &v);
+    if (rc == MDB_NOTFOUND)
+      return make_error(state_errc::not_found, "no version " + versioned(path, step));
+    if (rc != 0)
+      return mdb_error(rc, "mdb_get " + versioned(path, step));
+    view.store_ = owner;
+    return load(view, st, txn, path, step, v);
+  }
+
   /// Fetches chunk `c` of tensor `ti`, checking its length.
   static caf::expected<byte_span> chunk(const record_view& view, size_t ti, uint32_t c) {
     auto& st = *view.store_->impl_;
@@ -858,14 +875,10 @@ caf::expected<std::vector<version_info>> state_store::versions(const std::string
     return mdb_error(rc, "listing versions of " + path);
   std::vector<version_info> result;
   for (auto s : steps) {
-    auto key = record_key(path, s);
-    MDB_val k = as_val(key);
-    MDB_val v;
-    if (auto rc = mdb_get(r.txn, st.records, &k, &v))
-      return mdb_error(rc, "mdb_get " + versioned(path, s));
     record_view view;
-    view.store_ = this;
-    if (auto err = record_view::access::load(view, st, r.txn, path, s, v)) {
+    if (auto err = record_view::access::fetch(view, this, r.txn, path, s)) {
+      if (!is(err, state_errc::corrupt_record))
+        return err;
       // Unreadable header: report what the key says.
       version_info info;
       info.path = path;
@@ -885,17 +898,8 @@ caf::error state_store::read(const std::string& path, uint64_t step,
   impl::reader r{st};
   if (auto err = st.begin_read(r))
     return err;
-  auto key = record_key(path, step);
-  MDB_val k = as_val(key);
-  MDB_val v;
-  int rc = mdb_get(r.txn, st.records, &k, &v);
-  if (rc == MDB_NOTFOUND)
-    return make_error(state_errc::not_found, "no version " + versioned(path, step));
-  if (rc != 0)
-    return mdb_error(rc, "mdb_get " + versioned(path, step));
   record_view view;
-  view.store_ = this;
-  if (auto err = record_view::access::load(view, st, r.txn, path, step, v))
+  if (auto err = record_view::access::fetch(view, this, r.txn, path, step))
     return err;
   return fn(view);
 }
@@ -915,22 +919,15 @@ caf::expected<restore_report> state_store::restore_newest(
   for (auto i = steps.rbegin(); i != steps.rend(); ++i) {
     if (*i > max_step)
       continue;
-    auto key = record_key(path, *i);
-    MDB_val k = as_val(key);
-    MDB_val v;
-    if (auto rc = mdb_get(r.txn, st.records, &k, &v))
-      return mdb_error(rc, "mdb_get " + versioned(path, *i));
     record_view view;
-    view.store_ = this;
-    auto err = record_view::access::load(view, st, r.txn, path, *i, v);
+    auto err = record_view::access::fetch(view, this, r.txn, path, *i);
     if (!err)
       err = load(view);
     if (!err) {
       report.step = *i;
       break;
     }
-    if (err.category() == state_category &&
-        (is(err, state_errc::io_error) || is(err, state_errc::disk_full)))
+    if (is(err, state_errc::io_error) || is(err, state_errc::disk_full))
       return err;
     report.skipped.emplace_back(*i, std::move(err));
   }
