@@ -480,8 +480,8 @@ struct state_store::impl {
 
 struct record_view::access {
   /// Parses and verifies the record stored at `val` for `path`@`step` into `view`.
-  static caf::error load(record_view& view, const state_store::impl& st, MDB_txn* txn,
-                         const std::string& path, uint64_t step, const MDB_val& val) {
+  static caf::error load(record_view& view, MDB_txn* txn, const std::string& path, uint64_t step,
+                         const MDB_val& val) {
     view.txn_ = txn;
     auto name = versioned(path, step);
     const uint64_t* words = nullptr;
@@ -570,7 +570,6 @@ struct record_view::access {
       return make_error(state_errc::corrupt_record,
                         name + ": malformed record: " + e.getDescription().cStr());
     }
-    (void)st;
     return {};
   }
 
@@ -588,7 +587,7 @@ struct record_view::access {
     if (rc != 0)
       return mdb_error(rc, "mdb_get " + versioned(path, step));
     view.store_ = owner;
-    return load(view, st, txn, path, step, v);
+    return load(view, txn, path, step, v);
   }
 
   /// Fetches chunk `c` of tensor `ti`, checking its length.
