@@ -307,7 +307,7 @@ TEST_CASE("a full map at max_map_size fails the commit and keeps what was commit
   CHECK((*w)[999] == 1000.0f);
 }
 
-TEST_CASE("one writer per state directory; read-only opens cannot write", "[state][store]") {
+TEST_CASE("one writer per state directory, and read-only opens cannot write", "[state][store]") {
   temp_state_dir dir;
   auto st = open_store(test_store_config(dir.path));
   commit_all(*st, {make_checkpoint("/x", 1, 4)});
