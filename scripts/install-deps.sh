@@ -8,7 +8,7 @@ packages=(
   libcaf-dev libssl-dev
   liblmdb-dev lmdb-utils
   capnproto libcapnp-dev
-  libxxhash-dev
+  libxxhash-dev zlib1g-dev
   catch2
   libtoml11-dev libcli11-dev libspdlog-dev prometheus-cpp-dev
 )
