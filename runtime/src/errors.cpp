@@ -195,7 +195,9 @@ std::string describe(const caf::error& err) {
   } else if (cat == caf::atom("system")) {
     result = to_string(static_cast<caf::sec>(err.code()));
   } else {
-    return to_string(err);
+    // Another component's category: its name and code, then the context,
+    // which by convention says what went wrong.
+    result = to_string(cat) + " error " + std::to_string(err.code());
   }
   auto ctx = context_text(err.context());
   if (!ctx.empty()) {

@@ -3,6 +3,7 @@
 #include <set>
 
 #include <caf/exit_reason.hpp>
+#include <caf/make_message.hpp>
 #include <caf/sec.hpp>
 #include <catch2/catch.hpp>
 
@@ -49,4 +50,11 @@ TEST_CASE("every state error has a distinct name and a next step, distinct from 
   CHECK(is(err, state_errc::corrupt_record));
   CHECK_FALSE(is(err, supervision_errc::start_failed));
   CHECK(describe(err) == "corrupt_record: /job/a@3: checksum mismatch");
+}
+
+TEST_CASE("errors of other components render with their category, code and context",
+          "[runtime][errors]") {
+  caf::error err{uint8_t{3}, caf::atom("us_data"),
+                 caf::make_message(std::string{"digits.csv:4: expected 65 columns"})};
+  CHECK(describe(err) == "us_data error 3: digits.csv:4: expected 65 columns");
 }
