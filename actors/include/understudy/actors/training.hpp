@@ -1,0 +1,240 @@
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/atom.hpp>
+#include <caf/expected.hpp>
+
+#include "understudy/actors/dataset.hpp"
+#include "understudy/actors/model.hpp"
+#include "understudy/actors/optimizer.hpp"
+#include "understudy/runtime/state_writer.hpp"
+#include "understudy/runtime/supervisor.hpp"
+
+namespace understudy {
+
+// -- faults ----------------------------------------------------------------------
+
+/// Which actor an injected fault crashes.
+enum class fault_target : uint8_t { worker, shard, loader, trainer };
+
+/// Returns "worker", "shard", "loader" or "trainer".
+std::string to_string(fault_target x);
+
+/// One injected crash: actor `target` number `index` (0 for the trainer) throws
+/// when it starts working on step `step`. Each fault fires once.
+struct fault {
+  fault_target target = fault_target::worker;
+  size_t index = 0;
+  uint64_t step = 0;
+};
+
+/// Renders `f` as in a fault spec, e.g. "worker:1@120" or "trainer@600".
+std::string to_string(const fault& f);
+
+/// Parses a fault spec: a comma-separated list of `worker:I@S`, `shard:I@S`,
+/// `loader:I@S`, `trainer@S`, or `random:K` (K faults of any kind at steps in
+/// [1, steps], drawn from `seed`). Indices must name existing actors and steps
+/// lie in [1, steps]. Errors name the offending entry. An empty spec is no fault.
+caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t workers,
+                                               size_t shards, size_t loaders, uint64_t steps,
+                                               uint64_t seed);
+
+// -- the job -----------------------------------------------------------------------
+
+/// Strategy and restart limits of one role's supervisor.
+struct role_policy {
+  restart_strategy strategy = restart_strategy::one_for_one;
+  restart_intensity intensity{20, std::chrono::seconds(10)};
+  backoff_policy backoff;
+};
+
+/// Everything that defines a synchronous data-parallel training job. Changing
+/// any field marked (*) changes the job's fingerprint: a state directory
+/// written by one job is not resumed by another.
+struct training_config {
+  /// The model (*), the training data (*) and the held-out data.
+  std::shared_ptr<const model> net;
+  std::shared_ptr<const dataset> train;
+  std::shared_ptr<const dataset> test;
+  /// Actors per role (*); each worker takes `batch` (*) samples per step.
+  size_t workers = 2;
+  size_t shards = 2;
+  size_t loaders = 1;
+  size_t batch = 32;
+  /// Total steps (not part of the fingerprint: a finished job can be extended).
+  uint64_t steps = 3000;
+  /// Seeds parameter initialisation and the per-epoch shuffles (*).
+  uint64_t seed = 1;
+  optimizer_config optimizer; // (*)
+  /// Shards and loaders checkpoint every this many steps (and at the last
+  /// step); the trainer commits those steps. A crash loses the steps since.
+  uint64_t checkpoint_every = 1;
+  /// Held-out evaluation every this many steps (and at the end); 0 only at the end.
+  uint64_t eval_every = 250;
+  /// Steps of batches a loader prepares ahead of the step being served.
+  size_t prefetch = 2;
+  std::vector<fault> faults;
+  /// Supervisors of the roles. Workers and loaders default to one_for_one;
+  /// the shards' strategy is a choice (one_for_all restarts every shard).
+  role_policy worker_policy;
+  role_policy loader_policy;
+  role_policy shard_policy;
+  role_policy trainer_policy;
+};
+
+/// Checks `cfg`: model and data present and matching, counts >= 1, at most one
+/// shard per parameter, at most one loader per worker and no more loaders than
+/// training samples, batch >= 1, steps >= 1, checkpoint_every >= 1, optimizer
+/// valid, faults naming existing actors. Returns the first problem.
+caf::error validate(const training_config& cfg);
+
+/// A hash of the fields marked (*) in training_config.
+uint64_t fingerprint(const training_config& cfg);
+
+/// Reported by the trainer after each committed step (from an actor thread).
+struct training_progress {
+  uint64_t step = 0;
+  uint64_t steps = 0;
+  /// Mean training loss of the step's batches.
+  float loss = 0;
+  /// Held-out accuracy at the latest evaluation; negative before the first.
+  double accuracy = -1;
+  uint64_t restarts = 0;
+  uint64_t lost_steps = 0;
+};
+
+/// The outcome of a job.
+struct training_result {
+  uint64_t steps = 0;
+  double accuracy = 0;
+  /// XXH3-64 of every final parameter's bytes, in parameter order.
+  uint64_t params_digest = 0;
+  uint64_t restarts = 0;
+  /// Steps computed and thrown away by recoveries (the steps in flight and
+  /// those after the last commit).
+  uint64_t lost_steps = 0;
+  /// The committed step the job resumed from (0: a fresh start).
+  uint64_t resumed_from = 0;
+  std::vector<float> params;
+};
+
+/// A training job as a supervision tree:
+///
+///   job (one_for_one)
+///   ├── shards  (shard_policy)   shard-0 .. shard-N-1   parameter shards
+///   ├── loaders (loader_policy)  loader-0 .. loader-N-1 data loaders
+///   ├── workers (worker_policy)  worker-0 .. worker-N-1 forward/backward
+///   └── trainer                  drives the steps, commits, evaluates
+///
+/// Start `spec()` with runtime::start, then `wait()` for the result. Shards,
+/// loaders and the trainer persist their state in `p`; a tree started on a
+/// state directory that holds a committed step of the same job resumes there.
+class training_job {
+public:
+  /// Validates `cfg` (the `validate` error otherwise).
+  static caf::expected<training_job> create(training_config cfg, persistence p);
+
+  /// The supervision tree, named `name`. `events` receives every supervision
+  /// event (may be null); restarts are counted either way.
+  supervisor_spec spec(std::string name = "job",
+                       std::shared_ptr<event_sink> events = nullptr) const;
+
+  /// Called by the trainer after every committed step (and on its evaluations).
+  void on_progress(std::function<void(const training_progress&)> fn);
+
+  /// Called once when the trainer has found its starting point: the committed
+  /// step it resumes from (0 for a fresh start).
+  void on_start(std::function<void(uint64_t committed)> fn);
+
+  /// Blocks until the trainer finishes (the result) or fails for good (the
+  /// error, e.g. a state directory of another job), or `timeout` passes.
+  caf::expected<training_result> wait(std::chrono::milliseconds timeout) const;
+
+  const training_config& config() const;
+
+  /// The children of the tree, for tests that drive one role by hand with the
+  /// protocol below (the trainer's side).
+  child_spec shard_spec(size_t k) const;
+  child_spec loader_spec(size_t l) const;
+  child_spec worker_spec(size_t w) const;
+
+  struct shared;
+
+private:
+  explicit training_job(std::shared_ptr<shared> s);
+  std::shared_ptr<shared> s_;
+};
+
+/// XXH3-64 of `n` floats' bytes.
+uint64_t params_digest(const float* params, size_t n);
+
+// -- protocol (for tests and tools) --------------------------------------------------
+
+using train_step_atom = caf::atom_constant<caf::atom("us_tstep")>;
+using batch_atom = caf::atom_constant<caf::atom("us_batch")>;
+using pull_atom = caf::atom_constant<caf::atom("us_pull")>;
+using push_atom = caf::atom_constant<caf::atom("us_push")>;
+using applied_atom = caf::atom_constant<caf::atom("us_applied")>;
+using rewind_atom = caf::atom_constant<caf::atom("us_rewind")>;
+using commit_atom = caf::atom_constant<caf::atom("us_commit")>;
+using stats_atom = caf::atom_constant<caf::atom("us_stats")>;
+
+// worker:  (train_step_atom, step, attempt, loader, std::vector<caf::actor> shards)
+//          fetches its batch, pulls every slice, pushes every gradient slice.
+// loader:  (batch_atom, step, rank) -> batch_ptr
+//          (rewind_atom, step, attempt) -> step: the cursor after `step`
+//          (commit_atom, step) -> step once the cursor after `step` is durable
+//          (stats_atom) -> loader_stats
+// shard:   (pull_atom) -> (step, slice_ptr): its parameters after `step`
+//          (push_atom, step, attempt, rank, std::vector<float> grad, float loss)
+//          (rewind_atom, step, attempt) -> step: its state after `step`; the
+//            sender receives (applied_atom, shard, step, attempt, mean loss)
+//            after each step is applied (and durable on checkpoint steps)
+//          (stats_atom) -> shard_stats
+
+struct loader_stats {
+  /// Steps of batches prepared and not yet served in full.
+  size_t cached_steps = 0;
+  /// The most that may be cached (prefetch + the step being served).
+  size_t max_cached_steps = 0;
+};
+
+struct shard_stats {
+  uint64_t step = 0;
+  /// Pushes ignored: a second one for the same (worker, step), or one from an
+  /// abandoned attempt or for another step.
+  uint64_t duplicates = 0;
+  uint64_t stale = 0;
+};
+
+/// A batch served by a loader for (step, worker rank): the samples' indices in
+/// the training set, with their data. Sample j is number `offset + j` of the
+/// loader's stream, i.e. position (offset + j) % share_size of epoch
+/// (offset + j) / share_size.
+struct served_batch {
+  uint64_t step = 0;
+  size_t rank = 0;
+  uint64_t offset = 0;
+  uint64_t share_size = 0;
+  std::vector<uint32_t> indices;
+  std::vector<float> inputs;
+  std::vector<uint32_t> labels;
+};
+using batch_ptr = std::shared_ptr<const served_batch>;
+using slice_ptr = std::shared_ptr<const std::vector<float>>;
+
+} // namespace understudy
+
+// Local messages only (shared buffers, not serialized).
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::batch_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::slice_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::loader_stats)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::shard_stats)

@@ -1,0 +1,434 @@
+// The trainer: drives synchronous steps, commits them, evaluates, recovers.
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/sec.hpp>
+
+#include "training_shared.hpp"
+#include "understudy/runtime/persistent.hpp"
+#include "understudy/schema/training.capnp.h"
+
+namespace understudy {
+
+struct trainer_state {
+  uint64_t step = 0;
+  uint64_t fingerprint = 0;
+  double accuracy = std::numeric_limits<double>::quiet_NaN();
+  uint64_t eval_step = 0;
+};
+
+template <>
+struct state_codec<trainer_state> {
+  using schema = schema::TrainerState;
+  static constexpr uint32_t version = 1;
+  static void save(const trainer_state& st, state_encoder& enc) {
+    auto root = enc.init_root<schema>();
+    root.setStep(st.step);
+    root.setFingerprint(st.fingerprint);
+    root.setAccuracy(st.accuracy);
+    root.setEvalStep(st.eval_step);
+  }
+  static caf::error load(state_decoder& dec, trainer_state& st) {
+    auto root = dec.root<schema>();
+    st.step = root.getStep();
+    st.fingerprint = root.getFingerprint();
+    st.accuracy = root.getAccuracy();
+    st.eval_step = root.getEvalStep();
+    return {};
+  }
+};
+
+namespace {
+
+using shared_ptr_t = std::shared_ptr<training_job::shared>;
+
+enum role : size_t { shards_role, loaders_role, workers_role };
+const char* const role_names[] = {"shards", "loaders", "workers"};
+
+struct participant {
+  role r;
+  size_t index;
+  std::string id;
+  caf::actor handle;
+  uint64_t incarnation = 0;
+  bool down = true;
+};
+
+bool is_down_error(const caf::error& err) {
+  return err == caf::sec::request_receiver_down || err == caf::sec::request_timeout;
+}
+
+struct trainer_actor {
+  caf::event_based_actor* self;
+  shared_ptr_t s;
+  std::shared_ptr<persistent<trainer_state>> st;
+  caf::actor job;
+  uint64_t incarnation;
+  caf::actor sups[3];
+  std::vector<participant> parts;
+  /// Last committed step, last applied step, and the recovery attempt.
+  uint64_t committed = 0;
+  uint64_t done = 0;
+  uint64_t attempt = 0;
+  bool recovering = false;
+  bool again = false;
+  bool finished = false;
+  // The step in flight.
+  uint64_t cur = 0;
+  size_t applied = 0;
+  size_t loader_acks = 0;
+  float loss = 0;
+  float last_loss = 0;
+
+  trainer_actor(caf::event_based_actor* self, shared_ptr_t s,
+                std::shared_ptr<persistent<trainer_state>> st, caf::actor job, uint64_t incarnation)
+      : self(self),
+        s(std::move(s)),
+        st(std::move(st)),
+        job(std::move(job)),
+        incarnation(incarnation) {
+    attempt = incarnation << 32;
+    const auto& cfg = this->s->cfg;
+    for (size_t k = 0; k < cfg.shards; ++k)
+      parts.push_back({shards_role, k, "shard-" + std::to_string(k), {}, 0, true});
+    for (size_t l = 0; l < cfg.loaders; ++l)
+      parts.push_back({loaders_role, l, "loader-" + std::to_string(l), {}, 0, true});
+    for (size_t w = 0; w < cfg.workers; ++w)
+      parts.push_back({workers_role, w, "worker-" + std::to_string(w), {}, 0, true});
+  }
+
+  participant& shard(size_t k) { return parts[k]; }
+  participant& loader(size_t l) { return parts[s->cfg.shards + l]; }
+  participant& worker(size_t w) { return parts[s->cfg.shards + s->cfg.loaders + w]; }
+
+  void fail(caf::error err) {
+    finished = true;
+    s->finish(std::move(err));
+    self->quit();
+  }
+
+  void start() {
+    auto& v = st->value();
+    if (st->restored_step()) {
+      if (v.fingerprint != s->fingerprint) {
+        fail(make_error(state_errc::schema_mismatch,
+                        "the state directory holds another training job (its model, data, "
+                        "counts, batch, seed or optimizer differ): use another state directory "
+                        "or remove it"));
+        return;
+      }
+      committed = v.step;
+    }
+    v.fingerprint = s->fingerprint;
+    done = committed;
+    auto inflight = s->inflight.load();
+    if (inflight > committed) {
+      s->lost_steps += inflight - committed;
+      s->inflight = committed;
+    }
+    if (incarnation == 1) {
+      s->resumed_from = committed;
+      if (s->started)
+        s->started(committed);
+    }
+    // Find the role supervisors, then recover (resolve, rewind) and run.
+    auto left = std::make_shared<size_t>(3);
+    for (size_t r = 0; r < 3; ++r)
+      self->request(job, caf::infinite, resolve_atom::value, std::string{role_names[r]})
+          .then(
+              [this, r, left](const caf::actor& sup) {
+                sups[r] = sup;
+                if (--*left == 0)
+                  recover();
+              },
+              [this](caf::error& err) { throw_error("cannot find a role supervisor", err); });
+  }
+
+  [[noreturn]] void throw_error(const std::string& what, const caf::error& err) {
+    throw std::runtime_error(what + ": " + describe(err));
+  }
+
+  /// Resolves every participant that is down, rewinds shards and loaders to
+  /// the last committed step with a new attempt number, then runs.
+  void recover() {
+    if (recovering) {
+      again = true;
+      return;
+    }
+    recovering = true;
+    again = false;
+    ++attempt;
+    auto inflight = s->inflight.load();
+    if (inflight > committed) {
+      s->lost_steps += inflight - committed;
+      s->inflight = committed;
+    }
+    done = committed;
+    cur = 0;
+    auto att = attempt;
+    auto left = std::make_shared<size_t>(1);
+    auto resolved = [this, att, left] {
+      if (--*left == 0 && att == attempt)
+        rewind_all();
+    };
+    for (auto& p : parts) {
+      if (!p.down)
+        continue;
+      ++*left;
+      auto idx = static_cast<size_t>(&p - parts.data());
+      self->request(sups[p.r], caf::infinite, resolve_atom::value, p.id, p.incarnation + 1)
+          .then(
+              [this, idx, resolved](const caf::actor& h) {
+                auto& q = parts[idx];
+                q.handle = h;
+                q.incarnation += 1;
+                q.down = false;
+                self->monitor(h);
+                resolved();
+              },
+              [this](caf::error& err) { throw_error("cannot resolve a restarted child", err); });
+    }
+    resolved();
+  }
+
+  void rewind_all() {
+    auto att = attempt;
+    auto left = std::make_shared<size_t>(s->cfg.shards + s->cfg.loaders);
+    for (auto& p : parts) {
+      if (p.r == workers_role)
+        continue;
+      self->request(p.handle, caf::infinite, rewind_atom::value, committed, att)
+          .then(
+              [this, att, left](uint64_t) {
+                if (att != attempt || --*left != 0)
+                  return;
+                recovering = false;
+                if (again)
+                  recover();
+                else
+                  next();
+              },
+              [this, att](caf::error& err) { on_error(att, err); });
+    }
+  }
+
+  void on_error(uint64_t att, const caf::error& err) {
+    if (att != attempt || finished)
+      return;
+    if (is_down_error(err)) {
+      recovering = false;
+      recover(); // the down message marks who; a recovery round resolves them
+      return;
+    }
+    fail(err);
+  }
+
+  void on_down(const caf::down_msg& dm) {
+    for (auto& p : parts)
+      if (!p.down && p.handle && p.handle.address() == dm.source) {
+        p.down = true;
+        if (!finished)
+          recover();
+        return;
+      }
+  }
+
+  std::vector<caf::actor> shard_handles() {
+    std::vector<caf::actor> out;
+    for (size_t k = 0; k < s->cfg.shards; ++k)
+      out.push_back(shard(k).handle);
+    return out;
+  }
+
+  void next() {
+    if (recovering || finished)
+      return;
+    if (done >= s->cfg.steps) {
+      if (committed >= s->cfg.steps)
+        finish();
+      return;
+    }
+    auto step = done + 1;
+    s->inflight = step;
+    s->maybe_crash(fault_target::trainer, 0, step);
+    cur = step;
+    applied = 0;
+    loader_acks = 0;
+    auto shards = shard_handles();
+    for (size_t w = 0; w < s->cfg.workers; ++w)
+      self->send(worker(w).handle, train_step_atom::value, step, attempt,
+                 loader(s->loader_of(w)).handle, shards);
+    if (s->checkpoint_step(step)) {
+      auto att = attempt;
+      for (size_t l = 0; l < s->cfg.loaders; ++l)
+        self->request(loader(l).handle, caf::infinite, commit_atom::value, step)
+            .then(
+                [this, att, step](uint64_t) {
+                  if (att != attempt || cur != step)
+                    return;
+                  ++loader_acks;
+                  maybe_complete();
+                },
+                [this, att](caf::error& err) { on_error(att, err); });
+    }
+  }
+
+  void on_applied(size_t k, uint64_t step, uint64_t att, float l) {
+    if (att != attempt || step != cur || recovering)
+      return;
+    if (k == 0)
+      loss = l;
+    ++applied;
+    maybe_complete();
+  }
+
+  void maybe_complete() {
+    auto step = cur;
+    bool ckpt = s->checkpoint_step(step);
+    if (applied != s->cfg.shards || (ckpt && loader_acks != s->cfg.loaders))
+      return;
+    cur = 0;
+    done = step;
+    last_loss = loss;
+    if (!ckpt) {
+      after(step);
+      return;
+    }
+    auto att = attempt;
+    st->value().step = step;
+    st->checkpoint(step, [this, att, step](caf::expected<uint64_t> r) {
+      if (!r)
+        throw_error("cannot commit step " + std::to_string(step), r.error());
+      if (att != attempt)
+        return;
+      committed = step;
+      after(step);
+    });
+  }
+
+  bool eval_due(uint64_t step) const {
+    return step == s->cfg.steps || (s->cfg.eval_every != 0 && step % s->cfg.eval_every == 0);
+  }
+
+  void after(uint64_t step) {
+    if (step == s->cfg.steps) {
+      next(); // finish() evaluates and reports
+      return;
+    }
+    if (!eval_due(step)) {
+      report(step);
+      next();
+      return;
+    }
+    auto att = attempt;
+    pull_params([this, att, step](std::vector<float> params) {
+      if (att != attempt)
+        return;
+      auto& v = st->value();
+      v.accuracy = evaluate(params);
+      v.eval_step = step;
+      report(step);
+      next();
+    });
+  }
+
+  double evaluate(const std::vector<float>& params) const {
+    return accuracy(*s->cfg.net, params.data(), s->cfg.test->view());
+  }
+
+  void report(uint64_t step) {
+    if (!s->progress)
+      return;
+    training_progress p;
+    p.step = step;
+    p.steps = s->cfg.steps;
+    p.loss = last_loss;
+    auto acc = st->value().accuracy;
+    p.accuracy = std::isnan(acc) ? -1.0 : acc;
+    p.restarts = s->restarts.load();
+    p.lost_steps = s->lost_steps.load();
+    s->progress(p);
+  }
+
+  /// Pulls every shard's parameters (all after the same step) into one vector.
+  template <class F>
+  void pull_params(F then) {
+    auto att = attempt;
+    auto params = std::make_shared<std::vector<float>>(s->cfg.net->parameter_count());
+    auto left = std::make_shared<size_t>(s->cfg.shards);
+    for (size_t k = 0; k < s->cfg.shards; ++k)
+      self->request(shard(k).handle, caf::infinite, pull_atom::value)
+          .then(
+              [this, k, params, left, then](uint64_t, const slice_ptr& slice) {
+                std::copy(slice->begin(), slice->end(), params->begin() + s->shard_first[k]);
+                if (--*left == 0)
+                  then(std::move(*params));
+              },
+              [this, att](caf::error& err) { on_error(att, err); });
+  }
+
+  void finish() {
+    auto att = attempt;
+    pull_params([this, att](std::vector<float> params) {
+      if (att != attempt || finished)
+        return;
+      training_result r;
+      r.steps = committed;
+      r.accuracy = evaluate(params);
+      r.params_digest = params_digest(params.data(), params.size());
+      r.restarts = s->restarts.load();
+      r.lost_steps = s->lost_steps.load();
+      r.resumed_from = s->resumed_from;
+      r.params = std::move(params);
+      auto& v = st->value();
+      v.accuracy = r.accuracy;
+      v.eval_step = committed;
+      report(committed);
+      finished = true;
+      s->finish(std::move(r));
+      self->quit();
+    });
+  }
+
+  caf::behavior make() {
+    self->set_down_handler([this](caf::down_msg& dm) { on_down(dm); });
+    start();
+    return {
+        [this](applied_atom, size_t k, uint64_t step, uint64_t att, float l) {
+          on_applied(k, step, att, l);
+        },
+    };
+  }
+};
+
+} // namespace
+
+child_spec make_trainer_spec(shared_ptr_t s) {
+  auto spec = persistent_child<trainer_state>(
+      "trainer", s->p,
+      [s](caf::event_based_actor* self, std::shared_ptr<persistent<trainer_state>> st) {
+        // Set by persistent_child before init: the job supervisor is the parent.
+        auto [job, incarnation] = s->job_supervisor();
+        auto a = std::make_shared<trainer_actor>(self, s, std::move(st), job, incarnation);
+        self->attach_functor([a](const caf::error&) {});
+        return a->make();
+      });
+  // Capture the parent and incarnation of each start.
+  auto inner = spec.start;
+  spec.start = [s, inner](child_context& ctx) -> caf::expected<caf::actor> {
+    s->set_job_supervisor(ctx.token.supervisor, ctx.incarnation);
+    return inner(ctx);
+  };
+  spec.restart = restart_type::transient;
+  return spec;
+}
+
+} // namespace understudy

@@ -1,0 +1,307 @@
+// A training job: configuration, faults, and its supervision tree.
+
+#include "understudy/actors/training.hpp"
+
+#include <xxhash.h>
+
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "training_shared.hpp"
+#include "understudy/actors/splitmix64.hpp"
+#include "understudy/runtime/errors.hpp"
+
+namespace understudy {
+
+std::string to_string(fault_target x) {
+  switch (x) {
+    case fault_target::worker:
+      return "worker";
+    case fault_target::shard:
+      return "shard";
+    case fault_target::loader:
+      return "loader";
+    case fault_target::trainer:
+      return "trainer";
+  }
+  return "?";
+}
+
+std::string to_string(const fault& f) {
+  if (f.target == fault_target::trainer)
+    return "trainer@" + std::to_string(f.step);
+  return to_string(f.target) + ":" + std::to_string(f.index) + "@" + std::to_string(f.step);
+}
+
+namespace {
+
+caf::error bad_config(std::string what) {
+  return caf::make_error(caf::sec::invalid_argument, std::move(what));
+}
+
+bool parse_u64(const std::string& text, uint64_t& out) {
+  if (text.empty() || text.size() > 19)
+    return false;
+  out = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9')
+      return false;
+    out = out * 10 + static_cast<uint64_t>(c - '0');
+  }
+  return true;
+}
+
+} // namespace
+
+caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t workers,
+                                               size_t shards, size_t loaders, uint64_t steps,
+                                               uint64_t seed) {
+  std::vector<fault> out;
+  size_t pos = 0;
+  while (pos <= spec.size() && !spec.empty()) {
+    auto comma = spec.find(',', pos);
+    auto item = spec.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    pos = comma == std::string::npos ? spec.size() + 1 : comma + 1;
+    auto bad = [&](const std::string& why) {
+      return bad_config("fault '" + item + "': " + why +
+                        " (expected worker:I@S, shard:I@S, loader:I@S, trainer@S or random:K)");
+    };
+    if (item.rfind("random:", 0) == 0) {
+      uint64_t k = 0;
+      if (!parse_u64(item.substr(7), k) || k == 0 || k > 10000)
+        return bad("K must be a number from 1 to 10000");
+      splitmix64 rng{splitmix64::at(seed, 0xfa017)};
+      for (uint64_t i = 0; i < k; ++i) {
+        fault f;
+        f.target = static_cast<fault_target>(rng.below(4));
+        size_t count = f.target == fault_target::worker   ? workers
+                       : f.target == fault_target::shard  ? shards
+                       : f.target == fault_target::loader ? loaders
+                                                          : 1;
+        f.index = f.target == fault_target::trainer ? 0 : static_cast<size_t>(rng.below(count));
+        f.step = 1 + rng.below(steps);
+        out.push_back(f);
+      }
+      continue;
+    }
+    auto at = item.find('@');
+    if (at == std::string::npos)
+      return bad("missing @STEP");
+    auto target = item.substr(0, at);
+    fault f;
+    if (!parse_u64(item.substr(at + 1), f.step) || f.step == 0 || f.step > steps)
+      return bad("step must be a number from 1 to " + std::to_string(steps));
+    size_t count = 1;
+    std::string name = target;
+    std::string index;
+    if (auto colon = target.find(':'); colon != std::string::npos) {
+      name = target.substr(0, colon);
+      index = target.substr(colon + 1);
+    }
+    if (name == "worker") {
+      f.target = fault_target::worker;
+      count = workers;
+    } else if (name == "shard") {
+      f.target = fault_target::shard;
+      count = shards;
+    } else if (name == "loader") {
+      f.target = fault_target::loader;
+      count = loaders;
+    } else if (name == "trainer") {
+      f.target = fault_target::trainer;
+      if (!index.empty())
+        return bad("the trainer has no index");
+    } else {
+      return bad("unknown target '" + name + "'");
+    }
+    if (f.target != fault_target::trainer) {
+      uint64_t i = 0;
+      if (!parse_u64(index, i))
+        return bad("missing or malformed index");
+      if (i >= count)
+        return bad("there is no " + name + " " + std::to_string(i) + " (the job has " +
+                   std::to_string(count) + ")");
+      f.index = static_cast<size_t>(i);
+    }
+    out.push_back(f);
+  }
+  return out;
+}
+
+caf::error validate(const training_config& cfg) {
+  if (!cfg.net)
+    return bad_config("training: no model");
+  if (!cfg.train || cfg.train->size() == 0)
+    return bad_config("training: no training data");
+  if (!cfg.test || cfg.test->size() == 0)
+    return bad_config("training: no held-out data");
+  for (const auto* d : {cfg.train.get(), cfg.test.get()})
+    if (d->input_dim != cfg.net->input_dim() || d->class_count > cfg.net->class_count())
+      return bad_config("training: the data (" + std::to_string(d->input_dim) + " inputs, " +
+                        std::to_string(d->class_count) + " classes) does not fit the model " +
+                        cfg.net->describe());
+  const size_t params = cfg.net->parameter_count();
+  if (cfg.workers == 0 || cfg.workers > 1024)
+    return bad_config("training: workers must be from 1 to 1024, not " +
+                      std::to_string(cfg.workers));
+  if (cfg.shards == 0 || cfg.shards > params || cfg.shards > 1024)
+    return bad_config("training: shards must be from 1 to " +
+                      std::to_string(std::min<size_t>(params, 1024)) +
+                      " (one parameter per shard at least), not " + std::to_string(cfg.shards));
+  if (cfg.loaders == 0 || cfg.loaders > cfg.workers || cfg.loaders > cfg.train->size())
+    return bad_config("training: loaders must be from 1 to " +
+                      std::to_string(std::min(cfg.workers, cfg.train->size())) +
+                      " (each serves at least one worker and one sample), not " +
+                      std::to_string(cfg.loaders));
+  if (cfg.batch == 0 || cfg.batch > 1u << 20)
+    return bad_config("training: batch must be from 1 to 1048576, not " +
+                      std::to_string(cfg.batch));
+  if (cfg.steps == 0)
+    return bad_config("training: steps must be at least 1");
+  if (cfg.checkpoint_every == 0)
+    return bad_config("training: checkpoint_every must be at least 1");
+  if (cfg.prefetch > 64)
+    return bad_config("training: prefetch must be at most 64");
+  if (auto err = validate(cfg.optimizer))
+    return err;
+  for (const auto& f : cfg.faults) {
+    size_t count = f.target == fault_target::worker   ? cfg.workers
+                   : f.target == fault_target::shard  ? cfg.shards
+                   : f.target == fault_target::loader ? cfg.loaders
+                                                      : 1;
+    if (f.index >= count || f.step == 0 || f.step > cfg.steps)
+      return bad_config("training: fault " + to_string(f) + " names no actor or step of the job");
+  }
+  return {};
+}
+
+uint64_t params_digest(const float* params, size_t n) {
+  return XXH3_64bits(params, n * sizeof(float));
+}
+
+uint64_t fingerprint(const training_config& cfg) {
+  XXH3_state_t* h = XXH3_createState();
+  XXH3_64bits_reset(h);
+  auto add = [h](const void* p, size_t n) { XXH3_64bits_update(h, p, n); };
+  auto add_u64 = [&](uint64_t x) { add(&x, sizeof x); };
+  auto name = cfg.net ? cfg.net->describe() : std::string{};
+  add(name.data(), name.size());
+  add_u64(cfg.net ? cfg.net->parameter_count() : 0);
+  for (const auto* d : {cfg.train.get()}) {
+    if (d == nullptr)
+      continue;
+    add(d->inputs.data(), d->inputs.size() * sizeof(float));
+    add(d->labels.data(), d->labels.size() * sizeof(uint32_t));
+  }
+  for (uint64_t x : {uint64_t{cfg.workers}, uint64_t{cfg.shards}, uint64_t{cfg.loaders},
+                     uint64_t{cfg.batch}, cfg.seed, uint64_t(cfg.optimizer.kind)})
+    add_u64(x);
+  for (double x : {cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.beta1,
+                   cfg.optimizer.beta2, cfg.optimizer.epsilon, cfg.optimizer.weight_decay})
+    add(&x, sizeof x);
+  auto out = XXH3_64bits_digest(h);
+  XXH3_freeState(h);
+  return out;
+}
+
+// -- training_job ----------------------------------------------------------------------
+
+training_job::training_job(std::shared_ptr<shared> s) : s_(std::move(s)) {}
+
+caf::expected<training_job> training_job::create(training_config cfg, persistence p) {
+  if (auto err = validate(cfg))
+    return err;
+  if (!p.store || !p.writer)
+    return bad_config("training: no state store (open one with runtime::open_state)");
+  auto s = std::make_shared<shared>();
+  s->cfg = std::move(cfg);
+  s->p = std::move(p);
+  s->fingerprint = fingerprint(s->cfg);
+  const size_t n = s->cfg.net->parameter_count();
+  for (size_t k = 0, first = 0; k < s->cfg.shards; ++k) {
+    size_t count = n / s->cfg.shards + (k < n % s->cfg.shards ? 1 : 0);
+    s->shard_first.push_back(first);
+    s->shard_count.push_back(count);
+    first += count;
+  }
+  s->loader_share.resize(s->cfg.loaders);
+  for (size_t i = 0; i < s->cfg.train->size(); ++i)
+    s->loader_share[i % s->cfg.loaders].push_back(static_cast<uint32_t>(i));
+  s->fired = std::make_unique<std::atomic<bool>[]>(s->cfg.faults.size());
+  return training_job{std::move(s)};
+}
+
+const training_config& training_job::config() const {
+  return s_->cfg;
+}
+
+child_spec training_job::shard_spec(size_t k) const {
+  return make_shard_spec(s_, k);
+}
+
+child_spec training_job::loader_spec(size_t l) const {
+  return make_loader_spec(s_, l);
+}
+
+child_spec training_job::worker_spec(size_t w) const {
+  return make_worker_spec(s_, w);
+}
+
+void training_job::on_progress(std::function<void(const training_progress&)> fn) {
+  s_->progress = std::move(fn);
+}
+
+void training_job::on_start(std::function<void(uint64_t)> fn) {
+  s_->started = std::move(fn);
+}
+
+supervisor_spec training_job::spec(std::string name, std::shared_ptr<event_sink> events) const {
+  auto role = [](std::string id, const role_policy& pol, std::vector<child_spec> children) {
+    supervisor_spec sup;
+    sup.name = std::move(id);
+    sup.strategy = pol.strategy;
+    sup.intensity = pol.intensity;
+    sup.backoff = pol.backoff;
+    sup.children = std::move(children);
+    return supervisor_child(std::move(sup));
+  };
+  const auto& cfg = s_->cfg;
+  std::vector<child_spec> shards, loaders, workers;
+  for (size_t k = 0; k < cfg.shards; ++k)
+    shards.push_back(shard_spec(k));
+  for (size_t l = 0; l < cfg.loaders; ++l)
+    loaders.push_back(loader_spec(l));
+  for (size_t w = 0; w < cfg.workers; ++w)
+    workers.push_back(worker_spec(w));
+  supervisor_spec job;
+  job.name = std::move(name);
+  job.strategy = restart_strategy::one_for_one;
+  job.intensity = cfg.trainer_policy.intensity;
+  job.backoff = cfg.trainer_policy.backoff;
+  job.children.push_back(role("shards", cfg.shard_policy, std::move(shards)));
+  job.children.push_back(role("loaders", cfg.loader_policy, std::move(loaders)));
+  job.children.push_back(role("workers", cfg.worker_policy, std::move(workers)));
+  job.children.push_back(make_trainer_spec(s_));
+  auto s = s_;
+  auto counter = std::make_shared<callback_sink>([s](const supervision_event& ev) {
+    if (ev.kind == event_kind::child_restarted)
+      ++s->restarts;
+  });
+  if (events)
+    job.events = std::make_shared<fanout_sink>(
+        std::vector<std::shared_ptr<event_sink>>{counter, std::move(events)});
+  else
+    job.events = counter;
+  return job;
+}
+
+caf::expected<training_result> training_job::wait(std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> guard{s_->mtx};
+  if (!s_->cv.wait_for(guard, timeout, [this] { return s_->outcome.has_value(); }))
+    return caf::make_error(caf::sec::request_timeout, "training did not finish within " +
+                                                          std::to_string(timeout.count()) + " ms");
+  return *s_->outcome;
+}
+
+} // namespace understudy

@@ -1,0 +1,104 @@
+#pragma once
+
+// State shared by a training job's actors and its owner (training.cpp, roles.cpp).
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <caf/actor_addr.hpp>
+#include <caf/actor_cast.hpp>
+
+#include "understudy/actors/training.hpp"
+
+namespace understudy {
+
+struct training_job::shared {
+  training_config cfg;
+  persistence p;
+  uint64_t fingerprint = 0;
+
+  /// Parameter ranges of the shards.
+  std::vector<size_t> shard_first;
+  std::vector<size_t> shard_count;
+  /// Training sample indices of each loader's share.
+  std::vector<std::vector<uint32_t>> loader_share;
+
+  std::unique_ptr<std::atomic<bool>[]> fired;
+  std::atomic<uint64_t> restarts{0};
+  std::atomic<uint64_t> lost_steps{0};
+  /// The step the trainer works on (survives trainer restarts).
+  std::atomic<uint64_t> inflight{0};
+
+  /// The committed step the job started from.
+  std::atomic<uint64_t> resumed_from{0};
+
+  std::function<void(const training_progress&)> progress;
+  std::function<void(uint64_t)> started;
+
+  std::mutex mtx;
+  std::condition_variable cv;
+  std::optional<caf::expected<training_result>> outcome;
+
+  /// The trainer's parent and incarnation, set by its start function.
+  void set_job_supervisor(caf::actor sup, uint64_t incarnation) {
+    std::lock_guard<std::mutex> guard{mtx};
+    job_sup_ = sup.address();
+    trainer_incarnation_ = incarnation;
+  }
+  std::pair<caf::actor, uint64_t> job_supervisor() {
+    std::lock_guard<std::mutex> guard{mtx};
+    return {caf::actor_cast<caf::actor>(job_sup_), trainer_incarnation_};
+  }
+
+  /// Fires the (first unfired) fault for (target, index, step): true once.
+  bool fire(fault_target target, size_t index, uint64_t step) {
+    for (size_t i = 0; i < cfg.faults.size(); ++i) {
+      const auto& f = cfg.faults[i];
+      if (f.target == target && f.index == index && f.step == step && !fired[i].exchange(true))
+        return true;
+    }
+    return false;
+  }
+
+  /// Throws the injected crash if a fault is due.
+  void maybe_crash(fault_target target, size_t index, uint64_t step) {
+    if (fire(target, index, step))
+      throw std::runtime_error("injected fault " + to_string(fault{target, index, step}));
+  }
+
+  void finish(caf::expected<training_result> r) {
+    std::lock_guard<std::mutex> guard{mtx};
+    if (!outcome)
+      outcome = std::move(r);
+    cv.notify_all();
+  }
+
+  /// The loader that serves worker `w`, and w's position among its workers.
+  size_t loader_of(size_t w) const { return w % cfg.loaders; }
+  size_t slot_in_loader(size_t w) const { return w / cfg.loaders; }
+  size_t workers_of_loader(size_t l) const {
+    return cfg.workers / cfg.loaders + (l < cfg.workers % cfg.loaders ? 1 : 0);
+  }
+  bool checkpoint_step(uint64_t step) const {
+    return step % cfg.checkpoint_every == 0 || step == cfg.steps;
+  }
+
+private:
+  /// Weak: the supervisor's child specs hold this object.
+  caf::actor_addr job_sup_;
+  uint64_t trainer_incarnation_ = 0;
+};
+
+/// The behaviors of the roles (roles.cpp).
+child_spec make_shard_spec(std::shared_ptr<training_job::shared> s, size_t k);
+child_spec make_loader_spec(std::shared_ptr<training_job::shared> s, size_t l);
+child_spec make_worker_spec(std::shared_ptr<training_job::shared> s, size_t w);
+child_spec make_trainer_spec(std::shared_ptr<training_job::shared> s);
+
+} // namespace understudy

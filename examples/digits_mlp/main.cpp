@@ -1,0 +1,257 @@
+// digits_mlp: trains a 64-128-10 MLP on the handwritten digits as a supervision
+// tree of parameter shards, data loaders, workers and a trainer, while crashing
+// any of them on request, and ends with the same parameters as a run without
+// crashes.
+//
+//   digits_mlp [--workers 2] [--shards 2] [--loaders 1] [--steps 3000] [--batch 32]
+//              [--lr 0.1] [--optimizer sgd|momentum|adam] [--seed 1]
+//              [--checkpoint-every 1] [--state-dir .understudy/digits_mlp]
+//              [--data examples/data/digits.csv.gz] [--fault SPEC]
+//
+// SPEC: worker:1@120,shard:0@300,loader:0@450,trainer@600 or random:K.
+// The last line is `final: steps=S accuracy=A params_digest=HEX restarts=R lost_steps=L`.
+// Exit codes: 0 done, 1 the job failed, 2 bad options or input.
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "understudy/actors/dataset.hpp"
+#include "understudy/actors/mlp.hpp"
+#include "understudy/actors/training.hpp"
+#include "understudy/runtime/runtime.hpp"
+
+namespace {
+
+using namespace understudy;
+using clock_type = std::chrono::steady_clock;
+
+/// One updating line on a terminal, plain lines otherwise.
+class progress_printer {
+public:
+  explicit progress_printer(bool tty) : tty_(tty), start_(clock_type::now()) {}
+
+  void update(const training_progress& p) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    auto now = clock_type::now();
+    if (!first_) {
+      first_ = p.step;
+      first_time_ = now;
+    }
+    double secs = std::chrono::duration<double>(now - first_time_).count();
+    double rate = secs > 0 ? static_cast<double>(p.step - *first_) / secs : 0.0;
+    char acc[16] = "-";
+    if (p.accuracy >= 0)
+      std::snprintf(acc, sizeof acc, "%.4f", p.accuracy);
+    char line[200];
+    std::snprintf(line, sizeof line,
+                  "step %" PRIu64 "/%" PRIu64 "  loss %.4f  accuracy %s  restarts %" PRIu64
+                  "  lost %" PRIu64 "  %.0f steps/s",
+                  p.step, p.steps, static_cast<double>(p.loss), acc, p.restarts, p.lost_steps,
+                  rate);
+    if (tty_) {
+      if (now - last_ < std::chrono::milliseconds(100) && p.step != p.steps)
+        return;
+      std::printf("\r\033[K%s", line);
+      dirty_ = true;
+    } else {
+      // Plain lines: every tenth of the job and the end.
+      uint64_t tenth = p.steps >= 10 ? p.steps / 10 : 1;
+      if (p.step % tenth != 0 && p.step != p.steps)
+        return;
+      std::printf("%s\n", line);
+    }
+    last_ = now;
+    std::fflush(stdout);
+  }
+
+  /// A line of its own (an event), without breaking the progress line.
+  void note(const std::string& text) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (dirty_)
+      std::printf("\r\033[K");
+    std::printf("%s\n", text.c_str());
+    std::fflush(stdout);
+    dirty_ = false;
+  }
+
+  void end() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (dirty_)
+      std::printf("\n");
+    dirty_ = false;
+  }
+
+private:
+  std::mutex mtx_;
+  bool tty_;
+  bool dirty_ = false;
+  clock_type::time_point start_;
+  clock_type::time_point last_{};
+  std::optional<uint64_t> first_;
+  clock_type::time_point first_time_{};
+};
+
+std::string default_data_path() {
+  const std::string local = "examples/data/digits.csv.gz";
+  if (std::filesystem::exists(local))
+    return local;
+  return UNDERSTUDY_DIGITS_DEFAULT;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"digits_mlp: fault-tolerant data-parallel training of an MLP on handwritten digits",
+               "digits_mlp"};
+  size_t workers = 2, shards = 2, loaders = 1, batch = 32, hidden = 128;
+  uint64_t steps = 3000, seed = 1, checkpoint_every = 1, eval_every = 250;
+  double lr = 0.1;
+  std::string optimizer_name = "sgd", state_dir = ".understudy/digits_mlp", data_path, fault_spec;
+  app.add_option("--workers", workers, "workers (one batch each per step)")->capture_default_str();
+  app.add_option("--shards", shards, "parameter shards")->capture_default_str();
+  app.add_option("--loaders", loaders, "data loaders (at most one per worker)")
+      ->capture_default_str();
+  app.add_option("--steps", steps, "synchronous steps")->capture_default_str();
+  app.add_option("--batch", batch, "samples per worker and step")->capture_default_str();
+  app.add_option("--hidden", hidden, "units of the hidden layer")->capture_default_str();
+  app.add_option("--lr", lr, "learning rate")->capture_default_str();
+  app.add_option("--optimizer", optimizer_name, "sgd, momentum or adam")->capture_default_str();
+  app.add_option("--seed", seed, "seeds the split, initialisation, shuffles and random faults")
+      ->capture_default_str();
+  app.add_option("--checkpoint-every", checkpoint_every,
+                 "commit every this many steps (a crash loses at most these)")
+      ->capture_default_str();
+  app.add_option("--eval-every", eval_every, "held-out evaluation interval (0: at the end)")
+      ->capture_default_str();
+  app.add_option("--state-dir", state_dir, "where shards, loaders and the trainer persist state")
+      ->capture_default_str();
+  app.add_option("--data", data_path, "digits CSV (gzip or plain): 64 pixels 0..16, then the label")
+      ->default_str("examples/data/digits.csv.gz");
+  app.add_option("--fault", fault_spec,
+                 "crash actors: worker:I@S,shard:I@S,loader:I@S,trainer@S or random:K");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  auto usage = [](const std::string& what) {
+    std::fprintf(stderr, "digits_mlp: %s\n", what.c_str());
+    return 2;
+  };
+
+  if (data_path.empty())
+    data_path = default_data_path();
+  auto data = load_csv(data_path, csv_options{csv_options::last_column, 1.0f / 16.0f, 10});
+  if (!data)
+    return usage("cannot load the data set: " + describe(data.error()));
+  if (data->input_dim != 64)
+    return usage(data_path + ": expected 64 pixel columns and a label, found " +
+                 std::to_string(data->input_dim) + " inputs");
+  auto [train, test] = split(*data, 0.2, seed);
+
+  auto kind = parse_optimizer_kind(optimizer_name);
+  if (!kind)
+    return usage(describe(kind.error()));
+  auto faults = parse_faults(fault_spec, workers, shards, loaders, steps, seed);
+  if (!faults)
+    return usage(describe(faults.error()));
+  if (hidden == 0 || hidden > 65536)
+    return usage("--hidden must be from 1 to 65536");
+
+  training_config cfg;
+  cfg.net = std::make_shared<mlp>(std::vector<size_t>{64, hidden, 10});
+  cfg.train = std::make_shared<dataset>(std::move(train));
+  cfg.test = std::make_shared<dataset>(std::move(test));
+  cfg.workers = workers;
+  cfg.shards = shards;
+  cfg.loaders = loaders;
+  cfg.batch = batch;
+  cfg.steps = steps;
+  cfg.seed = seed;
+  cfg.checkpoint_every = checkpoint_every;
+  cfg.eval_every = eval_every;
+  cfg.optimizer.kind = *kind;
+  cfg.optimizer.lr = lr;
+  cfg.faults = std::move(*faults);
+  if (auto err = validate(cfg))
+    return usage(describe(err));
+
+  progress_printer printer{isatty(STDOUT_FILENO) != 0};
+  runtime_config rcfg;
+  rcfg.log_events = false;
+  runtime rt{rcfg};
+  state_store_config scfg;
+  scfg.directory = state_dir;
+  auto p = rt.open_state(scfg);
+  if (!p)
+    return usage("cannot open the state directory " + state_dir + ": " + rt.render(p.error()));
+  auto job = training_job::create(cfg, *p);
+  if (!job)
+    return usage(rt.render(job.error()));
+
+  std::printf(
+      "digits_mlp: %s, %zu train / %zu held-out samples, %zu workers, %zu shards, "
+      "%zu loaders, batch %zu, %s lr %g, seed %" PRIu64 "\n",
+      cfg.net->describe().c_str(), cfg.train->size(), cfg.test->size(), workers, shards, loaders,
+      batch, optimizer_name.c_str(), lr, seed);
+  if (!cfg.faults.empty()) {
+    std::string list;
+    for (const auto& f : cfg.faults)
+      list += (list.empty() ? "" : ",") + to_string(f);
+    std::printf("faults: %s\n", list.c_str());
+  }
+  std::fflush(stdout);
+  job->on_start([&](uint64_t committed) {
+    if (committed == 0)
+      printer.note("state: " + state_dir + " holds no committed step of this job: fresh start");
+    else
+      printer.note("state: resuming from committed step " + std::to_string(committed) + " in " +
+                   state_dir);
+  });
+  job->on_progress([&](const training_progress& pr) { printer.update(pr); });
+
+  // Crashes and recoveries as lines of their own.
+  auto crashes = std::make_shared<std::map<std::string, clock_type::time_point>>();
+  auto events = std::make_shared<callback_sink>([&, crashes](const supervision_event& ev) {
+    auto who = ev.supervisor + "/" + ev.child;
+    if (ev.kind == event_kind::child_exited && ev.reason != "normal") {
+      (*crashes)[who] = ev.time;
+      printer.note("crash: " + who + ": " + ev.reason);
+    } else if (ev.kind == event_kind::child_restarted) {
+      printer.note("restart: " + who + " incarnation " + std::to_string(ev.incarnation));
+    } else if (ev.kind == event_kind::state_fallback || ev.kind == event_kind::intensity_exceeded ||
+               ev.kind == event_kind::start_failed) {
+      printer.note(to_string(ev));
+    }
+  });
+
+  auto tree = rt.start(job->spec("digits_mlp", events));
+  if (!tree) {
+    std::fprintf(stderr, "digits_mlp: cannot start the job: %s\n", rt.render(tree.error()).c_str());
+    return 1;
+  }
+  auto result = job->wait(std::chrono::hours(24));
+  printer.end();
+  rt.stop(*tree);
+  if (!result) {
+    std::fprintf(stderr, "digits_mlp: the job failed: %s\n", rt.render(result.error()).c_str());
+    return 1;
+  }
+  std::printf("final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
+              " restarts=%" PRIu64 " lost_steps=%" PRIu64 "\n",
+              result->steps, result->accuracy, result->params_digest, result->restarts,
+              result->lost_steps);
+  return 0;
+}
