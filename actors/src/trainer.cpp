@@ -400,8 +400,11 @@ struct trainer_actor {
 
   caf::behavior make() {
     self->set_down_handler([this](caf::down_msg& dm) { on_down(dm); });
-    start();
+    // Start from a message, so that the trainer counts as serving even when it
+    // then ends the job (a state directory of another job).
+    self->send(self, train_step_atom::value);
     return {
+        [this](train_step_atom) { start(); },
         [this](applied_atom, size_t k, uint64_t step, uint64_t att, float l) {
           on_applied(k, step, att, l);
         },

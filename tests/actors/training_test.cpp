@@ -1,0 +1,384 @@
+// Training actors: determinism under crashes, loader exactly-once, shard dedupe.
+
+#include "understudy/actors/training.hpp"
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <caf/actor_system.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/scoped_actor.hpp>
+#include <catch2/catch.hpp>
+
+#include "understudy/actors/dataset.hpp"
+#include "understudy/actors/mlp.hpp"
+#include "understudy/runtime/runtime.hpp"
+
+using namespace understudy;
+
+namespace {
+
+struct state_dir {
+  std::string path;
+  state_dir() {
+    std::string tmpl = "/tmp/understudy-training-test-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      throw std::runtime_error("mkdtemp failed");
+    path = tmpl;
+  }
+  ~state_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+const dataset& digits() {
+  static const dataset d = [] {
+    auto r = load_csv(UNDERSTUDY_DIGITS_PATH);
+    if (!r)
+      throw std::runtime_error("cannot load digits");
+    return std::move(*r);
+  }();
+  return d;
+}
+
+training_config small_job(uint64_t seed, size_t train_samples = 400) {
+  auto [train, test] = split(digits(), 0.2, seed);
+  std::vector<uint32_t> first;
+  for (uint32_t i = 0; i < train_samples && i < train.size(); ++i)
+    first.push_back(i);
+  training_config cfg;
+  cfg.net = std::make_shared<mlp>(std::vector<size_t>{64, 16, 10});
+  cfg.train = std::make_shared<dataset>(subset(train, first));
+  cfg.test = std::make_shared<dataset>(std::move(test));
+  cfg.workers = 3;
+  cfg.shards = 2;
+  cfg.loaders = 2;
+  cfg.batch = 16;
+  cfg.steps = 60;
+  cfg.seed = seed;
+  cfg.eval_every = 20;
+  cfg.optimizer.kind = optimizer_kind::momentum;
+  cfg.optimizer.lr = 0.05;
+  return cfg;
+}
+
+runtime_config quiet() {
+  runtime_config rc;
+  rc.log_events = false;
+  return rc;
+}
+
+/// Runs `cfg` to the end in `dir` and returns the result.
+training_result run_job(const training_config& cfg, const std::string& dir,
+                        std::shared_ptr<event_sink> events = nullptr) {
+  runtime rt{quiet()};
+  state_store_config sc;
+  sc.directory = dir;
+  auto p = rt.open_state(sc);
+  REQUIRE(p);
+  auto job = training_job::create(cfg, *p);
+  REQUIRE(job);
+  auto tree = rt.start(job->spec("job", std::move(events)));
+  REQUIRE(tree);
+  auto result = job->wait(std::chrono::seconds(120));
+  REQUIRE(result);
+  rt.stop(*tree);
+  return std::move(*result);
+}
+
+} // namespace
+
+TEST_CASE("random crashes of any role end with the fault-free parameters", "[training]") {
+  for (uint64_t seed : {1u, 2u, 3u}) {
+    for (uint64_t every : {1u, 4u}) {
+      auto cfg = small_job(seed);
+      cfg.checkpoint_every = every;
+      state_dir clean_dir;
+      auto clean = run_job(cfg, clean_dir.path);
+      auto faults =
+          parse_faults("random:5", cfg.workers, cfg.shards, cfg.loaders, cfg.steps, seed + 100);
+      REQUIRE(faults);
+      cfg.faults = *faults;
+      state_dir faulty_dir;
+      auto log = std::make_shared<event_log>();
+      auto faulty = run_job(cfg, faulty_dir.path, log);
+      INFO("seed " << seed << ", checkpoint every " << every);
+      CHECK(clean.restarts == 0);
+      CHECK(faulty.restarts >= 5);
+      CHECK(log->count(event_kind::child_restarted) >= 5);
+      CHECK(faulty.params_digest == clean.params_digest);
+      CHECK(faulty.params == clean.params);
+      CHECK(faulty.steps == cfg.steps);
+      CHECK(faulty.lost_steps <= 5 * every);
+      if (every == 1)
+        CHECK(faulty.lost_steps <= 5);
+    }
+  }
+}
+
+TEST_CASE("a job resumes from its last committed step and ends as an uninterrupted one",
+          "[training]") {
+  auto cfg = small_job(7);
+  state_dir full_dir;
+  auto full = run_job(cfg, full_dir.path);
+  state_dir dir;
+  auto half = cfg;
+  half.steps = 25;
+  auto first = run_job(half, dir.path);
+  CHECK(first.steps == 25);
+  auto second = run_job(cfg, dir.path);
+  CHECK(second.resumed_from == 25);
+  CHECK(second.params_digest == full.params_digest);
+  // Another job (other batch size) refuses the directory instead of mixing.
+  auto other = cfg;
+  other.batch = 8;
+  runtime rt{quiet()};
+  state_store_config sc;
+  sc.directory = dir.path;
+  auto p = rt.open_state(sc);
+  REQUIRE(p);
+  auto job = training_job::create(other, *p);
+  REQUIRE(job);
+  auto tree = rt.start(job->spec());
+  REQUIRE(tree);
+  auto result = job->wait(std::chrono::seconds(60));
+  REQUIRE_FALSE(result);
+  CHECK_THAT(describe(result.error()), Catch::Contains("another training job"));
+}
+
+TEST_CASE("a loader serves every sample once per epoch across crashes, with bounded prefetch",
+          "[training]") {
+  auto cfg = small_job(5, 50);
+  cfg.workers = 1;
+  cfg.loaders = 1;
+  cfg.shards = 1;
+  cfg.batch = 7; // batches straddle epochs
+  cfg.steps = 40;
+  cfg.prefetch = 2;
+  cfg.faults = {fault{fault_target::loader, 0, 9}, fault{fault_target::loader, 0, 23}};
+  state_dir dir;
+  runtime rt{quiet()};
+  state_store_config sc;
+  sc.directory = dir.path;
+  auto p = rt.open_state(sc);
+  REQUIRE(p);
+  auto job = training_job::create(cfg, *p);
+  REQUIRE(job);
+  supervisor_spec spec;
+  spec.name = "loaders";
+  spec.intensity = {10, std::chrono::seconds(10)};
+  spec.children.push_back(job->loader_spec(0));
+  auto tree = rt.start(spec);
+  REQUIRE(tree);
+  caf::scoped_actor self{rt.system()};
+  uint64_t attempt = 1;
+  uint64_t committed = 0;
+  std::map<uint64_t, std::vector<uint32_t>> served; // committed steps only
+  std::map<uint64_t, std::vector<uint32_t>> pending;
+  auto loader = tree->resolve("loader-0");
+  REQUIRE(loader);
+  uint64_t incarnation = 1;
+  auto rewind = [&] {
+    bool ok = false;
+    self->request(*loader, caf::infinite, rewind_atom::value, committed, attempt)
+        .receive([&](uint64_t s) { ok = s == committed; }, [&](caf::error&) {});
+    REQUIRE(ok);
+  };
+  rewind();
+  size_t crashes = 0;
+  for (uint64_t step = 1; step <= cfg.steps;) {
+    bool failed = false;
+    self->request(*loader, caf::infinite, batch_atom::value, step, size_t{0})
+        .receive(
+            [&](const batch_ptr& b) {
+              REQUIRE(b->indices.size() == cfg.batch);
+              pending[step] = b->indices;
+            },
+            [&](caf::error&) { failed = true; });
+    if (!failed) {
+      self->request(*loader, caf::infinite, stats_atom::value)
+          .receive(
+              [&](const loader_stats& st) {
+                CHECK(st.cached_steps <= st.max_cached_steps);
+                CHECK(st.max_cached_steps == cfg.prefetch + 1);
+              },
+              [&](caf::error&) {});
+      self->request(*loader, caf::infinite, commit_atom::value, step)
+          .receive([&](uint64_t) {}, [&](caf::error&) { failed = true; });
+    }
+    if (failed) {
+      // The crashed loader restarts; resume from the last committed step.
+      ++crashes;
+      ++attempt;
+      ++incarnation;
+      caf::expected<caf::actor> next = caf::make_error(caf::sec::invalid_argument);
+      self->request(tree->handle(), caf::infinite, resolve_atom::value, std::string{"loader-0"},
+                    incarnation)
+          .receive([&](caf::actor& a) { next = a; }, [&](caf::error& e) { next = e; });
+      REQUIRE(next);
+      loader = next;
+      pending.clear();
+      step = committed + 1;
+      rewind();
+      continue;
+    }
+    served[step] = pending[step];
+    committed = step;
+    ++step;
+  }
+  CHECK(crashes == 2);
+  std::vector<uint32_t> stream;
+  for (auto& [step, idx] : served)
+    stream.insert(stream.end(), idx.begin(), idx.end());
+  const size_t share = cfg.train->size();
+  REQUIRE(stream.size() == cfg.steps * cfg.batch);
+  for (size_t epoch = 0; (epoch + 1) * share <= stream.size(); ++epoch) {
+    std::set<uint32_t> seen(stream.begin() + epoch * share, stream.begin() + (epoch + 1) * share);
+    INFO("epoch " << epoch);
+    CHECK(seen.size() == share);
+  }
+  rt.stop(*tree);
+}
+
+namespace {
+
+/// Pushes gradients to a lone shard in `order` (ranks, repeats allowed) for
+/// `steps` steps and returns its parameters and stats.
+std::pair<std::vector<float>, shard_stats> drive_shard(const std::vector<size_t>& order,
+                                                       uint64_t steps) {
+  auto cfg = small_job(11);
+  cfg.workers = 3;
+  cfg.shards = 1;
+  cfg.loaders = 1;
+  cfg.optimizer.kind = optimizer_kind::adam;
+  cfg.optimizer.lr = 0.01;
+  cfg.steps = steps;
+  state_dir dir;
+  runtime rt{quiet()};
+  state_store_config sc;
+  sc.directory = dir.path;
+  auto p = rt.open_state(sc);
+  REQUIRE(p);
+  auto job = training_job::create(cfg, *p);
+  REQUIRE(job);
+  supervisor_spec spec;
+  spec.name = "shards";
+  spec.children.push_back(job->shard_spec(0));
+  auto tree = rt.start(spec);
+  REQUIRE(tree);
+  auto shard = tree->resolve("shard-0");
+  REQUIRE(shard);
+  caf::scoped_actor self{rt.system()};
+  const uint64_t attempt = 3;
+  self->request(*shard, caf::infinite, rewind_atom::value, uint64_t{0}, attempt)
+      .receive([](uint64_t) {}, [](caf::error& e) { FAIL(describe(e)); });
+  const size_t n = cfg.net->parameter_count();
+  for (uint64_t step = 1; step <= steps; ++step) {
+    // A stale push from an abandoned attempt must be ignored.
+    self->send(*shard, push_atom::value, step, attempt - 1, size_t{0}, std::vector<float>(n, 9.0f),
+               1.0f);
+    for (size_t rank : order) {
+      std::vector<float> g(n);
+      for (size_t i = 0; i < n; ++i)
+        g[i] = 0.001f * static_cast<float>((i * 7 + rank * 13 + step * 3) % 101) - 0.05f +
+               1e-7f * static_cast<float>(rank);
+      self->send(*shard, push_atom::value, step, attempt, rank, std::move(g), 0.5f);
+    }
+    bool applied = false;
+    self->receive([&](applied_atom, size_t, uint64_t s, uint64_t a, float) {
+      applied = s == step && a == attempt;
+    });
+    REQUIRE(applied);
+  }
+  std::vector<float> params;
+  self->request(*shard, caf::infinite, pull_atom::value)
+      .receive(
+          [&](uint64_t s, const slice_ptr& sl) {
+            CHECK(s == steps);
+            params = *sl;
+          },
+          [](caf::error& e) { FAIL(describe(e)); });
+  shard_stats stats;
+  self->request(*shard, caf::infinite, stats_atom::value)
+      .receive([&](const shard_stats& st) { stats = st; }, [](caf::error&) {});
+  rt.stop(*tree);
+  return {params, stats};
+}
+
+} // namespace
+
+TEST_CASE("a shard sums gradients by rank: duplicate and reordered pushes change nothing",
+          "[training]") {
+  auto [in_order, s1] = drive_shard({0, 1, 2}, 5);
+  auto [shuffled, s2] = drive_shard({2, 0, 0, 1}, 5); // rank 0 twice per step
+  auto [reversed, s3] = drive_shard({2, 1, 1, 2, 0}, 5);
+  REQUIRE(in_order.size() == shuffled.size());
+  CHECK(in_order == shuffled);
+  CHECK(in_order == reversed);
+  CHECK(s1.duplicates == 0);
+  CHECK(s2.duplicates == 5);
+  CHECK(s3.duplicates == 10);
+  CHECK(s1.stale == 5);
+}
+
+TEST_CASE("fault specs are parsed and bad ones named", "[training]") {
+  auto ok = parse_faults("worker:1@120,shard:0@300,loader:0@450,trainer@600", 2, 2, 1, 3000, 1);
+  REQUIRE(ok);
+  REQUIRE(ok->size() == 4);
+  CHECK(to_string((*ok)[0]) == "worker:1@120");
+  CHECK(to_string((*ok)[3]) == "trainer@600");
+  auto r1 = parse_faults("random:7", 2, 2, 1, 100, 9);
+  auto r2 = parse_faults("random:7", 2, 2, 1, 100, 9);
+  REQUIRE(r1);
+  REQUIRE(r1->size() == 7);
+  for (size_t i = 0; i < 7; ++i)
+    CHECK(to_string((*r1)[i]) == to_string((*r2)[i]));
+  for (auto [spec, msg] :
+       std::vector<std::pair<std::string, std::string>>{{"gpu:0@5", "unknown target 'gpu'"},
+                                                        {"worker:2@5", "there is no worker 2"},
+                                                        {"worker:1", "missing @STEP"},
+                                                        {"shard:0@0", "step must be"},
+                                                        {"loader:x@3", "malformed index"},
+                                                        {"trainer:1@3", "no index"},
+                                                        {"random:0", "K must be"}}) {
+    auto r = parse_faults(spec, 2, 2, 1, 100, 1);
+    INFO(spec);
+    REQUIRE_FALSE(r);
+    CHECK_THAT(describe(r.error()), Catch::Contains(msg));
+  }
+}
+
+TEST_CASE("impossible job configurations are refused with the reason", "[training]") {
+  auto base = small_job(1);
+  auto check = [&](auto mutate, const std::string& msg) {
+    auto cfg = base;
+    mutate(cfg);
+    auto err = validate(cfg);
+    INFO(msg);
+    REQUIRE(err);
+    CHECK_THAT(describe(err), Catch::Contains(msg));
+  };
+  check([](training_config& c) { c.workers = 0; }, "workers must be");
+  check([](training_config& c) { c.shards = 100000; }, "shards must be");
+  check([](training_config& c) { c.loaders = 4; }, "loaders must be");
+  check([](training_config& c) { c.batch = 0; }, "batch must be");
+  check([](training_config& c) { c.checkpoint_every = 0; }, "checkpoint_every");
+  check(
+      [](training_config& c) {
+        c.net = std::make_shared<mlp>(std::vector<size_t>{32, 10});
+      },
+      "does not fit the model");
+  check(
+      [](training_config& c) {
+        c.faults = {fault{fault_target::shard, 5, 3}};
+      },
+      "fault shard:5@3");
+  CHECK_FALSE(validate(base));
+}
