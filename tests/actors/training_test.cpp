@@ -75,19 +75,25 @@ runtime_config quiet() {
   return rc;
 }
 
-/// Runs `cfg` to the end in `dir` and returns the result.
-training_result run_job(const training_config& cfg, const std::string& dir,
-                        std::shared_ptr<event_sink> events = nullptr) {
-  runtime rt{quiet()};
+/// Opens the state store in `dir` and creates the job `cfg` on `rt`.
+training_job make_job(runtime& rt, const training_config& cfg, const std::string& dir) {
   state_store_config sc;
   sc.directory = dir;
   auto p = rt.open_state(sc);
   REQUIRE(p);
   auto job = training_job::create(cfg, *p);
   REQUIRE(job);
-  auto tree = rt.start(job->spec("job", std::move(events)));
+  return std::move(*job);
+}
+
+/// Runs `cfg` to the end in `dir` and returns the result.
+training_result run_job(const training_config& cfg, const std::string& dir,
+                        std::shared_ptr<event_sink> events = nullptr) {
+  runtime rt{quiet()};
+  auto job = make_job(rt, cfg, dir);
+  auto tree = rt.start(job.spec("job", std::move(events)));
   REQUIRE(tree);
-  auto result = job->wait(std::chrono::seconds(120));
+  auto result = job.wait(std::chrono::seconds(120));
   REQUIRE(result);
   rt.stop(*tree);
   return std::move(*result);
@@ -140,15 +146,10 @@ TEST_CASE("a job resumes from its last committed step and ends as an uninterrupt
   auto other = cfg;
   other.batch = 8;
   runtime rt{quiet()};
-  state_store_config sc;
-  sc.directory = dir.path;
-  auto p = rt.open_state(sc);
-  REQUIRE(p);
-  auto job = training_job::create(other, *p);
-  REQUIRE(job);
-  auto tree = rt.start(job->spec());
+  auto job = make_job(rt, other, dir.path);
+  auto tree = rt.start(job.spec());
   REQUIRE(tree);
-  auto result = job->wait(std::chrono::seconds(60));
+  auto result = job.wait(std::chrono::seconds(60));
   REQUIRE_FALSE(result);
   CHECK_THAT(describe(result.error()), Catch::Contains("another training job"));
 }
@@ -165,16 +166,11 @@ TEST_CASE("a loader serves every sample once per epoch across crashes, with boun
   cfg.faults = {fault{fault_target::loader, 0, 9}, fault{fault_target::loader, 0, 23}};
   state_dir dir;
   runtime rt{quiet()};
-  state_store_config sc;
-  sc.directory = dir.path;
-  auto p = rt.open_state(sc);
-  REQUIRE(p);
-  auto job = training_job::create(cfg, *p);
-  REQUIRE(job);
+  auto job = make_job(rt, cfg, dir.path);
   supervisor_spec spec;
   spec.name = "loaders";
   spec.intensity = {10, std::chrono::seconds(10)};
-  spec.children.push_back(job->loader_spec(0));
+  spec.children.push_back(job.loader_spec(0));
   auto tree = rt.start(spec);
   REQUIRE(tree);
   caf::scoped_actor self{rt.system()};
@@ -262,15 +258,10 @@ std::pair<std::vector<float>, shard_stats> drive_shard(const std::vector<size_t>
   cfg.steps = steps;
   state_dir dir;
   runtime rt{quiet()};
-  state_store_config sc;
-  sc.directory = dir.path;
-  auto p = rt.open_state(sc);
-  REQUIRE(p);
-  auto job = training_job::create(cfg, *p);
-  REQUIRE(job);
+  auto job = make_job(rt, cfg, dir.path);
   supervisor_spec spec;
   spec.name = "shards";
-  spec.children.push_back(job->shard_spec(0));
+  spec.children.push_back(job.shard_spec(0));
   auto tree = rt.start(spec);
   REQUIRE(tree);
   auto shard = tree->resolve("shard-0");
