@@ -1,0 +1,258 @@
+// bench_training: what supervision and checkpoints cost a training job.
+//
+// 1. Steps/s of a 784-1024-1024-10 MLP on synthetic data (1 worker, 1 shard, 1 loader,
+//    batch 32) with a checkpoint every step vs checkpoints off (only the last step), and
+//    the same forward/backward + SGD as a plain loop without actors (the raw baseline).
+//    Rounds alternate the order of the three; medians over rounds.
+// 2. Recovery per fault type: a job with --faults crashes of one type (worker, shard,
+//    loader, trainer) at spaced steps; the time from each crash (child_exited event) to
+//    the job's next committed step; median. Also how many actors were restarted per fault.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "report.hpp"
+#include "understudy/actors/mlp.hpp"
+#include "understudy/actors/splitmix64.hpp"
+#include "understudy/actors/training.hpp"
+#include "understudy/runtime/runtime.hpp"
+
+namespace {
+
+using namespace understudy;
+using clock_type = std::chrono::steady_clock;
+
+struct options {
+  size_t steps = 60;
+  size_t rounds = 3;
+  size_t faults = 20;
+  size_t hidden = 1024;
+};
+
+std::shared_ptr<dataset> synthetic(size_t n, size_t dim, uint64_t seed) {
+  auto d = std::make_shared<dataset>();
+  d->input_dim = dim;
+  d->class_count = 10;
+  splitmix64 rng{seed};
+  d->inputs.resize(n * dim);
+  for (auto& x : d->inputs)
+    x = static_cast<float>(rng.uniform01());
+  d->labels.resize(n);
+  for (auto& y : d->labels)
+    y = static_cast<uint32_t>(rng.below(10));
+  return d;
+}
+
+std::string scratch(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("understudy-bench-training-" + name);
+  std::filesystem::remove_all(dir);
+  return dir.string();
+}
+
+/// Runs `cfg` on a fresh state directory; returns steps/s between the first
+/// committed step and the last, plus the crash and commit times.
+struct run_record {
+  double steps_per_s = 0;
+  std::vector<clock_type::time_point> crashes;
+  std::vector<clock_type::time_point> commits;
+  uint64_t restarts = 0;
+  uint64_t lost_steps = 0;
+};
+
+run_record run_job(const training_config& cfg, const std::string& name) {
+  run_record rec;
+  std::mutex mtx;
+  runtime_config rc;
+  rc.log_events = false;
+  auto dir = scratch(name);
+  {
+    runtime rt{rc};
+    state_store_config sc;
+    sc.directory = dir;
+    auto p = rt.open_state(sc);
+    if (!p) {
+      std::fprintf(stderr, "bench_training: %s\n", rt.render(p.error()).c_str());
+      std::exit(1);
+    }
+    auto job = training_job::create(cfg, *p);
+    if (!job) {
+      std::fprintf(stderr, "bench_training: %s\n", rt.render(job.error()).c_str());
+      std::exit(1);
+    }
+    job->on_progress([&](const training_progress&) {
+      std::lock_guard<std::mutex> guard{mtx};
+      rec.commits.push_back(clock_type::now());
+    });
+    auto events = std::make_shared<callback_sink>([&](const supervision_event& ev) {
+      if (ev.kind == event_kind::child_exited && ev.reason != "normal") {
+        std::lock_guard<std::mutex> guard{mtx};
+        rec.crashes.push_back(ev.time);
+      }
+    });
+    auto tree = rt.start(job->spec("job", events));
+    if (!tree) {
+      std::fprintf(stderr, "bench_training: %s\n", rt.render(tree.error()).c_str());
+      std::exit(1);
+    }
+    auto result = job->wait(std::chrono::minutes(30));
+    rt.stop(*tree);
+    if (!result) {
+      std::fprintf(stderr, "bench_training: %s\n", rt.render(result.error()).c_str());
+      std::exit(1);
+    }
+    rec.restarts = result->restarts;
+    rec.lost_steps = result->lost_steps;
+  }
+  std::filesystem::remove_all(dir);
+  if (rec.commits.size() >= 2) {
+    double secs = std::chrono::duration<double>(rec.commits.back() - rec.commits.front()).count();
+    rec.steps_per_s = static_cast<double>(rec.commits.size() - 1) / secs;
+  }
+  return rec;
+}
+
+/// The same forward/backward and SGD update as one worker + one shard, no actors.
+double raw_loop(const training_config& cfg) {
+  const auto& net = *cfg.net;
+  std::vector<float> params(net.parameter_count()), grad(net.parameter_count());
+  net.init_parameters(params.data(), cfg.seed);
+  optimizer opt{cfg.optimizer, params.size()};
+  const auto& d = *cfg.train;
+  auto order = epoch_order(d.size(), cfg.seed, 0);
+  std::vector<float> inputs(cfg.batch * d.input_dim);
+  std::vector<uint32_t> labels(cfg.batch);
+  clock_type::time_point start;
+  for (size_t step = 0; step <= cfg.steps; ++step) {
+    if (step == 1)
+      start = clock_type::now(); // as the job: from the first step's end
+    for (size_t i = 0; i < cfg.batch; ++i) {
+      auto idx = order[(step * cfg.batch + i) % d.size()];
+      std::copy_n(d.inputs.data() + size_t{idx} * d.input_dim, d.input_dim,
+                  inputs.data() + i * d.input_dim);
+      labels[i] = d.labels[idx];
+    }
+    batch_view view{inputs.data(), labels.data(), cfg.batch, d.input_dim};
+    net.loss_and_gradient(params.data(), view, grad.data());
+    opt.step(params.data(), grad.data());
+  }
+  auto secs = std::chrono::duration<double>(clock_type::now() - start).count();
+  return static_cast<double>(cfg.steps) / secs;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  options opts;
+  if (auto status = bench::parse_command_line(
+          argc, argv,
+          {
+              bench::size_option("--steps", opts.steps),
+              bench::size_option("--rounds", opts.rounds),
+              bench::size_option("--faults", opts.faults),
+              bench::size_option("--hidden", opts.hidden),
+          },
+          "usage: %s [--steps N] [--rounds N] [--faults N] [--hidden N]\n"
+          "  --steps N   steps per overhead run (default %zu)\n"
+          "  --rounds N  alternating rounds of the overhead runs (default %zu)\n"
+          "  --faults N  crashes per fault type in the recovery runs (default %zu)\n"
+          "  --hidden N  units of both hidden layers of the big model (default %zu)\n",
+          argv[0], opts.steps, opts.rounds, opts.faults, opts.hidden))
+    return *status;
+
+  training_config big;
+  big.net = std::make_shared<mlp>(std::vector<size_t>{784, opts.hidden, opts.hidden, 10});
+  big.train = synthetic(4096, 784, 1);
+  big.test = synthetic(256, 784, 2);
+  big.workers = big.shards = big.loaders = 1;
+  big.batch = 32;
+  big.steps = opts.steps;
+  big.eval_every = 0;
+  big.optimizer.lr = 0.01;
+
+  std::vector<double> with_ckpt, without_ckpt, raw;
+  for (size_t r = 0; r < opts.rounds; ++r) {
+    std::vector<std::function<void()>> sides{
+        [&] {
+          auto cfg = big;
+          cfg.checkpoint_every = 1;
+          with_ckpt.push_back(run_job(cfg, "ckpt").steps_per_s);
+        },
+        [&] {
+          auto cfg = big;
+          cfg.checkpoint_every = cfg.steps; // only the last step
+          without_ckpt.push_back(run_job(cfg, "nockpt").steps_per_s);
+        },
+        [&] { raw.push_back(raw_loop(big)); },
+    };
+    bench::rotated(r, sides);
+  }
+  std::vector<bench::figure> figs;
+  auto overhead = bench::make_figure("steps_per_s_checkpoint_every_step", "steps/s",
+                                     bench::median(with_ckpt), bench::median(without_ckpt), 1);
+  overhead.target = ">= 0.97x checkpoints off";
+  overhead.met = overhead.ratio() >= 0.97;
+  overhead.notes.push_back(big.net->describe() + ", batch 32, rounds: with " +
+                           bench::spread(with_ckpt, 1) + ", off " + bench::spread(without_ckpt, 1));
+  figs.push_back(overhead);
+  auto vs_raw = bench::make_figure("steps_per_s_actors_vs_raw_loop", "steps/s",
+                                   bench::median(without_ckpt), bench::median(raw), 1);
+  vs_raw.notes.push_back("1 worker, 1 shard, 1 loader vs a plain loop; raw rounds " +
+                         bench::spread(raw, 1));
+  figs.push_back(vs_raw);
+
+  // Recovery per fault type on a mid-size model (steps of about a millisecond).
+  training_config mid = big;
+  mid.net = std::make_shared<mlp>(std::vector<size_t>{784, 256, 10});
+  mid.workers = 2;
+  mid.shards = 2;
+  mid.loaders = 1;
+  mid.checkpoint_every = 1;
+  const uint64_t spacing = 5;
+  mid.steps = 10 + spacing * opts.faults;
+  for (auto target :
+       {fault_target::worker, fault_target::shard, fault_target::loader, fault_target::trainer}) {
+    auto cfg = mid;
+    cfg.faults.clear();
+    for (size_t i = 0; i < opts.faults; ++i)
+      cfg.faults.push_back(fault{target,
+                                 i % (target == fault_target::worker  ? cfg.workers
+                                      : target == fault_target::shard ? cfg.shards
+                                                                      : 1),
+                                 10 + spacing * i});
+    cfg.trainer_policy.intensity = {static_cast<int>(opts.faults) + 5, std::chrono::seconds(60)};
+    cfg.worker_policy.intensity = cfg.shard_policy.intensity = cfg.loader_policy.intensity =
+        cfg.trainer_policy.intensity;
+    auto rec = run_job(cfg, "recovery");
+    std::vector<double> ms;
+    for (auto crash : rec.crashes) {
+      auto next = std::upper_bound(rec.commits.begin(), rec.commits.end(), crash);
+      if (next != rec.commits.end())
+        ms.push_back(std::chrono::duration<double, std::milli>(*next - crash).count());
+    }
+    bench::figure f;
+    f.name = "recovery_" + to_string(target) + "_crash_to_commit";
+    f.unit = "ms";
+    f.value = bench::median(ms);
+    f.has_baseline = false;
+    f.decimals = 2;
+    if (target == fault_target::worker) {
+      f.target = "<= 25 ms, 1 restart per fault";
+      f.met = f.value <= 25 && rec.restarts == opts.faults;
+    }
+    f.notes.push_back(std::to_string(ms.size()) + " crashes, p90 " +
+                      bench::fixed(bench::percentile(ms, 0.9), 2) + " ms, restarts " +
+                      std::to_string(rec.restarts) + ", lost steps " +
+                      std::to_string(rec.lost_steps) + " (" + mid.net->describe() + ")");
+    figs.push_back(f);
+  }
+  bench::print_report("training", figs);
+  return 0;
+}
