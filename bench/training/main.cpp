@@ -57,8 +57,8 @@ std::string scratch(const std::string& name) {
   return dir.string();
 }
 
-/// Runs `cfg` on a fresh state directory; returns steps/s between the first
-/// committed step and the last, plus the crash and commit times.
+/// What one run measured: steps/s between the first committed step and the
+/// last, the crash and commit times, restarts and lost steps.
 struct run_record {
   double steps_per_s = 0;
   std::vector<clock_type::time_point> crashes;
@@ -67,6 +67,7 @@ struct run_record {
   uint64_t lost_steps = 0;
 };
 
+/// Runs `cfg` on a fresh state directory (removed afterwards).
 run_record run_job(const training_config& cfg, const std::string& name) {
   run_record rec;
   std::mutex mtx;

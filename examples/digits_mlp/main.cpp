@@ -40,7 +40,7 @@ using clock_type = std::chrono::steady_clock;
 /// One updating line on a terminal, plain lines otherwise.
 class progress_printer {
 public:
-  explicit progress_printer(bool tty) : tty_(tty), start_(clock_type::now()) {}
+  explicit progress_printer(bool tty) : tty_(tty) {}
 
   void update(const training_progress& p) {
     std::lock_guard<std::mutex> guard{mtx_};
@@ -97,7 +97,6 @@ private:
   std::mutex mtx_;
   bool tty_;
   bool dirty_ = false;
-  clock_type::time_point start_;
   clock_type::time_point last_{};
   std::optional<uint64_t> first_;
   clock_type::time_point first_time_{};
