@@ -114,13 +114,20 @@ size_t v_size(optimizer_kind kind, size_t n) {
   return kind == optimizer_kind::adam ? n : 0;
 }
 
+/// `state` for writing: copied first if a snapshot (shared_m/shared_v) still holds it.
+float* writable(std::shared_ptr<std::vector<float>>& state) {
+  if (state.use_count() > 1)
+    state = std::make_shared<std::vector<float>>(*state);
+  return state->data();
+}
+
 } // namespace
 
 optimizer::optimizer(optimizer_config config, size_t n)
     : config_(checked(config)),
       n_(n),
-      m_(m_size(config.kind, n), 0.0f),
-      v_(v_size(config.kind, n), 0.0f) {
+      m_(std::make_shared<std::vector<float>>(m_size(config.kind, n), 0.0f)),
+      v_(std::make_shared<std::vector<float>>(v_size(config.kind, n), 0.0f)) {
   // nop
 }
 
@@ -140,7 +147,7 @@ void optimizer::step(float* params, const float* grad) {
       break;
     case optimizer_kind::momentum: {
       const float mu = config_.momentum;
-      float* m = m_.data();
+      float* m = writable(m_);
       for (size_t i = 0; i < n; ++i) {
         float g = grad[i];
         if (wd != 0.0f)
@@ -158,8 +165,8 @@ void optimizer::step(float* params, const float* grad) {
       const float eps = config_.epsilon;
       const auto c1 = static_cast<float>(1.0 - power(static_cast<double>(b1), steps_));
       const auto c2 = static_cast<float>(1.0 - power(static_cast<double>(b2), steps_));
-      float* m = m_.data();
-      float* v = v_.data();
+      float* m = writable(m_);
+      float* v = writable(v_);
       for (size_t i = 0; i < n; ++i) {
         float g = grad[i];
         if (wd != 0.0f)
@@ -184,8 +191,8 @@ caf::error optimizer::restore(uint64_t steps, std::vector<float> m, std::vector<
             " first-moment and " + std::to_string(v.size()) + " second-moment values, expected " +
             std::to_string(want_m) + " and " + std::to_string(want_v));
   steps_ = steps;
-  m_ = std::move(m);
-  v_ = std::move(v);
+  m_ = std::make_shared<std::vector<float>>(std::move(m));
+  v_ = std::make_shared<std::vector<float>>(std::move(v));
   return {};
 }
 

@@ -21,15 +21,18 @@ namespace understudy {
 
 // -- state and codecs ------------------------------------------------------------------
 
+/// A shard's checkpoint. The vectors are shared with the shard (no copies): the
+/// shard replaces a buffer that a checkpoint still holds instead of changing it.
 struct shard_state {
+  using buffer = std::shared_ptr<const std::vector<float>>;
   uint64_t step = 0;
   uint64_t first = 0;
   uint64_t count = 0;
   uint64_t optimizer_steps = 0;
   uint64_t fingerprint = 0;
-  std::vector<float> params;
-  std::vector<float> m;
-  std::vector<float> v;
+  buffer params;
+  buffer m;
+  buffer v;
 };
 
 template <>
@@ -43,9 +46,9 @@ struct state_codec<shard_state> {
     root.setCount(st.count);
     root.setOptimizerSteps(st.optimizer_steps);
     root.setFingerprint(st.fingerprint);
-    enc.add_tensor(tensor_data::copy_of("params", element_type::f32, st.params));
-    enc.add_tensor(tensor_data::copy_of("m", element_type::f32, st.m));
-    enc.add_tensor(tensor_data::copy_of("v", element_type::f32, st.v));
+    enc.add_tensor(tensor_data::share("params", element_type::f32, st.params));
+    enc.add_tensor(tensor_data::share("m", element_type::f32, st.m));
+    enc.add_tensor(tensor_data::share("v", element_type::f32, st.v));
   }
   static caf::error load(state_decoder& dec, shard_state& st) {
     auto root = dec.root<schema>();
@@ -54,11 +57,17 @@ struct state_codec<shard_state> {
     st.count = root.getCount();
     st.optimizer_steps = root.getOptimizerSteps();
     st.fingerprint = root.getFingerprint();
-    if (auto err = dec.read_tensor("params", st.params))
+    std::vector<float> params, m, v;
+    if (auto err = dec.read_tensor("params", params))
       return err;
-    if (auto err = dec.read_tensor("m", st.m))
+    if (auto err = dec.read_tensor("m", m))
       return err;
-    return dec.read_tensor("v", st.v);
+    if (auto err = dec.read_tensor("v", v))
+      return err;
+    st.params = std::make_shared<const std::vector<float>>(std::move(params));
+    st.m = std::make_shared<const std::vector<float>>(std::move(m));
+    st.v = std::make_shared<const std::vector<float>>(std::move(v));
+    return {};
   }
 };
 
@@ -102,6 +111,31 @@ using prefetch_atom = caf::atom_constant<caf::atom("us_prefet")>;
 
 caf::error state_error(const std::string& what) {
   return make_error(state_errc::schema_mismatch, what);
+}
+
+/// The newest step of `st`'s key on disk, once the writer has made durable every
+/// checkpoint sent to it before (also those of a dead incarnation); 0 if none.
+template <class State>
+caf::result<uint64_t> newest_stored(caf::event_based_actor* self, const persistent<State>& st) {
+  auto rp = self->make_response_promise<uint64_t>();
+  auto store = st.store().store;
+  auto path = st.identity().path;
+  self->request(st.store().writer, caf::infinite, sync_state_atom::value)
+      .then(
+          [rp, store, path](uint64_t) mutable {
+            auto versions = store->versions(path);
+            if (!versions) {
+              rp.deliver(std::move(versions.error()));
+              return;
+            }
+            uint64_t newest = 0;
+            for (const auto& v : *versions)
+              if (v.problem.empty())
+                newest = std::max(newest, v.step);
+            rp.deliver(newest);
+          },
+          [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+  return rp;
 }
 
 // -- parameter shard -------------------------------------------------------------------
@@ -149,13 +183,12 @@ struct shard_actor {
     v.first = s->shard_first[k];
     v.count = s->shard_count[k];
     v.fingerprint = s->fingerprint;
-    v.params.resize(v.count);
-    s->cfg.net->init_parameter_range(v.params.data(), v.first, v.count, s->cfg.seed);
+    params = std::make_shared<std::vector<float>>(v.count);
+    s->cfg.net->init_parameter_range(params->data(), v.first, v.count, s->cfg.seed);
     opt = optimizer{s->cfg.optimizer, v.count};
-    params = std::make_shared<std::vector<float>>(v.params);
   }
 
-  /// Makes value() the state after `step`: kept if it is, else loaded.
+  /// Makes the shard's state the one after `step`: kept if it is, else loaded.
   caf::error rewind(uint64_t step) {
     clear_pending();
     if (synced && st->value().step == step)
@@ -176,15 +209,25 @@ struct shard_actor {
           st->identity().path + ": no checkpoint of committed step " + std::to_string(step) +
               " (newest valid: " + (st->restored_step() ? std::to_string(v.step) : "none") + ")");
     if (v.fingerprint != s->fingerprint || v.first != s->shard_first[k] ||
-        v.count != s->shard_count[k] || v.params.size() != v.count)
+        v.count != s->shard_count[k] || v.params->size() != v.count)
       return state_error(st->identity().path + "@" + std::to_string(step) +
                          ": checkpoint belongs to another job configuration");
     opt = optimizer{s->cfg.optimizer, v.count};
-    if (auto err = opt.restore(v.optimizer_steps, v.m, v.v))
+    if (auto err = opt.restore(v.optimizer_steps, *v.m, *v.v))
       return err;
-    params = std::make_shared<std::vector<float>>(v.params);
+    params = std::make_shared<std::vector<float>>(*v.params);
+    release_buffers();
     synced = true;
     return {};
+  }
+
+  /// Drops the state's references to the buffers, so that the next step changes
+  /// them in place unless the writer (or a worker) still holds them.
+  void release_buffers() {
+    auto& v = st->value();
+    v.params.reset();
+    v.m.reset();
+    v.v.reset();
   }
 
   void apply(uint64_t step) {
@@ -203,33 +246,33 @@ struct shard_actor {
     for (float l : losses)
       loss += l;
     loss *= scale;
-    // Workers that pulled step - 1 are done with it (they pushed): write in place
-    // unless one still holds the snapshot.
+    // A worker that pulled an earlier step, or the writer, may still hold the
+    // parameters: change a copy then.
     if (params.use_count() > 1)
       params = std::make_shared<std::vector<float>>(*params);
     opt.step(params->data(), sum.data());
     clear_pending();
     v.step = step;
     stats.step = step;
-    auto att = attempt;
-    auto notify = [this, step, att, loss] {
-      if (att == attempt && trainer)
-        self->send(trainer, applied_atom::value, k, step, att, loss);
-    };
-    if (!s->checkpoint_step(step)) {
-      notify();
-      return;
+    if (s->checkpoint_step(step)) {
+      // The writer gets the buffers themselves; the trainer hears when they are
+      // durable, and goes on with the next step meanwhile.
+      v.params = params;
+      v.m = opt.shared_m();
+      v.v = opt.shared_v();
+      v.optimizer_steps = opt.steps();
+      auto att = attempt;
+      st->checkpoint(step, [this, step, att](caf::expected<uint64_t> r) {
+        if (!r)
+          throw std::runtime_error(st->identity().path +
+                                   ": checkpoint failed: " + describe(r.error()));
+        if (att == attempt && trainer)
+          self->send(trainer, stored_atom::value, k, step, att);
+      });
+      release_buffers();
     }
-    std::copy(params->begin(), params->end(), v.params.begin());
-    v.optimizer_steps = opt.steps();
-    v.m = opt.state_m();
-    v.v = opt.state_v();
-    st->checkpoint(step, [this, notify](caf::expected<uint64_t> r) {
-      if (!r)
-        throw std::runtime_error(st->identity().path +
-                                 ": checkpoint failed: " + describe(r.error()));
-      notify();
-    });
+    if (trainer)
+      self->send(trainer, applied_atom::value, k, step, attempt, loss);
   }
 
   caf::behavior make() {
@@ -265,6 +308,7 @@ struct shard_actor {
           stats.step = step;
           return step;
         },
+        [this](probe_atom) { return newest_stored(self, *st); },
         [this](stats_atom) { return stats; },
     };
   }
@@ -420,6 +464,7 @@ struct loader_actor {
             return err;
           return step;
         },
+        [this](probe_atom) { return newest_stored(self, *st); },
         [this](commit_atom, uint64_t step) -> caf::result<uint64_t> {
           if (!synced || step < base_step)
             return make_error(

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -81,12 +82,20 @@ struct trainer_actor {
   bool recovering = false;
   bool again = false;
   bool finished = false;
-  // The step in flight.
+  bool announced = false;
+  // The step in flight: shards that applied it, and its mean loss.
   uint64_t cur = 0;
   size_t applied = 0;
-  size_t loader_acks = 0;
   float loss = 0;
   float last_loss = 0;
+  /// Checkpoint steps started and not yet committed (at most the one applied
+  /// last and the one in flight): what is durable of them so far.
+  struct commit_acks {
+    bool applied = false;
+    size_t stored = 0;  // shards whose state after the step is durable
+    size_t loaders = 0; // loaders whose cursor after the step is durable
+  };
+  std::map<uint64_t, commit_acks> commits;
 
   trainer_actor(caf::event_based_actor* self, shared_ptr_t s,
                 std::shared_ptr<persistent<trainer_state>> st, caf::actor job, uint64_t incarnation)
@@ -125,21 +134,9 @@ struct trainer_actor {
                         "or remove it"));
         return;
       }
-      committed = v.step;
     }
     v.fingerprint = s->fingerprint;
-    done = committed;
-    auto inflight = s->inflight.load();
-    if (inflight > committed) {
-      s->lost_steps += inflight - committed;
-      s->inflight = committed;
-    }
-    if (incarnation == 1) {
-      s->resumed_from = committed;
-      if (s->started)
-        s->started(committed);
-    }
-    // Find the role supervisors, then recover (resolve, rewind) and run.
+    // Find the role supervisors, then recover (resolve, probe, rewind) and run.
     auto left = std::make_shared<size_t>(3);
     for (size_t r = 0; r < 3; ++r)
       self->request(job, caf::infinite, resolve_atom::value, std::string{role_names[r]})
@@ -156,8 +153,9 @@ struct trainer_actor {
     throw std::runtime_error(what + ": " + describe(err));
   }
 
-  /// Resolves every participant that is down, rewinds shards and loaders to
-  /// the last committed step with a new attempt number, then runs.
+  /// Resolves every participant that is down, finds the last step that every
+  /// shard and loader has on disk, rewinds them all to it with a new attempt
+  /// number, then runs.
   void recover() {
     if (recovering) {
       again = true;
@@ -166,18 +164,13 @@ struct trainer_actor {
     recovering = true;
     again = false;
     ++attempt;
-    auto inflight = s->inflight.load();
-    if (inflight > committed) {
-      s->lost_steps += inflight - committed;
-      s->inflight = committed;
-    }
-    done = committed;
     cur = 0;
+    commits.clear();
     auto att = attempt;
     auto left = std::make_shared<size_t>(1);
     auto resolved = [this, att, left] {
       if (--*left == 0 && att == attempt)
-        rewind_all();
+        probe_all();
     };
     for (auto& p : parts) {
       if (!p.down)
@@ -197,6 +190,47 @@ struct trainer_actor {
               [this](caf::error& err) { throw_error("cannot resolve a restarted child", err); });
     }
     resolved();
+  }
+
+  /// The committed step is the newest one that every shard and loader has on
+  /// disk: checkpoints still on their way to the writer when a participant
+  /// failed count too, so a crash loses only the step in flight.
+  void probe_all() {
+    auto att = attempt;
+    auto left = std::make_shared<size_t>(s->cfg.shards + s->cfg.loaders);
+    auto lowest = std::make_shared<uint64_t>(std::numeric_limits<uint64_t>::max());
+    for (auto& p : parts) {
+      if (p.r == workers_role)
+        continue;
+      self->request(p.handle, caf::infinite, probe_atom::value)
+          .then(
+              [this, att, left, lowest](uint64_t newest) {
+                *lowest = std::min(*lowest, newest);
+                if (att != attempt || --*left != 0)
+                  return;
+                set_committed(*lowest);
+                rewind_all();
+              },
+              [this, att](caf::error& err) { on_error(att, err); });
+    }
+  }
+
+  void set_committed(uint64_t step) {
+    committed = step;
+    done = step;
+    auto inflight = s->inflight.load();
+    if (inflight > committed) {
+      s->lost_steps += inflight - committed;
+      s->inflight = committed;
+    }
+    if (!announced) {
+      announced = true;
+      if (incarnation == 1) {
+        s->resumed_from = committed;
+        if (s->started)
+          s->started(committed);
+      }
+    }
   }
 
   void rewind_all() {
@@ -248,8 +282,13 @@ struct trainer_actor {
     return out;
   }
 
+  /// Starts step done + 1 unless one is in flight, or an older checkpoint step
+  /// than the last applied one is not committed yet (so at most two steps are
+  /// uncommitted: the one applied last and the one in flight).
   void next() {
-    if (recovering || finished)
+    if (recovering || finished || cur != 0)
+      return;
+    if (!commits.empty() && commits.begin()->first != done)
       return;
     if (done >= s->cfg.steps) {
       if (committed >= s->cfg.steps)
@@ -261,24 +300,25 @@ struct trainer_actor {
     s->maybe_crash(fault_target::trainer, 0, step);
     cur = step;
     applied = 0;
-    loader_acks = 0;
     auto shards = shard_handles();
     for (size_t w = 0; w < s->cfg.workers; ++w)
       self->send(worker(w).handle, train_step_atom::value, step, attempt,
                  loader(s->loader_of(w)).handle, shards);
-    if (s->checkpoint_step(step)) {
-      auto att = attempt;
-      for (size_t l = 0; l < s->cfg.loaders; ++l)
-        self->request(loader(l).handle, caf::infinite, commit_atom::value, step)
-            .then(
-                [this, att, step](uint64_t) {
-                  if (att != attempt || cur != step)
-                    return;
-                  ++loader_acks;
-                  maybe_complete();
-                },
-                [this, att](caf::error& err) { on_error(att, err); });
-    }
+    if (!s->checkpoint_step(step))
+      return;
+    commits[step];
+    auto att = attempt;
+    for (size_t l = 0; l < s->cfg.loaders; ++l)
+      self->request(loader(l).handle, caf::infinite, commit_atom::value, step)
+          .then(
+              [this, att, step](uint64_t) {
+                auto i = commits.find(step);
+                if (att != attempt || i == commits.end())
+                  return;
+                ++i->second.loaders;
+                maybe_commit(step);
+              },
+              [this, att](caf::error& err) { on_error(att, err); });
   }
 
   void on_applied(size_t k, uint64_t step, uint64_t att, float l) {
@@ -286,58 +326,63 @@ struct trainer_actor {
       return;
     if (k == 0)
       loss = l;
-    ++applied;
-    maybe_complete();
-  }
-
-  void maybe_complete() {
-    auto step = cur;
-    bool ckpt = s->checkpoint_step(step);
-    if (applied != s->cfg.shards || (ckpt && loader_acks != s->cfg.loaders))
+    if (++applied != s->cfg.shards)
       return;
     cur = 0;
     done = step;
     last_loss = loss;
-    if (!ckpt) {
-      after(step);
-      return;
-    }
-    auto att = attempt;
-    st->value().step = step;
-    st->checkpoint(step, [this, att, step](caf::expected<uint64_t> r) {
-      if (!r)
-        throw_error("cannot commit step " + std::to_string(step), r.error());
-      if (att != attempt)
-        return;
-      committed = step;
-      after(step);
-    });
-  }
-
-  bool eval_due(uint64_t step) const {
-    return step == s->cfg.steps || (s->cfg.eval_every != 0 && step % s->cfg.eval_every == 0);
-  }
-
-  void after(uint64_t step) {
-    if (step == s->cfg.steps) {
-      next(); // finish() evaluates and reports
-      return;
-    }
-    if (!eval_due(step)) {
+    if (auto i = commits.find(step); i != commits.end()) {
+      i->second.applied = true;
+      maybe_commit(step);
+    } else {
       report(step);
-      next();
+    }
+    if (!eval_due(step) || step == s->cfg.steps) {
+      next(); // the last step is evaluated by finish()
       return;
     }
-    auto att = attempt;
     pull_params([this, att, step](std::vector<float> params) {
       if (att != attempt)
         return;
       auto& v = st->value();
       v.accuracy = evaluate(params);
       v.eval_step = step;
-      report(step);
       next();
     });
+  }
+
+  void on_stored(uint64_t step, uint64_t att) {
+    auto i = commits.find(step);
+    if (att != attempt || i == commits.end())
+      return;
+    ++i->second.stored;
+    maybe_commit(step);
+  }
+
+  /// Commits `step` once it is applied and every shard and loader has it on
+  /// disk; the trainer's own record of it follows without being waited for.
+  void maybe_commit(uint64_t step) {
+    auto i = commits.find(step);
+    const auto& acks = i->second;
+    if (!acks.applied || acks.stored != s->cfg.shards || acks.loaders != s->cfg.loaders)
+      return;
+    commits.erase(i);
+    committed = step;
+    st->value().step = step;
+    bool last = step == s->cfg.steps;
+    st->checkpoint(step, [this, step, last](caf::expected<uint64_t> r) {
+      if (!r)
+        throw_error("cannot record committed step " + std::to_string(step), r.error());
+      if (last)
+        next(); // the job ends with its record on disk
+    });
+    report(step);
+    if (!last)
+      next();
+  }
+
+  bool eval_due(uint64_t step) const {
+    return step == s->cfg.steps || (s->cfg.eval_every != 0 && step % s->cfg.eval_every == 0);
   }
 
   double evaluate(const std::vector<float>& params) const {
@@ -408,6 +453,7 @@ struct trainer_actor {
         [this](applied_atom, size_t k, uint64_t step, uint64_t att, float l) {
           on_applied(k, step, att, l);
         },
+        [this](stored_atom, size_t, uint64_t step, uint64_t att) { on_stored(step, att); },
     };
   }
 };

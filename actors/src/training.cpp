@@ -214,6 +214,11 @@ caf::expected<training_job> training_job::create(training_config cfg, persistenc
     return err;
   if (!p.store || !p.writer)
     return bad_config("training: no state store (open one with runtime::open_state)");
+  // A participant may be up to two checkpoint steps past the committed one
+  // (the step applied last and the one in flight): rolling back needs three.
+  if (auto keep = p.store->config().retention.keep_last; keep < 3)
+    return bad_config("training: the state store keeps the last " + std::to_string(keep) +
+                      " versions per actor, a training job needs at least 3 (retention.keep_last)");
   auto s = std::make_shared<shared>();
   s->cfg = std::move(cfg);
   s->p = std::move(p);

@@ -153,6 +153,33 @@ TEST_CASE("a restored optimizer continues bit-identically to an uninterrupted on
   }
 }
 
+TEST_CASE("a state snapshot stays as it was while the optimizer steps on", "[actors][optimizer]") {
+  constexpr size_t n = 3;
+  optimizer_config config;
+  config.kind = optimizer_kind::adam;
+  config.lr = 0.1f;
+  optimizer opt{config, n};
+  std::array<float, n> params{1.0f, 2.0f, 3.0f};
+  const std::array<float, n> grad{0.5f, -1.0f, 0.25f};
+  opt.step(params.data(), grad.data());
+  auto m = opt.shared_m();
+  auto v = opt.shared_v();
+  const std::vector<float> m_then = *m;
+  const std::vector<float> v_then = *v;
+  // Without a snapshot held, a step changes the state in place (no copy).
+  const float* before = opt.state_m().data();
+  opt.step(params.data(), grad.data());
+  CHECK(*m == m_then); // the snapshot is untouched
+  CHECK(*v == v_then);
+  CHECK(opt.state_m() != m_then); // the optimizer moved on in a copy
+  CHECK(opt.state_m().data() != before);
+  m.reset();
+  v.reset();
+  const float* now = opt.state_m().data();
+  opt.step(params.data(), grad.data());
+  CHECK(opt.state_m().data() == now);
+}
+
 TEST_CASE("optimizers over slices update like one optimizer over the whole vector",
           "[actors][optimizer]") {
   constexpr size_t n = 7;

@@ -129,6 +129,21 @@ TEST_CASE("random crashes of any role end with the fault-free parameters", "[tra
   }
 }
 
+TEST_CASE("each crash loses only the step in flight although commits overlap the next step",
+          "[training]") {
+  auto cfg = small_job(4);
+  state_dir clean_dir;
+  auto clean = run_job(cfg, clean_dir.path);
+  // One crash of each role, far enough apart for the job to commit between them.
+  cfg.faults = {fault{fault_target::worker, 2, 9}, fault{fault_target::shard, 1, 21},
+                fault{fault_target::loader, 0, 33}, fault{fault_target::trainer, 0, 45}};
+  state_dir faulty_dir;
+  auto faulty = run_job(cfg, faulty_dir.path);
+  CHECK(faulty.restarts == 4);
+  CHECK(faulty.lost_steps == 4);
+  CHECK(faulty.params_digest == clean.params_digest);
+}
+
 TEST_CASE("a job resumes from its last committed step and ends as an uninterrupted one",
           "[training]") {
   auto cfg = small_job(7);
@@ -372,4 +387,18 @@ TEST_CASE("impossible job configurations are refused with the reason", "[trainin
       },
       "fault shard:5@3");
   CHECK_FALSE(validate(base));
+}
+
+TEST_CASE("a state store that keeps fewer than three versions cannot hold a training job",
+          "[training]") {
+  state_dir dir;
+  runtime rt{quiet()};
+  state_store_config sc;
+  sc.directory = dir.path;
+  sc.retention.keep_last = 2;
+  auto p = rt.open_state(sc);
+  REQUIRE(p);
+  auto job = training_job::create(small_job(1), *p);
+  REQUIRE_FALSE(job);
+  CHECK_THAT(describe(job.error()), Catch::Contains("at least 3"));
 }

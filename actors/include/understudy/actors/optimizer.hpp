@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -94,10 +95,17 @@ public:
 
   /// First-moment state for checkpointing: `n` floats for momentum (the
   /// velocity) and adam, empty for sgd.
-  const std::vector<float>& state_m() const noexcept { return m_; }
+  const std::vector<float>& state_m() const noexcept { return *m_; }
 
   /// Second-moment state for checkpointing: `n` floats for adam, empty otherwise.
-  const std::vector<float>& state_v() const noexcept { return v_; }
+  const std::vector<float>& state_v() const noexcept { return *v_; }
+
+  /// `state_m()` and `state_v()` as immutable snapshots that share memory with
+  /// the optimizer: the next `step()` copies a state that a snapshot still holds
+  /// instead of changing it. For checkpoints that cost no copy when the writer
+  /// is done with them before the next step.
+  std::shared_ptr<const std::vector<float>> shared_m() const noexcept { return m_; }
+  std::shared_ptr<const std::vector<float>> shared_v() const noexcept { return v_; }
 
   /// Replaces the state with a checkpointed one (as read from `steps()`,
   /// `state_m()` and `state_v()`). The sizes must be those `state_m()` and
@@ -110,8 +118,8 @@ private:
   optimizer_config config_;
   size_t n_;
   uint64_t steps_ = 0;
-  std::vector<float> m_;
-  std::vector<float> v_;
+  std::shared_ptr<std::vector<float>> m_;
+  std::shared_ptr<std::vector<float>> v_;
 };
 
 } // namespace understudy

@@ -185,6 +185,8 @@ using push_atom = caf::atom_constant<caf::atom("us_push")>;
 using applied_atom = caf::atom_constant<caf::atom("us_applied")>;
 using rewind_atom = caf::atom_constant<caf::atom("us_rewind")>;
 using commit_atom = caf::atom_constant<caf::atom("us_commit")>;
+using stored_atom = caf::atom_constant<caf::atom("us_stored")>;
+using probe_atom = caf::atom_constant<caf::atom("us_probe")>;
 using stats_atom = caf::atom_constant<caf::atom("us_stats")>;
 
 // worker:  (train_step_atom, step, attempt, loader, std::vector<caf::actor> shards)
@@ -192,12 +194,16 @@ using stats_atom = caf::atom_constant<caf::atom("us_stats")>;
 // loader:  (batch_atom, step, rank) -> batch_ptr
 //          (rewind_atom, step, attempt) -> step: the cursor after `step`
 //          (commit_atom, step) -> step once the cursor after `step` is durable
+//          (probe_atom) -> newest step stored (see shard)
 //          (stats_atom) -> loader_stats
 // shard:   (pull_atom) -> (step, slice_ptr): its parameters after `step`
 //          (push_atom, step, attempt, rank, std::vector<float> grad, float loss)
 //          (rewind_atom, step, attempt) -> step: its state after `step`; the
 //            sender receives (applied_atom, shard, step, attempt, mean loss)
-//            after each step is applied (and durable on checkpoint steps)
+//            as soon as each step is applied, and on checkpoint steps
+//            (stored_atom, shard, step, attempt) once that step is durable
+//          (probe_atom) -> the newest step of its state on disk, once every
+//            checkpoint sent to the writer before the probe is durable
 //          (stats_atom) -> shard_stats
 
 struct loader_stats {
