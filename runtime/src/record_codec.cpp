@@ -1,6 +1,9 @@
 #include "record_codec.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <new>
 
@@ -128,6 +131,27 @@ uint64_t copy_and_hash(void* dst, const void* src, size_t size) {
   _mm_sfence();
 #endif
   return h.digest();
+}
+
+int write_and_hash(int fd, uint64_t offset, const void* src, size_t size, uint64_t& hash) {
+  constexpr size_t block = size_t{1} << 20;
+  record_hasher h;
+  auto* s = static_cast<const std::byte*>(src);
+  for (size_t off = 0; off < size; off += block) {
+    auto n = std::min(block, size - off);
+    h.bytes(s + off, n);
+    for (size_t done = 0; done < n;) {
+      auto r = ::pwrite(fd, s + off + done, n - done, static_cast<off_t>(offset + off + done));
+      if (r < 0) {
+        if (errno == EINTR)
+          continue;
+        return errno;
+      }
+      done += static_cast<size_t>(r);
+    }
+  }
+  hash = h.digest();
+  return 0;
 }
 
 } // namespace understudy::detail

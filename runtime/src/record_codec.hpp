@@ -51,6 +51,14 @@ private:
 /// hashing each block while it is still in cache.
 uint64_t copy_and_hash(void* dst, const void* src, size_t size);
 
+/// Writes `size` bytes from `src` to file `fd` at `offset` (pwrite, retried on
+/// short writes and EINTR) and stores their XXH3-64 in `hash`. Returns 0 or
+/// the errno of the failed write. For a file that is also memory-mapped with
+/// MAP_SHARED: the page cache is the same, but no page of the map is faulted
+/// in for writing, and a multi-threaded process is spared the TLB shootdowns
+/// that writing back pages dirtied through the map costs every core.
+int write_and_hash(int fd, uint64_t offset, const void* src, size_t size, uint64_t& hash);
+
 /// Offset in data.mdb of `p`, a pointer into an LMDB memory map whose pages
 /// are `page_size` bytes (the OS page size): every LMDB page starts with its
 /// page number, which locates the page in the file. (mdb_env_info's

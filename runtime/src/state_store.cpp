@@ -179,6 +179,9 @@ struct state_store::impl {
   size_t allocated = 0;
   /// Chunks smaller than this get no early writeback.
   static constexpr size_t writeback_min = size_t{1} << 20;
+  /// Chunks of at least this size are written with pwrite rather than through
+  /// the map (see detail::write_and_hash); smaller ones cost a few faults.
+  static constexpr size_t pwrite_min = size_t{256} << 10;
 
   ~impl() {
     if (env != nullptr)
@@ -401,7 +404,17 @@ struct state_store::impl {
           what = "fallocate for " + versioned(cp.path, cp.step);
           return rc;
         }
-        sums.set(c, detail::copy_and_hash(v.mv_data, t.data + off, len));
+        uint64_t sum = 0;
+        if (direct && len >= pwrite_min) {
+          auto at = detail::map_offset(v.mv_data, page_size);
+          if (auto rc = detail::write_and_hash(data_fd, at, t.data + off, len, sum)) {
+            what = "writing chunk " + std::to_string(c) + " of " + versioned(cp.path, cp.step);
+            return rc;
+          }
+        } else {
+          sum = detail::copy_and_hash(v.mv_data, t.data + off, len);
+        }
+        sums.set(c, sum);
         // Early writeback pays for large chunks; each call costs a VM exit,
         // so small ones are left to the commit's single sync.
         if (len >= writeback_min)
