@@ -573,7 +573,9 @@ child_spec make_loader_spec(shared_ptr_t s, size_t l) {
 }
 
 child_spec make_worker_spec(shared_ptr_t s, size_t w) {
-  return worker("worker-" + std::to_string(w), worker_behavior, s, w);
+  // Detached: a step computes for long, and must not hold up a scheduler
+  // thread that shards, loaders and the trainer need meanwhile.
+  return worker<caf::detached>("worker-" + std::to_string(w), worker_behavior, s, w);
 }
 
 } // namespace understudy

@@ -113,6 +113,12 @@ struct runtime::impl {
     cfg.add_message_type<child_counts>("understudy::child_counts");
     if (rc.worker_threads > 0)
       cfg.set("scheduler.max-threads", rc.worker_threads);
+    // After a short spin, an idle thread polls every 50 us for idle_poll, then
+    // waits on its queue (woken when work is queued for it).
+    constexpr auto interval = std::chrono::microseconds(50);
+    cfg.set("work-stealing.moderate-sleep-duration", caf::timespan{interval});
+    cfg.set("work-stealing.moderate-poll-attempts",
+            static_cast<size_t>(std::max<int64_t>(1, rc.idle_poll / interval)));
     return cfg;
   }
 

@@ -12,6 +12,7 @@
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 #include <caf/message.hpp>
+#include <caf/spawn_options.hpp>
 #include <caf/timespan.hpp>
 
 #include "understudy/runtime/restart_policy.hpp"
@@ -98,20 +99,23 @@ struct child_spec {
 void capture_exceptions(caf::scheduled_actor* self);
 
 /// Convenience: a child spec for `fn` spawned as an actor with `args`, i.e.
-/// `sys.spawn(fn, args...)`. For a function taking `caf::event_based_actor*`,
-/// exceptions are captured (capture_exceptions) before `fn` runs.
-template <class F, class... Ts>
+/// `sys.spawn<Os>(fn, args...)`. For a function taking `caf::event_based_actor*`,
+/// exceptions are captured (capture_exceptions) before `fn` runs. Pass
+/// `caf::detached` as `Os` for an actor whose handlers compute for long (a
+/// training worker): it gets a thread of its own and leaves the scheduler's
+/// threads to the others.
+template <caf::spawn_options Os = caf::no_spawn_options, class F, class... Ts>
 child_spec worker(std::string id, F fn, Ts... args) {
   child_spec spec;
   spec.id = std::move(id);
   spec.start = [fn, args...](child_context& ctx) -> caf::expected<caf::actor> {
     if constexpr (std::is_invocable_v<F, caf::event_based_actor*, Ts...>) {
-      return caf::actor{ctx.system.spawn([fn, args...](caf::event_based_actor* self) {
+      return caf::actor{ctx.system.spawn<Os>([fn, args...](caf::event_based_actor* self) {
         capture_exceptions(self);
         return fn(self, args...);
       })};
     } else {
-      return caf::actor{ctx.system.spawn(fn, args...)};
+      return caf::actor{ctx.system.spawn<Os>(fn, args...)};
     }
   };
   return spec;
