@@ -169,6 +169,49 @@ bool is(const caf::error& err, state_errc x) {
   return err.category() == state_category && err.code() == static_cast<uint8_t>(x);
 }
 
+std::string to_string(config_errc x) {
+  switch (x) {
+    case config_errc::none:
+      return "none";
+    case config_errc::cannot_read:
+      return "cannot_read";
+    case config_errc::syntax:
+      return "syntax";
+    case config_errc::unknown_key:
+      return "unknown_key";
+    case config_errc::wrong_type:
+      return "wrong_type";
+    case config_errc::missing_key:
+      return "missing_key";
+    case config_errc::invalid_value:
+      return "invalid_value";
+    case config_errc::duplicate:
+      return "duplicate";
+    case config_errc::unknown_node:
+      return "unknown_node";
+    case config_errc::unsatisfiable_placement:
+      return "unsatisfiable_placement";
+    case config_errc::insecure:
+      return "insecure";
+    case config_errc::invalid_job:
+      return "invalid_job";
+  }
+  return "unknown";
+}
+
+next_step next_step_for(config_errc) {
+  return next_step::give_up;
+}
+
+caf::error make_error(config_errc x, std::string context) {
+  return caf::error{static_cast<uint8_t>(x), config_category,
+                    caf::make_message(std::move(context))};
+}
+
+bool is(const caf::error& err, config_errc x) {
+  return err.category() == config_category && err.code() == static_cast<uint8_t>(x);
+}
+
 namespace {
 
 std::string context_text(const caf::message& ctx) {
@@ -190,6 +233,8 @@ std::string describe(const caf::error& err) {
     result = to_string(static_cast<supervision_errc>(err.code()));
   } else if (cat == state_category) {
     result = to_string(static_cast<state_errc>(err.code()));
+  } else if (cat == config_category) {
+    result = to_string(static_cast<config_errc>(err.code()));
   } else if (cat == caf::atom("exit")) {
     result = to_string(static_cast<caf::exit_reason>(err.code()));
   } else if (cat == caf::atom("system")) {
@@ -226,6 +271,7 @@ auto renderer() {
 void register_error_categories(caf::actor_system_config& cfg) {
   cfg.add_error_category(supervision_category, renderer<supervision_errc>());
   cfg.add_error_category(state_category, renderer<state_errc>());
+  cfg.add_error_category(config_category, renderer<config_errc>());
 }
 
 } // namespace understudy

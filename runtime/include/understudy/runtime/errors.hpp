@@ -15,6 +15,9 @@ constexpr caf::atom_value supervision_category = caf::atom("us_superv");
 /// Error category atom for `state_errc`, as carried in `caf::error`.
 constexpr caf::atom_value state_category = caf::atom("us_state");
 
+/// Error category atom for `config_errc`, as carried in `caf::error`.
+constexpr caf::atom_value config_category = caf::atom("us_config");
+
 /// What a caller should do next after a failure: the same question a supervisor
 /// and a client ask, so every error answers it.
 enum class next_step : uint8_t {
@@ -103,6 +106,49 @@ enum class state_errc : uint8_t {
   /// The state writer stopped before the checkpoint was durable.
   writer_stopped,
 };
+
+/// Failures of reading a node config file (node_config.hpp). Every error's
+/// context is one message naming the file and line: `FILE:LINE: problem`.
+/// All of them mean the file must be fixed (`give_up`).
+enum class config_errc : uint8_t {
+  /// Not an error.
+  none = 0,
+  /// The file cannot be opened or read; the context has the OS reason.
+  cannot_read,
+  /// The file is not valid TOML.
+  syntax,
+  /// A key the table does not have (the context suggests the closest one).
+  unknown_key,
+  /// A value of the wrong type, e.g. a string where an integer belongs.
+  wrong_type,
+  /// A required key or table is missing.
+  missing_key,
+  /// A value outside its range, a bad duration or an unknown name.
+  invalid_value,
+  /// Two nodes share a name, an address or a state directory, or two
+  /// children of one supervisor share a name.
+  duplicate,
+  /// A placement or buddy names no node of the file.
+  unknown_node,
+  /// A placement cannot be satisfied (only spare nodes, not enough GPUs).
+  unsatisfiable_placement,
+  /// Nodes off loopback without a `[cluster.security]` section.
+  insecure,
+  /// The training job is invalid (as the training component judges it).
+  invalid_job,
+};
+
+/// Returns the name of `x`, e.g. "unknown_key".
+std::string to_string(config_errc x);
+
+/// Classifies `x` by what the caller should do next: always `give_up`.
+next_step next_step_for(config_errc x);
+
+/// Wraps `x` into a `caf::error` with a context message `FILE:LINE: problem`.
+caf::error make_error(config_errc x, std::string context);
+
+/// Returns whether `err` is of category `config_category` with code `x`.
+bool is(const caf::error& err, config_errc x);
 
 /// Returns the name of `x`, e.g. "corrupt_record".
 std::string to_string(state_errc x);
