@@ -2,7 +2,7 @@
 // embeds the runtime, starts a supervision tree with a persistent child (its
 // state type uses the installed Cap'n Proto schema), sees a crash repaired
 // with the checkpointed state restored, and shuts down. Exits non-zero if any
-// of that does not work.
+// of that does not work. It also links the gpu component and lists devices.
 
 #include <chrono>
 #include <cstdlib>
@@ -13,6 +13,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
+#include <understudy/gpu/device.hpp>
 #include <understudy/runtime/persistent.hpp>
 #include <understudy/runtime/runtime.hpp>
 #include <understudy/runtime/version.hpp>
@@ -68,6 +69,9 @@ caf::behavior echo(caf::event_based_actor*) {
 } // namespace
 
 int main() {
+  // The gpu component links (with its CUDA backend where it was built with one);
+  // no device is needed: the list is just empty then.
+  std::cout << "devices: " << understudy::gpu::discover_devices().size() << '\n';
   auto log = std::make_shared<understudy::event_log>();
   understudy::runtime_config cfg;
   cfg.events = log;

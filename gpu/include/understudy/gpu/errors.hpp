@@ -1,0 +1,70 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <caf/atom.hpp>
+#include <caf/error.hpp>
+#include <caf/fwd.hpp>
+
+#include "understudy/runtime/errors.hpp"
+
+namespace understudy::gpu {
+
+/// Error category atom for `gpu_errc`, as carried in `caf::error`.
+constexpr caf::atom_value gpu_category = caf::atom("us_gpu");
+
+/// Failures of device discovery, backends and GPU actors. The context of every
+/// error is one message naming the call or operation and, for a CUDA, cuBLAS or
+/// NCCL failure, the original code by name and number, e.g.
+/// "cudaMemcpyAsync on device 0: cudaErrorIllegalAddress (700): an illegal
+/// memory access was encountered".
+enum class gpu_errc : uint8_t {
+  /// Not an error.
+  none = 0,
+  /// understudy::gpu was built without CUDA, so no CUDA backend exists.
+  no_cuda,
+  /// The requested device does not exist, or no CUDA device or driver is present.
+  no_device,
+  /// A CUDA runtime call or kernel failed with an error that leaves the CUDA
+  /// context usable (e.g. an invalid launch configuration): the backend can be
+  /// rebuilt in the same process.
+  cuda_error,
+  /// A CUDA error that poisons the process's CUDA context (illegal address,
+  /// launch failure, hardware exception, ...): every later CUDA call in this
+  /// process fails, so the process must exit and be started afresh.
+  sticky_cuda_error,
+  /// A cuBLAS call failed.
+  cublas_error,
+  /// Device or pinned host memory is exhausted.
+  out_of_memory,
+  /// An operation's arguments are wrong: unknown or duplicate buffer, a slice
+  /// outside its buffer, sizes that do not fit the shape, a label not below the
+  /// class count. Nothing of the failing operation ran.
+  invalid_argument,
+  /// The backend does not implement the operation (e.g. fault injection on the CPU).
+  unsupported,
+};
+
+/// Returns the name of `x`, e.g. "sticky_cuda_error".
+std::string to_string(gpu_errc x);
+
+/// Classifies `x` by what the caller should do next: `invalid_argument`,
+/// `unsupported`, `no_cuda` and `no_device` give up; `out_of_memory` backs
+/// off; a CUDA or cuBLAS error retries on a fresh backend (`retry_now`); a
+/// sticky error gives up in this process (its supervisor starts a fresh one).
+next_step next_step_for(gpu_errc x);
+
+/// Wraps `x` into a `caf::error` with a context message describing the details.
+caf::error make_error(gpu_errc x, std::string context);
+
+/// Returns whether `err` is of category `gpu_category` with code `x`.
+bool is(const caf::error& err, gpu_errc x);
+
+/// Registers the `gpu_errc` category (rendered by name) and the message types
+/// of the GPU actor protocol (gpu_actor.hpp) with `cfg`, so that they render
+/// readably and cross node and process boundaries. Call before creating the
+/// actor system; local use works without it.
+void register_gpu_types(caf::actor_system_config& cfg);
+
+} // namespace understudy::gpu

@@ -1,0 +1,74 @@
+#include "understudy/gpu/backend.hpp"
+
+#include <utility>
+
+#include "understudy/gpu/errors.hpp"
+
+namespace understudy::gpu {
+
+namespace {
+
+/// Returns `base^exp` in double by repeated squaring, as understudy::optimizer
+/// does (no libm, so identical everywhere).
+double power(double base, uint64_t exp) {
+  double result = 1.0;
+  while (exp != 0) {
+    if ((exp & 1) != 0)
+      result *= base;
+    base *= base;
+    exp >>= 1;
+  }
+  return result;
+}
+
+} // namespace
+
+backend::~backend() = default;
+
+std::string to_string(backend_kind x) {
+  switch (x) {
+    case backend_kind::cpu:
+      return "cpu";
+    case backend_kind::cuda:
+      return "cuda";
+  }
+  return "unknown";
+}
+
+caf::expected<backend_kind> parse_backend_kind(std::string_view name) {
+  for (auto kind : {backend_kind::cpu, backend_kind::cuda})
+    if (name == to_string(kind))
+      return kind;
+  return make_error(gpu_errc::invalid_argument,
+                    "unknown backend '" + std::string{name} + "' (expected cpu or cuda)");
+}
+
+std::string to_string(fault_kind x) {
+  switch (x) {
+    case fault_kind::illegal_address:
+      return "illegal_address";
+  }
+  return "unknown";
+}
+
+adam_corrections adam_bias_corrections(float beta1, float beta2, uint64_t step) noexcept {
+  adam_corrections result;
+  result.c1 = static_cast<float>(1.0 - power(static_cast<double>(beta1), step));
+  result.c2 = static_cast<float>(1.0 - power(static_cast<double>(beta2), step));
+  return result;
+}
+
+#if !UNDERSTUDY_GPU_HAS_CUDA
+caf::expected<std::unique_ptr<backend>> make_cuda_backend(int device) {
+  return make_error(gpu_errc::no_cuda, "cannot use CUDA device " + std::to_string(device) +
+                                           ": understudy was built without CUDA");
+}
+#endif
+
+caf::expected<std::unique_ptr<backend>> make_backend(backend_kind kind, int device) {
+  if (kind == backend_kind::cpu)
+    return make_cpu_backend();
+  return make_cuda_backend(device);
+}
+
+} // namespace understudy::gpu

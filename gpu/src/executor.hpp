@@ -1,0 +1,71 @@
+#pragma once
+// Runs op batches (ops.hpp) on a backend: checks a batch as a whole, then
+// enqueues its operations, staging uploads and downloads in host memory.
+
+#include <cstddef>
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include <caf/error.hpp>
+
+#include "understudy/gpu/backend.hpp"
+#include "understudy/gpu/ops.hpp"
+
+namespace understudy::gpu {
+
+/// Owns the buffers of one GPU actor by id and turns ops into backend calls.
+/// Used by one actor; not thread-safe.
+class executor {
+public:
+  /// Where one download lands in a batch's staging block.
+  struct download_slot {
+    size_t offset = 0;
+    size_t count = 0;
+  };
+
+  explicit executor(backend& be) : be_(be) {
+    // nop
+  }
+
+  executor(const executor&) = delete;
+  executor& operator=(const executor&) = delete;
+
+  ~executor() { release_all(); }
+
+  /// Checks every op of `batch` against the buffers as they will be when it
+  /// runs (including its own allocations and releases): ids, bounds, sizes
+  /// against shapes, operand counts, aliasing. Returns
+  /// `gpu_errc::invalid_argument` naming the op's index, code and problem.
+  caf::error validate(const op_batch& batch) const;
+
+  /// Returns the host staging bytes `batch` needs for its uploads and downloads.
+  static size_t staging_bytes(const op_batch& batch);
+
+  /// Enqueues the ops of a validated `batch` in order. Uploads are copied into
+  /// `staging` first; downloads land there at the offsets appended to
+  /// `downloads`. `staging` must hold `staging_bytes(batch)` bytes and stay
+  /// alive until the backend reports the work done. Returns the first error;
+  /// the ops before it were enqueued.
+  caf::error enqueue(const op_batch& batch, std::byte* staging,
+                     std::vector<download_slot>& downloads);
+
+  /// Releases every buffer (stream-ordered).
+  void release_all() noexcept;
+
+  /// Returns the number of live buffers.
+  size_t buffer_count() const noexcept { return buffers_.size(); }
+
+private:
+  struct buffer {
+    void* ptr = nullptr;
+    uint64_t count = 0;
+  };
+
+  float* at(const slice& x) const;
+
+  backend& be_;
+  std::unordered_map<buffer_id, buffer> buffers_;
+};
+
+} // namespace understudy::gpu
