@@ -8,6 +8,8 @@
 #include <string>
 #include <utility>
 
+#include <caf/actor_system_config.hpp>
+
 #include "training_shared.hpp"
 #include "understudy/actors/splitmix64.hpp"
 #include "understudy/runtime/errors.hpp"
@@ -24,6 +26,8 @@ std::string to_string(fault_target x) {
       return "loader";
     case fault_target::trainer:
       return "trainer";
+    case fault_target::gpu:
+      return "gpu";
   }
   return "?";
 }
@@ -56,7 +60,7 @@ bool parse_u64(const std::string& text, uint64_t& out) {
 
 caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t workers,
                                                size_t shards, size_t loaders, uint64_t steps,
-                                               uint64_t seed) {
+                                               uint64_t seed, size_t gpus) {
   std::vector<fault> out;
   size_t pos = 0;
   while (pos <= spec.size() && !spec.empty()) {
@@ -65,19 +69,34 @@ caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t w
     pos = comma == std::string::npos ? spec.size() + 1 : comma + 1;
     auto bad = [&](const std::string& why) {
       return bad_config("fault '" + item + "': " + why +
-                        " (expected worker:I@S, shard:I@S, loader:I@S, trainer@S or random:K)");
+                        " (expected worker:I@S, shard:I@S, loader:I@S, trainer@S" +
+                        std::string{gpus > 0 ? ", gpu:I@S" : ""} + " or random:K)");
     };
     if (item.rfind("random:", 0) == 0) {
       uint64_t k = 0;
       if (!parse_u64(item.substr(7), k) || k == 0 || k > 10000)
         return bad("K must be a number from 1 to 10000");
       splitmix64 rng{splitmix64::at(seed, 0xfa017)};
+      // Jobs with GPU actors draw among the kinds they have; the others as
+      // always among the first four (the same faults for the same seed).
+      std::vector<fault_target> kinds;
+      for (auto t : {fault_target::worker, fault_target::shard, fault_target::loader,
+                     fault_target::trainer, fault_target::gpu}) {
+        size_t n = t == fault_target::worker   ? workers
+                   : t == fault_target::shard  ? shards
+                   : t == fault_target::loader ? loaders
+                   : t == fault_target::gpu    ? gpus
+                                               : 1;
+        if (gpus == 0 ? t != fault_target::gpu : n > 0)
+          kinds.push_back(t);
+      }
       for (uint64_t i = 0; i < k; ++i) {
         fault f;
-        f.target = static_cast<fault_target>(rng.below(4));
+        f.target = kinds[static_cast<size_t>(rng.below(kinds.size()))];
         size_t count = f.target == fault_target::worker   ? workers
                        : f.target == fault_target::shard  ? shards
                        : f.target == fault_target::loader ? loaders
+                       : f.target == fault_target::gpu    ? gpus
                                                           : 1;
         f.index = f.target == fault_target::trainer ? 0 : static_cast<size_t>(rng.below(count));
         f.step = 1 + rng.below(steps);
@@ -112,6 +131,9 @@ caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t w
       f.target = fault_target::trainer;
       if (!index.empty())
         return bad("the trainer has no index");
+    } else if (name == "gpu" && gpus > 0) {
+      f.target = fault_target::gpu;
+      count = gpus;
     } else {
       return bad("unknown target '" + name + "'");
     }
@@ -166,9 +188,11 @@ caf::error validate(const training_config& cfg) {
   if (auto err = validate(cfg.optimizer))
     return err;
   for (const auto& f : cfg.faults) {
+    // A training job has no GPU actors: no GPU fault names one of them.
     size_t count = f.target == fault_target::worker   ? cfg.workers
                    : f.target == fault_target::shard  ? cfg.shards
                    : f.target == fault_target::loader ? cfg.loaders
+                   : f.target == fault_target::gpu    ? 0
                                                       : 1;
     if (f.index >= count || f.step == 0 || f.step > cfg.steps)
       return bad_config("training: fault " + to_string(f) + " names no actor or step of the job");
@@ -208,6 +232,16 @@ uint64_t fingerprint(const training_config& cfg) {
 // -- training_job ----------------------------------------------------------------------
 
 training_job::training_job(std::shared_ptr<shared> s) : s_(std::move(s)) {}
+
+void register_training_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<loader_stats>("understudy::loader_stats");
+  cfg.add_message_type<shard_stats>("understudy::shard_stats");
+  cfg.add_message_type<served_batch>("understudy::served_batch");
+  cfg.add_message_type<batch_ptr>("understudy::batch_ptr");
+  cfg.add_message_type<slice_ptr>("understudy::slice_ptr");
+  cfg.add_message_type<std::vector<caf::actor>>("std::vector<caf::actor>");
+  cfg.add_message_type<std::vector<float>>("std::vector<float>");
+}
 
 caf::expected<training_job> training_job::create(training_config cfg, persistence p) {
   if (auto err = validate(cfg))
@@ -261,7 +295,12 @@ void training_job::on_start(std::function<void(uint64_t)> fn) {
   s_->started = std::move(fn);
 }
 
-supervisor_spec training_job::spec(std::string name, std::shared_ptr<event_sink> events) const {
+supervisor_spec training_job::spec(
+    std::string name, std::shared_ptr<event_sink> events,
+    std::function<child_spec(fault_target role, size_t index, child_spec local)> placer) const {
+  auto place = [&placer](fault_target role, size_t index, child_spec local) {
+    return placer ? placer(role, index, std::move(local)) : std::move(local);
+  };
   auto role = [](std::string id, const role_policy& pol, std::vector<child_spec> children) {
     supervisor_spec sup;
     sup.name = std::move(id);
@@ -274,11 +313,11 @@ supervisor_spec training_job::spec(std::string name, std::shared_ptr<event_sink>
   const auto& cfg = s_->cfg;
   std::vector<child_spec> shards, loaders, workers;
   for (size_t k = 0; k < cfg.shards; ++k)
-    shards.push_back(shard_spec(k));
+    shards.push_back(place(fault_target::shard, k, shard_spec(k)));
   for (size_t l = 0; l < cfg.loaders; ++l)
-    loaders.push_back(loader_spec(l));
+    loaders.push_back(place(fault_target::loader, l, loader_spec(l)));
   for (size_t w = 0; w < cfg.workers; ++w)
-    workers.push_back(worker_spec(w));
+    workers.push_back(place(fault_target::worker, w, worker_spec(w)));
   supervisor_spec job;
   job.name = std::move(name);
   job.strategy = restart_strategy::one_for_one;

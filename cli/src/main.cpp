@@ -1,5 +1,5 @@
-// The `understudy` command. One subcommand per task; `inspect` today, `launch`,
-// `node` and `status` to come. Exit codes: 0 success, 1 the task found a problem
+// The `understudy` command. One subcommand per task: `inspect`, `node`, `launch`;
+// `status` to come. Exit codes: 0 success, 1 the task found a problem
 // (e.g. a corrupt record), 2 usage errors and failures to open or read.
 
 #include <chrono>
@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "inspect.hpp"
+#include "node.hpp"
 #include "understudy/runtime/version.hpp"
 
 int main(int argc, char** argv) {
@@ -18,6 +19,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string{understudy::version()});
   cli::inspect_options inspect;
   auto* inspect_cmd = cli::add_inspect_command(app, inspect);
+  cli::node_options node;
+  auto* node_cmd = cli::add_node_command(app, node);
+  cli::launch_options launch;
+  auto* launch_cmd = cli::add_launch_command(app, launch);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -26,6 +31,10 @@ int main(int argc, char** argv) {
   }
   if (*inspect_cmd)
     return cli::run_inspect(inspect, std::cout, std::cerr, std::chrono::system_clock::now());
+  if (*node_cmd)
+    return cli::run_node(node, argv[0]);
+  if (*launch_cmd)
+    return cli::run_launch(launch, argv[0]);
   std::cerr << app.help();
   return cli::exit_failure;
 }

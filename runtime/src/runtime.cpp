@@ -119,6 +119,8 @@ struct runtime::impl {
     cfg.set("work-stealing.moderate-sleep-duration", caf::timespan{interval});
     cfg.set("work-stealing.moderate-poll-attempts",
             static_cast<size_t>(std::max<int64_t>(1, rc.idle_poll / interval)));
+    if (rc.configure)
+      rc.configure(cfg);
     return cfg;
   }
 
@@ -222,7 +224,8 @@ void runtime::shutdown(std::chrono::milliseconds timeout) {
   }
 }
 
-caf::expected<persistence> runtime::open_state(state_store_config cfg) {
+caf::expected<persistence> runtime::open_state(state_store_config cfg,
+                                               state_writer_config writer) {
   std::lock_guard<std::mutex> guard{impl_->mtx};
   auto& state = impl_->state;
   if (state) {
@@ -236,7 +239,7 @@ caf::expected<persistence> runtime::open_state(state_store_config cfg) {
   if (!store)
     return store.error();
   state.store = std::move(*store);
-  state.writer = spawn_state_writer(impl_->sys, state.store);
+  state.writer = spawn_state_writer(impl_->sys, state.store, std::move(writer));
   state.recycler = std::make_shared<tensor_recycler>();
   return state;
 }

@@ -9,10 +9,72 @@
 #include <caf/response_promise.hpp>
 #include <caf/send.hpp>
 #include <caf/spawn_options.hpp>
+#include <caf/typed_response_promise.hpp>
 
 #include "understudy/runtime/errors.hpp"
 
 namespace understudy {
+
+caf::error inspect(caf::serializer& f, checkpoint_batch& x) {
+  auto n = x.items.size();
+  if (auto err = f.begin_sequence(n))
+    return err;
+  for (auto& cp : x.items) {
+    auto& c = const_cast<checkpoint&>(*cp); // read only: saving
+    auto tensors = c.tensors.size();
+    if (auto err = f(c.path, c.step, c.schema_id, c.schema_version, c.incarnation, c.payload))
+      return err;
+    if (auto err = f.begin_sequence(tensors))
+      return err;
+    for (auto& t : c.tensors) {
+      auto type = static_cast<uint8_t>(t.type);
+      auto size = static_cast<uint64_t>(t.size);
+      if (auto err = f(t.name, type, t.shape, size))
+        return err;
+      if (size > 0)
+        if (auto err = f.apply_raw(t.size, const_cast<std::byte*>(t.data)))
+          return err;
+    }
+    if (auto err = f.end_sequence())
+      return err;
+  }
+  return f.end_sequence();
+}
+
+caf::error inspect(caf::deserializer& f, checkpoint_batch& x) {
+  size_t n = 0;
+  if (auto err = f.begin_sequence(n))
+    return err;
+  x.items.clear();
+  for (size_t i = 0; i < n; ++i) {
+    auto c = std::make_shared<checkpoint>();
+    size_t tensors = 0;
+    if (auto err = f(c->path, c->step, c->schema_id, c->schema_version, c->incarnation, c->payload))
+      return err;
+    if (auto err = f.begin_sequence(tensors))
+      return err;
+    for (size_t j = 0; j < tensors; ++j) {
+      tensor_data t;
+      uint8_t type = 0;
+      uint64_t size = 0;
+      if (auto err = f(t.name, type, t.shape, size))
+        return err;
+      t.type = static_cast<element_type>(type);
+      auto bytes = std::make_shared<std::vector<std::byte>>(size);
+      if (size > 0)
+        if (auto err = f.apply_raw(size, bytes->data()))
+          return err;
+      t.data = bytes->data();
+      t.size = size;
+      t.owner = std::move(bytes);
+      c->tensors.push_back(std::move(t));
+    }
+    if (auto err = f.end_sequence())
+      return err;
+    x.items.push_back(std::move(c));
+  }
+  return f.end_sequence();
+}
 
 namespace {
 
@@ -22,6 +84,8 @@ using tick_atom = caf::atom_constant<caf::atom("us_tick")>;
 struct pending_put {
   checkpoint_ptr cp;
   caf::response_promise rp;
+  /// A copy of another node's checkpoint: not replicated again.
+  bool replica = false;
 };
 
 struct writer_state {
@@ -50,6 +114,20 @@ struct writer_state {
   }
 };
 
+/// Sends committed puts to the replica target; acknowledges them when it answers.
+void replicate(caf::event_based_actor* self, writer_state& st, std::vector<pending_put> puts) {
+  checkpoint_batch cps;
+  cps.items.reserve(puts.size());
+  for (auto& p : puts)
+    cps.items.push_back(p.cp);
+  auto done = [puts = std::move(puts)]() mutable {
+    for (auto& p : puts)
+      p.rp.deliver(p.cp->step);
+  };
+  self->request(st.cfg.replica, caf::infinite, replicate_atom::value, std::move(cps))
+      .then([done](uint64_t) mutable { done(); }, [done](caf::error&) mutable { done(); });
+}
+
 /// Commits everything pending, in batches bounded by the config.
 void flush(caf::event_based_actor* self, writer_state& st) {
   auto mode = st.store->config().mode;
@@ -69,6 +147,7 @@ void flush(caf::event_based_actor* self, writer_state& st) {
       ++end;
     }
     auto err = st.store->commit(batch, results);
+    std::vector<pending_put> to_replicate;
     for (auto i = begin; i < end; ++i) {
       auto& p = st.pending[i];
       auto& res = results[i - begin];
@@ -78,9 +157,13 @@ void flush(caf::event_based_actor* self, writer_state& st) {
         p.rp.deliver(res);
       else if (mode == durability::periodic)
         st.unsynced.push_back(std::move(p));
+      else if (st.cfg.replica && !p.replica)
+        to_replicate.push_back(std::move(p));
       else
         p.rp.deliver(p.cp->step);
     }
+    if (!to_replicate.empty())
+      replicate(self, st, std::move(to_replicate));
     begin = end;
   }
   st.last_batch = st.pending.size();
@@ -110,6 +193,24 @@ void sync_now(writer_state& st) {
   st.sync_waiters.clear();
 }
 
+/// Queues a put and schedules the flush that commits it.
+caf::typed_response_promise<uint64_t> enqueue(caf::event_based_actor* self, writer_state& st,
+                                              const checkpoint_ptr& cp, bool replica) {
+  auto rp = self->make_response_promise<uint64_t>();
+  st.pending.push_back(pending_put{cp, rp, replica});
+  if (st.delaying && st.pending.size() >= st.last_batch) {
+    // Everyone from the last batch is back: no need to wait longer.
+    st.delaying = false;
+    self->send(self, flush_atom::value);
+  } else if (!st.flush_scheduled) {
+    // Everything already in the mailbox comes before this message, so
+    // all of it joins the same transaction.
+    st.flush_scheduled = true;
+    self->send(self, flush_atom::value);
+  }
+  return rp;
+}
+
 caf::behavior writer_actor(caf::event_based_actor* self, std::shared_ptr<state_store> store,
                            state_writer_config cfg) {
   auto st = std::make_shared<writer_state>();
@@ -122,19 +223,10 @@ caf::behavior writer_actor(caf::event_based_actor* self, std::shared_ptr<state_s
   });
   return {
       [self, st](put_state_atom, const checkpoint_ptr& cp) -> caf::result<uint64_t> {
-        auto rp = self->make_response_promise<uint64_t>();
-        st->pending.push_back(pending_put{cp, rp});
-        if (st->delaying && st->pending.size() >= st->last_batch) {
-          // Everyone from the last batch is back: no need to wait longer.
-          st->delaying = false;
-          self->send(self, flush_atom::value);
-        } else if (!st->flush_scheduled) {
-          // Everything already in the mailbox comes before this message, so
-          // all of it joins the same transaction.
-          st->flush_scheduled = true;
-          self->send(self, flush_atom::value);
-        }
-        return rp;
+        return enqueue(self, *st, cp, false);
+      },
+      [self, st](put_replica_atom, const checkpoint_ptr& cp) -> caf::result<uint64_t> {
+        return enqueue(self, *st, cp, true);
       },
       [self, st](flush_atom) {
         st->flush_scheduled = false;

@@ -8,13 +8,15 @@
 #include <string>
 #include <vector>
 
-#include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
 #include <caf/expected.hpp>
+#include <caf/fwd.hpp>
+#include <caf/meta/type_name.hpp>
 
 #include "understudy/actors/dataset.hpp"
 #include "understudy/actors/model.hpp"
 #include "understudy/actors/optimizer.hpp"
+#include "understudy/runtime/shared_value.hpp"
 #include "understudy/runtime/state_writer.hpp"
 #include "understudy/runtime/supervisor.hpp"
 
@@ -22,10 +24,12 @@ namespace understudy {
 
 // -- faults ----------------------------------------------------------------------
 
-/// Which actor an injected fault crashes.
-enum class fault_target : uint8_t { worker, shard, loader, trainer };
+/// Which actor an injected fault crashes. `gpu` is a device fault of a GPU
+/// actor (examples/gpu_mlp): a real illegal-address kernel on CUDA; training
+/// jobs without GPU actors accept none.
+enum class fault_target : uint8_t { worker, shard, loader, trainer, gpu };
 
-/// Returns "worker", "shard", "loader" or "trainer".
+/// Returns "worker", "shard", "loader", "trainer" or "gpu".
 std::string to_string(fault_target x);
 
 /// One injected crash: actor `target` number `index` (0 for the trainer) throws
@@ -40,12 +44,13 @@ struct fault {
 std::string to_string(const fault& f);
 
 /// Parses a fault spec: a comma-separated list of `worker:I@S`, `shard:I@S`,
-/// `loader:I@S`, `trainer@S`, or `random:K` (K faults of any kind at steps in
-/// [1, steps], drawn from `seed`). Indices must name existing actors and steps
+/// `loader:I@S`, `trainer@S`, `gpu:I@S` (only with `gpus` > 0), or `random:K` (K faults
+/// of any kind at steps in [1, steps], drawn from `seed`; with `gpus` > 0 of the
+/// kinds whose count is not 0, GPU faults included). Indices must name existing actors and steps
 /// lie in [1, steps]. Errors name the offending entry. An empty spec is no fault.
 caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t workers,
                                                size_t shards, size_t loaders, uint64_t steps,
-                                               uint64_t seed);
+                                               uint64_t seed, size_t gpus = 0);
 
 // -- the job -----------------------------------------------------------------------
 
@@ -143,9 +148,12 @@ public:
   static caf::expected<training_job> create(training_config cfg, persistence p);
 
   /// The supervision tree, named `name`. `events` receives every supervision
-  /// event (may be null); restarts are counted either way.
-  supervisor_spec spec(std::string name = "job",
-                       std::shared_ptr<event_sink> events = nullptr) const;
+  /// event (may be null); restarts are counted either way. `placer`, if set,
+  /// may replace the child spec of each shard, loader and worker (e.g. its
+  /// start function, to start it on another node); the trainer stays local.
+  supervisor_spec spec(std::string name = "job", std::shared_ptr<event_sink> events = nullptr,
+                       std::function<child_spec(fault_target role, size_t index, child_spec local)>
+                           placer = {}) const;
 
   /// Called by the trainer after every committed step (and on its evaluations).
   void on_progress(std::function<void(const training_progress&)> fn);
@@ -213,6 +221,11 @@ struct loader_stats {
   size_t max_cached_steps = 0;
 };
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, loader_stats& x) {
+  return f(caf::meta::type_name("loader_stats"), x.cached_steps, x.max_cached_steps);
+}
+
 struct shard_stats {
   uint64_t step = 0;
   /// Pushes ignored: a second one for the same (worker, step), or one from an
@@ -220,6 +233,11 @@ struct shard_stats {
   uint64_t duplicates = 0;
   uint64_t stale = 0;
 };
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, shard_stats& x) {
+  return f(caf::meta::type_name("shard_stats"), x.step, x.duplicates, x.stale);
+}
 
 /// A batch served by a loader for (step, worker rank): the samples' indices in
 /// the training set, with their data. Sample j is number `offset + j` of the
@@ -234,13 +252,19 @@ struct served_batch {
   std::vector<float> inputs;
   std::vector<uint32_t> labels;
 };
-using batch_ptr = std::shared_ptr<const served_batch>;
-using slice_ptr = std::shared_ptr<const std::vector<float>>;
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, served_batch& x) {
+  return f(caf::meta::type_name("served_batch"), x.step, x.rank, x.offset, x.share_size, x.indices,
+           x.inputs, x.labels);
+}
+
+/// Shared between actors of a process, copied only to another process or node.
+using batch_ptr = shared_value<served_batch>;
+using slice_ptr = shared_value<std::vector<float>>;
+
+/// Registers the protocol's message types with `cfg`, for jobs whose actors run
+/// in several processes or on several nodes (every process must do it).
+void register_training_types(caf::actor_system_config& cfg);
 
 } // namespace understudy
-
-// Local messages only (shared buffers, not serialized).
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::batch_ptr)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::slice_ptr)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::loader_stats)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::shard_stats)

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,9 @@ struct runtime_config {
   /// slower). Longer polling lowers the latency of work stolen from a busy
   /// scheduler thread; run long computations in detached actors instead.
   std::chrono::microseconds idle_poll{500};
+  /// Called on the actor system's config before the system starts: to load
+  /// modules (CAF's middleman for a cluster node) and register message types.
+  std::function<void(caf::actor_system_config&)> configure;
   /// Default event sink for trees started without one. May be null.
   std::shared_ptr<event_sink> events;
   /// Also log every supervision event to stderr (make_log_sink).
@@ -109,7 +113,8 @@ public:
   /// once per runtime: later calls return the same persistence (an error if
   /// they name another directory). Stopped by `shutdown`, after the trees.
   /// Errors: those of state_store::open (locked, invalid_config, io_error, ...).
-  caf::expected<persistence> open_state(state_store_config cfg = {});
+  caf::expected<persistence> open_state(state_store_config cfg = {},
+                                       state_writer_config writer = {});
 
   /// Stops all trees started here, newest first, then the state writer.
   void shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(60));

@@ -3,11 +3,16 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
+#include <vector>
 
 #include <caf/actor.hpp>
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
+#include <caf/deserializer.hpp>
 #include <caf/fwd.hpp>
+#include <caf/meta/type_name.hpp>
+#include <caf/serializer.hpp>
 #include <caf/timespan.hpp>
 
 #include "understudy/runtime/state_store.hpp"
@@ -18,6 +23,26 @@ namespace understudy {
 /// A checkpoint on its way to the writer (shared, immutable).
 using checkpoint_ptr = std::shared_ptr<const checkpoint>;
 
+/// Committed checkpoints on their way to a replica: shared within a process,
+/// serialized with their tensors' bytes when sent to another node.
+struct checkpoint_batch {
+  std::vector<checkpoint_ptr> items;
+};
+
+/// Writes every checkpoint of `x` with its tensors' bytes.
+caf::error inspect(caf::serializer& f, checkpoint_batch& x);
+/// Reads checkpoints written by the serializer overload (tensors owned by them).
+caf::error inspect(caf::deserializer& f, checkpoint_batch& x);
+/// For printing (CAF's to_string): the number of checkpoints.
+template <class Inspector>
+std::enable_if_t<!std::is_base_of<caf::serializer, Inspector>::value &&
+                     !std::is_base_of<caf::deserializer, Inspector>::value,
+                 typename Inspector::result_type>
+inspect(Inspector& f, checkpoint_batch& x) {
+  auto n = x.items.size();
+  return f(caf::meta::type_name("checkpoint_batch"), n);
+}
+
 /// Request to the writer: `(put_state_atom, checkpoint_ptr)` → `uint64_t` (the
 /// step) once the checkpoint is durable (per the store's durability mode), or
 /// the error that rejected it.
@@ -25,6 +50,13 @@ using put_state_atom = caf::atom_constant<caf::atom("us_put")>;
 /// Request to the writer: `(sync_state_atom)` → `uint64_t` (commits so far) once
 /// everything acknowledged or pending is on disk.
 using sync_state_atom = caf::atom_constant<caf::atom("us_sync")>;
+/// Request to the writer: `(put_replica_atom, checkpoint_ptr)` → `uint64_t`: as
+/// put_state_atom, for a copy of another node's checkpoint, which is not
+/// replicated again.
+using put_replica_atom = caf::atom_constant<caf::atom("us_putrep")>;
+/// Request to a writer's replica target: `(replicate_atom, checkpoint_batch)` →
+/// `uint64_t` (how many it stored) once the copies are durable where they went.
+using replicate_atom = caf::atom_constant<caf::atom("us_repl")>;
 
 /// Limits of one group commit.
 struct state_writer_config {
@@ -36,6 +68,12 @@ struct state_writer_config {
   /// too) and fewer are waiting now, wait up to this long for the rest before
   /// committing, as PostgreSQL's commit_delay. Zero: commit at once.
   caf::timespan commit_delay = std::chrono::microseconds(200);
+  /// Where committed checkpoints are copied (a node's replicator, see
+  /// cluster.hpp): each batch of committed puts goes there as a replicate_atom
+  /// request, and the puts are acknowledged once it answers; when it answers
+  /// with an error, they are acknowledged anyway (the copy is lost, not the
+  /// checkpoint). Null: no replication.
+  caf::actor replica;
 };
 
 /// What persistent actors need: the node's store (to load from) and its writer

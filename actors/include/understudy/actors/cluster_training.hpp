@@ -1,0 +1,58 @@
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <caf/expected.hpp>
+
+#include "understudy/actors/training.hpp"
+#include "understudy/runtime/cluster.hpp"
+#include "understudy/runtime/node_config.hpp"
+#include "understudy/runtime/runtime.hpp"
+
+namespace understudy {
+
+/// The `node_config_options::check_job` hook of the training component: the
+/// fault spec as parse_faults reads it.
+std::optional<job_problem> check_training_job(const job_spec& job);
+
+/// The training_config of `nc`'s [job]: loads its data file (relative to the
+/// working directory), splits it by seed, builds the model. Errors name the
+/// config file and the line of the key at fault.
+caf::expected<training_config> make_training_config(const node_config& nc);
+
+/// One node's part of a cluster's training job. Every node builds the same job
+/// (same config, its own state store) and lets its peers start shards,
+/// loaders and workers on it; the node that hosts the trainer (the first node
+/// of [job.trainer]'s placement: the leader) runs the job's supervision tree,
+/// whose shards, loaders and workers start on the nodes their placement names
+/// and, when such a node dies, on its buddy, restored from the copies of its
+/// checkpoints.
+class cluster_training {
+public:
+  /// Builds the job on `node` and registers its factories there.
+  static caf::expected<std::unique_ptr<cluster_training>> create(cluster_node& node,
+                                                                 const node_config& nc);
+
+  /// Whether this node runs the job's tree (hosts the trainer).
+  bool leader() const noexcept { return leader_; }
+
+  /// The leader's name.
+  const std::string& leader_name() const noexcept { return leader_name_; }
+
+  /// On the leader: the job's tree, its actors placed over the nodes.
+  supervisor_spec spec(std::shared_ptr<event_sink> events) const;
+
+  training_job& job() noexcept { return job_; }
+
+private:
+  cluster_training(cluster_node& node, const node_config& nc, training_job job);
+  cluster_node& node_;
+  job_spec spec_;
+  training_job job_;
+  std::string leader_name_;
+  bool leader_ = false;
+};
+
+} // namespace understudy

@@ -1,0 +1,435 @@
+#include "node.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <caf/sec.hpp>
+
+#include "understudy/actors/cluster_training.hpp"
+#include "understudy/runtime/cluster.hpp"
+#include "understudy/runtime/errors.hpp"
+#include "understudy/runtime/runtime.hpp"
+
+namespace understudy::cli {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+caf::expected<node_config> load(const std::string& file) {
+  node_config_options opts;
+  opts.check_job = check_training_job;
+  return load_node_config(file, opts);
+}
+
+/// The node that hosts the trainer: the first of [job.trainer]'s placement.
+std::string leader_of(const node_config& nc) {
+  if (nc.job && !nc.job->trainer.placement.start.empty())
+    return nc.job->trainer.placement.start.front();
+  return nc.nodes.front().name;
+}
+
+void say(const std::string& line) {
+  static std::mutex mtx;
+  std::lock_guard<std::mutex> guard{mtx};
+  std::cout << line << std::endl;
+}
+
+} // namespace
+
+// -- understudy node -------------------------------------------------------------------
+
+CLI::App* add_node_command(CLI::App& app, node_options& opts) {
+  auto* sub =
+      app.add_subcommand("node", "run one node of a cluster (for real multi-host clusters)");
+  sub->add_option("FILE", opts.file, "the cluster's node config file (TOML)")->required();
+  sub->add_option("--name", opts.name, "which [[node]] of FILE this is")->required();
+  return sub;
+}
+
+int run_node(const node_options& opts, const char*) {
+  // Signals go to one thread that asks the node to stop.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  auto nc = load(opts.file);
+  if (!nc) {
+    std::cerr << "understudy node: " << describe(nc.error()) << '\n';
+    return 2;
+  }
+  if (nc->find_node(opts.name) == nullptr) {
+    std::cerr << "understudy node: " << opts.file << ": no node named '" << opts.name << "'\n";
+    return 2;
+  }
+  for (const auto& note : nc->notes)
+    std::cerr << "note: " << note << '\n';
+  runtime_config rc;
+  rc.configure = [&nc](caf::actor_system_config& cfg) {
+    cluster_node::configure(cfg, *nc);
+    register_training_types(cfg);
+  };
+  runtime rt{rc};
+  auto node = cluster_node::start(rt, *nc, opts.name);
+  if (!node) {
+    std::cerr << "understudy node: " << describe(node.error()) << '\n';
+    return 2;
+  }
+  std::atomic<bool> signalled{false};
+  std::thread waiter{[&] {
+    int sig = 0;
+    if (sigwait(&sigs, &sig) == 0 && sig != 0) {
+      signalled = true;
+      (*node)->request_stop();
+    }
+  }};
+  auto cleanup = [&](int code) {
+    if (!signalled) {
+      // Wake the signal thread so that it can be joined.
+      signalled = true;
+      ::kill(::getpid(), SIGTERM);
+    }
+    waiter.join();
+    return code;
+  };
+  const auto& me = (*node)->self();
+  say("node " + me.name + ": listening on " + me.host + ":" + std::to_string(me.port) +
+      ", state in " + me.state_dir + (me.buddy.empty() ? "" : ", replicating to " + me.buddy) +
+      ", generation " + std::to_string((*node)->generation()));
+  (*node)->on_peer_change([name = me.name](const peer_view& p) {
+    say("node " + name + ": peer " + p.name + " is " + to_string(p.state) +
+        (p.reason.empty() ? "" : " (" + p.reason + ")"));
+  });
+  auto ct = cluster_training::create(**node, *nc);
+  if (!ct) {
+    std::cerr << "understudy node: " << describe(ct.error()) << '\n';
+    return cleanup(2);
+  }
+  if (!(*ct)->leader()) {
+    while (!(*node)->await_stop_request(std::chrono::seconds(1))) {
+    }
+    if ((*node)->fenced()) {
+      say("node " + me.name + ": fenced: the cluster declared this node dead; exiting");
+      return cleanup(3);
+    }
+    say("node " + me.name + ": stopping");
+    return cleanup(0);
+  }
+  // The leader: wait for every node, run the job, stop the others.
+  auto wait_for = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      nc->cluster.failure_detection.connection_timeout) *
+                  5;
+  if (!(*node)->await_peers(std::max(wait_for, std::chrono::milliseconds(10000)))) {
+    std::string missing;
+    for (auto& p : (*node)->peers())
+      if (p.state != peer_state::alive)
+        missing += " " + p.name;
+    std::cerr << "understudy node: nodes not reachable:" << missing << '\n';
+    return cleanup(2);
+  }
+  auto& job = (*ct)->job();
+  const auto steps = job.config().steps;
+  const uint64_t every = std::max<uint64_t>(1, steps / 20);
+  auto started = clock_type::now();
+  job.on_start([&](uint64_t committed) {
+    started = clock_type::now();
+    say(committed == 0 ? "job: fresh start"
+                       : "job: resuming from committed step " + std::to_string(committed));
+  });
+  job.on_progress([&, last = uint64_t{0}](const training_progress& p) mutable {
+    if (p.step != steps && p.step / every == last / every)
+      return;
+    last = p.step;
+    double secs = std::chrono::duration<double>(clock_type::now() - started).count();
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "progress: step %" PRIu64 "/%" PRIu64 " loss %.4f accuracy %.4f restarts %" PRIu64
+                  " lost %" PRIu64 " (%.0f steps/s)",
+                  p.step, p.steps, p.loss, p.accuracy < 0 ? 0.0 : p.accuracy, p.restarts,
+                  p.lost_steps, secs > 0 ? static_cast<double>(p.step) / secs : 0.0);
+    say(buf);
+  });
+  auto tree = rt.start(ct.value()->spec(nullptr));
+  if (!tree) {
+    std::cerr << "understudy node: cannot start the job: " << describe(tree.error()) << '\n';
+    (*node)->stop_peers();
+    return cleanup(4);
+  }
+  auto timed_out = [](const caf::error& err) { return err == caf::sec::request_timeout; };
+  caf::expected<training_result> result = job.wait(std::chrono::milliseconds(0));
+  for (;;) {
+    result = job.wait(std::chrono::milliseconds(200));
+    if (result || !timed_out(result.error()))
+      break;
+    if ((*node)->await_stop_request(std::chrono::milliseconds(0)))
+      break;
+  }
+  int code = 0;
+  if (result) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
+                  " restarts=%" PRIu64 " lost_steps=%" PRIu64,
+                  result->steps, result->accuracy, result->params_digest, result->restarts,
+                  result->lost_steps);
+    say(buf);
+  } else if (!timed_out(result.error())) {
+    std::cerr << "understudy node: the job failed: " << describe(result.error()) << '\n';
+    code = 4;
+  } else {
+    say("node " + me.name + ": stopping (job not finished)");
+  }
+  (*node)->stop_peers();
+  rt.stop(*tree, std::chrono::seconds(10));
+  return cleanup(code);
+}
+
+// -- understudy launch -----------------------------------------------------------------
+
+namespace {
+
+volatile sig_atomic_t launch_signal = 0;
+
+extern "C" void on_launch_signal(int sig) {
+  launch_signal = sig;
+}
+
+struct chaos {
+  std::string node;
+  uint64_t step = 0;
+  bool freeze = false;
+  std::chrono::milliseconds duration{0};
+  bool done = false;
+  clock_type::time_point resume_at{};
+  bool resumed = false;
+};
+
+std::optional<std::chrono::milliseconds> parse_span(const std::string& s) {
+  std::smatch m;
+  static const std::regex re{R"(^(\d+)(ms|s)$)"};
+  if (!std::regex_match(s, m, re))
+    return std::nullopt;
+  auto n = std::stoull(m[1]);
+  return std::chrono::milliseconds(m[2] == "s" ? n * 1000 : n);
+}
+
+struct child {
+  std::string name;
+  pid_t pid = -1;
+  int fd = -1;
+  std::string pending;
+  bool running = false;
+  int status = 0;
+};
+
+} // namespace
+
+CLI::App* add_launch_command(CLI::App& app, launch_options& opts) {
+  auto* sub = app.add_subcommand("launch", "start every node of a cluster on this machine");
+  sub->add_option("FILE", opts.file, "the cluster's node config file (TOML)")->required();
+  sub->add_option("--kill", opts.kills, "NODE@STEP: SIGKILL the node's process at that step");
+  sub->add_option("--freeze", opts.freezes,
+                  "NODE@STEP:DURATION: SIGSTOP the node at that step, SIGCONT after DURATION");
+  return sub;
+}
+
+int run_launch(const launch_options& opts, const char* argv0_in) {
+  // The nodes run this very program.
+  std::error_code ec;
+  auto self_exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  std::string exe = ec ? std::string{argv0_in} : self_exe.string();
+  const char* argv0 = exe.c_str();
+  auto nc = load(opts.file);
+  if (!nc) {
+    std::cerr << "understudy launch: " << describe(nc.error()) << '\n';
+    return 2;
+  }
+  std::vector<chaos> plan;
+  static const std::regex kill_re{R"(^([A-Za-z0-9_-]+)@(\d+)$)"};
+  static const std::regex freeze_re{R"(^([A-Za-z0-9_-]+)@(\d+):(\w+)$)"};
+  for (const auto& k : opts.kills) {
+    std::smatch m;
+    if (!std::regex_match(k, m, kill_re) || nc->find_node(m[1].str()) == nullptr) {
+      std::cerr << "understudy launch: bad --kill '" << k << "' (expected NODE@STEP with a node of "
+                << opts.file << ")\n";
+      return 2;
+    }
+    plan.push_back({m[1], std::stoull(m[2]), false, {}, false, {}, false});
+  }
+  for (const auto& f : opts.freezes) {
+    std::smatch m;
+    std::optional<std::chrono::milliseconds> span;
+    if (!std::regex_match(f, m, freeze_re) || nc->find_node(m[1].str()) == nullptr ||
+        !(span = parse_span(m[3]))) {
+      std::cerr << "understudy launch: bad --freeze '" << f
+                << "' (expected NODE@STEP:DURATION such as n2@500:3s)\n";
+      return 2;
+    }
+    plan.push_back({m[1], std::stoull(m[2]), true, *span, false, {}, false});
+  }
+  auto leader = leader_of(*nc);
+  struct sigaction sa {};
+  sa.sa_handler = on_launch_signal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  std::vector<child> kids;
+  for (const auto& n : nc->nodes) {
+    int fds[2];
+    if (::pipe(fds) != 0) {
+      std::perror("understudy launch: pipe");
+      return 2;
+    }
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      ::dup2(fds[1], 1);
+      ::dup2(fds[1], 2);
+      ::close(fds[0]);
+      ::close(fds[1]);
+      signal(SIGINT, SIG_IGN); // Ctrl-C reaches the launcher; it stops the nodes
+      ::execl(argv0, argv0, "node", opts.file.c_str(), "--name", n.name.c_str(),
+              static_cast<char*>(nullptr));
+      std::perror("understudy launch: exec");
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    kids.push_back(child{n.name, pid, fds[0], {}, true, 0});
+    say("launch: started node " + n.name + " (pid " + std::to_string(pid) + ")" +
+        (n.name == leader ? ", the leader" : ""));
+  }
+  auto find = [&](const std::string& name) -> child* {
+    for (auto& k : kids)
+      if (k.name == name)
+        return &k;
+    return nullptr;
+  };
+  bool stopping = false;
+  clock_type::time_point stop_deadline{};
+  auto stop_all = [&](int sig) {
+    for (auto& k : kids)
+      if (k.running) {
+        ::kill(k.pid, sig);
+        ::kill(k.pid, SIGCONT);
+      }
+  };
+  static const std::regex step_re{R"(step (\d+)/(\d+))"};
+  int leader_code = 1;
+  for (;;) {
+    if (launch_signal != 0 && !stopping) {
+      say("launch: stopping every node");
+      stopping = true;
+      stop_deadline = clock_type::now() + std::chrono::seconds(10);
+      stop_all(SIGTERM);
+    }
+    // Chaos timers.
+    auto now = clock_type::now();
+    for (auto& c : plan)
+      if (c.freeze && c.done && !c.resumed && now >= c.resume_at) {
+        c.resumed = true;
+        if (auto* k = find(c.node); k && k->running) {
+          ::kill(k->pid, SIGCONT);
+          say("chaos: SIGCONT " + c.node);
+        }
+      }
+    std::vector<pollfd> pfds;
+    for (auto& k : kids)
+      if (k.fd >= 0)
+        pfds.push_back({k.fd, POLLIN, 0});
+    if (pfds.empty() && std::none_of(kids.begin(), kids.end(), [](auto& k) { return k.running; }))
+      break;
+    ::poll(pfds.data(), pfds.size(), 50);
+    for (auto& k : kids) {
+      if (k.fd < 0)
+        continue;
+      pollfd probe{k.fd, POLLIN, 0};
+      if (::poll(&probe, 1, 0) <= 0)
+        continue;
+      char buf[4096];
+      auto n = ::read(k.fd, buf, sizeof buf);
+      if (n <= 0) {
+        if (n == 0 || errno != EINTR) {
+          ::close(k.fd);
+          k.fd = -1;
+        }
+        continue;
+      }
+      k.pending.append(buf, static_cast<size_t>(n));
+      size_t pos;
+      while ((pos = k.pending.find('\n')) != std::string::npos) {
+        auto line = k.pending.substr(0, pos);
+        k.pending.erase(0, pos + 1);
+        say("[" + k.name + "] " + line);
+        std::smatch m;
+        if (k.name != leader || !std::regex_search(line, m, step_re))
+          continue;
+        auto step = std::stoull(m[1]);
+        for (auto& c : plan) {
+          if (c.done || step < c.step)
+            continue;
+          c.done = true;
+          auto* target = find(c.node);
+          if (!target || !target->running)
+            continue;
+          if (c.freeze) {
+            ::kill(target->pid, SIGSTOP);
+            c.resume_at = clock_type::now() + c.duration;
+            say("chaos: SIGSTOP " + c.node + " at step " + std::to_string(step) + " for " +
+                std::to_string(c.duration.count()) + " ms");
+          } else {
+            ::kill(target->pid, SIGKILL);
+            say("chaos: SIGKILL " + c.node + " at step " + std::to_string(step));
+          }
+        }
+      }
+    }
+    // Reap.
+    for (auto& k : kids) {
+      if (!k.running)
+        continue;
+      int status = 0;
+      if (::waitpid(k.pid, &status, WNOHANG) != k.pid)
+        continue;
+      k.running = false;
+      k.status = status;
+      std::string how = WIFEXITED(status)
+                            ? "exited with status " + std::to_string(WEXITSTATUS(status))
+                            : "killed by signal " + std::to_string(WTERMSIG(status));
+      say("launch: node " + k.name + " " + how);
+      if (k.name == leader) {
+        leader_code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+        if (!stopping) {
+          stopping = true;
+          stop_deadline = clock_type::now() + std::chrono::seconds(10);
+          stop_all(SIGTERM);
+        }
+      }
+    }
+    if (stopping && clock_type::now() > stop_deadline) {
+      stop_all(SIGKILL);
+      stop_deadline = clock_type::now() + std::chrono::hours(1);
+    }
+  }
+  return leader_code;
+}
+
+} // namespace understudy::cli

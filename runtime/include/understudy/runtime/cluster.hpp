@@ -1,0 +1,177 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/atom.hpp>
+#include <caf/expected.hpp>
+#include <caf/fwd.hpp>
+#include <caf/message.hpp>
+#include <caf/timespan.hpp>
+
+#include "understudy/runtime/child_spec.hpp"
+#include "understudy/runtime/node_config.hpp"
+#include "understudy/runtime/state_writer.hpp"
+
+namespace understudy {
+
+class runtime;
+class event_sink;
+
+// -- failure detection -------------------------------------------------------------
+
+/// The phi-accrual failure detector (Hayashibara et al., 2004) for one peer:
+/// the suspicion level phi = -log10(P(a heartbeat comes later than now)),
+/// with heartbeat inter-arrival times modelled as a normal distribution over
+/// the last `window` intervals. phi 1 means a 10% chance that the peer is
+/// still alive and only late, phi 8 one in 10^8.
+class phi_accrual {
+public:
+  using clock = std::chrono::steady_clock;
+
+  /// `expected_interval` seeds the statistics before real intervals arrive.
+  explicit phi_accrual(caf::timespan expected_interval, size_t window = 100);
+
+  /// Records a heartbeat arriving at `t`.
+  void heartbeat(clock::time_point t);
+
+  /// The suspicion level at `now`; 0 before the first heartbeat.
+  double phi(clock::time_point now) const;
+
+  /// When the last heartbeat arrived, if one did.
+  std::optional<clock::time_point> last() const noexcept { return last_; }
+
+private:
+  double min_stddev_;
+  size_t window_;
+  std::deque<double> intervals_; // milliseconds
+  double sum_ = 0;
+  double sum_sq_ = 0;
+  std::optional<clock::time_point> last_;
+};
+
+/// What a node knows about a peer.
+enum class peer_state : uint8_t {
+  /// Not connected yet.
+  unknown,
+  /// Heartbeats arrive.
+  alive,
+  /// phi exceeds the threshold: probably dead, not yet declared.
+  suspected,
+  /// Its connection closed or it was silent past the deadline: fenced. Its
+  /// generation is refused from then on.
+  dead,
+};
+
+/// Returns "unknown", "alive", "suspected" or "dead".
+std::string to_string(peer_state x);
+
+/// One peer as this node sees it.
+struct peer_view {
+  std::string name;
+  peer_state state = peer_state::unknown;
+  double phi = 0;
+  /// The generation the peer announced (its process's); 0 before hello.
+  uint64_t generation = 0;
+  /// Why it changed to its state, when told to a peer_listener ("connection
+  /// lost", "silent past the deadline", ...); may be empty.
+  std::string reason;
+};
+
+// -- the node ------------------------------------------------------------------------
+
+/// Starts an actor that a peer asked this node for (see cluster_node::placed).
+/// `ctx` describes the child as its (remote) supervisor knows it.
+using node_factory =
+    std::function<caf::expected<caf::actor>(child_context& ctx, const caf::message& args)>;
+
+/// A change in a peer's state, for the node's listeners.
+using peer_listener = std::function<void(const peer_view& peer)>;
+
+/// One node of a cluster declared in a node config file: its actor system
+/// talks to the other nodes through CAF's middleman (heartbeats and connection
+/// timeout on), it publishes a node agent on its configured address only, it
+/// watches every peer (heartbeats, phi-accrual suspicion, a hard deadline), it
+/// fences a peer it declares dead (its generation is refused from then on), it
+/// replicates every checkpoint its writer commits to its buddy node, and it
+/// starts actors for supervisors on other nodes.
+///
+/// Build the runtime with `runtime_config::configure` calling
+/// `cluster_node::configure`, then call `start`. Stop it before the runtime.
+class cluster_node {
+public:
+  struct state;
+
+  /// Loads CAF's middleman into `cfg`, turns on its heartbeats and connection
+  /// timeout (from [cluster.failure_detection]) and registers the node
+  /// protocol's message types.
+  static void configure(caf::actor_system_config& cfg, const node_config& nc);
+
+  /// Starts node `name` of `nc` in `rt`: opens its state store (replicating to
+  /// its buddy), publishes its agent on host:port, starts connecting to its
+  /// peers. Errors: unknown node, a port that cannot be bound, the state store.
+  static caf::expected<std::shared_ptr<cluster_node>> start(
+      runtime& rt, const node_config& nc, const std::string& name,
+      std::shared_ptr<event_sink> events = nullptr);
+
+  ~cluster_node();
+  cluster_node(const cluster_node&) = delete;
+  cluster_node& operator=(const cluster_node&) = delete;
+
+  const node_spec& self() const;
+  const node_config& config() const;
+  /// This process's generation: unique per start of the node (microseconds
+  /// since the epoch at start), so that a node that comes back is told apart.
+  uint64_t generation() const;
+  /// The node's state store and writer (checkpoints replicate to the buddy).
+  const persistence& state_store() const;
+  /// The node agent (published on host:port).
+  caf::actor agent() const;
+
+  /// Lets peers start actors of `type` here.
+  void add_factory(const std::string& type, node_factory f);
+
+  /// Tells `f` about every change of a peer's state (on the agent's thread).
+  void on_peer_change(peer_listener f);
+
+  /// A start function for a child that runs on one of the cluster's nodes:
+  /// on `home` first (this node through the factory of `type`, another node
+  /// through its agent); when that node is dead, on its buddy (which holds the
+  /// copies of its checkpoints). Starting on another node waits for its agent's
+  /// answer (up to the connection timeout).
+  start_function placed(std::string type, caf::message args, std::string home);
+
+  /// Every peer as this node sees it.
+  std::vector<peer_view> peers() const;
+
+  /// Blocks until every peer is alive or `timeout` passes; returns whether they
+  /// are. Not from an actor handler.
+  bool await_peers(std::chrono::milliseconds timeout) const;
+
+  /// Asks every connected peer to stop its process (`understudy node` exits).
+  void stop_peers();
+
+  /// Blocks until a peer asked this node to stop (or it was fenced, or
+  /// request_stop was called) or `timeout` passes; returns whether it was asked.
+  bool await_stop_request(std::chrono::milliseconds timeout) const;
+
+  /// Asks this node to stop (e.g. from a signal handling thread).
+  void request_stop();
+
+  /// Whether the cluster declared this node dead (it must stop: its actors'
+  /// work is refused and has been restarted elsewhere).
+  bool fenced() const;
+
+private:
+  explicit cluster_node(std::shared_ptr<state> st);
+  std::shared_ptr<state> st_;
+};
+
+} // namespace understudy

@@ -1,0 +1,633 @@
+#include "understudy/runtime/cluster.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/io/middleman.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+#include <caf/spawn_options.hpp>
+#include <caf/typed_response_promise.hpp>
+
+#include "understudy/runtime/errors.hpp"
+#include "understudy/runtime/runtime.hpp"
+#include "understudy/runtime/supervision_event.hpp"
+
+namespace understudy {
+
+// -- phi accrual -----------------------------------------------------------------------
+
+phi_accrual::phi_accrual(caf::timespan expected_interval, size_t window)
+    : min_stddev_(std::max(
+          1.0, std::chrono::duration<double, std::milli>(expected_interval).count() / 10.0)),
+      window_(std::max<size_t>(window, 2)) {
+  // Seed with the expected interval, so that phi means something from the
+  // second heartbeat on.
+  auto ms = std::chrono::duration<double, std::milli>(expected_interval).count();
+  for (int i = 0; i < 2; ++i) {
+    intervals_.push_back(ms);
+    sum_ += ms;
+    sum_sq_ += ms * ms;
+  }
+}
+
+void phi_accrual::heartbeat(clock::time_point t) {
+  if (last_) {
+    double ms = std::chrono::duration<double, std::milli>(t - *last_).count();
+    intervals_.push_back(ms);
+    sum_ += ms;
+    sum_sq_ += ms * ms;
+    while (intervals_.size() > window_) {
+      auto old = intervals_.front();
+      intervals_.pop_front();
+      sum_ -= old;
+      sum_sq_ -= old * old;
+    }
+  }
+  last_ = t;
+}
+
+double phi_accrual::phi(clock::time_point now) const {
+  if (!last_)
+    return 0;
+  double n = static_cast<double>(intervals_.size());
+  double mean = sum_ / n;
+  double var = std::max(0.0, sum_sq_ / n - mean * mean);
+  double stddev = std::max(std::sqrt(var), min_stddev_);
+  double elapsed = std::chrono::duration<double, std::milli>(now - *last_).count();
+  // P(interval > elapsed) for a normal distribution, via the logistic
+  // approximation of its CDF (as Akka and Cassandra do).
+  double y = (elapsed - mean) / stddev;
+  double e = std::exp(-y * (1.5976 + 0.070566 * y * y));
+  double p_later = elapsed > mean ? e / (1.0 + e) : 1.0 - 1.0 / (1.0 + e);
+  return -std::log10(std::max(p_later, 1e-300));
+}
+
+std::string to_string(peer_state x) {
+  switch (x) {
+    case peer_state::unknown:
+      return "unknown";
+    case peer_state::alive:
+      return "alive";
+    case peer_state::suspected:
+      return "suspected";
+    case peer_state::dead:
+      return "dead";
+  }
+  return "?";
+}
+
+// -- protocol --------------------------------------------------------------------------
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+/// (hello, name, generation) -> (name, generation) or an error if fenced.
+using hello_atom = caf::atom_constant<caf::atom("us_nhello")>;
+/// (beat, name, generation): a heartbeat.
+using beat_atom = caf::atom_constant<caf::atom("us_nbeat")>;
+/// (fence, name, generation): the node `name` is dead up to `generation`.
+using fence_atom = caf::atom_constant<caf::atom("us_nfence")>;
+/// (spawn, type, id, path, incarnation, supervisor, slot, args) -> actor.
+using spawn_atom = caf::atom_constant<caf::atom("us_nspawn")>;
+/// (replica, name, generation, checkpoint_batch) -> count, once durable here.
+using replica_atom = caf::atom_constant<caf::atom("us_nrepl")>;
+/// (stop): the peer asks this node's process to end.
+using stop_atom = caf::atom_constant<caf::atom("us_nstop")>;
+/// Local: the connector reached a peer: (up, name, agent).
+using up_atom = caf::atom_constant<caf::atom("us_nup")>;
+/// Local: heartbeat and detection round; connector round.
+using tick_atom = caf::atom_constant<caf::atom("us_ntick")>;
+/// Local: a factory was added; spawn requests waiting for it go on.
+using factory_atom = caf::atom_constant<caf::atom("us_nfact")>;
+
+/// A spawn request that came before the node registered the factory.
+struct pending_spawn {
+  std::string type;
+  std::string id;
+  std::string path;
+  uint64_t incarnation;
+  caf::actor supervisor;
+  uint64_t slot;
+  caf::message args;
+  caf::typed_response_promise<caf::actor> rp;
+};
+
+caf::error cluster_error(const std::string& what) {
+  return make_error(state_errc::invalid_config, what);
+}
+
+} // namespace
+
+struct peer_entry {
+  node_spec spec;
+  caf::actor agent;
+  phi_accrual detector;
+  peer_state state = peer_state::unknown;
+  uint64_t generation = 0;
+  /// Generations up to this one are fenced (0: none).
+  uint64_t fenced = 0;
+
+  peer_entry(node_spec s, caf::timespan interval) : spec(std::move(s)), detector(interval) {}
+};
+
+struct cluster_node::state {
+  runtime* rt = nullptr;
+  node_config cfg;
+  node_spec self;
+  uint64_t generation = 0;
+  persistence p;
+  std::shared_ptr<event_sink> events;
+  caf::actor agent;
+  caf::actor connector;
+
+  mutable std::mutex mtx;
+  mutable std::condition_variable cv;
+  std::map<std::string, peer_entry> peers;
+  std::map<std::string, node_factory> factories;
+  std::vector<peer_listener> listeners;
+  bool stop_requested = false;
+  bool fenced = false;
+
+  const failure_detection_spec& fd() const { return cfg.cluster.failure_detection; }
+
+  peer_view view(const peer_entry& e) const {
+    return {e.spec.name, e.state, e.detector.phi(clock_type::now()), e.generation, {}};
+  }
+
+  /// Changes a peer's state and tells the listeners (called without mtx held).
+  void set_state(const std::string& name, peer_state s, const std::string& why) {
+    peer_view v;
+    std::vector<peer_listener> ls;
+    {
+      std::lock_guard<std::mutex> guard{mtx};
+      auto i = peers.find(name);
+      if (i == peers.end() || i->second.state == s)
+        return;
+      i->second.state = s;
+      if (s == peer_state::dead) {
+        i->second.fenced = std::max(i->second.fenced, i->second.generation);
+        i->second.agent = nullptr;
+      }
+      v = view(i->second);
+      v.reason = why;
+      ls = listeners;
+    }
+    for (auto& f : ls)
+      f(v);
+    cv.notify_all();
+  }
+};
+
+namespace {
+
+using state_ptr = std::shared_ptr<cluster_node::state>;
+
+/// Connects to peers not connected yet; detached, because remote_actor blocks.
+caf::behavior connector_actor(caf::event_based_actor* self, state_ptr st) {
+  self->send(self, tick_atom::value);
+  return {
+      [self, st](tick_atom) {
+        std::vector<node_spec> todo;
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          for (auto& [name, e] : st->peers)
+            if (e.state == peer_state::unknown && !e.agent)
+              todo.push_back(e.spec);
+        }
+        for (auto& spec : todo) {
+          auto h = self->home_system().middleman().remote_actor(spec.host, spec.port);
+          if (h)
+            self->send(st->agent, up_atom::value, spec.name, *h);
+        }
+        if (!todo.empty())
+          self->delayed_send(self, std::chrono::milliseconds(100), tick_atom::value);
+      },
+  };
+}
+
+caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
+  auto beat = [self, st] {
+    std::vector<caf::actor> to;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      for (auto& [name, e] : st->peers)
+        if (e.agent && e.state != peer_state::dead)
+          to.push_back(e.agent);
+    }
+    for (auto& a : to)
+      self->send(a, beat_atom::value, st->self.name, st->generation);
+  };
+  auto detect = [st] {
+    auto now = clock_type::now();
+    std::vector<std::pair<std::string, peer_state>> changes;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      for (auto& [name, e] : st->peers) {
+        if (e.state != peer_state::alive && e.state != peer_state::suspected)
+          continue;
+        auto last = e.detector.last();
+        if (last && now - *last > st->fd().deadline)
+          changes.emplace_back(name, peer_state::dead);
+        else if (e.detector.phi(now) > st->fd().phi_threshold)
+          changes.emplace_back(name, peer_state::suspected);
+        else if (e.state == peer_state::suspected)
+          changes.emplace_back(name, peer_state::alive);
+      }
+    }
+    return changes;
+  };
+  auto fence_everywhere = [self, st](const std::string& name) {
+    uint64_t gen = 0;
+    std::vector<caf::actor> to;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      gen = st->peers.at(name).fenced;
+      for (auto& [n, e] : st->peers)
+        if (e.agent && n != name)
+          to.push_back(e.agent);
+    }
+    for (auto& a : to)
+      self->send(a, fence_atom::value, name, gen);
+  };
+  auto declare_dead = [st, fence_everywhere](const std::string& name, const std::string& why) {
+    st->set_state(name, peer_state::dead, why);
+    fence_everywhere(name);
+  };
+  self->set_down_handler([st, declare_dead](caf::down_msg& dm) {
+    std::string name;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      for (auto& [n, e] : st->peers)
+        if (e.agent && e.agent.address() == dm.source && e.state != peer_state::dead)
+          name = n;
+    }
+    if (!name.empty())
+      declare_dead(name, "connection lost");
+  });
+  self->send(self, tick_atom::value);
+  /// Records a peer's agent and generation; false if it is fenced.
+  auto admit = [self, st](const std::string& name, uint64_t gen, const caf::actor& a) {
+    bool fresh = false;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      auto i = st->peers.find(name);
+      if (i == st->peers.end() || gen <= i->second.fenced)
+        return false;
+      auto& e = i->second;
+      if (e.state == peer_state::dead) // a new generation of a node declared dead
+        e = peer_entry{e.spec, st->fd().heartbeat_interval};
+      e.generation = gen;
+      if (!e.agent && a) {
+        e.agent = a;
+        self->monitor(a);
+      }
+      e.detector.heartbeat(clock_type::now());
+      fresh = e.state == peer_state::unknown;
+    }
+    if (fresh)
+      st->set_state(name, peer_state::alive, "");
+    return true;
+  };
+  // Spawn requests wait here until the factory of their type is registered (a
+  // node registers its factories after it starts listening).
+  auto pending = std::make_shared<std::vector<pending_spawn>>();
+  auto run_spawn = [self, st, pending] {
+    std::vector<pending_spawn> waiting;
+    for (auto& ps : *pending) {
+      node_factory f;
+      {
+        std::lock_guard<std::mutex> guard{st->mtx};
+        auto i = st->factories.find(ps.type);
+        if (i != st->factories.end())
+          f = i->second;
+      }
+      if (!f) {
+        waiting.push_back(std::move(ps));
+        continue;
+      }
+      child_context ctx{
+          self->home_system(), ps.id,   ps.path,
+          ps.incarnation,      ps.args, child_token{ps.supervisor, ps.slot, ps.incarnation},
+          st->events};
+      auto r = f(ctx, ps.args);
+      if (r)
+        ps.rp.deliver(*r);
+      else
+        ps.rp.deliver(r.error());
+    }
+    *pending = std::move(waiting);
+  };
+  return {
+      [self, st, admit](up_atom, const std::string&, const caf::actor& a) {
+        // Fenced, or no answer: the connector tries again while it is unknown.
+        self->request(a, st->fd().connection_timeout, hello_atom::value, st->self.name,
+                      st->generation)
+            .then([admit, a](const std::string& peer, uint64_t gen) { admit(peer, gen, a); },
+                  [](caf::error&) {});
+      },
+      [self, st, admit](hello_atom, const std::string& name,
+                        uint64_t gen) -> caf::result<std::string, uint64_t> {
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        if (!admit(name, gen, sender))
+          return cluster_error("node " + name + " generation " + std::to_string(gen) +
+                               " is fenced: it was declared dead");
+        return {st->self.name, st->generation};
+      },
+      [self, admit](beat_atom, const std::string& name, uint64_t gen) {
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        // Tell a fenced node that it is: it stops itself.
+        if (!admit(name, gen, sender) && sender)
+          self->send(sender, fence_atom::value, name, gen);
+      },
+      [self, st, beat, detect, declare_dead](tick_atom) {
+        beat();
+        for (auto& [name, s] : detect()) {
+          if (s == peer_state::dead)
+            declare_dead(name, "silent past the deadline");
+          else
+            st->set_state(name, s, "");
+        }
+        self->delayed_send(self, st->fd().heartbeat_interval, tick_atom::value);
+      },
+      [st](fence_atom, const std::string& name, uint64_t gen) {
+        if (name == st->self.name) {
+          if (gen >= st->generation) {
+            std::lock_guard<std::mutex> guard{st->mtx};
+            st->fenced = true;
+            st->stop_requested = true;
+            st->cv.notify_all();
+          }
+          return;
+        }
+        bool newly = false;
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          auto i = st->peers.find(name);
+          if (i == st->peers.end())
+            return;
+          i->second.fenced = std::max(i->second.fenced, gen);
+          newly = i->second.state != peer_state::dead && i->second.generation <= gen;
+        }
+        if (newly)
+          st->set_state(name, peer_state::dead, "fenced by a peer");
+      },
+      [self, st, pending, run_spawn](spawn_atom, const std::string& type, const std::string& id,
+                                     const std::string& path, uint64_t incarnation,
+                                     const caf::actor& supervisor, uint64_t slot,
+                                     const caf::message& args) -> caf::result<caf::actor> {
+        auto rp = self->make_response_promise<caf::actor>();
+        pending->push_back({type, id, path, incarnation, supervisor, slot, args, rp});
+        run_spawn();
+        return rp;
+      },
+      [run_spawn](factory_atom) { run_spawn(); },
+      [self, st](replicate_atom, checkpoint_batch& batch) -> caf::result<uint64_t> {
+        // From the local writer: copy to the buddy, if it is there.
+        caf::actor buddy;
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          auto i = st->peers.find(st->self.buddy);
+          if (i != st->peers.end() && i->second.state != peer_state::dead)
+            buddy = i->second.agent;
+        }
+        if (!buddy)
+          return cluster_error("no buddy to replicate to");
+        auto rp = self->make_response_promise<uint64_t>();
+        self->request(buddy, st->fd().connection_timeout, replica_atom::value, st->self.name,
+                      st->generation, std::move(batch))
+            .then([rp](uint64_t n) mutable { rp.deliver(n); },
+                  [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+      [self, st](replica_atom, const std::string& from, uint64_t gen,
+                 checkpoint_batch& batch) -> caf::result<uint64_t> {
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          auto i = st->peers.find(from);
+          if (i == st->peers.end() || gen <= i->second.fenced)
+            return cluster_error("replica from " + from + " generation " + std::to_string(gen) +
+                                 " refused: the node is fenced");
+        }
+        auto rp = self->make_response_promise<uint64_t>();
+        auto left = std::make_shared<size_t>(batch.items.size());
+        auto n = batch.items.size();
+        if (n == 0) {
+          rp.deliver(uint64_t{0});
+          return rp;
+        }
+        for (auto& cp : batch.items)
+          self->request(st->p.writer, caf::infinite, put_replica_atom::value, cp)
+              .then(
+                  [rp, left, n](uint64_t) mutable {
+                    if (--*left == 0)
+                      rp.deliver(static_cast<uint64_t>(n));
+                  },
+                  [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+      [st](stop_atom) {
+        std::lock_guard<std::mutex> guard{st->mtx};
+        st->stop_requested = true;
+        st->cv.notify_all();
+      },
+  };
+}
+
+} // namespace
+
+// -- cluster_node ----------------------------------------------------------------------
+
+void cluster_node::configure(caf::actor_system_config& cfg, const node_config& nc) {
+  cfg.load<caf::io::middleman>();
+  const auto& fd = nc.cluster.failure_detection;
+  cfg.set("middleman.heartbeat-interval", fd.heartbeat_interval);
+  cfg.set("middleman.connection-timeout", fd.deadline);
+  cfg.add_message_type<checkpoint_batch>("understudy::checkpoint_batch");
+}
+
+cluster_node::cluster_node(std::shared_ptr<state> st) : st_(std::move(st)) {
+  // nop
+}
+
+cluster_node::~cluster_node() {
+  if (st_->agent)
+    caf::anon_send_exit(st_->agent, caf::exit_reason::user_shutdown);
+  if (st_->connector)
+    caf::anon_send_exit(st_->connector, caf::exit_reason::user_shutdown);
+}
+
+caf::expected<std::shared_ptr<cluster_node>> cluster_node::start(
+    runtime& rt, const node_config& nc, const std::string& name,
+    std::shared_ptr<event_sink> events) {
+  auto me = nc.find_node(name);
+  if (me == nullptr)
+    return cluster_error(nc.origin + ": no node named '" + name + "'");
+  auto st = std::make_shared<state>();
+  st->rt = &rt;
+  st->cfg = nc;
+  st->self = *me;
+  st->events = std::move(events);
+  st->generation = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                             std::chrono::system_clock::now().time_since_epoch())
+                                             .count());
+  for (auto& n : nc.nodes)
+    if (n.name != name)
+      st->peers.emplace(n.name, peer_entry{n, nc.cluster.failure_detection.heartbeat_interval});
+  auto& sys = rt.system();
+  st->agent = sys.spawn(agent_actor, st);
+  state_store_config sc;
+  sc.directory = me->state_dir;
+  state_writer_config wc;
+  if (!me->buddy.empty())
+    wc.replica = st->agent;
+  auto p = rt.open_state(sc, wc);
+  if (!p) {
+    caf::anon_send_exit(st->agent, caf::exit_reason::user_shutdown);
+    return p.error();
+  }
+  st->p = *p;
+  auto port = sys.middleman().publish(st->agent, me->port, me->host.c_str(), true);
+  if (!port) {
+    caf::anon_send_exit(st->agent, caf::exit_reason::user_shutdown);
+    return cluster_error("node " + name + " cannot listen on " + me->host + ":" +
+                         std::to_string(me->port) + ": " + describe(port.error()));
+  }
+  st->connector = sys.spawn<caf::detached>(connector_actor, st);
+  return std::shared_ptr<cluster_node>{new cluster_node(st)};
+}
+
+const node_spec& cluster_node::self() const {
+  return st_->self;
+}
+
+const node_config& cluster_node::config() const {
+  return st_->cfg;
+}
+
+uint64_t cluster_node::generation() const {
+  return st_->generation;
+}
+
+const persistence& cluster_node::state_store() const {
+  return st_->p;
+}
+
+caf::actor cluster_node::agent() const {
+  return st_->agent;
+}
+
+void cluster_node::add_factory(const std::string& type, node_factory f) {
+  {
+    std::lock_guard<std::mutex> guard{st_->mtx};
+    st_->factories[type] = std::move(f);
+  }
+  caf::anon_send(st_->agent, factory_atom::value);
+}
+
+void cluster_node::on_peer_change(peer_listener f) {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  st_->listeners.push_back(std::move(f));
+}
+
+start_function cluster_node::placed(std::string type, caf::message args, std::string home) {
+  auto st = st_;
+  return [st, type, args, home](child_context& ctx) -> caf::expected<caf::actor> {
+    std::vector<std::string> order{home};
+    if (auto h = st->cfg.find_node(home); h != nullptr && !h->buddy.empty())
+      order.push_back(h->buddy);
+    std::string tried;
+    for (auto& name : order) {
+      if (name == st->self.name) {
+        node_factory f;
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          auto i = st->factories.find(type);
+          if (i != st->factories.end())
+            f = i->second;
+        }
+        if (!f)
+          return cluster_error("no factory for '" + type + "' on node " + name);
+        return f(ctx, args);
+      }
+      caf::actor a;
+      {
+        std::lock_guard<std::mutex> guard{st->mtx};
+        auto i = st->peers.find(name);
+        if (i != st->peers.end() && i->second.state != peer_state::dead)
+          a = i->second.agent;
+      }
+      if (!a) {
+        tried += (tried.empty() ? "" : ", ") + name + " (dead or not connected)";
+        continue;
+      }
+      caf::expected<caf::actor> result{caf::actor{}};
+      caf::scoped_actor self{ctx.system};
+      self->request(a, st->fd().connection_timeout, spawn_atom::value, type, ctx.id, ctx.path,
+                    ctx.incarnation, ctx.token.supervisor, ctx.token.slot, args)
+          .receive([&](caf::actor& h) { result = std::move(h); },
+                   [&](caf::error& err) { result = std::move(err); });
+      if (result && *result)
+        return result;
+      tried += (tried.empty() ? "" : ", ") + name + " (" +
+               (result ? std::string{"no actor"} : describe(result.error())) + ")";
+    }
+    return cluster_error("cannot start " + ctx.path + " (" + type + ") on any node: " + tried);
+  };
+}
+
+std::vector<peer_view> cluster_node::peers() const {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  std::vector<peer_view> out;
+  for (auto& [name, e] : st_->peers)
+    out.push_back(st_->view(e));
+  return out;
+}
+
+bool cluster_node::await_peers(std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> guard{st_->mtx};
+  return st_->cv.wait_for(guard, timeout, [this] {
+    for (auto& [name, e] : st_->peers)
+      if (e.state != peer_state::alive)
+        return false;
+    return true;
+  });
+}
+
+void cluster_node::stop_peers() {
+  std::vector<caf::actor> to;
+  {
+    std::lock_guard<std::mutex> guard{st_->mtx};
+    for (auto& [name, e] : st_->peers)
+      if (e.agent && e.state != peer_state::dead)
+        to.push_back(e.agent);
+  }
+  for (auto& a : to)
+    caf::anon_send(a, stop_atom::value);
+}
+
+bool cluster_node::await_stop_request(std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> guard{st_->mtx};
+  return st_->cv.wait_for(guard, timeout, [this] { return st_->stop_requested; });
+}
+
+void cluster_node::request_stop() {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  st_->stop_requested = true;
+  st_->cv.notify_all();
+}
+
+bool cluster_node::fenced() const {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  return st_->fenced;
+}
+
+} // namespace understudy
