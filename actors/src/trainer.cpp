@@ -1,5 +1,6 @@
 // The trainer: drives synchronous steps, commits them, evaluates, recovers.
 
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -62,6 +63,11 @@ struct participant {
   uint64_t incarnation = 0;
   bool down = true;
 };
+
+/// A participant that does not answer a recovery request within this long is
+/// treated as down (a request to a remote actor whose node died may go
+/// unanswered).
+constexpr auto recovery_timeout = std::chrono::seconds(10);
 
 bool is_down_error(const caf::error& err) {
   return err == caf::sec::request_receiver_down || err == caf::sec::request_timeout;
@@ -169,8 +175,16 @@ struct trainer_actor {
     auto att = attempt;
     auto left = std::make_shared<size_t>(1);
     auto resolved = [this, att, left] {
-      if (--*left == 0 && att == attempt)
-        probe_all();
+      if (--*left != 0 || att != attempt)
+        return;
+      // More participants went down meanwhile: resolve them first (a message
+      // to a dead remote actor may get no answer at all).
+      if (again) {
+        recovering = false;
+        recover();
+        return;
+      }
+      probe_all();
     };
     for (auto& p : parts) {
       if (!p.down)
@@ -202,12 +216,17 @@ struct trainer_actor {
     for (auto& p : parts) {
       if (p.r == workers_role)
         continue;
-      self->request(p.handle, caf::infinite, probe_atom::value)
+      self->request(p.handle, recovery_timeout, probe_atom::value)
           .then(
               [this, att, left, lowest](uint64_t newest) {
                 *lowest = std::min(*lowest, newest);
                 if (att != attempt || --*left != 0)
                   return;
+                if (again) {
+                  recovering = false;
+                  recover();
+                  return;
+                }
                 set_committed(*lowest);
                 rewind_all();
               },
@@ -239,7 +258,7 @@ struct trainer_actor {
     for (auto& p : parts) {
       if (p.r == workers_role)
         continue;
-      self->request(p.handle, caf::infinite, rewind_atom::value, committed, att)
+      self->request(p.handle, recovery_timeout, rewind_atom::value, committed, att)
           .then(
               [this, att, left](uint64_t) {
                 if (att != attempt || --*left != 0)

@@ -541,9 +541,15 @@ void cluster_node::on_peer_change(peer_listener f) {
 start_function cluster_node::placed(std::string type, caf::message args, std::string home) {
   auto st = st_;
   return [st, type, args, home](child_context& ctx) -> caf::expected<caf::actor> {
+    // Home, then down its buddy chain: a child that moved to its home's buddy
+    // replicates to that node's buddy, and so on.
     std::vector<std::string> order{home};
-    if (auto h = st->cfg.find_node(home); h != nullptr && !h->buddy.empty())
+    for (auto h = st->cfg.find_node(home); h != nullptr && !h->buddy.empty();
+         h = st->cfg.find_node(h->buddy)) {
+      if (std::find(order.begin(), order.end(), h->buddy) != order.end())
+        break;
       order.push_back(h->buddy);
+    }
     std::string tried;
     for (auto& name : order) {
       if (name == st->self.name) {
