@@ -6,14 +6,18 @@ CMAKE      ?= cmake
 CTEST      ?= ctest
 CMAKE_ARGS ?=
 
-DEMO := $(BUILD_DIR)/examples/supervision_demo/supervision_demo
+CLI  := $(BUILD_DIR)/cli/understudy
+# The main job: a 4-node cluster on localhost training the digits MLP while an
+# actor crashes (the job's faults), a node is SIGKILLed and another frozen.
+DEMO_CONFIG ?= examples/cluster/local.toml
+DEMO_CHAOS  ?= --kill n2@1000 --freeze n3@2000:3s
 
 .DEFAULT_GOAL := help
 .PHONY: help deps configure build test demo bench clean
 
 help:
 	@echo "understudy — make targets:"
-	@echo "  make demo       install dependencies, build, run the supervision demo"
+	@echo "  make demo       install dependencies, build, run the cluster demo (examples/cluster/local.toml)"
 	@echo "  make test       install dependencies, build, run the whole test suite (ctest)"
 	@echo "  make bench      install dependencies, build in Release, run every benchmark"
 	@echo "  make deps       install the Debian packages understudy needs (scripts/install-deps.sh)"
@@ -41,11 +45,12 @@ test: build
 	$(CTEST) --test-dir "$(BUILD_DIR)" --output-on-failure -j $(JOBS)
 
 demo: build
-	@if [ ! -x "$(DEMO)" ]; then \
-	  echo "make demo: $(DEMO) was not built (examples disabled, or examples/supervision_demo missing)" >&2; \
+	@if [ ! -x "$(CLI)" ]; then \
+	  echo "make demo: $(CLI) was not built" >&2; \
 	  exit 1; \
 	fi
-	"$(DEMO)"
+	rm -rf .understudy/local
+	"$(CLI)" launch $(DEMO_CONFIG) $(DEMO_CHAOS)
 
 bench: deps
 	@set --; if ! $(CONFIGURED); then set -- -G "$(GENERATOR)"; fi; \

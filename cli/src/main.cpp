@@ -1,4 +1,4 @@
-// The `understudy` command. One subcommand per task: `inspect`, `node`, `launch`;
+// The `understudy` command. One subcommand per task: `inspect`, `certs`, `node`, `launch`;
 // `status` to come. Exit codes: 0 success, 1 the task found a problem
 // (e.g. a corrupt record), 2 usage errors and failures to open or read.
 
@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "certs.hpp"
 #include "inspect.hpp"
 #include "node.hpp"
 #include "understudy/runtime/version.hpp"
@@ -19,6 +20,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string{understudy::version()});
   cli::inspect_options inspect;
   auto* inspect_cmd = cli::add_inspect_command(app, inspect);
+  cli::certs_options certs;
+  auto* certs_cmd = cli::add_certs_command(app, certs);
   cli::node_options node;
   auto* node_cmd = cli::add_node_command(app, node);
   cli::launch_options launch;
@@ -31,6 +34,8 @@ int main(int argc, char** argv) {
   }
   if (*inspect_cmd)
     return cli::run_inspect(inspect, std::cout, std::cerr, std::chrono::system_clock::now());
+  if (*certs_cmd)
+    return cli::run_certs(certs, std::cout, std::cerr);
   if (*node_cmd)
     return cli::run_node(node, argv[0]);
   if (*launch_cmd)

@@ -86,11 +86,18 @@ int run_node(const node_options& opts, const char*) {
   for (const auto& note : nc->notes)
     std::cerr << "note: " << note << '\n';
   runtime_config rc;
-  rc.configure = [&nc](caf::actor_system_config& cfg) {
-    cluster_node::configure(cfg, *nc);
+  caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
+  rc.configure = [&nc, &opts, &prepared](caf::actor_system_config& cfg) {
+    prepared = cluster_node::configure(cfg, *nc, opts.name);
     register_training_types(cfg);
   };
   runtime rt{rc};
+  if (!prepared) {
+    std::cerr << "understudy node: " << describe(prepared.error()) << '\n';
+    return 2;
+  }
+  for (const auto& note : *prepared)
+    std::cerr << "note: " << note << '\n';
   auto node = cluster_node::start(rt, *nc, opts.name);
   if (!node) {
     std::cerr << "understudy node: " << describe(node.error()) << '\n';

@@ -10,7 +10,6 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
-#include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/spawn_options.hpp>
@@ -18,6 +17,7 @@
 
 #include "understudy/runtime/errors.hpp"
 #include "understudy/runtime/runtime.hpp"
+#include "understudy/runtime/security.hpp"
 #include "understudy/runtime/supervision_event.hpp"
 
 namespace understudy {
@@ -94,7 +94,9 @@ using clock_type = std::chrono::steady_clock;
 using hello_atom = caf::atom_constant<caf::atom("us_nhello")>;
 /// (beat, name, generation): a heartbeat.
 using beat_atom = caf::atom_constant<caf::atom("us_nbeat")>;
-/// (fence, name, generation): the node `name` is dead up to `generation`.
+/// (fence, name, generation, from, from_generation): the node `name` is dead up
+/// to `generation`, says `from`. Ignored when `from` is itself fenced (a node
+/// that was frozen and comes back must not fence the healthy ones).
 using fence_atom = caf::atom_constant<caf::atom("us_nfence")>;
 /// (spawn, type, id, path, incarnation, supervisor, slot, args) -> actor.
 using spawn_atom = caf::atom_constant<caf::atom("us_nspawn")>;
@@ -156,8 +158,19 @@ struct cluster_node::state {
   std::vector<peer_listener> listeners;
   bool stop_requested = false;
   bool fenced = false;
+  /// This process was paused past the deadline: its own view of the peers is
+  /// stale, so it fences nobody and believes a peer that says it is fenced,
+  /// until a peer accepts its hello again.
+  bool paused = false;
+  /// Actors started here for supervisors elsewhere: stopped with the node.
+  std::vector<caf::actor> spawned;
 
   const failure_detection_spec& fd() const { return cfg.cluster.failure_detection; }
+
+  bool is_paused() const {
+    std::lock_guard<std::mutex> guard{mtx};
+    return paused;
+  }
 
   peer_view view(const peer_entry& e) const {
     return {e.spec.name, e.state, e.detector.phi(clock_type::now()), e.generation, {}};
@@ -200,16 +213,18 @@ caf::behavior connector_actor(caf::event_based_actor* self, state_ptr st) {
         {
           std::lock_guard<std::mutex> guard{st->mtx};
           for (auto& [name, e] : st->peers)
-            if (e.state == peer_state::unknown && !e.agent)
+            if (!e.agent && (e.state == peer_state::unknown || e.state == peer_state::dead))
               todo.push_back(e.spec);
         }
         for (auto& spec : todo) {
-          auto h = self->home_system().middleman().remote_actor(spec.host, spec.port);
+          auto h = connect_to_peer(self->home_system(), spec.host, spec.port,
+                                   st->fd().connection_timeout);
           if (h)
             self->send(st->agent, up_atom::value, spec.name, *h);
         }
-        if (!todo.empty())
-          self->delayed_send(self, std::chrono::milliseconds(100), tick_atom::value);
+        self->delayed_send(
+            self, todo.empty() ? std::chrono::milliseconds(1000) : std::chrono::milliseconds(100),
+            tick_atom::value);
       },
   };
 }
@@ -256,11 +271,17 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
           to.push_back(e.agent);
     }
     for (auto& a : to)
-      self->send(a, fence_atom::value, name, gen);
+      self->send(a, fence_atom::value, name, gen, st->self.name, st->generation);
   };
   auto declare_dead = [st, fence_everywhere](const std::string& name, const std::string& why) {
+    bool paused = false;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      paused = st->paused;
+    }
     st->set_state(name, peer_state::dead, why);
-    fence_everywhere(name);
+    if (!paused)
+      fence_everywhere(name);
   };
   self->set_down_handler([st, declare_dead](caf::down_msg& dm) {
     std::string name;
@@ -297,6 +318,7 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       st->set_state(name, peer_state::alive, "");
     return true;
   };
+  auto last_tick = std::make_shared<clock_type::time_point>();
   // Spawn requests wait here until the factory of their type is registered (a
   // node registers its factories after it starts listening).
   auto pending = std::make_shared<std::vector<pending_spawn>>();
@@ -319,10 +341,21 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
           ps.incarnation,      ps.args, child_token{ps.supervisor, ps.slot, ps.incarnation},
           st->events};
       auto r = f(ctx, ps.args);
-      if (r)
+      if (r) {
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          st->spawned.erase(
+              std::remove_if(st->spawned.begin(), st->spawned.end(),
+                             [](const caf::actor& a) {
+                               return a->getf(caf::abstract_actor::is_terminated_flag);
+                             }),
+              st->spawned.end());
+          st->spawned.push_back(*r);
+        }
         ps.rp.deliver(*r);
-      else
+      } else {
         ps.rp.deliver(r.error());
+      }
     }
     *pending = std::move(waiting);
   };
@@ -331,24 +364,47 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
         // Fenced, or no answer: the connector tries again while it is unknown.
         self->request(a, st->fd().connection_timeout, hello_atom::value, st->self.name,
                       st->generation)
-            .then([admit, a](const std::string& peer, uint64_t gen) { admit(peer, gen, a); },
-                  [](caf::error&) {});
+            .then(
+                [st, admit, a](const std::string& peer, uint64_t gen) {
+                  {
+                    std::lock_guard<std::mutex> guard{st->mtx};
+                    st->paused = false; // a peer accepts this node: it is not fenced
+                  }
+                  admit(peer, gen, a);
+                },
+                [](caf::error&) {});
       },
       [self, st, admit](hello_atom, const std::string& name,
                         uint64_t gen) -> caf::result<std::string, uint64_t> {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
-        if (!admit(name, gen, sender))
+        if (!admit(name, gen, sender)) {
+          // Tell a fenced node that it is: it stops itself.
+          if (sender && !st->is_paused())
+            self->send(sender, fence_atom::value, name, gen, st->self.name, st->generation);
           return cluster_error("node " + name + " generation " + std::to_string(gen) +
                                " is fenced: it was declared dead");
+        }
         return {st->self.name, st->generation};
       },
-      [self, admit](beat_atom, const std::string& name, uint64_t gen) {
+      [self, st, admit](beat_atom, const std::string& name, uint64_t gen) {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         // Tell a fenced node that it is: it stops itself.
-        if (!admit(name, gen, sender) && sender)
-          self->send(sender, fence_atom::value, name, gen);
+        if (!admit(name, gen, sender) && sender && !st->is_paused())
+          self->send(sender, fence_atom::value, name, gen, st->self.name, st->generation);
       },
-      [self, st, beat, detect, declare_dead](tick_atom) {
+      [self, st, beat, detect, declare_dead, last_tick](tick_atom) {
+        auto now = clock_type::now();
+        if (*last_tick != clock_type::time_point{} && now - *last_tick > st->fd().deadline) {
+          // This process was paused (SIGSTOP, a VM freeze): the silence is
+          // ours, not the peers'. Start their clocks again; if the cluster
+          // fenced this node meanwhile, a peer says so.
+          std::lock_guard<std::mutex> guard{st->mtx};
+          st->paused = true;
+          for (auto& [name, e] : st->peers)
+            if (e.state == peer_state::alive || e.state == peer_state::suspected)
+              e.detector.heartbeat(now);
+        }
+        *last_tick = now;
         beat();
         for (auto& [name, s] : detect()) {
           if (s == peer_state::dead)
@@ -358,7 +414,17 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
         }
         self->delayed_send(self, st->fd().heartbeat_interval, tick_atom::value);
       },
-      [st](fence_atom, const std::string& name, uint64_t gen) {
+      [st](fence_atom, const std::string& name, uint64_t gen, const std::string& from,
+           uint64_t from_gen) {
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          auto i = st->peers.find(from);
+          if (i == st->peers.end())
+            return;
+          bool trusted = from_gen > i->second.fenced || (st->paused && name == st->self.name);
+          if (!trusted)
+            return;
+        }
         if (name == st->self.name) {
           if (gen >= st->generation) {
             std::lock_guard<std::mutex> guard{st->mtx};
@@ -446,12 +512,18 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
 
 // -- cluster_node ----------------------------------------------------------------------
 
-void cluster_node::configure(caf::actor_system_config& cfg, const node_config& nc) {
-  cfg.load<caf::io::middleman>();
+caf::expected<std::vector<std::string>> cluster_node::configure(caf::actor_system_config& cfg,
+                                                                const node_config& nc,
+                                                                const std::string& name) {
+  auto notes = prepare_node_system_config(cfg, nc, name);
+  if (!notes)
+    return notes;
+  // CAF closes a connection that stays silent for this long, which ends every
+  // proxy of the peer (down messages for its actors): at the detector's deadline.
   const auto& fd = nc.cluster.failure_detection;
-  cfg.set("middleman.heartbeat-interval", fd.heartbeat_interval);
-  cfg.set("middleman.connection-timeout", fd.deadline);
+  cfg.set("middleman.connection-timeout", std::min(fd.deadline, fd.connection_timeout));
   cfg.add_message_type<checkpoint_batch>("understudy::checkpoint_batch");
+  return notes;
 }
 
 cluster_node::cluster_node(std::shared_ptr<state> st) : st_(std::move(st)) {
@@ -459,6 +531,14 @@ cluster_node::cluster_node(std::shared_ptr<state> st) : st_(std::move(st)) {
 }
 
 cluster_node::~cluster_node() {
+  std::vector<caf::actor> spawned;
+  {
+    std::lock_guard<std::mutex> guard{st_->mtx};
+    spawned.swap(st_->spawned);
+  }
+  // Their supervisors are on other nodes: nothing else stops them here.
+  for (auto& a : spawned)
+    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
   if (st_->agent)
     caf::anon_send_exit(st_->agent, caf::exit_reason::user_shutdown);
   if (st_->connector)
@@ -495,7 +575,7 @@ caf::expected<std::shared_ptr<cluster_node>> cluster_node::start(
     return p.error();
   }
   st->p = *p;
-  auto port = sys.middleman().publish(st->agent, me->port, me->host.c_str(), true);
+  auto port = publish_at(sys, st->agent, me->host, me->port);
   if (!port) {
     caf::anon_send_exit(st->agent, caf::exit_reason::user_shutdown);
     return cluster_error("node " + name + " cannot listen on " + me->host + ":" +

@@ -158,7 +158,7 @@ TEST_CASE("the example cluster config parses into three nodes, a spare, the tree
   CHECK(j.checkpoint_every == 5);
   CHECK(j.optimizer == "sgd");
   CHECK(j.lr == Approx(0.1));
-  CHECK(j.faults.empty());
+  CHECK(j.faults == "worker:1@500,shard:0@1500");
   auto spread = std::vector<std::string>{"n1", "n2", "n3"};
   CHECK(j.shard.placement.policy == placement_policy::spread);
   CHECK(j.shard.placement.start == spread);

@@ -109,10 +109,14 @@ class cluster_node {
 public:
   struct state;
 
-  /// Loads CAF's middleman into `cfg`, turns on its heartbeats and connection
-  /// timeout (from [cluster.failure_detection]) and registers the node
-  /// protocol's message types.
-  static void configure(caf::actor_system_config& cfg, const node_config& nc);
+  /// Prepares `cfg` for node `name` of `nc` (prepare_node_system_config:
+  /// CAF's middleman, mutual TLS where the config has security, heartbeats),
+  /// sets CAF's connection timeout to the failure detector's deadline and
+  /// registers the node protocol's message types. Returns the notes to log, or
+  /// the error (bad certificates, no security off loopback).
+  static caf::expected<std::vector<std::string>> configure(caf::actor_system_config& cfg,
+                                                           const node_config& nc,
+                                                           const std::string& name);
 
   /// Starts node `name` of `nc` in `rt`: opens its state store (replicating to
   /// its buddy), publishes its agent on host:port, starts connecting to its
