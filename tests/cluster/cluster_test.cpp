@@ -1,0 +1,147 @@
+// Cluster: real node processes on loopback, started by `understudy launch`.
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+#include "understudy/actors/cluster_training.hpp"
+#include "understudy/runtime/runtime.hpp"
+
+using namespace understudy;
+
+namespace {
+
+struct temp_dir {
+  std::string path;
+  temp_dir() {
+    std::string tmpl = "/tmp/understudy-cluster-test-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      throw std::runtime_error("mkdtemp failed");
+    path = tmpl;
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+/// A 4-node cluster (three active nodes and a spare) on loopback; ports derived
+/// from the process id so that parallel test runs do not collide.
+std::string cluster_config(const std::string& dir, uint64_t steps) {
+  auto base = 20000 + (static_cast<unsigned>(::getpid()) % 9000) * 4;
+  std::string nodes;
+  const char* names[] = {"n1", "n2", "n3", "s1"};
+  for (int i = 0; i < 4; ++i) {
+    nodes += "[[node]]\nname = \"" + std::string{names[i]} +
+             "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(base + i) + "\nstate_dir = \"" +
+             dir + "/" + names[i] + "\"\n" + (i == 3 ? "role = \"spare\"\n" : "") + "\n";
+  }
+  return "[cluster]\nname = \"test\"\n\n[cluster.failure_detection]\n"
+         "heartbeat_interval = \"100ms\"\ndeadline = \"1s\"\nconnection_timeout = \"2s\"\n\n" +
+         nodes +
+         "[job]\nlayers = [64, 32, 10]\ndata = \"" UNDERSTUDY_DIGITS_PATH
+         "\"\n"
+         "workers = 3\nshards = 3\nloaders = 3\nbatch = 16\nsteps = " +
+         std::to_string(steps) +
+         "\nseed = 5\ncheckpoint_every = 5\neval_every = 0\nlr = 0.1\n"
+         "faults = \"worker:0@30\"\n\n"
+         "[job.shard]\nplacement = \"spread\"\n[job.loader]\nplacement = \"spread\"\n"
+         "[job.worker]\nplacement = \"spread\"\n[job.trainer]\nplacement = [\"n1\", \"n2\"]\n";
+}
+
+/// The digest the job's config gives in one process, without faults.
+uint64_t fault_free_digest(const node_config& nc, const std::string& dir) {
+  auto tc = make_training_config(nc);
+  REQUIRE(tc);
+  tc->faults.clear();
+  runtime_config rc;
+  rc.log_events = false;
+  runtime rt{rc};
+  state_store_config sc;
+  sc.directory = dir;
+  auto p = rt.open_state(sc);
+  REQUIRE(p);
+  auto job = training_job::create(std::move(*tc), *p);
+  REQUIRE(job);
+  auto tree = rt.start(job->spec());
+  REQUIRE(tree);
+  auto result = job->wait(std::chrono::minutes(2));
+  REQUIRE(result);
+  rt.stop(*tree);
+  return result->params_digest;
+}
+
+/// Runs `understudy` with `args` and returns its output (stdout and stderr).
+std::string run_cli(const std::string& args, int& status) {
+  std::string cmd = std::string{"timeout 180 "} + UNDERSTUDY_CLI_PATH + " " + args + " 2>&1";
+  std::string out;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  REQUIRE(f != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0)
+    out.append(buf, n);
+  status = ::pclose(f);
+  return out;
+}
+
+std::string hex(uint64_t x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, x);
+  return buf;
+}
+
+} // namespace
+
+TEST_CASE(
+    "a cluster job ends with the fault-free digest after a node is killed and another "
+    "frozen past its deadline",
+    "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 300);
+  node_config_options opts;
+  opts.check_job = check_training_job;
+  auto nc = load_node_config(file, opts);
+  REQUIRE(nc);
+  auto expected = fault_free_digest(*nc, dir.path + "/single");
+  int status = 0;
+  auto out = run_cli("launch " + file + " --kill n2@60 --freeze n3@150:2s", status);
+  INFO(out);
+  CHECK(status == 0);
+  // The leader's result: every step, the digest of the run without faults.
+  std::smatch m;
+  REQUIRE(
+      std::regex_search(out, m, std::regex{R"(final: steps=(\d+) .*params_digest=([0-9a-f]+))"}));
+  CHECK(m[1] == "300");
+  CHECK(m[2] == hex(expected));
+  // n2 was killed; n3 was declared dead and fenced, its actors restarted
+  // elsewhere; the spare and the leader were never fenced.
+  CHECK(out.find("chaos: SIGKILL n2") != std::string::npos);
+  CHECK(out.find("chaos: SIGSTOP n3") != std::string::npos);
+  CHECK(std::regex_search(out, std::regex{R"(\[n1\] node n1: peer n3 is dead)"}));
+  CHECK(out.find("launch: node s1 exited with status 0") != std::string::npos);
+  CHECK(out.find("node s1: fenced") == std::string::npos);
+  CHECK(out.find("node n1: fenced") == std::string::npos);
+  // A crash restarts only the crashed actor: worker-0 restarted in place.
+  CHECK(out.find("child_restarted /job/workers/worker-0#2") != std::string::npos);
+}
+
+TEST_CASE("a node refuses to start with a config naming no such node", "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 100);
+  int status = 0;
+  auto out = run_cli("node " + file + " --name n9", status);
+  CHECK(WEXITSTATUS(status) == 2);
+  CHECK_THAT(out, Catch::Contains("no node named 'n9'"));
+}
