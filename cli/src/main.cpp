@@ -1,5 +1,5 @@
-// The `understudy` command. One subcommand per task: `inspect`, `certs`, `node`, `launch`;
-// `status` to come. Exit codes: 0 success, 1 the task found a problem
+// The `understudy` command. One subcommand per task: `inspect`, `certs`, `node`,
+// `launch`, `status`. Exit codes: 0 success, 1 the task found a problem
 // (e.g. a corrupt record), 2 usage errors and failures to open or read.
 
 #include <chrono>
@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   auto* node_cmd = cli::add_node_command(app, node);
   cli::launch_options launch;
   auto* launch_cmd = cli::add_launch_command(app, launch);
+  cli::status_options status;
+  auto* status_cmd = cli::add_status_command(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -40,6 +42,8 @@ int main(int argc, char** argv) {
     return cli::run_node(node, argv[0]);
   if (*launch_cmd)
     return cli::run_launch(launch, argv[0]);
+  if (*status_cmd)
+    return cli::run_status(status);
   std::cerr << app.help();
   return cli::exit_failure;
 }

@@ -11,8 +11,10 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -29,6 +31,8 @@
 #include "understudy/runtime/cluster.hpp"
 #include "understudy/runtime/errors.hpp"
 #include "understudy/runtime/runtime.hpp"
+#include "understudy/runtime/security.hpp"
+#include "understudy/runtime/supervision_event.hpp"
 
 namespace understudy::cli {
 
@@ -118,6 +122,13 @@ int run_node(const node_options& opts, const char*) {
       ::kill(::getpid(), SIGTERM);
     }
     waiter.join();
+    // Everything this node acknowledged is durable (LMDB, synced per commit)
+    // and its tree is stopped; actors that peers started here may still be
+    // referenced from the network, and CAF would wait for them: end the
+    // process instead of tearing the actor system down.
+    std::cout.flush();
+    std::cerr.flush();
+    std::_Exit(code);
     return code;
   };
   const auto& me = (*node)->self();
@@ -177,7 +188,46 @@ int run_node(const node_options& opts, const char*) {
                   p.lost_steps, secs > 0 ? static_cast<double>(p.step) / secs : 0.0);
     say(buf);
   });
-  auto tree = rt.start(ct.value()->spec(nullptr));
+  // Recent supervision events for `understudy status` (also logged by the runtime).
+  auto recent = std::make_shared<event_log>(64);
+  auto tree = rt.start(ct.value()->spec(recent));
+  if (tree) {
+    auto* nodep = node->get();
+    auto root = *tree;
+    (*node)->set_status_provider([nodep, root, recent] {
+      std::string out = "  supervision tree:\n";
+      std::function<void(const supervisor_ref&, const std::string&, int)> walk =
+          [&](const supervisor_ref& sup, const std::string& path, int depth) {
+            auto kids = sup.which_children(std::chrono::seconds(2));
+            if (!kids) {
+              out += std::string(depth * 2 + 4, ' ') + "(" + describe(kids.error()) + ")\n";
+              return;
+            }
+            for (const auto& c : *kids) {
+              auto where = nodep->node_of(c.handle);
+              out += std::string(depth * 2 + 4, ' ') + path + "/" + c.id + "  " +
+                     to_string(c.status) + ", incarnation " + std::to_string(c.incarnation) +
+                     ", restarts " + std::to_string(c.restarts) +
+                     (where.empty() ? "" : ", on " + where) + "\n";
+              if (c.kind == child_kind::supervisor)
+                if (auto sub = sup.nested(c.id, std::chrono::seconds(2)))
+                  walk(*sub, path + "/" + c.id, depth + 1);
+            }
+          };
+      walk(root, "/job", 0);
+      auto events = recent->snapshot();
+      out += "  recent events:\n";
+      auto first = events.size() > 12 ? events.size() - 12 : 0;
+      for (size_t i = first; i < events.size(); ++i) {
+        const auto& ev = events[i];
+        out += "    " + to_string(ev.kind) + " " + ev.supervisor +
+               (ev.child.empty() ? "" : "/" + ev.child) + "#" + std::to_string(ev.incarnation) +
+               (ev.action.empty() ? "" : " " + ev.action) +
+               (ev.reason.empty() ? "" : " (" + ev.reason + ")") + "\n";
+      }
+      return out;
+    });
+  }
   if (!tree) {
     std::cerr << "understudy node: cannot start the job: " << describe(tree.error()) << '\n';
     (*node)->stop_peers();
@@ -210,6 +260,50 @@ int run_node(const node_options& opts, const char*) {
   (*node)->stop_peers();
   rt.stop(*tree, std::chrono::seconds(10));
   return cleanup(code);
+}
+
+// -- understudy status ---------------------------------------------------------------
+
+CLI::App* add_status_command(CLI::App& app, status_options& opts) {
+  auto* sub =
+      app.add_subcommand("status", "print every node's health and the live supervision tree");
+  sub->add_option("FILE", opts.file, "the cluster's node config file (TOML)")->required();
+  sub->add_option("--as", opts.as,
+                  "the node whose certificate to present (default: the first node)");
+  return sub;
+}
+
+int run_status(const status_options& opts) {
+  auto nc = load(opts.file);
+  if (!nc) {
+    std::cerr << "understudy status: " << describe(nc.error()) << '\n';
+    return 2;
+  }
+  auto as = opts.as.empty() ? nc->nodes.front().name : opts.as;
+  runtime_config rc;
+  rc.log_events = false;
+  caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
+  rc.configure = [&](caf::actor_system_config& cfg) {
+    prepared = prepare_node_system_config(cfg, *nc, as);
+  };
+  runtime rt{rc};
+  if (!prepared) {
+    std::cerr << "understudy status: " << describe(prepared.error()) << '\n';
+    return 2;
+  }
+  int unreachable = 0;
+  for (const auto& n : nc->nodes) {
+    auto text = cluster_node::query_status(rt.system(), n.host, n.port,
+                                           nc->cluster.failure_detection.connection_timeout);
+    if (!text) {
+      ++unreachable;
+      std::cout << "node " << n.name << " at " << n.host << ":" << n.port << ": unreachable ("
+                << describe(text.error()) << ")\n";
+      continue;
+    }
+    std::cout << *text;
+  }
+  return unreachable == static_cast<int>(nc->nodes.size()) ? 1 : 0;
 }
 
 // -- understudy launch -----------------------------------------------------------------

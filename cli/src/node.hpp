@@ -25,6 +25,21 @@ CLI::App* add_node_command(CLI::App& app, node_options& opts);
 /// failure, 3 fenced (declared dead by the cluster), 4 the job failed.
 int run_node(const node_options& opts, const char* argv0);
 
+/// Options of `understudy status`.
+struct status_options {
+  std::string file;
+  /// The node whose certificate the query presents (clusters with TLS).
+  std::string as;
+};
+
+/// Adds the `status` subcommand to `app`.
+CLI::App* add_status_command(CLI::App& app, status_options& opts);
+
+/// Prints every node's status report (health of its peers, and on the leader
+/// the supervision tree with placement, incarnations, restarts and recent
+/// events). Exit codes: 0, 1 no node reachable, 2 bad config.
+int run_status(const status_options& opts);
+
 /// Options of `understudy launch`.
 struct launch_options {
   std::string file;

@@ -102,6 +102,8 @@ using fence_atom = caf::atom_constant<caf::atom("us_nfence")>;
 using spawn_atom = caf::atom_constant<caf::atom("us_nspawn")>;
 /// (replica, name, generation, checkpoint_batch) -> count, once durable here.
 using replica_atom = caf::atom_constant<caf::atom("us_nrepl")>;
+/// (status) -> std::string: the node's status report.
+using status_atom = caf::atom_constant<caf::atom("us_nstat")>;
 /// (stop): the peer asks this node's process to end.
 using stop_atom = caf::atom_constant<caf::atom("us_nstop")>;
 /// Local: the connector reached a peer: (up, name, agent).
@@ -162,6 +164,7 @@ struct cluster_node::state {
   /// stale, so it fences nobody and believes a peer that says it is fenced,
   /// until a peer accepts its hello again.
   bool paused = false;
+  std::function<std::string()> status_provider;
   /// Actors started here for supervisors elsewhere: stopped with the node.
   std::vector<caf::actor> spawned;
 
@@ -203,6 +206,36 @@ struct cluster_node::state {
 namespace {
 
 using state_ptr = std::shared_ptr<cluster_node::state>;
+
+std::string render_status(const cluster_node::state& st) {
+  std::string out;
+  std::function<std::string()> provider;
+  {
+    std::lock_guard<std::mutex> guard{st.mtx};
+    const auto& me = st.self;
+    out += "node " + me.name + " (" + to_string(me.role) + ") at " + me.host + ":" +
+           std::to_string(me.port) + ", generation " + std::to_string(st.generation) +
+           (me.buddy.empty() ? "" : ", replicating to " + me.buddy) +
+           (st.paused ? ", PAUSED (waiting to hear whether it was fenced)" : "") + "\n";
+    auto now = clock_type::now();
+    for (auto& [name, e] : st.peers) {
+      char phi[32];
+      std::snprintf(phi, sizeof phi, "%.2f", e.detector.phi(now));
+      std::string last = "never";
+      if (auto l = e.detector.last())
+        last = std::to_string(
+                   std::chrono::duration_cast<std::chrono::milliseconds>(now - *l).count()) +
+               " ms ago";
+      out += "  peer " + name + ": " + to_string(e.state) + ", phi " + phi + ", last heartbeat " +
+             last + (e.fenced != 0 ? ", fenced up to generation " + std::to_string(e.fenced) : "") +
+             "\n";
+    }
+    provider = st.status_provider;
+  }
+  if (provider)
+    out += provider();
+  return out;
+}
 
 /// Connects to peers not connected yet; detached, because remote_actor blocks.
 caf::behavior connector_actor(caf::event_based_actor* self, state_ptr st) {
@@ -500,6 +533,7 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
                   [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
         return rp;
       },
+      [st](status_atom) { return render_status(*st); },
       [st](stop_atom) {
         std::lock_guard<std::mutex> guard{st->mtx};
         st->stop_requested = true;
@@ -543,6 +577,15 @@ cluster_node::~cluster_node() {
     caf::anon_send_exit(st_->agent, caf::exit_reason::user_shutdown);
   if (st_->connector)
     caf::anon_send_exit(st_->connector, caf::exit_reason::user_shutdown);
+  // The actors' behaviors hold the state: drop the handles it holds, so that
+  // no reference cycle keeps a (detached) actor from being destroyed.
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  st_->agent = nullptr;
+  st_->connector = nullptr;
+  for (auto& [name, e] : st_->peers)
+    e.agent = nullptr;
+  st_->factories.clear();
+  st_->status_provider = nullptr;
 }
 
 caf::expected<std::shared_ptr<cluster_node>> cluster_node::start(
@@ -714,6 +757,41 @@ void cluster_node::request_stop() {
 bool cluster_node::fenced() const {
   std::lock_guard<std::mutex> guard{st_->mtx};
   return st_->fenced;
+}
+
+void cluster_node::set_status_provider(std::function<std::string()> provider) {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  st_->status_provider = std::move(provider);
+}
+
+std::string cluster_node::status() const {
+  return render_status(*st_);
+}
+
+std::string cluster_node::node_of(const caf::actor& a) const {
+  if (!a)
+    return {};
+  if (a.node() == st_->agent.node())
+    return st_->self.name;
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  for (auto& [name, e] : st_->peers)
+    if (e.agent && e.agent.node() == a.node())
+      return name;
+  return {};
+}
+
+caf::expected<std::string> cluster_node::query_status(caf::actor_system& sys,
+                                                      const std::string& host, uint16_t port,
+                                                      caf::timespan timeout) {
+  auto agent = connect_to_peer(sys, host, port, timeout);
+  if (!agent)
+    return agent.error();
+  caf::expected<std::string> result{std::string{}};
+  caf::scoped_actor self{sys};
+  self->request(*agent, timeout, status_atom::value)
+      .receive([&](std::string& text) { result = std::move(text); },
+               [&](caf::error& err) { result = std::move(err); });
+  return result;
 }
 
 } // namespace understudy

@@ -145,3 +145,49 @@ TEST_CASE("a node refuses to start with a config naming no such node", "[cluster
   CHECK(WEXITSTATUS(status) == 2);
   CHECK_THAT(out, Catch::Contains("no node named 'n9'"));
 }
+
+TEST_CASE("understudy status prints each node's peers and the leader's live tree with placement",
+          "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 600);
+  std::string cmd = std::string{"timeout 180 "} + UNDERSTUDY_CLI_PATH + " launch " + file + " 2>&1";
+  FILE* launch = ::popen(cmd.c_str(), "r");
+  REQUIRE(launch != nullptr);
+  // Wait until the job runs: the leader reports progress.
+  std::string seen;
+  char line[4096];
+  while (std::fgets(line, sizeof line, launch) != nullptr) {
+    seen += line;
+    if (std::string{line}.find("progress: step") != std::string::npos)
+      break;
+  }
+  int status = 0;
+  auto out = run_cli("status " + file, status);
+  // Let the job finish.
+  while (std::fgets(line, sizeof line, launch) != nullptr)
+    seen += line;
+  ::pclose(launch);
+  INFO(out << "\n---- launch output\n" << seen);
+  CHECK(status == 0);
+  CHECK_THAT(out, Catch::Contains("node n1 (active) at 127.0.0.1"));
+  CHECK_THAT(out, Catch::Contains("node s1 (spare)"));
+  CHECK_THAT(out, Catch::Contains("peer n2: alive"));
+  CHECK(std::regex_search(
+      out, std::regex{R"(/job/shards/shard-0  running, incarnation 1, restarts \d+, on n1)"}));
+  CHECK(std::regex_search(
+      out, std::regex{R"(/job/shards/shard-1  running, incarnation \d+, restarts \d+, on n2)"}));
+  CHECK_THAT(out, Catch::Contains("recent events:"));
+  CHECK_THAT(seen, Catch::Contains("final: steps=600"));
+}
+
+TEST_CASE("understudy status says which nodes cannot be reached", "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 100);
+  int status = 0;
+  auto out = run_cli("status " + file, status);
+  CHECK(WEXITSTATUS(status) == 1);
+  CHECK_THAT(out, Catch::Contains("node n1 at 127.0.0.1"));
+  CHECK_THAT(out, Catch::Contains("unreachable"));
+}

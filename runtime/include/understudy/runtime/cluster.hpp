@@ -155,6 +155,22 @@ public:
   /// Every peer as this node sees it.
   std::vector<peer_view> peers() const;
 
+  /// Adds `provider`'s text (e.g. the supervision tree this node runs) to the
+  /// node's status report.
+  void set_status_provider(std::function<std::string()> provider);
+
+  /// The node's status report: itself, every peer's state and suspicion, and
+  /// the status provider's text. What `understudy status` prints per node.
+  std::string status() const;
+
+  /// The name of the node an actor runs on ("" if unknown), e.g. for status.
+  std::string node_of(const caf::actor& a) const;
+
+  /// Asks the node agent at host:port for its status report, through `sys`
+  /// (prepared with prepare_node_system_config). For `understudy status`.
+  static caf::expected<std::string> query_status(caf::actor_system& sys, const std::string& host,
+                                                 uint16_t port, caf::timespan timeout);
+
   /// Blocks until every peer is alive or `timeout` passes; returns whether they
   /// are. Not from an actor handler.
   bool await_peers(std::chrono::milliseconds timeout) const;
