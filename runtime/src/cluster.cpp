@@ -170,6 +170,11 @@ struct cluster_node::state {
 
   const failure_detection_spec& fd() const { return cfg.cluster.failure_detection; }
 
+  bool knows(const std::string& name) const {
+    std::lock_guard<std::mutex> guard{mtx};
+    return peers.count(name) != 0;
+  }
+
   bool is_paused() const {
     std::lock_guard<std::mutex> guard{mtx};
     return paused;
@@ -410,6 +415,10 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       [self, st, admit](hello_atom, const std::string& name,
                         uint64_t gen) -> caf::result<std::string, uint64_t> {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        if (!st->knows(name))
+          return cluster_error("unknown peer '" + name + "': node " + st->self.name +
+                               " of cluster '" + st->cfg.cluster.name +
+                               "' has no such node in " + st->cfg.origin);
         if (!admit(name, gen, sender)) {
           // Tell a fenced node that it is: it stops itself.
           if (sender && !st->is_paused())
@@ -422,7 +431,7 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       [self, st, admit](beat_atom, const std::string& name, uint64_t gen) {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         // Tell a fenced node that it is: it stops itself.
-        if (!admit(name, gen, sender) && sender && !st->is_paused())
+        if (st->knows(name) && !admit(name, gen, sender) && sender && !st->is_paused())
           self->send(sender, fence_atom::value, name, gen, st->self.name, st->generation);
       },
       [self, st, beat, detect, declare_dead, last_tick](tick_atom) {
