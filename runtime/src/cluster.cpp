@@ -25,8 +25,11 @@ namespace understudy {
 // -- phi accrual -----------------------------------------------------------------------
 
 phi_accrual::phi_accrual(caf::timespan expected_interval, size_t window)
+    // A floor on the spread: with a tight one, a loaded machine's scheduling
+    // jitter alone looks like a failing peer (half the interval: phi 8 after
+    // a silence of about 3.3 intervals).
     : min_stddev_(std::max(
-          1.0, std::chrono::duration<double, std::milli>(expected_interval).count() / 10.0)),
+          1.0, std::chrono::duration<double, std::milli>(expected_interval).count() / 2.0)),
       window_(std::max<size_t>(window, 2)) {
   // Seed with the expected interval, so that phi means something from the
   // second heartbeat on.
@@ -357,6 +360,7 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
     return true;
   };
   auto last_tick = std::make_shared<clock_type::time_point>();
+  auto last_beat = std::make_shared<clock_type::time_point>();
   // Spawn requests wait here until the factory of their type is registered (a
   // node registers its factories after it starts listening).
   auto pending = std::make_shared<std::vector<pending_spawn>>();
@@ -417,8 +421,8 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         if (!st->knows(name))
           return cluster_error("unknown peer '" + name + "': node " + st->self.name +
-                               " of cluster '" + st->cfg.cluster.name +
-                               "' has no such node in " + st->cfg.origin);
+                               " of cluster '" + st->cfg.cluster.name + "' has no such node in " +
+                               st->cfg.origin);
         if (!admit(name, gen, sender)) {
           // Tell a fenced node that it is: it stops itself.
           if (sender && !st->is_paused())
@@ -434,7 +438,7 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
         if (st->knows(name) && !admit(name, gen, sender) && sender && !st->is_paused())
           self->send(sender, fence_atom::value, name, gen, st->self.name, st->generation);
       },
-      [self, st, beat, detect, declare_dead, last_tick](tick_atom) {
+      [self, st, beat, detect, declare_dead, last_tick, last_beat](tick_atom) {
         auto now = clock_type::now();
         if (*last_tick != clock_type::time_point{} && now - *last_tick > st->fd().deadline) {
           // This process was paused (SIGSTOP, a VM freeze): the silence is
@@ -447,14 +451,19 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
               e.detector.heartbeat(now);
         }
         *last_tick = now;
-        beat();
+        // Heartbeats every interval; the peers are judged four times as
+        // often, so that a deadline is noticed within a quarter interval.
+        if (now - *last_beat >= st->fd().heartbeat_interval) {
+          *last_beat = now;
+          beat();
+        }
         for (auto& [name, s] : detect()) {
           if (s == peer_state::dead)
             declare_dead(name, "silent past the deadline");
           else
             st->set_state(name, s, "");
         }
-        self->delayed_send(self, st->fd().heartbeat_interval, tick_atom::value);
+        self->delayed_send(self, st->fd().heartbeat_interval / 4, tick_atom::value);
       },
       [st](fence_atom, const std::string& name, uint64_t gen, const std::string& from,
            uint64_t from_gen) {
@@ -709,8 +718,12 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
       }
       caf::expected<caf::actor> result{caf::actor{}};
       caf::scoped_actor self{ctx.system};
-      self->request(a, st->fd().connection_timeout, spawn_atom::value, type, ctx.id, ctx.path,
-                    ctx.incarnation, ctx.token.supervisor, ctx.token.slot, args)
+      // A spawn is answered at once; a node whose connection just closed may
+      // not answer at all (its proxy is dead before it is declared dead).
+      auto wait =
+          std::min<caf::timespan>(st->fd().connection_timeout, std::chrono::milliseconds(500));
+      self->request(a, wait, spawn_atom::value, type, ctx.id, ctx.path, ctx.incarnation,
+                    ctx.token.supervisor, ctx.token.slot, args)
           .receive([&](caf::actor& h) { result = std::move(h); },
                    [&](caf::error& err) { result = std::move(err); });
       if (result && *result)

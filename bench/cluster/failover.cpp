@@ -1,0 +1,238 @@
+// Figure 4 of bench_cluster: failover time, node death to all its actors serving
+// elsewhere with their state restored.
+//
+// `understudy launch FILE --kill n2@STEP` runs a 4-node training cluster (three active
+// nodes and a spare, shards, loaders and workers spread over the active ones) and
+// SIGKILLs n2's process when the leader reports that step. The bench reads the
+// launcher's output as it comes and stamps each line on arrival: the launcher prints
+// "chaos: SIGKILL n2" right after kill(2), the leader logs child_exited ...
+// reason="remote_link_unreachable" for each of n2's actors and child_restarted once its
+// new incarnation, which loads its state from the replica before it serves, is serving
+// on another node. Failover = SIGKILL line to the last of those child_restarted lines.
+// (The lines' own timestamps have millisecond resolution and the wall clock; arrival
+// stamps share one steady clock, and the pipe hop costs well under a millisecond.)
+
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <map>
+#include <regex>
+
+#include "cluster_bench.hpp"
+
+namespace cluster_bench {
+
+namespace {
+
+constexpr uint64_t job_steps = 200;
+constexpr uint64_t kill_step = 60;
+
+/// As tests/cluster's config: n1 leads (hosts the trainer), n2 is killed, its buddy
+/// n3 takes over its checkpoints' copies, s1 is a spare.
+std::string failover_config(const std::string& dir, const std::vector<uint16_t>& ports) {
+  std::string text =
+      "[cluster]\nname = \"bench\"\n\n[cluster.failure_detection]\n"
+      "heartbeat_interval = \"100ms\"\ndeadline = \"1s\"\nconnection_timeout = \"2s\"\n\n";
+  const char* names[] = {"n1", "n2", "n3", "s1"};
+  for (size_t i = 0; i < 4; ++i)
+    text += std::string{"[[node]]\nname = \""} + names[i] +
+            "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(ports[i]) + "\nstate_dir = \"" +
+            dir + "/state/" + names[i] + "\"\n" + (i == 3 ? "role = \"spare\"\n" : "") + "\n";
+  text += "[job]\nlayers = [64, 32, 10]\ndata = \"" UNDERSTUDY_DIGITS_PATH
+          "\"\nworkers = 3\nshards = 3\nloaders = 3\nbatch = 16\nsteps = " +
+          std::to_string(job_steps) +
+          "\nseed = 5\ncheckpoint_every = 5\neval_every = 0\nlr = 0.1\n\n"
+          "[job.shard]\nplacement = \"spread\"\n[job.loader]\nplacement = \"spread\"\n"
+          "[job.worker]\nplacement = \"spread\"\n[job.trainer]\nplacement = [\"n1\", \"n2\"]\n";
+  return text;
+}
+
+/// One output line of the launcher and when it arrived.
+struct stamped_line {
+  std::string text;
+  clock_type::time_point at;
+};
+
+/// What one launch run showed.
+struct failover_run {
+  double failover_ms = 0;
+  double detect_ms = 0;
+  size_t actors = 0;
+  /// The supervisor's own recovery times (its child_exited to serving), one per actor.
+  std::vector<double> recovery_ms;
+  std::string final_line;
+};
+
+/// Reads the launcher's output until the leader's final line, EOF or `deadline`.
+std::vector<stamped_line> read_output(int fd, clock_type::time_point deadline) {
+  std::vector<stamped_line> lines;
+  std::string pending;
+  char buf[8192];
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+    if (left.count() <= 0)
+      break;
+    pollfd pfd{fd, POLLIN, 0};
+    auto r = ::poll(&pfd, 1, static_cast<int>(std::min<long>(left.count(), 200)));
+    if (r < 0 && errno != EINTR)
+      break;
+    if (r <= 0)
+      continue;
+    auto n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    auto now = clock_type::now();
+    pending.append(buf, static_cast<size_t>(n));
+    size_t pos;
+    bool final_seen = false;
+    while ((pos = pending.find('\n')) != std::string::npos) {
+      lines.push_back({pending.substr(0, pos), now});
+      pending.erase(0, pos + 1);
+      if (lines.back().text.rfind("[n1] final:", 0) == 0)
+        final_seen = true;
+    }
+    if (final_seen)
+      break;
+  }
+  return lines;
+}
+
+std::string last_lines(const std::vector<stamped_line>& lines, size_t n = 20) {
+  std::string out;
+  for (size_t i = lines.size() > n ? lines.size() - n : 0; i < lines.size(); ++i)
+    out += "    | " + lines[i].text + "\n";
+  return out;
+}
+
+std::optional<failover_run> launch_once(const std::string& dir, size_t run, std::string& error) {
+  auto ports = free_ports(4);
+  if (ports.empty()) {
+    error = "no free ports";
+    return std::nullopt;
+  }
+  auto run_dir = dir + "/run-" + std::to_string(run);
+  auto config = run_dir + ".toml";
+  if (!write_file(config, failover_config(run_dir, ports))) {
+    error = "cannot write " + config;
+    return std::nullopt;
+  }
+  // SIGTERM if the bench dies: the launcher then stops its nodes itself.
+  auto launcher = child_process::spawn(
+      {UNDERSTUDY_CLI_PATH, "launch", config, "--kill", "n2@" + std::to_string(kill_step)}, "",
+      SIGTERM, error);
+  if (!launcher)
+    return std::nullopt;
+  auto lines = read_output(launcher->output_fd(), clock_type::now() + std::chrono::seconds(90));
+  // Everything needed has been read; the leader has nothing left to report, and
+  // killing the group is the one stop that cannot hang.
+  launcher->kill_group();
+
+  static const std::regex exited_re{R"(child_exited (\S+)#\d+ .*reason="remote_link_unreachable")"};
+  static const std::regex restarted_re{R"(child_restarted (\S+)#\d+ .*recovery=([0-9.]+)us)"};
+  std::optional<clock_type::time_point> killed, detected;
+  std::map<std::string, clock_type::time_point> exited;
+  std::map<std::string, std::pair<clock_type::time_point, double>> restarted;
+  failover_run out;
+  for (auto& l : lines) {
+    if (!killed) {
+      if (l.text.rfind("chaos: SIGKILL n2", 0) == 0)
+        killed = l.at;
+      continue;
+    }
+    std::smatch m;
+    if (!detected && l.text.find("[n1] node n1: peer n2 is dead") == 0)
+      detected = l.at;
+    if (l.text.rfind("[n1] ", 0) != 0)
+      continue;
+    if (std::regex_search(l.text, m, exited_re)) {
+      exited.emplace(m[1].str(), l.at);
+    } else if (std::regex_search(l.text, m, restarted_re) && exited.count(m[1].str()) != 0 &&
+               restarted.count(m[1].str()) == 0) {
+      restarted[m[1].str()] = {l.at, std::stod(m[2].str()) / 1000.0};
+    } else if (l.text.rfind("[n1] final:", 0) == 0) {
+      out.final_line = l.text.substr(5);
+    }
+  }
+  if (!killed || exited.empty() || out.final_line.empty() || restarted.size() != exited.size()) {
+    error = std::string{"run "} + std::to_string(run + 1) + ": " +
+            (!killed                             ? "n2 was never killed"
+             : exited.empty()                    ? "no actor of n2 was reported lost"
+             : restarted.size() != exited.size() ? "not every actor of n2 was restarted"
+                                                 : "the job did not finish") +
+            "; the launcher's last lines:\n" + last_lines(lines);
+    return std::nullopt;
+  }
+  clock_type::time_point last = *killed;
+  for (auto& [path, r] : restarted) {
+    last = std::max(last, r.first);
+    out.recovery_ms.push_back(r.second);
+  }
+  out.failover_ms = ms_between(*killed, last);
+  out.detect_ms = detected ? ms_between(*killed, *detected) : -1;
+  out.actors = exited.size();
+  return out;
+}
+
+} // namespace
+
+group_result measure_failover(const options& opts, watchdog& dog) {
+  group_result out;
+  scratch_dir dir{"failover"};
+  if (dir.path.empty()) {
+    out.error = "no scratch directory";
+    return out;
+  }
+  std::vector<double> failover, detect, recovery;
+  size_t actors = 0;
+  std::string final_line;
+  for (size_t run = 0; run < opts.failover_runs; ++run) {
+    dog.arm("failover run " + std::to_string(run + 1), std::chrono::seconds(120));
+    std::string error;
+    auto r = launch_once(dir.path, run, error);
+    if (!r) {
+      out.error = error;
+      break;
+    }
+    failover.push_back(r->failover_ms);
+    if (r->detect_ms >= 0)
+      detect.push_back(r->detect_ms);
+    recovery.insert(recovery.end(), r->recovery_ms.begin(), r->recovery_ms.end());
+    actors = r->actors;
+    final_line = r->final_line;
+  }
+  dog.disarm();
+  if (!out.error.empty())
+    return out;
+  bench::figure f;
+  f.name = "failover_node_death_to_serving";
+  f.unit = "ms";
+  f.value = bench::median(failover);
+  f.has_baseline = false;
+  f.decimals = 1;
+  f.target = "<= 2000 ms";
+  f.met = f.value <= 2000;
+  f.notes.push_back(std::to_string(failover.size()) + " runs of `understudy launch --kill n2@" +
+                    std::to_string(kill_step) + "` (4 nodes, " + std::to_string(actors) +
+                    " actors on n2): SIGKILL to the last of its actors serving on another " +
+                    "node: " + bench::spread(failover, 1) + " ms, p90 " +
+                    bench::fixed(bench::percentile(failover, 0.9), 1) + " ms");
+  f.notes.push_back("SIGKILL to the leader's `peer n2 is dead`: median " +
+                    bench::fixed(bench::median(detect), 1) +
+                    " ms; the supervisor's recovery (child_exited to serving) per actor: median " +
+                    bench::fixed(bench::median(recovery), 1) + " ms, " +
+                    bench::spread(recovery, 1) + " ms; over 1 s: " +
+                    std::to_string(std::count_if(recovery.begin(), recovery.end(),
+                                                 [](double ms) { return ms > 1000; })) +
+                    " of " + std::to_string(recovery.size()));
+  f.notes.push_back("last run's result: " + final_line);
+  out.figures.push_back(f);
+  return out;
+}
+
+} // namespace cluster_bench
