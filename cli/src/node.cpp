@@ -30,6 +30,7 @@
 #include "understudy/actors/cluster_training.hpp"
 #include "understudy/runtime/cluster.hpp"
 #include "understudy/runtime/errors.hpp"
+#include "understudy/runtime/metrics.hpp"
 #include "understudy/runtime/runtime.hpp"
 #include "understudy/runtime/security.hpp"
 #include "understudy/runtime/supervision_event.hpp"
@@ -135,9 +136,31 @@ int run_node(const node_options& opts, const char*) {
   say("node " + me.name + ": listening on " + me.host + ":" + std::to_string(me.port) +
       ", state in " + me.state_dir + (me.buddy.empty() ? "" : ", replicating to " + me.buddy) +
       ", generation " + std::to_string((*node)->generation()));
-  (*node)->on_peer_change([name = me.name](const peer_view& p) {
+  // Prometheus metrics where the config gives the node a metrics port. A port
+  // that cannot be bound costs the metrics, not the node.
+  std::unique_ptr<node_metrics> metrics;
+  if (me.metrics_port != 0) {
+    metrics_config mc;
+    mc.node = me.name;
+    mc.host = me.host;
+    mc.port = me.metrics_port;
+    if (auto m = node_metrics::start(mc)) {
+      metrics = std::move(*m);
+      auto store = (*node)->state_store().store;
+      metrics->set_state_source([store] { return store->stats(); });
+      say("node " + me.name + ": metrics on " + metrics->url());
+    } else {
+      std::cerr << "warning: node " << me.name << ": no metrics: " << describe(m.error()) << '\n';
+    }
+  }
+  auto* mp = metrics.get();
+  (*node)->on_peer_change([name = me.name, mp](const peer_view& p) {
     say("node " + name + ": peer " + p.name + " is " + to_string(p.state) +
         (p.reason.empty() ? "" : " (" + p.reason + ")"));
+    if (mp != nullptr)
+      mp->set_peer_health(p.name, p.state == peer_state::alive       ? peer_health::alive
+                                  : p.state == peer_state::suspected ? peer_health::suspected
+                                                                     : peer_health::dead);
   });
   auto ct = cluster_training::create(**node, *nc);
   if (!ct) {
@@ -176,6 +199,8 @@ int run_node(const node_options& opts, const char*) {
                        : "job: resuming from committed step " + std::to_string(committed));
   });
   job.on_progress([&, last = uint64_t{0}](const training_progress& p) mutable {
+    if (mp != nullptr)
+      mp->on_step(p.step);
     if (p.step != steps && p.step / every == last / every)
       return;
     last = p.step;
@@ -190,7 +215,16 @@ int run_node(const node_options& opts, const char*) {
   });
   // Recent supervision events for `understudy status` (also logged by the runtime).
   auto recent = std::make_shared<event_log>(64);
-  auto tree = rt.start(ct.value()->spec(recent));
+  std::shared_ptr<event_sink> sink = recent;
+  if (mp != nullptr) {
+    sink =
+        std::make_shared<fanout_sink>(std::vector<std::shared_ptr<event_sink>>{recent, mp->sink()});
+    (*node)->on_peer_change([mp](const peer_view& p) {
+      if (p.state == peer_state::dead)
+        mp->on_failover(p.name); // the leader restarts its actors elsewhere
+    });
+  }
+  auto tree = rt.start(ct.value()->spec(sink));
   if (tree) {
     auto* nodep = node->get();
     auto root = *tree;
