@@ -14,6 +14,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/dataset.hpp"
 #include "understudy/actors/mlp.hpp"
 #include "understudy/actors/optimizer.hpp"
@@ -178,34 +179,15 @@ TEST_CASE("the example cluster config parses into three nodes, a spare, the tree
 TEST_CASE("the example job is a valid training_config for the training component", "[config]") {
   auto cfg = load_node_config(example_path(), node_config_options{{}, check_with_training});
   REQUIRE(cfg);
-  const auto& j = *cfg->job;
-  auto data = load_csv(
-      (project_root() / j.data).string(),
-      csv_options{csv_options::last_column, static_cast<float>(j.data_scale), j.layers.back()});
-  REQUIRE(data);
-  auto [train, test] = split(*data, j.test_fraction, j.seed);
-  training_config tc;
-  tc.net = std::make_shared<mlp>(j.layers);
-  tc.train = std::make_shared<dataset>(std::move(train));
-  tc.test = std::make_shared<dataset>(std::move(test));
-  tc.workers = j.workers;
-  tc.shards = j.shards;
-  tc.loaders = j.loaders;
-  tc.batch = j.batch;
-  tc.steps = j.steps;
-  tc.seed = j.seed;
-  tc.checkpoint_every = j.checkpoint_every;
-  tc.eval_every = j.eval_every;
-  tc.prefetch = j.prefetch;
-  auto kind = parse_optimizer_kind(j.optimizer);
-  REQUIRE(kind);
-  tc.optimizer.kind = *kind;
-  tc.optimizer.lr = static_cast<float>(j.lr);
-  auto faults = parse_faults(j.faults, j.workers, j.shards, j.loaders, j.steps, j.seed);
-  REQUIRE(faults);
-  tc.faults = *faults;
-  tc.worker_policy = role_policy{j.worker.strategy, j.worker.intensity, j.worker.backoff};
-  CHECK_FALSE(validate(tc));
+  // The data path is relative to the repository root, where the cluster runs.
+  cfg->job->data = (project_root() / cfg->job->data).string();
+  auto tc = make_training_config(*cfg);
+  REQUIRE(tc);
+  CHECK(tc->workers == cfg->job->workers);
+  CHECK(tc->steps == cfg->job->steps);
+  CHECK(tc->net->parameter_count() == 64 * 128 + 128 + 128 * 10 + 10);
+  CHECK(tc->faults.size() == 2);
+  CHECK_FALSE(validate(*tc));
 }
 
 TEST_CASE("job defaults are those of the training component", "[config]") {
