@@ -1,0 +1,276 @@
+// A GPU rank: a persistent actor that owns a GPU actor and restores its
+// durable tensors into it on every start.
+
+#include "understudy/gpu/gpu_rank.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+#include <stdexcept>
+#include <utility>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/message_view.hpp>
+
+#include "understudy/gpu/gpu_actor.hpp"
+#include "understudy/runtime/persistent.hpp"
+#include "understudy/schema/state.capnp.h"
+
+namespace understudy {
+
+/// A rank's state as the generic TensorState: the step, the job in the note,
+/// and each tensor named "ID:NAME" (its buffer id and name).
+template <>
+struct state_codec<gpu::rank_state> {
+  using schema = schema::TensorState;
+  static constexpr uint32_t version = 1;
+
+  static void save(const gpu::rank_state& st, state_encoder& enc) {
+    auto root = enc.init_root<schema>();
+    root.setStep(st.step);
+    root.setNote(st.job);
+    for (const auto& t : st.tensors)
+      enc.add_tensor(tensor_data::share<float>(std::to_string(t.id) + ":" + t.name,
+                                               element_type::f32, t.values));
+  }
+
+  static caf::error load(state_decoder& dec, gpu::rank_state& st) {
+    auto root = dec.root<schema>();
+    st.step = root.getStep();
+    st.job = root.getNote();
+    for (const auto& info : dec.record().info().tensors) {
+      auto colon = info.name.find(':');
+      char* end = nullptr;
+      auto id = std::strtoul(info.name.c_str(), &end, 10);
+      if (colon == std::string::npos || end != info.name.c_str() + colon)
+        return make_error(state_errc::corrupt_record,
+                          "tensor '" + info.name + "' is not named ID:NAME");
+      std::vector<float> values;
+      if (auto err = dec.read_tensor(info.name, values))
+        return err;
+      st.tensors.push_back(
+          gpu::rank_tensor{info.name.substr(colon + 1), static_cast<gpu::buffer_id>(id),
+                           std::make_shared<std::vector<float>>(std::move(values))});
+    }
+    return {};
+  }
+
+  static void recycle(gpu::rank_state&& dead, tensor_recycler& bin) {
+    for (auto& t : dead.tensors)
+      if (t.values && t.values.use_count() == 1)
+        bin.give(std::move(*t.values));
+  }
+};
+
+namespace gpu {
+
+namespace {
+
+class rank_actor {
+public:
+  rank_actor(caf::event_based_actor* self, gpu_rank_options opts,
+             std::shared_ptr<persistent<rank_state>> st, caf::actor gpu, child_token token)
+      : self_(self),
+        opts_(std::move(opts)),
+        st_(std::move(st)),
+        gpu_(std::move(gpu)),
+        token_(std::move(token)) {
+    // nop
+  }
+
+  caf::behavior start() {
+    self_->link_to(gpu_);
+    auto report = st_->restore();
+    if (!report)
+      throw std::runtime_error("cannot load the state of " + st_->identity().path + ": " +
+                               describe(report.error()));
+    if (auto err = adopt_restored())
+      throw std::runtime_error(describe(err));
+    auto gpu = gpu_;
+    self_->set_default_handler(
+        [gpu](caf::scheduled_actor* ptr, caf::message_view& x) -> caf::result<caf::message> {
+          auto rp = ptr->make_response_promise();
+          rp.delegate(gpu, x.move_content_to_message());
+          return rp;
+        });
+    // Buffers and tensors first: messages forwarded later queue behind them.
+    upload([this](caf::error err) {
+      if (err)
+        return self_->quit(err);
+      announce_ready(token_);
+    });
+    return {
+        [this](rank_restore_atom, uint64_t max_step) { return restore(max_step); },
+        [this](rank_checkpoint_atom, uint64_t step) { return checkpoint(step); },
+        [this](rank_probe_atom) { return probe(); },
+    };
+  }
+
+private:
+  /// Takes the state restore() loaded, or the fresh one if it loaded none.
+  caf::error adopt_restored() {
+    if (!st_->restored_step()) {
+      st_->value() = opts_.fresh();
+      st_->value().step = 0;
+      st_->value().job = opts_.job;
+      return {};
+    }
+    if (st_->value().job != opts_.job)
+      return make_error(state_errc::schema_mismatch,
+                        st_->identity().path + "@" + std::to_string(st_->value().step) +
+                            ": the stored state belongs to another job ('" + st_->value().job +
+                            "', not '" + opts_.job + "'): use another state directory");
+    return {};
+  }
+
+  /// Allocates what the GPU actor lacks and uploads the tensors (moving
+  /// their values when no checkpoint shares them: the state keeps only their
+  /// sizes then); `done` runs once the GPU actor has answered.
+  template <class F>
+  void upload(F done) {
+    op_batch b;
+    for (const auto& [id, count] : opts_.scratch)
+      if (allocated_.insert(id).second)
+        b.allocate(id, count);
+    auto& tensors = st_->value().tensors;
+    counts_.clear();
+    for (auto& t : tensors) {
+      const uint64_t count = t.values->size();
+      counts_.push_back(count);
+      if (allocated_.insert(t.id).second)
+        b.allocate(t.id, count);
+      if (t.values.use_count() == 1) {
+        b.upload(whole(t.id, count), std::move(*t.values));
+        t.values = std::make_shared<std::vector<float>>();
+      } else {
+        b.upload(whole(t.id, count), *t.values);
+      }
+    }
+    self_->request(gpu_, caf::infinite, gpu_run_atom::value, std::move(b))
+        .then([done](batch_result&) mutable { done(caf::error{}); },
+              [done](caf::error& err) mutable { done(std::move(err)); });
+  }
+
+  caf::result<uint64_t> restore(uint64_t max_step) {
+    if (max_step == 0) {
+      st_->value() = opts_.fresh();
+      st_->value().step = 0;
+      st_->value().job = opts_.job;
+    } else {
+      auto report = st_->restore(max_step);
+      if (!report)
+        return std::move(report.error());
+      // restore() leaves value() alone when it finds nothing.
+      if (!report->step) {
+        st_->value() = opts_.fresh();
+        st_->value().step = 0;
+        st_->value().job = opts_.job;
+      } else if (auto err = adopt_restored()) {
+        return err;
+      }
+    }
+    auto rp = self_->make_response_promise<uint64_t>();
+    auto step = st_->value().step;
+    upload([this, rp, step](caf::error err) mutable {
+      if (!err) {
+        rp.deliver(step);
+        return;
+      }
+      rp.deliver(err);
+      self_->quit(err);
+    });
+    return rp;
+  }
+
+  caf::result<uint64_t> checkpoint(uint64_t step) {
+    auto rp = self_->make_response_promise<uint64_t>();
+    op_batch b;
+    const auto& tensors = st_->value().tensors;
+    for (size_t i = 0; i < tensors.size(); ++i)
+      b.download(whole(tensors[i].id, counts_.at(i)));
+    self_->request(gpu_, caf::infinite, gpu_run_atom::value, std::move(b))
+        .then(
+            [this, rp, step](batch_result& res) mutable {
+              auto& v = st_->value();
+              if (res.downloads.size() != v.tensors.size()) {
+                rp.deliver(make_error(state_errc::corrupt_record,
+                                      "the GPU actor answered the checkpoint's downloads with " +
+                                          std::to_string(res.downloads.size()) + " tensors"));
+                return;
+              }
+              for (size_t i = 0; i < v.tensors.size(); ++i)
+                v.tensors[i].values =
+                    std::make_shared<std::vector<float>>(std::move(res.downloads[i]));
+              v.step = step;
+              st_->checkpoint(step, [rp](caf::expected<uint64_t> r) mutable {
+                if (r)
+                  rp.deliver(*r);
+                else
+                  rp.deliver(std::move(r.error()));
+              });
+            },
+            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+    return rp;
+  }
+
+  caf::result<uint64_t> probe() {
+    auto rp = self_->make_response_promise<uint64_t>();
+    auto store = st_->store().store;
+    auto path = st_->identity().path;
+    self_->request(st_->store().writer, caf::infinite, sync_state_atom::value)
+        .then(
+            [rp, store, path](uint64_t) mutable {
+              auto versions = store->versions(path);
+              if (!versions) {
+                rp.deliver(std::move(versions.error()));
+                return;
+              }
+              uint64_t newest = 0;
+              for (const auto& v : *versions)
+                if (v.problem.empty())
+                  newest = std::max(newest, v.step);
+              rp.deliver(newest);
+            },
+            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+    return rp;
+  }
+
+  caf::event_based_actor* self_;
+  gpu_rank_options opts_;
+  std::shared_ptr<persistent<rank_state>> st_;
+  caf::actor gpu_;
+  child_token token_;
+  /// Buffers that exist in the GPU actor.
+  std::set<buffer_id> allocated_;
+  /// The element count of each tensor, as uploaded.
+  std::vector<uint64_t> counts_;
+};
+
+} // namespace
+
+child_spec gpu_rank_child(std::string id, gpu_rank_options opts) {
+  child_spec spec;
+  spec.id = std::move(id);
+  spec.announces_ready = true;
+  spec.start = [opts](child_context& ctx) -> caf::expected<caf::actor> {
+    auto gpu = opts.start_gpu(ctx);
+    if (!gpu)
+      return std::move(gpu.error());
+    auto ident = persistent_identity::of(ctx);
+    auto token = ctx.token;
+    return caf::actor{
+        ctx.system.spawn([opts, ident, gpu = *gpu, token](caf::event_based_actor* self) mutable {
+          capture_exceptions(self);
+          auto st = std::make_shared<persistent<rank_state>>(self, opts.p, ident);
+          auto a = std::make_shared<rank_actor>(self, opts, st, gpu, token);
+          self->attach_functor([a, st](const caf::error&) { st->release(); });
+          return a->start();
+        })};
+  };
+  return spec;
+}
+
+} // namespace gpu
+
+} // namespace understudy
