@@ -113,31 +113,6 @@ caf::error state_error(const std::string& what) {
   return make_error(state_errc::schema_mismatch, what);
 }
 
-/// The newest step of `st`'s key on disk, once the writer has made durable every
-/// checkpoint sent to it before (also those of a dead incarnation); 0 if none.
-template <class State>
-caf::result<uint64_t> newest_stored(caf::event_based_actor* self, const persistent<State>& st) {
-  auto rp = self->make_response_promise<uint64_t>();
-  auto store = st.store().store;
-  auto path = st.identity().path;
-  self->request(st.store().writer, caf::infinite, sync_state_atom::value)
-      .then(
-          [rp, store, path](uint64_t) mutable {
-            auto versions = store->versions(path);
-            if (!versions) {
-              rp.deliver(std::move(versions.error()));
-              return;
-            }
-            uint64_t newest = 0;
-            for (const auto& v : *versions)
-              if (v.problem.empty())
-                newest = std::max(newest, v.step);
-            rp.deliver(newest);
-          },
-          [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
-  return rp;
-}
-
 // -- parameter shard -------------------------------------------------------------------
 
 struct shard_actor {
@@ -308,7 +283,7 @@ struct shard_actor {
           stats.step = step;
           return step;
         },
-        [this](probe_atom) { return newest_stored(self, *st); },
+        [this](probe_atom) { return st->newest_durable_step(); },
         [this](stats_atom) { return stats; },
     };
   }
@@ -464,7 +439,7 @@ struct loader_actor {
             return err;
           return step;
         },
-        [this](probe_atom) { return newest_stored(self, *st); },
+        [this](probe_atom) { return st->newest_durable_step(); },
         [this](commit_atom, uint64_t step) -> caf::result<uint64_t> {
           if (!synced || step < base_step)
             return make_error(

@@ -214,27 +214,7 @@ private:
     return rp;
   }
 
-  caf::result<uint64_t> probe() {
-    auto rp = self_->make_response_promise<uint64_t>();
-    auto store = st_->store().store;
-    auto path = st_->identity().path;
-    self_->request(st_->store().writer, caf::infinite, sync_state_atom::value)
-        .then(
-            [rp, store, path](uint64_t) mutable {
-              auto versions = store->versions(path);
-              if (!versions) {
-                rp.deliver(std::move(versions.error()));
-                return;
-              }
-              uint64_t newest = 0;
-              for (const auto& v : *versions)
-                if (v.problem.empty())
-                  newest = std::max(newest, v.step);
-              rp.deliver(newest);
-            },
-            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
-    return rp;
-  }
+  caf::result<uint64_t> probe() { return st_->newest_durable_step(); }
 
   caf::event_based_actor* self_;
   gpu_rank_options opts_;

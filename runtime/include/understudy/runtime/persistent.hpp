@@ -3,6 +3,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -18,6 +19,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/expected.hpp>
 #include <caf/timespan.hpp>
+#include <caf/typed_response_promise.hpp>
 #include <capnp/generated-header-support.h>
 
 #include "understudy/runtime/child_spec.hpp"
@@ -267,6 +269,32 @@ public:
 
   /// Checkpoints not yet acknowledged.
   size_t in_flight() const noexcept { return in_flight_; }
+
+  /// Answers with the newest step of this state on disk (0 if none; versions
+  /// whose header is damaged are skipped) once the writer has made durable
+  /// every checkpoint sent to it before, also those of a dead incarnation. For
+  /// recovery protocols that must know what survived a crash.
+  caf::result<uint64_t> newest_durable_step() {
+    auto rp = self_->make_response_promise<uint64_t>();
+    auto store = p_.store;
+    auto path = id_.path;
+    self_->request(p_.writer, caf::infinite, sync_state_atom::value)
+        .then(
+            [rp, store, path](uint64_t) mutable {
+              auto versions = store->versions(path);
+              if (!versions) {
+                rp.deliver(std::move(versions.error()));
+                return;
+              }
+              uint64_t newest = 0;
+              for (const auto& v : *versions)
+                if (v.problem.empty())
+                  newest = std::max(newest, v.step);
+              rp.deliver(newest);
+            },
+            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+    return rp;
+  }
 
   const persistent_identity& identity() const noexcept { return id_; }
   const persistence& store() const noexcept { return p_; }
