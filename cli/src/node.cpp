@@ -103,7 +103,25 @@ int run_node(const node_options& opts, const char*) {
   }
   for (const auto& note : *prepared)
     std::cerr << "note: " << note << '\n';
-  auto node = cluster_node::start(rt, *nc, opts.name);
+  // Prometheus metrics where the config gives the node a metrics port. A port
+  // that cannot be bound costs the metrics, not the node.
+  std::unique_ptr<node_metrics> metrics;
+  const auto* spec = nc->find_node(opts.name);
+  if (spec->metrics_port != 0) {
+    metrics_config mc;
+    mc.node = spec->name;
+    mc.host = spec->host;
+    mc.port = spec->metrics_port;
+    if (auto m = node_metrics::start(mc))
+      metrics = std::move(*m);
+    else
+      std::cerr << "warning: node " << spec->name << ": no metrics: " << describe(m.error())
+                << '\n';
+  }
+  std::function<void(std::chrono::nanoseconds)> on_commit;
+  if (metrics)
+    on_commit = [mp = metrics.get()](std::chrono::nanoseconds d) { mp->observe_commit_latency(d); };
+  auto node = cluster_node::start(rt, *nc, opts.name, nullptr, on_commit);
   if (!node) {
     std::cerr << "understudy node: " << describe(node.error()) << '\n';
     return 2;
@@ -136,22 +154,10 @@ int run_node(const node_options& opts, const char*) {
   say("node " + me.name + ": listening on " + me.host + ":" + std::to_string(me.port) +
       ", state in " + me.state_dir + (me.buddy.empty() ? "" : ", replicating to " + me.buddy) +
       ", generation " + std::to_string((*node)->generation()));
-  // Prometheus metrics where the config gives the node a metrics port. A port
-  // that cannot be bound costs the metrics, not the node.
-  std::unique_ptr<node_metrics> metrics;
-  if (me.metrics_port != 0) {
-    metrics_config mc;
-    mc.node = me.name;
-    mc.host = me.host;
-    mc.port = me.metrics_port;
-    if (auto m = node_metrics::start(mc)) {
-      metrics = std::move(*m);
-      auto store = (*node)->state_store().store;
-      metrics->set_state_source([store] { return store->stats(); });
-      say("node " + me.name + ": metrics on " + metrics->url());
-    } else {
-      std::cerr << "warning: node " << me.name << ": no metrics: " << describe(m.error()) << '\n';
-    }
+  if (metrics) {
+    auto store = (*node)->state_store().store;
+    metrics->set_state_source([store] { return store->stats(); });
+    say("node " + me.name + ": metrics on " + metrics->url());
   }
   auto* mp = metrics.get();
   (*node)->on_peer_change([name = me.name, mp](const peer_view& p) {

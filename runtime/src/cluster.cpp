@@ -607,8 +607,8 @@ cluster_node::~cluster_node() {
 }
 
 caf::expected<std::shared_ptr<cluster_node>> cluster_node::start(
-    runtime& rt, const node_config& nc, const std::string& name,
-    std::shared_ptr<event_sink> events) {
+    runtime& rt, const node_config& nc, const std::string& name, std::shared_ptr<event_sink> events,
+    std::function<void(std::chrono::nanoseconds)> on_commit) {
   auto me = nc.find_node(name);
   if (me == nullptr)
     return cluster_error(nc.origin + ": no node named '" + name + "'");
@@ -628,6 +628,7 @@ caf::expected<std::shared_ptr<cluster_node>> cluster_node::start(
   state_store_config sc;
   sc.directory = me->state_dir;
   state_writer_config wc;
+  wc.on_commit = std::move(on_commit);
   if (!me->buddy.empty())
     wc.replica = st->agent;
   auto p = rt.open_state(sc, wc);

@@ -1,6 +1,7 @@
 #include "understudy/runtime/state_writer.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include <caf/actor_system.hpp>
@@ -146,7 +147,10 @@ void flush(caf::event_based_actor* self, writer_state& st) {
       bytes += n;
       ++end;
     }
+    auto started = std::chrono::steady_clock::now();
     auto err = st.store->commit(batch, results);
+    if (st.cfg.on_commit && !err)
+      st.cfg.on_commit(std::chrono::steady_clock::now() - started);
     std::vector<pending_put> to_replicate;
     for (auto i = begin; i < end; ++i) {
       auto& p = st.pending[i];

@@ -6,7 +6,10 @@
 
 #include <atomic>
 
+#include <caf/event_based_actor.hpp>
+#include <caf/exit_reason.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/typed_response_promise.hpp>
 
 #include "state_fixture.hpp"
 #include "test_fixture.hpp"
@@ -295,6 +298,73 @@ TEST_CASE("the writer answers each put: its step when durable, or why it was rej
     CHECK(commits == f.state.store->stats().commits);
     CHECK(commits >= 1);
   }
+}
+
+TEST_CASE(
+    "the writer acknowledges a put only after its replica has the copy, and never "
+    "replicates a replica",
+    "[state][writer]") {
+  temp_state_dir dir;
+  runtime rt{persistent_fixture::make_config(std::make_shared<event_log>())};
+  caf::scoped_actor self{rt.system()};
+  // A replica that tells the test when a batch came and holds its answer
+  // until the test releases it.
+  using release_atom = caf::atom_constant<caf::atom("release")>;
+  using held_atom = caf::atom_constant<caf::atom("held")>;
+  auto copies = std::make_shared<std::vector<std::pair<std::string, uint64_t>>>();
+  auto test_actor = caf::actor_cast<caf::actor>(self);
+  auto replica =
+      rt.system().spawn([copies, test_actor](caf::event_based_actor* r) -> caf::behavior {
+        auto held = std::make_shared<std::vector<caf::typed_response_promise<uint64_t>>>();
+        return {
+            [r, copies, held, test_actor](replicate_atom,
+                                          const checkpoint_batch& batch) -> caf::result<uint64_t> {
+              for (auto& cp : batch.items)
+                copies->emplace_back(cp->path, cp->step);
+              auto rp = r->make_response_promise<uint64_t>();
+              held->push_back(rp);
+              r->send(test_actor, held_atom::value);
+              return rp;
+            },
+            [held](release_atom) {
+              for (auto& rp : *held)
+                rp.deliver(uint64_t{1});
+              held->clear();
+            },
+        };
+      });
+  std::atomic<int> commits{0};
+  state_writer_config wc;
+  wc.replica = replica;
+  wc.on_commit = [&commits](std::chrono::nanoseconds d) {
+    if (d.count() >= 0)
+      ++commits;
+  };
+  auto p = rt.open_state(test::test_store_config(dir.path), wc);
+  REQUIRE(p);
+  auto cp = std::make_shared<const checkpoint>(test::make_checkpoint("/w/r", 3, 100));
+  self->send(p->writer, put_state_atom::value, checkpoint_ptr{cp});
+  // Committed locally and at the replica, which has not answered yet: the
+  // first message is the replica's, not the acknowledgement.
+  bool acked_early = false;
+  self->receive([](held_atom) {}, [&](uint64_t) { acked_early = true; });
+  CHECK_FALSE(acked_early);
+  self->send(replica, release_atom::value);
+  uint64_t acked = 0;
+  self->receive([&](uint64_t step) { acked = step; },
+                [&](caf::error& err) { FAIL("put failed: " << describe(err)); });
+  CHECK(acked == 3);
+  REQUIRE(copies->size() == 1);
+  CHECK(copies->front() == std::make_pair(std::string{"/w/r"}, uint64_t{3}));
+  // A copy of another node's checkpoint is stored, not sent on.
+  auto other = std::make_shared<const checkpoint>(test::make_checkpoint("/w/other", 4, 10));
+  self->request(p->writer, std::chrono::seconds(30), put_replica_atom::value, checkpoint_ptr{other})
+      .receive([&](uint64_t step) { CHECK(step == 4); },
+               [&](caf::error& err) { FAIL("replica put failed: " << describe(err)); });
+  CHECK(copies->size() == 1);
+  CHECK(test::read_w(*p->store, "/w/other", 4));
+  CHECK(commits >= 2);
+  self->send_exit(replica, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("the tensor recycler hands a kept buffer only to a matching restore",

@@ -121,9 +121,11 @@ public:
   /// Starts node `name` of `nc` in `rt`: opens its state store (replicating to
   /// its buddy), publishes its agent on host:port, starts connecting to its
   /// peers. Errors: unknown node, a port that cannot be bound, the state store.
+  /// `on_commit` (optional) hears how long each of its writer's commits took.
   static caf::expected<std::shared_ptr<cluster_node>> start(
       runtime& rt, const node_config& nc, const std::string& name,
-      std::shared_ptr<event_sink> events = nullptr);
+      std::shared_ptr<event_sink> events = nullptr,
+      std::function<void(std::chrono::nanoseconds)> on_commit = {});
 
   ~cluster_node();
   cluster_node(const cluster_node&) = delete;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -74,6 +75,9 @@ struct state_writer_config {
   /// with an error, they are acknowledged anyway (the copy is lost, not the
   /// checkpoint). Null: no replication.
   caf::actor replica;
+  /// Called on the writer's thread after each transaction with how long the
+  /// commit took (durable per the store's mode), e.g. for a metrics histogram.
+  std::function<void(std::chrono::nanoseconds)> on_commit;
 };
 
 /// What persistent actors need: the node's store (to load from) and its writer
