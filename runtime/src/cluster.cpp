@@ -10,6 +10,9 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
+#include <caf/io/middleman.hpp>
+#include <caf/io/middleman_actor.hpp>
+#include <caf/openssl/manager.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/spawn_options.hpp>
@@ -680,6 +683,23 @@ void cluster_node::on_peer_change(peer_listener f) {
   st_->listeners.push_back(std::move(f));
 }
 
+namespace {
+
+/// Whether this node still has a connection to the node of `a` (CAF's
+/// middleman knows a route to it).
+bool connected(caf::actor_system& sys, const caf::actor& a) {
+  auto mm = sys.has_openssl_manager() ? sys.openssl_manager().actor_handle()
+                                      : sys.middleman().actor_handle();
+  bool routed = false;
+  caf::scoped_actor self{sys};
+  self->request(mm, std::chrono::milliseconds(500), caf::get_atom::value, a.node())
+      .receive([&](const caf::node_id&, const std::string&, uint16_t) { routed = true; },
+               [&](caf::error&) { routed = false; });
+  return routed;
+}
+
+} // namespace
+
 start_function cluster_node::placed(std::string type, caf::message args, std::string home) {
   auto st = st_;
   return [st, type, args, home](child_context& ctx) -> caf::expected<caf::actor> {
@@ -719,8 +739,13 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
       }
       caf::expected<caf::actor> result{caf::actor{}};
       caf::scoped_actor self{ctx.system};
-      // A spawn is answered at once; a node whose connection just closed may
-      // not answer at all (its proxy is dead before it is declared dead).
+      // A node whose connection just closed may not be declared dead yet, and
+      // a request to its dead proxy goes unanswered: ask the middleman first.
+      if (!connected(ctx.system, a)) {
+        tried += (tried.empty() ? "" : ", ") + name + " (connection lost)";
+        continue;
+      }
+      // A spawn is answered at once.
       auto wait =
           std::min<caf::timespan>(st->fd().connection_timeout, std::chrono::milliseconds(500));
       self->request(a, wait, spawn_atom::value, type, ctx.id, ctx.path, ctx.incarnation,
