@@ -224,8 +224,7 @@ void runtime::shutdown(std::chrono::milliseconds timeout) {
   }
 }
 
-caf::expected<persistence> runtime::open_state(state_store_config cfg,
-                                               state_writer_config writer) {
+caf::expected<persistence> runtime::open_state(state_store_config cfg, state_writer_config writer) {
   std::lock_guard<std::mutex> guard{impl_->mtx};
   auto& state = impl_->state;
   if (state) {

@@ -114,7 +114,7 @@ public:
   /// they name another directory). Stopped by `shutdown`, after the trees.
   /// Errors: those of state_store::open (locked, invalid_config, io_error, ...).
   caf::expected<persistence> open_state(state_store_config cfg = {},
-                                       state_writer_config writer = {});
+                                        state_writer_config writer = {});
 
   /// Stops all trees started here, newest first, then the state writer.
   void shutdown(std::chrono::milliseconds timeout = std::chrono::seconds(60));
