@@ -1,5 +1,7 @@
 #include "understudy/actors/cluster_training.hpp"
 
+#include <algorithm>
+
 #include <caf/make_message.hpp>
 
 #include "understudy/actors/mlp.hpp"
@@ -85,11 +87,49 @@ caf::expected<training_config> make_training_config(const node_config& nc) {
   return tc;
 }
 
+namespace {
+
+const tree_child* find_job_child(const tree_child& c) {
+  if (c.type == "training_job")
+    return &c;
+  for (const auto& k : c.children)
+    if (const auto* f = find_job_child(k))
+      return f;
+  return nullptr;
+}
+
+} // namespace
+
+std::vector<std::string> leader_candidates(const node_config& nc) {
+  // The trainer's placement; a trainer that goes with its supervisor (the
+  // default) goes where the job's tree child may, or the root.
+  const placement_spec* p = nc.job ? &nc.job->trainer.placement : nullptr;
+  if (p == nullptr || p->policy == placement_policy::inherit) {
+    const auto* job = find_job_child(nc.tree);
+    p = job != nullptr && job->placement.policy != placement_policy::inherit ? &job->placement
+                                                                             : &nc.tree.placement;
+  }
+  std::vector<std::string> out;
+  auto add = [&](const std::string& n) {
+    if (!n.empty() && std::find(out.begin(), out.end(), n) == out.end())
+      out.push_back(n);
+  };
+  for (const auto& n : p->start)
+    add(n);
+  for (const auto& n : p->failover)
+    add(n);
+  if (out.empty())
+    for (const auto& n : nc.nodes)
+      if (n.role == node_role::active) {
+        add(n.name);
+        break;
+      }
+  return out;
+}
+
 cluster_training::cluster_training(cluster_node& node, const node_config& nc, training_job job)
-    : node_(node), spec_(*nc.job), job_(std::move(job)) {
-  const auto& start = spec_.trainer.placement.start;
-  leader_name_ = start.empty() ? nc.nodes.front().name : start.front();
-  leader_ = leader_name_ == node.self().name;
+    : node_(node), spec_(*nc.job), job_(std::move(job)), candidates_(leader_candidates(nc)) {
+  node.set_leader_candidates(candidates_);
 }
 
 caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluster_node& node,

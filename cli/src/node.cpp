@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -45,13 +46,6 @@ caf::expected<node_config> load(const std::string& file) {
   node_config_options opts;
   opts.check_job = check_training_job;
   return load_node_config(file, opts);
-}
-
-/// The node that hosts the trainer: the first of [job.trainer]'s placement.
-std::string leader_of(const node_config& nc) {
-  if (nc.job && !nc.job->trainer.placement.start.empty())
-    return nc.job->trainer.placement.start.front();
-  return nc.nodes.front().name;
 }
 
 void say(const std::string& line) {
@@ -173,9 +167,38 @@ int run_node(const node_options& opts, const char*) {
     std::cerr << "understudy node: " << describe(ct.error()) << '\n';
     return cleanup(2);
   }
-  if (!(*ct)->leader()) {
-    while (!(*node)->await_stop_request(std::chrono::seconds(1))) {
+  // Follow until this node leads: at once for the first of the trainer's
+  // candidates, or when the leader dies and this node is next.
+  const auto& candidates = (*ct)->candidates();
+  const bool first = !candidates.empty() && candidates.front() == me.name;
+  bool waited = false;
+  bool followed = false;
+  for (;;) {
+    if ((*node)->await_leadership(std::chrono::seconds(1))) {
+      if (first && !waited) {
+        // A cold start: wait for every node (a node that restarts while
+        // another leads hears so from its peers meanwhile).
+        waited = true;
+        auto wait_for = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            nc->cluster.failure_detection.connection_timeout) *
+                        5;
+        if (!(*node)->await_peers(std::max(wait_for, std::chrono::milliseconds(10000))) &&
+            (*node)->leader() == me.name) {
+          std::string missing;
+          for (auto& p : (*node)->peers())
+            if (p.state != peer_state::alive)
+              missing += " " + p.name;
+          std::cerr << "understudy node: nodes not reachable:" << missing << '\n';
+          return cleanup(2);
+        }
+      }
+      if ((*node)->claim_leadership())
+        break;
+      continue;
     }
+    followed = true;
+    if (!(*node)->await_stop_request(std::chrono::milliseconds(0)))
+      continue;
     if ((*node)->fenced()) {
       say("node " + me.name + ": fenced: the cluster declared this node dead; exiting");
       return cleanup(3);
@@ -183,18 +206,8 @@ int run_node(const node_options& opts, const char*) {
     say("node " + me.name + ": stopping");
     return cleanup(0);
   }
-  // The leader: wait for every node, run the job, stop the others.
-  auto wait_for = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      nc->cluster.failure_detection.connection_timeout) *
-                  5;
-  if (!(*node)->await_peers(std::max(wait_for, std::chrono::milliseconds(10000)))) {
-    std::string missing;
-    for (auto& p : (*node)->peers())
-      if (p.state != peer_state::alive)
-        missing += " " + p.name;
-    std::cerr << "understudy node: nodes not reachable:" << missing << '\n';
-    return cleanup(2);
-  }
+  if (!first || followed)
+    say("node " + me.name + ": taking over the job's tree (the trainer's node is lost)");
   auto& job = (*ct)->job();
   const auto steps = job.config().steps;
   const uint64_t every = std::max<uint64_t>(1, steps / 20);
@@ -283,6 +296,15 @@ int run_node(const node_options& opts, const char*) {
       break;
   }
   int code = 0;
+  if ((*node)->fenced()) {
+    // Declared dead while it ran the tree (a pause past the deadline): its
+    // successor runs the job; this node's view of it is void.
+    say("node " + me.name +
+        ": fenced: the cluster declared this node dead and another node runs "
+        "the job; exiting");
+    rt.stop(*tree, std::chrono::seconds(2));
+    return cleanup(3);
+  }
   if (result) {
     char buf[256];
     std::snprintf(buf, sizeof buf,
@@ -297,8 +319,10 @@ int run_node(const node_options& opts, const char*) {
   } else {
     say("node " + me.name + ": stopping (job not finished)");
   }
-  (*node)->stop_peers();
+  // The tree first, so that its actors on other nodes stop as its children
+  // (not as the victims of their nodes ending), then the other nodes.
   rt.stop(*tree, std::chrono::seconds(10));
+  (*node)->stop_peers();
   return cleanup(code);
 }
 
@@ -382,6 +406,8 @@ struct child {
   std::string pending;
   bool running = false;
   int status = 0;
+  /// It printed the job's final line.
+  bool finished = false;
 };
 
 } // namespace
@@ -429,7 +455,9 @@ int run_launch(const launch_options& opts, const char* argv0_in) {
     }
     plan.push_back({m[1], std::stoull(m[2]), true, *span, false, {}, false});
   }
-  auto leader = leader_of(*nc);
+  // The trainer's node runs the tree; when it is lost, the next candidate alive.
+  auto candidates = leader_candidates(*nc);
+  auto leader = candidates.empty() ? std::string{} : candidates.front();
   struct sigaction sa {};
   sa.sa_handler = on_launch_signal;
   sigaction(SIGINT, &sa, nullptr);
@@ -474,7 +502,57 @@ int run_launch(const launch_options& opts, const char* argv0_in) {
       }
   };
   static const std::regex step_re{R"(step (\d+)/(\d+))"};
-  int leader_code = 1;
+  // The exit status of the node that ended the job; 1 if none did.
+  int result = 1;
+  // Reads what node `k` wrote, if anything; true if it read something.
+  auto read_from = [&](child& k) {
+    if (k.fd < 0)
+      return false;
+    pollfd probe{k.fd, POLLIN, 0};
+    if (::poll(&probe, 1, 0) <= 0)
+      return false;
+    char buf[4096];
+    auto n = ::read(k.fd, buf, sizeof buf);
+    if (n <= 0) {
+      if (n == 0 || errno != EINTR) {
+        ::close(k.fd);
+        k.fd = -1;
+      }
+      return false;
+    }
+    k.pending.append(buf, static_cast<size_t>(n));
+    size_t pos;
+    while ((pos = k.pending.find('\n')) != std::string::npos) {
+      auto line = k.pending.substr(0, pos);
+      k.pending.erase(0, pos + 1);
+      say("[" + k.name + "] " + line);
+      if (line.rfind("final:", 0) == 0)
+        k.finished = true;
+      // Progress comes from the leader, whichever node that is now.
+      std::smatch m;
+      if (line.rfind("progress:", 0) != 0 || !std::regex_search(line, m, step_re))
+        continue;
+      auto step = std::stoull(m[1]);
+      for (auto& c : plan) {
+        if (c.done || step < c.step)
+          continue;
+        c.done = true;
+        auto* target = find(c.node);
+        if (!target || !target->running)
+          continue;
+        if (c.freeze) {
+          ::kill(target->pid, SIGSTOP);
+          c.resume_at = clock_type::now() + c.duration;
+          say("chaos: SIGSTOP " + c.node + " at step " + std::to_string(step) + " for " +
+              std::to_string(c.duration.count()) + " ms");
+        } else {
+          ::kill(target->pid, SIGKILL);
+          say("chaos: SIGKILL " + c.node + " at step " + std::to_string(step));
+        }
+      }
+    }
+    return true;
+  };
   for (;;) {
     if (launch_signal != 0 && !stopping) {
       say("launch: stopping every node");
@@ -499,50 +577,8 @@ int run_launch(const launch_options& opts, const char* argv0_in) {
     if (pfds.empty() && std::none_of(kids.begin(), kids.end(), [](auto& k) { return k.running; }))
       break;
     ::poll(pfds.data(), pfds.size(), 50);
-    for (auto& k : kids) {
-      if (k.fd < 0)
-        continue;
-      pollfd probe{k.fd, POLLIN, 0};
-      if (::poll(&probe, 1, 0) <= 0)
-        continue;
-      char buf[4096];
-      auto n = ::read(k.fd, buf, sizeof buf);
-      if (n <= 0) {
-        if (n == 0 || errno != EINTR) {
-          ::close(k.fd);
-          k.fd = -1;
-        }
-        continue;
-      }
-      k.pending.append(buf, static_cast<size_t>(n));
-      size_t pos;
-      while ((pos = k.pending.find('\n')) != std::string::npos) {
-        auto line = k.pending.substr(0, pos);
-        k.pending.erase(0, pos + 1);
-        say("[" + k.name + "] " + line);
-        std::smatch m;
-        if (k.name != leader || !std::regex_search(line, m, step_re))
-          continue;
-        auto step = std::stoull(m[1]);
-        for (auto& c : plan) {
-          if (c.done || step < c.step)
-            continue;
-          c.done = true;
-          auto* target = find(c.node);
-          if (!target || !target->running)
-            continue;
-          if (c.freeze) {
-            ::kill(target->pid, SIGSTOP);
-            c.resume_at = clock_type::now() + c.duration;
-            say("chaos: SIGSTOP " + c.node + " at step " + std::to_string(step) + " for " +
-                std::to_string(c.duration.count()) + " ms");
-          } else {
-            ::kill(target->pid, SIGKILL);
-            say("chaos: SIGKILL " + c.node + " at step " + std::to_string(step));
-          }
-        }
-      }
-    }
+    for (auto& k : kids)
+      read_from(k);
     // Reap.
     for (auto& k : kids) {
       if (!k.running)
@@ -552,17 +588,33 @@ int run_launch(const launch_options& opts, const char* argv0_in) {
         continue;
       k.running = false;
       k.status = status;
+      while (read_from(k)) {
+        // What it wrote before it ended (its final line) counts.
+      }
       std::string how = WIFEXITED(status)
                             ? "exited with status " + std::to_string(WEXITSTATUS(status))
                             : "killed by signal " + std::to_string(WTERMSIG(status));
       say("launch: node " + k.name + " " + how);
-      if (k.name == leader) {
-        leader_code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
-        if (!stopping) {
-          stopping = true;
-          stop_deadline = clock_type::now() + std::chrono::seconds(10);
-          stop_all(SIGTERM);
-        }
+      // The job ends with the node that finished it, or with one that could
+      // not run it (a bad config: 2, a failed job: 4). A node lost otherwise
+      // (killed, fenced: 3) is the cluster's to survive, as long as a node
+      // that can take over the tree runs.
+      int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      bool ends = k.finished || code == 2 || code == 4;
+      bool successor = std::any_of(kids.begin(), kids.end(), [&](const child& c) {
+        return c.running &&
+               std::find(candidates.begin(), candidates.end(), c.name) != candidates.end();
+      });
+      if (!ends && !successor && !stopping) {
+        say("launch: no node left that can run the job's tree; stopping");
+        code = 1;
+        ends = true;
+      }
+      if (ends && !stopping) {
+        result = code < 0 ? 1 : code;
+        stopping = true;
+        stop_deadline = clock_type::now() + std::chrono::seconds(10);
+        stop_all(SIGTERM);
       }
     }
     if (stopping && clock_type::now() > stop_deadline) {
@@ -570,7 +622,7 @@ int run_launch(const launch_options& opts, const char* argv0_in) {
       stop_deadline = clock_type::now() + std::chrono::hours(1);
     }
   }
-  return leader_code;
+  return result;
 }
 
 } // namespace understudy::cli

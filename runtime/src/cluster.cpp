@@ -96,9 +96,10 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-/// (hello, name, generation) -> (name, generation) or an error if fenced.
+/// (hello, name, generation, leader) -> (name, generation, leader) or an error
+/// if fenced; `leader`: the node each believes runs the tree.
 using hello_atom = caf::atom_constant<caf::atom("us_nhello")>;
-/// (beat, name, generation): a heartbeat.
+/// (beat, name, generation, leader): a heartbeat.
 using beat_atom = caf::atom_constant<caf::atom("us_nbeat")>;
 /// (fence, name, generation, from, from_generation): the node `name` is dead up
 /// to `generation`, says `from`. Ignored when `from` is itself fenced (a node
@@ -137,6 +138,15 @@ caf::error cluster_error(const std::string& what) {
 
 } // namespace
 
+/// An actor started here for a supervisor on another node.
+struct spawned_actor {
+  caf::actor handle;
+  /// The node of its supervisor.
+  std::string from;
+  /// Its path in the tree: a newer incarnation replaces it.
+  std::string path;
+};
+
 struct peer_entry {
   node_spec spec;
   caf::actor agent;
@@ -170,11 +180,39 @@ struct cluster_node::state {
   /// stale, so it fences nobody and believes a peer that says it is fenced,
   /// until a peer accepts its hello again.
   bool paused = false;
+  /// When the pause was noticed.
+  clock_type::time_point paused_at{};
+  /// The agent's last detection round: a gap longer than the deadline means
+  /// that the process was paused.
+  clock_type::time_point last_tick{};
   std::function<std::string()> status_provider;
-  /// Actors started here for supervisors elsewhere: stopped with the node.
-  std::vector<caf::actor> spawned;
+  /// Actors started here for supervisors elsewhere: stopped with the node,
+  /// or when the node of their supervisor is declared dead (orphans).
+  std::vector<spawned_actor> spawned;
+  /// The nodes that may run the tree, in order of preference (see
+  /// cluster_node::set_leader_candidates); empty: no leader.
+  std::vector<std::string> candidates;
+  /// The node this one believes runs the tree.
+  std::string leader;
+  /// This node runs the tree: its belief no longer changes.
+  bool leading = false;
 
   const failure_detection_spec& fd() const { return cfg.cluster.failure_detection; }
+
+  /// Notices that this process was paused (SIGSTOP, a VM freeze) since the
+  /// agent's last round: the silence is ours, not the peers'. Restarts their
+  /// clocks; until a peer accepts this node again (or says that it is fenced)
+  /// the node fences nobody and starts nothing. Called with mtx held.
+  void notice_pause_locked(clock_type::time_point now) {
+    if (last_tick == clock_type::time_point{} || now - last_tick <= fd().deadline)
+      return;
+    if (!paused)
+      paused_at = now;
+    paused = true;
+    for (auto& [name, e] : peers)
+      if (e.state == peer_state::alive || e.state == peer_state::suspected)
+        e.detector.heartbeat(now);
+  }
 
   bool knows(const std::string& name) const {
     std::lock_guard<std::mutex> guard{mtx};
@@ -194,6 +232,7 @@ struct cluster_node::state {
   void set_state(const std::string& name, peer_state s, const std::string& why) {
     peer_view v;
     std::vector<peer_listener> ls;
+    std::vector<caf::actor> orphans;
     {
       std::lock_guard<std::mutex> guard{mtx};
       auto i = peers.find(name);
@@ -203,14 +242,56 @@ struct cluster_node::state {
       if (s == peer_state::dead) {
         i->second.fenced = std::max(i->second.fenced, i->second.generation);
         i->second.agent = nullptr;
+        // Their supervisor is gone: its successor starts them afresh.
+        auto orphan = [&](const spawned_actor& a) { return a.from == name; };
+        for (auto& a : spawned)
+          if (orphan(a))
+            orphans.push_back(a.handle);
+        spawned.erase(std::remove_if(spawned.begin(), spawned.end(), orphan), spawned.end());
+        if (name == leader)
+          succeed_locked();
       }
       v = view(i->second);
       v.reason = why;
       ls = listeners;
     }
+    for (auto& a : orphans)
+      caf::anon_send_exit(a, caf::exit_reason::kill);
     for (auto& f : ls)
       f(v);
     cv.notify_all();
+  }
+
+  /// Whether `name` (a peer or this node) may lead: alive as far as this
+  /// node knows.
+  bool may_lead_locked(const std::string& name) const {
+    if (name == self.name)
+      return true;
+    auto i = peers.find(name);
+    return i != peers.end() &&
+           (i->second.state == peer_state::alive || i->second.state == peer_state::suspected);
+  }
+
+  /// The leader was declared dead: the next candidate after it that is alive
+  /// (or this node) leads. Called with mtx held.
+  void succeed_locked() {
+    // A paused node's view is stale: it follows what its peers say later.
+    if (leading || paused || candidates.empty())
+      return;
+    auto at = std::find(candidates.begin(), candidates.end(), leader);
+    size_t first = at == candidates.end() ? 0 : static_cast<size_t>(at - candidates.begin()) + 1;
+    for (size_t k = 0; k < candidates.size(); ++k) {
+      const auto& c = candidates[(first + k) % candidates.size()];
+      if (c != leader && may_lead_locked(c)) {
+        leader = c;
+        return;
+      }
+    }
+  }
+
+  std::string current_leader() const {
+    std::lock_guard<std::mutex> guard{mtx};
+    return leader;
   }
 };
 
@@ -227,6 +308,9 @@ std::string render_status(const cluster_node::state& st) {
     out += "node " + me.name + " (" + to_string(me.role) + ") at " + me.host + ":" +
            std::to_string(me.port) + ", generation " + std::to_string(st.generation) +
            (me.buddy.empty() ? "" : ", replicating to " + me.buddy) +
+           (st.leader.empty()      ? ""
+            : st.leader == me.name ? (st.leading ? ", runs the tree" : ", about to run the tree")
+                                   : ", the tree runs on " + st.leader) +
            (st.paused ? ", PAUSED (waiting to hear whether it was fenced)" : "") + "\n";
     auto now = clock_type::now();
     for (auto& [name, e] : st.peers) {
@@ -282,8 +366,9 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
         if (e.agent && e.state != peer_state::dead)
           to.push_back(e.agent);
     }
+    auto leader = st->current_leader();
     for (auto& a : to)
-      self->send(a, beat_atom::value, st->self.name, st->generation);
+      self->send(a, beat_atom::value, st->self.name, st->generation, leader);
   };
   auto detect = [st] {
     auto now = clock_type::now();
@@ -319,6 +404,11 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
   };
   auto declare_dead = [st, fence_everywhere](const std::string& name, const std::string& why) {
     bool paused = false;
+    /// When the pause was noticed.
+    clock_type::time_point paused_at{};
+    /// The agent's last detection round: a gap longer than the deadline means
+    /// that the process was paused.
+    clock_type::time_point last_tick{};
     {
       std::lock_guard<std::mutex> guard{st->mtx};
       paused = st->paused;
@@ -331,6 +421,9 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
     std::string name;
     {
       std::lock_guard<std::mutex> guard{st->mtx};
+      // After a pause, the peers closed their connections to this node: the
+      // pause must be noticed before their loss is judged.
+      st->notice_pause_locked(clock_type::now());
       for (auto& [n, e] : st->peers)
         if (e.agent && e.agent.address() == dm.source && e.state != peer_state::dead)
           name = n;
@@ -339,8 +432,10 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       declare_dead(name, "connection lost");
   });
   self->send(self, tick_atom::value);
-  /// Records a peer's agent and generation; false if it is fenced.
-  auto admit = [self, st](const std::string& name, uint64_t gen, const caf::actor& a) {
+  /// Records a peer's agent and generation, and the leader it names; false if
+  /// it is fenced.
+  auto admit = [self, st](const std::string& name, uint64_t gen, const caf::actor& a,
+                          const std::string& leader) {
     bool fresh = false;
     {
       std::lock_guard<std::mutex> guard{st->mtx};
@@ -357,12 +452,18 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       }
       e.detector.heartbeat(clock_type::now());
       fresh = e.state == peer_state::unknown;
+      // Before the peer counts as alive, so that a node waiting for its peers
+      // knows the leader they name when it wakes.
+      if (!st->leading && !leader.empty() && leader != st->leader &&
+          (leader == name || st->may_lead_locked(leader))) {
+        st->leader = leader;
+        st->cv.notify_all();
+      }
     }
     if (fresh)
       st->set_state(name, peer_state::alive, "");
     return true;
   };
-  auto last_tick = std::make_shared<clock_type::time_point>();
   auto last_beat = std::make_shared<clock_type::time_point>();
   // Spawn requests wait here until the factory of their type is registered (a
   // node registers its factories after it starts listening).
@@ -381,6 +482,24 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
         waiting.push_back(std::move(ps));
         continue;
       }
+      // The supervisor's node: refused once it is fenced (its successor has
+      // started, or will start, the child afresh).
+      std::string from;
+      std::vector<caf::actor> replaced;
+      {
+        std::lock_guard<std::mutex> guard{st->mtx};
+        if (ps.supervisor && ps.supervisor.node() == self->node())
+          from = st->self.name;
+        for (auto& [n, e] : st->peers)
+          if (e.agent && e.state != peer_state::dead && ps.supervisor &&
+              e.agent.node() == ps.supervisor.node())
+            from = n;
+      }
+      if (from.empty()) {
+        ps.rp.deliver(cluster_error("node " + st->self.name + " refuses to start " + ps.path +
+                                    ": its supervisor's node is fenced or unknown"));
+        continue;
+      }
       child_context ctx{
           self->home_system(), ps.id,   ps.path,
           ps.incarnation,      ps.args, child_token{ps.supervisor, ps.slot, ps.incarnation},
@@ -389,14 +508,19 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       if (r) {
         {
           std::lock_guard<std::mutex> guard{st->mtx};
-          st->spawned.erase(
-              std::remove_if(st->spawned.begin(), st->spawned.end(),
-                             [](const caf::actor& a) {
-                               return a->getf(caf::abstract_actor::is_terminated_flag);
-                             }),
-              st->spawned.end());
-          st->spawned.push_back(*r);
+          auto gone = [&](const spawned_actor& a) {
+            if (a.path == ps.path && a.handle != *r) {
+              replaced.push_back(a.handle); // an older incarnation of the same child
+              return true;
+            }
+            return a.handle->getf(caf::abstract_actor::is_terminated_flag);
+          };
+          st->spawned.erase(std::remove_if(st->spawned.begin(), st->spawned.end(), gone),
+                            st->spawned.end());
+          st->spawned.push_back({*r, from, ps.path});
         }
+        for (auto& a : replaced)
+          self->send_exit(a, caf::exit_reason::kill);
         ps.rp.deliver(*r);
       } else {
         ps.rp.deliver(r.error());
@@ -408,52 +532,61 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       [self, st, admit](up_atom, const std::string&, const caf::actor& a) {
         // Fenced, or no answer: the connector tries again while it is unknown.
         self->request(a, st->fd().connection_timeout, hello_atom::value, st->self.name,
-                      st->generation)
+                      st->generation, st->current_leader())
             .then(
-                [st, admit, a](const std::string& peer, uint64_t gen) {
+                [st, admit, a](const std::string& peer, uint64_t gen, const std::string& leader) {
                   {
                     std::lock_guard<std::mutex> guard{st->mtx};
                     st->paused = false; // a peer accepts this node: it is not fenced
+                    st->cv.notify_all();
                   }
-                  admit(peer, gen, a);
+                  admit(peer, gen, a, leader);
                 },
                 [](caf::error&) {});
       },
-      [self, st, admit](hello_atom, const std::string& name,
-                        uint64_t gen) -> caf::result<std::string, uint64_t> {
+      [self, st, admit](
+          hello_atom, const std::string& name, uint64_t gen,
+          const std::string& leader) -> caf::result<std::string, uint64_t, std::string> {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         if (!st->knows(name))
           return cluster_error("unknown peer '" + name + "': node " + st->self.name +
                                " of cluster '" + st->cfg.cluster.name + "' has no such node in " +
                                st->cfg.origin);
-        if (!admit(name, gen, sender)) {
+        if (!admit(name, gen, sender, leader)) {
           // Tell a fenced node that it is: it stops itself.
           if (sender && !st->is_paused())
             self->send(sender, fence_atom::value, name, gen, st->self.name, st->generation);
           return cluster_error("node " + name + " generation " + std::to_string(gen) +
                                " is fenced: it was declared dead");
         }
-        return {st->self.name, st->generation};
+        return {st->self.name, st->generation, st->current_leader()};
       },
-      [self, st, admit](beat_atom, const std::string& name, uint64_t gen) {
+      [self, st, admit](beat_atom, const std::string& name, uint64_t gen,
+                        const std::string& leader) {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
-        // Tell a fenced node that it is: it stops itself.
-        if (st->knows(name) && !admit(name, gen, sender) && sender && !st->is_paused())
+        if (!st->knows(name))
+          return;
+        if (admit(name, gen, sender, leader)) {
+          // A peer that still beats to this node well after its pause has not
+          // fenced it (a peer stops beating to a node it declared dead).
+          std::lock_guard<std::mutex> guard{st->mtx};
+          if (st->paused && clock_type::now() - st->paused_at > 2 * st->fd().heartbeat_interval) {
+            st->paused = false;
+            st->cv.notify_all();
+          }
+          return;
+        }
+        if (sender && !st->is_paused())
+          // Tell a fenced node that it is: it stops itself.
           self->send(sender, fence_atom::value, name, gen, st->self.name, st->generation);
       },
-      [self, st, beat, detect, declare_dead, last_tick, last_beat](tick_atom) {
+      [self, st, beat, detect, declare_dead, last_beat](tick_atom) {
         auto now = clock_type::now();
-        if (*last_tick != clock_type::time_point{} && now - *last_tick > st->fd().deadline) {
-          // This process was paused (SIGSTOP, a VM freeze): the silence is
-          // ours, not the peers'. Start their clocks again; if the cluster
-          // fenced this node meanwhile, a peer says so.
+        {
           std::lock_guard<std::mutex> guard{st->mtx};
-          st->paused = true;
-          for (auto& [name, e] : st->peers)
-            if (e.state == peer_state::alive || e.state == peer_state::suspected)
-              e.detector.heartbeat(now);
+          st->notice_pause_locked(now);
+          st->last_tick = now;
         }
-        *last_tick = now;
         // Heartbeats every interval; the peers are judged four times as
         // often, so that a deadline is noticed within a quarter interval.
         if (now - *last_beat >= st->fd().heartbeat_interval) {
@@ -586,14 +719,14 @@ cluster_node::cluster_node(std::shared_ptr<state> st) : st_(std::move(st)) {
 }
 
 cluster_node::~cluster_node() {
-  std::vector<caf::actor> spawned;
+  std::vector<spawned_actor> spawned;
   {
     std::lock_guard<std::mutex> guard{st_->mtx};
     spawned.swap(st_->spawned);
   }
   // Their supervisors are on other nodes: nothing else stops them here.
   for (auto& a : spawned)
-    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(a.handle, caf::exit_reason::user_shutdown);
   if (st_->agent)
     caf::anon_send_exit(st_->agent, caf::exit_reason::user_shutdown);
   if (st_->connector)
@@ -712,6 +845,21 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
         break;
       order.push_back(h->buddy);
     }
+    {
+      // A node that was paused past its deadline may have been declared dead
+      // and replaced: it starts nothing until a peer accepts it again (or says
+      // that it is fenced), which takes a heartbeat or a reconnection.
+      std::unique_lock<std::mutex> guard{st->mtx};
+      st->notice_pause_locked(clock_type::now());
+      if (st->paused)
+        st->cv.wait_for(guard, st->fd().connection_timeout,
+                        [&] { return !st->paused || st->fenced || st->stop_requested; });
+      if (st->fenced || st->paused)
+        return cluster_error("node " + st->self.name + " does not start " + ctx.path + ": " +
+                             (st->fenced ? "the cluster declared it dead (fenced)"
+                                         : "it was paused past its deadline and no peer has "
+                                           "accepted it since"));
+    }
     std::string tried;
     for (auto& name : order) {
       if (name == st->self.name) {
@@ -800,6 +948,33 @@ void cluster_node::request_stop() {
   std::lock_guard<std::mutex> guard{st_->mtx};
   st_->stop_requested = true;
   st_->cv.notify_all();
+}
+
+void cluster_node::set_leader_candidates(std::vector<std::string> candidates) {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  st_->candidates = std::move(candidates);
+  if (st_->leader.empty() && !st_->candidates.empty())
+    st_->leader = st_->candidates.front();
+  st_->cv.notify_all();
+}
+
+std::string cluster_node::leader() const {
+  return st_->current_leader();
+}
+
+bool cluster_node::await_leadership(std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> guard{st_->mtx};
+  st_->cv.wait_for(guard, timeout,
+                   [this] { return st_->stop_requested || st_->leader == st_->self.name; });
+  return !st_->stop_requested && st_->leader == st_->self.name;
+}
+
+bool cluster_node::claim_leadership() {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  if (st_->stop_requested || st_->paused || st_->leader != st_->self.name)
+    return false;
+  st_->leading = true;
+  return true;
 }
 
 bool cluster_node::fenced() const {

@@ -136,6 +136,76 @@ TEST_CASE(
   CHECK(out.find("child_restarted /job/workers/worker-0#2") != std::string::npos);
 }
 
+namespace {
+
+/// Launches the cluster of `file` with `chaos` and checks that the job ends
+/// with the fault-free digest, printed by `finisher`. Returns the output.
+std::string launch_expecting(const std::string& file, const std::string& dir,
+                             const std::string& chaos, uint64_t steps,
+                             const std::string& finisher) {
+  node_config_options opts;
+  opts.check_job = check_training_job;
+  auto nc = load_node_config(file, opts);
+  REQUIRE(nc);
+  auto expected = fault_free_digest(*nc, dir + "/single");
+  int status = 0;
+  auto out = run_cli("launch " + file + " " + chaos, status);
+  INFO(out);
+  CHECK(status == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(
+      out, m, std::regex{R"(\[(\w+)\] final: steps=(\d+) .*params_digest=([0-9a-f]+))"}));
+  CHECK(m[1] == finisher);
+  CHECK(m[2] == std::to_string(steps));
+  CHECK(m[3] == hex(expected));
+  return out;
+}
+
+} // namespace
+
+TEST_CASE(
+    "when the leader's node is killed the next candidate runs the tree and the digest is "
+    "unchanged",
+    "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 300);
+  // n3 is frozen too, while n2 leads: n2 moves n3's actors as n1 did.
+  auto out = launch_expecting(file, dir.path, "--kill n1@100 --freeze n3@200:2s", 300, "n2");
+  INFO(out);
+  CHECK(out.find("chaos: SIGKILL n1") != std::string::npos);
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
+  // It resumes from what the shards and loaders have on disk (replicas of n1's
+  // included), not from the start.
+  std::smatch m;
+  REQUIRE(
+      std::regex_search(out, m, std::regex{R"(\[n2\] job: resuming from committed step (\d+))"}));
+  CHECK(std::stoull(m[1]) >= 95);
+  CHECK(std::regex_search(out, std::regex{R"(\[n2\] node n2: peer n3 is dead)"}));
+  // n3 and s1 followed n2: neither started a tree of its own.
+  CHECK(out.find("[n3] node n3: taking over") == std::string::npos);
+  CHECK(out.find("[s1] node s1: taking over") == std::string::npos);
+  CHECK(out.find("node n2: fenced") == std::string::npos);
+}
+
+TEST_CASE(
+    "a leader frozen past its deadline is replaced and fenced and its return changes "
+    "nothing",
+    "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 2000);
+  auto out = launch_expecting(file, dir.path, "--freeze n1@100:2s", 2000, "n2");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
+  // n1 came back while n2 ran the job: it learnt that it was fenced, started
+  // nothing (its late spawn requests and replicas were refused) and exited 3.
+  CHECK_THAT(out, Catch::Contains("chaos: SIGCONT n1"));
+  CHECK_THAT(out, Catch::Contains("[n1] node n1: fenced"));
+  CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 3"));
+  CHECK(out.find("[n1] final:") == std::string::npos);
+}
+
 TEST_CASE("a node refuses to start with a config naming no such node", "[cluster]") {
   temp_dir dir;
   auto file = dir.path + "/cluster.toml";

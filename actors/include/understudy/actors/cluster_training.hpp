@@ -3,6 +3,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <caf/expected.hpp>
 
@@ -22,24 +23,30 @@ std::optional<job_problem> check_training_job(const job_spec& job);
 /// config file and the line of the key at fault.
 caf::expected<training_config> make_training_config(const node_config& nc);
 
+/// The nodes that may host the trainer, and so run the job's tree, in order
+/// of preference: [job.trainer]'s placement (its first node, then its
+/// failover nodes); for a trainer without a placement of its own, that of the
+/// tree's `training_job` child or else the root's.
+std::vector<std::string> leader_candidates(const node_config& nc);
+
 /// One node's part of a cluster's training job. Every node builds the same job
 /// (same config, its own state store) and lets its peers start shards,
-/// loaders and workers on it; the node that hosts the trainer (the first node
-/// of [job.trainer]'s placement: the leader) runs the job's supervision tree,
-/// whose shards, loaders and workers start on the nodes their placement names
-/// and, when such a node dies, on its buddy, restored from the copies of its
-/// checkpoints.
+/// loaders and workers on it; the leader (the first of leader_candidates while
+/// it lives, then the next one alive: cluster_node's leadership) runs the
+/// job's supervision tree and hosts the trainer. Shards, loaders and workers
+/// start on the nodes their placement names and, when such a node dies, on its
+/// buddy, restored from the copies of its checkpoints. A new leader starts the
+/// tree afresh: the trainer finds the last step every shard and loader has on
+/// disk and the job goes on from there.
 class cluster_training {
 public:
   /// Builds the job on `node` and registers its factories there.
   static caf::expected<std::unique_ptr<cluster_training>> create(cluster_node& node,
                                                                  const node_config& nc);
 
-  /// Whether this node runs the job's tree (hosts the trainer).
-  bool leader() const noexcept { return leader_; }
-
-  /// The leader's name.
-  const std::string& leader_name() const noexcept { return leader_name_; }
+  /// The nodes that may run the job's tree, in order (leader_candidates);
+  /// the node's leadership (cluster_node::await_leadership) says which does.
+  const std::vector<std::string>& candidates() const noexcept { return candidates_; }
 
   /// On the leader: the job's tree, its actors placed over the nodes.
   supervisor_spec spec(std::shared_ptr<event_sink> events) const;
@@ -51,8 +58,7 @@ private:
   cluster_node& node_;
   job_spec spec_;
   training_job job_;
-  std::string leader_name_;
-  bool leader_ = false;
+  std::vector<std::string> candidates_;
 };
 
 } // namespace understudy

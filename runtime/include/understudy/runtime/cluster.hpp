@@ -187,6 +187,29 @@ public:
   /// Asks this node to stop (e.g. from a signal handling thread).
   void request_stop();
 
+  /// Leadership: one node runs the supervision tree (for a training job, the
+  /// node that hosts the trainer). `candidates` are the nodes that may, in
+  /// order of preference; the first one leads at first. When the leader is
+  /// declared dead, every node moves on to the next candidate after it that
+  /// is alive (wrapping around), so that the nodes that see the same deaths
+  /// agree. A node that does not lead follows the leader its peers name in
+  /// their heartbeats (a node that restarts while another leads learns it
+  /// so). The leader's successor starts the tree afresh: actors started for
+  /// the old leader's supervisors were killed when it was declared dead.
+  void set_leader_candidates(std::vector<std::string> candidates);
+
+  /// The node this node believes leads ("" before set_leader_candidates).
+  std::string leader() const;
+
+  /// Blocks until this node is the leader, a stop is requested, or `timeout`
+  /// passes; returns whether it is the leader (and not asked to stop). Not
+  /// from an actor handler.
+  bool await_leadership(std::chrono::milliseconds timeout) const;
+
+  /// Makes this node's leadership final before it starts the tree (it no
+  /// longer follows what peers say); false if it is not the leader (any more).
+  bool claim_leadership();
+
   /// Whether the cluster declared this node dead (it must stop: its actors'
   /// work is refused and has been restarted elsewhere).
   bool fenced() const;
