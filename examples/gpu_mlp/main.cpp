@@ -480,7 +480,7 @@ private:
            ug::is(err, ug::gpu_errc::cublas_error) || err == caf::sec::request_receiver_down ||
            (err.category() == ug::collective_category &&
             !ug::is(err, ug::collective_errc::invalid_argument)) ||
-           err.category() == ug::process_category;
+           err.category() == process_category;
   }
 
   /// A request to participant `i` failed: it restarts (let it crash: one that
@@ -939,7 +939,7 @@ int main(int argc, char** argv) {
   register_error_categories(acfg);
   ug::register_gpu_types(acfg);
   ug::register_collective_types(acfg);
-  ug::register_process_types(acfg);
+  register_process_types(acfg);
   caf::actor_system sys{acfg};
   auto render = [&sys](const caf::error& err) { return sys.render(err); };
 

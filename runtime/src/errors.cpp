@@ -6,6 +6,8 @@
 #include <caf/message.hpp>
 #include <caf/sec.hpp>
 
+#include "understudy/runtime/process_host.hpp"
+
 namespace understudy {
 
 std::string to_string(next_step x) {
@@ -235,6 +237,8 @@ std::string describe(const caf::error& err) {
     result = to_string(static_cast<state_errc>(err.code()));
   } else if (cat == config_category) {
     result = to_string(static_cast<config_errc>(err.code()));
+  } else if (cat == process_category) {
+    result = to_string(static_cast<process_errc>(err.code()));
   } else if (cat == caf::atom("exit")) {
     result = to_string(static_cast<caf::exit_reason>(err.code()));
   } else if (cat == caf::atom("system")) {
@@ -272,6 +276,7 @@ void register_error_categories(caf::actor_system_config& cfg) {
   cfg.add_error_category(supervision_category, renderer<supervision_errc>());
   cfg.add_error_category(state_category, renderer<state_errc>());
   cfg.add_error_category(config_category, renderer<config_errc>());
+  cfg.add_error_category(process_category, renderer<process_errc>());
 }
 
 } // namespace understudy

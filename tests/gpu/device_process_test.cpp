@@ -43,7 +43,7 @@ struct process_system {
     cfg.set("scheduler.max-threads", 2);
     understudy::register_error_categories(cfg);
     ug::register_gpu_types(cfg);
-    ug::register_process_types(cfg);
+    understudy::register_process_types(cfg);
     ug::register_collective_types(cfg);
     return cfg;
   }
@@ -147,46 +147,13 @@ TEST_CASE("a sticky fault ends its device process with status 70 and the keeper 
   ps.self->send(*keeper, ug::gpu_run_atom::value, fault_batch());
   auto reason = ps.down_reason(*keeper);
   INFO(understudy::describe(reason));
-  REQUIRE(ug::is(reason, ug::process_errc::poisoned));
+  REQUIRE(understudy::is(reason, understudy::process_errc::poisoned));
   auto text = understudy::describe(reason);
   REQUIRE(text.find("gpu-3 (pid ") != std::string::npos);
   REQUIRE(text.find("exited with status 70") != std::string::npos);
   REQUIRE(text.find("sticky_cuda_error") != std::string::npos);
-  REQUIRE(ug::next_step_for(ug::process_errc::poisoned) == understudy::next_step::retry_now);
-}
-
-TEST_CASE("a device process that cannot start fails its keeper", "[gpu_ops][device_process]") {
-  process_system ps;
-  auto opts = child_options();
-  SECTION("a program that does not exist") {
-    opts.program = "/nonexistent/understudy-child";
-    auto keeper = ug::spawn_device_process(ps.sys, opts, "gpu-x");
-    REQUIRE(keeper);
-    ps.self->monitor(*keeper);
-    auto reason = ps.down_reason(*keeper);
-    INFO(understudy::describe(reason));
-    REQUIRE(ug::is(reason, ug::process_errc::spawn_failed));
-  }
-  SECTION("a program that exits before it reports an actor") {
-    opts.program = "/bin/false";
-    opts.args.clear();
-    auto keeper = ug::spawn_device_process(ps.sys, opts, "gpu-y");
-    REQUIRE(keeper);
-    ps.self->monitor(*keeper);
-    auto reason = ps.down_reason(*keeper);
-    INFO(understudy::describe(reason));
-    REQUIRE(ug::is(reason, ug::process_errc::start_failed));
-    REQUIRE(understudy::describe(reason).find(
-                "exited with status 1 before it reported its actor") != std::string::npos);
-  }
-  SECTION("an actor system without a middleman") {
-    caf::actor_system_config cfg;
-    cfg.set("logger.console-verbosity", caf::atom("quiet"));
-    caf::actor_system plain{cfg};
-    auto keeper = ug::spawn_device_process(plain, opts, "gpu-z");
-    REQUIRE_FALSE(keeper);
-    REQUIRE(ug::is(keeper.error(), ug::process_errc::no_middleman));
-  }
+  REQUIRE(understudy::next_step_for(understudy::process_errc::poisoned) ==
+          understudy::next_step::retry_now);
 }
 
 TEST_CASE("a gpu rank in a device process restores its state into a fresh process after a crash",
@@ -351,13 +318,12 @@ TEST_CASE(
 }
 
 TEST_CASE("a process without a device process role runs as itself", "[gpu_ops][device_process]") {
-  REQUIRE_FALSE(ug::actor_host_role_from_env());
   REQUIRE_FALSE(ug::run_device_process_if_requested());
   REQUIRE(ug::device_exit_status(caf::error{}) == 0);
   REQUIRE(ug::device_exit_status(ug::make_error(ug::gpu_errc::sticky_cuda_error, "x")) ==
-          ug::host_status::poisoned);
+          understudy::host_status::poisoned);
   REQUIRE(ug::device_exit_status(ug::make_error(ug::gpu_errc::cuda_error, "x")) ==
-          ug::host_status::failed);
+          understudy::host_status::failed);
 }
 
 TEST_CASE("device process child", "[.][device_process_child]") {

@@ -1,15 +1,11 @@
 #pragma once
 
 #include <chrono>
-#include <cstdint>
-#include <functional>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <caf/actor.hpp>
-#include <caf/atom.hpp>
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
@@ -17,156 +13,20 @@
 
 #include "understudy/gpu/gpu_actor.hpp"
 #include "understudy/runtime/child_spec.hpp"
-#include "understudy/runtime/errors.hpp"
+#include "understudy/runtime/process_host.hpp"
 
-// Actors in child processes. A process that hosts one actor is started with
-// fork+exec (posix_spawn) of a program, by default this one, whose main() asks
-// first whether it was started to host an actor (`run_device_process_if_requested`).
-// The child runs an actor system with CAF's middleman, publishes its actor on
-// 127.0.0.1 (an ephemeral port; loopback only) and reports the port through a
-// pipe; the parent connects with the middleman, monitors the remote actor and
-// reaps the process, whose exit status says why it ended. A parent-side actor
-// (the keeper) stands for the remote one: it forwards every message to it, and
-// exits with an error naming the status when the process ends, so that a
-// supervisor restarts it — with a fresh process.
-//
-// The generic part (`process_spec`, `spawn_process_actor`, `actor_host_role`,
-// `run_actor_host`) hosts any actor; the GPU part hosts a GPU actor per device,
-// so that a sticky CUDA error, which poisons the whole process, costs only that
-// process. Messages that cross the boundary must be registered on both sides
-// (`register_gpu_types` registers the GPU actor's protocol).
+// A GPU actor in a process of its own, so that a sticky CUDA error, which
+// poisons the whole process, costs only that process. It runs on the runtime's
+// process host (understudy/runtime/process_host.hpp): the parent holds a
+// keeper that speaks the GPU actor's protocol and exits with a `process_errc`
+// error naming the child's exit status (`host_status::poisoned` after a sticky
+// CUDA error), so that a supervisor restarts it with a fresh process. The
+// child is a program, by default this one, whose main() calls
+// `run_device_process_if_requested` first. Messages that cross the boundary
+// must be registered on both sides (`register_gpu_types` registers the GPU
+// actor's protocol, `register_process_types` the process errors).
 
 namespace understudy::gpu {
-
-// -- exit statuses --------------------------------------------------------------------
-
-/// The exit statuses of a process that hosts an actor (`run_actor_host`):
-/// 0 when its actor exited normally, otherwise one of these.
-struct host_status {
-  /// The hosted actor reported the process itself unusable (a sticky CUDA
-  /// error poisoned its CUDA context): only a fresh process can serve again.
-  static constexpr int poisoned = 70;
-  /// The hosted actor failed with another error, or could not be started or published.
-  static constexpr int failed = 71;
-  /// The parent was gone before the child started (it exits with the parent).
-  static constexpr int orphaned = 72;
-};
-
-// -- errors ---------------------------------------------------------------------------
-
-/// Error category atom for `process_errc`, as carried in `caf::error`.
-constexpr caf::atom_value process_category = caf::atom("us_proc");
-
-/// Why a process hosting an actor ended or could not be used. The context
-/// names the process (its name and pid), its exit status or signal, what the
-/// status means, and the hosted actor's own exit reason where the child
-/// reported it, e.g. "gpu-1 (pid 4242) exited with status 70 (poisoned): ...
-/// sticky_cuda_error: stream work on device 0: cudaErrorIllegalAddress (700) ...".
-enum class process_errc : uint8_t {
-  /// Not an error.
-  none = 0,
-  /// The program could not be started (posix_spawn failed); the context has errno.
-  spawn_failed,
-  /// The child did not report its actor in time, ended before it did, or the
-  /// connection to it failed.
-  start_failed,
-  /// The child exited with `host_status::poisoned`: its device (CUDA context) is poisoned.
-  poisoned,
-  /// The child exited with `host_status::failed`: its actor failed.
-  actor_failed,
-  /// The child exited with another status, or was killed by a signal (a crash,
-  /// or the keeper killing a child whose connection was lost).
-  crashed,
-  /// The parent's actor system has no middleman (load caf::io::middleman).
-  no_middleman,
-};
-
-/// Returns the name of `x`, e.g. "poisoned".
-std::string to_string(process_errc x);
-
-/// Classifies `x`: `spawn_failed` and `no_middleman` give up; the others
-/// start a fresh process (`retry_now`).
-next_step next_step_for(process_errc x);
-
-/// Wraps `x` into a `caf::error` with a context message describing the details.
-caf::error make_error(process_errc x, std::string context);
-
-/// Returns whether `err` is of category `process_category` with code `x`.
-bool is(const caf::error& err, process_errc x);
-
-/// Registers the `process_errc` category with `cfg`.
-void register_process_types(caf::actor_system_config& cfg);
-
-// -- the parent's side ----------------------------------------------------------------
-
-/// How to start a process that hosts one actor.
-struct process_spec {
-  /// A name for errors and logs, e.g. "gpu-1".
-  std::string name;
-  /// The program to run; this program by default.
-  std::string program = "/proc/self/exe";
-  /// Its arguments after argv[0] (e.g. a test filter).
-  std::vector<std::string> args;
-  /// What the child should host, as key=value pairs that its `actor_host_role`
-  /// carries (through the environment; keys and values without ';' and '=').
-  std::map<std::string, std::string> role;
-  /// The child has this long from its start to report its actor.
-  caf::timespan start_timeout = std::chrono::seconds(60);
-  /// Once the connection to the child is lost, it has this long to exit
-  /// before it is killed (SIGKILL).
-  caf::timespan exit_timeout = std::chrono::seconds(5);
-};
-
-/// Starts a process for `spec` and returns at once the keeper: a local actor
-/// that stands for the remote one. Messages sent to the keeper before the
-/// child's actor is connected wait; then every message is forwarded to it in
-/// order (requests are answered by the remote actor directly). The keeper
-/// exits
-/// - normally, when the child's actor exited normally (status 0);
-/// - with a `process_errc` error naming the exit status otherwise: `poisoned`,
-///   `actor_failed`, `crashed`; `start_failed` when the child did not come up.
-/// When the keeper exits for any reason (an exit message, a link), the child is
-/// killed (SIGKILL) and reaped. A helper thread per child starts it, reads its
-/// reports and reaps it (waitpid), so no scheduler thread blocks. As with any
-/// remote actor, a request that the child's actor had taken when the process
-/// died may go unanswered: monitor (or link to) the keeper.
-///
-/// Errors: `no_middleman` if `sys` was built without CAF's middleman.
-caf::expected<caf::actor> spawn_process_actor(caf::actor_system& sys, process_spec spec);
-
-// -- the child's side -----------------------------------------------------------------
-
-/// What a process started by `spawn_process_actor` is to host, read from its
-/// environment.
-struct actor_host_role {
-  /// The pairs of `process_spec::role`.
-  std::map<std::string, std::string> values;
-  /// Where the child reports its port and, at its end, its actor's exit reason.
-  int report_fd = -1;
-  /// The pid of the parent that started it.
-  int parent = 0;
-
-  /// Returns the value of `key`, or `fallback`.
-  std::string get(const std::string& key, const std::string& fallback = {}) const;
-};
-
-/// Returns the role of this process if `spawn_process_actor` started it
-/// (its environment says so), none otherwise. Cheap; call it first in main().
-std::optional<actor_host_role> actor_host_role_from_env();
-
-/// Runs the child's side for `role`: closes inherited file descriptors (but
-/// stdio and the report pipe), makes the process die with its parent, builds
-/// an actor system with the middleman (`configure` registers message types),
-/// spawns the actor with `make`, publishes it on 127.0.0.1 at an ephemeral
-/// port, reports the port, and waits for the actor to exit. Then it reports the
-/// exit reason and ends the process at once (std::_Exit) with `status_of(reason)`
-/// (0 for a normal exit): a poisoned CUDA context must not hold up the exit.
-/// Never returns on success; returns `host_status::failed` or `orphaned` if it
-/// could not start.
-int run_actor_host(const actor_host_role& role,
-                   const std::function<void(caf::actor_system_config&)>& configure,
-                   const std::function<caf::expected<caf::actor>(caf::actor_system&)>& make,
-                   const std::function<int(const caf::error&)>& status_of);
 
 // -- a GPU actor per process ----------------------------------------------------------
 
@@ -179,7 +39,7 @@ struct device_process_options {
   /// an illegal address does on CUDA, so that the child exits with
   /// `host_status::poisoned` (on CUDA the fault is real anyway).
   bool simulate_sticky_faults = false;
-  /// The program and its arguments (see process_spec); its main() must call
+  /// The program and its arguments (see understudy::process_spec); its main() must call
   /// `run_device_process_if_requested` first.
   std::string program = "/proc/self/exe";
   std::vector<std::string> args;
@@ -191,7 +51,7 @@ struct device_process_options {
 /// `host_status::failed` for any other.
 int device_exit_status(const caf::error& reason);
 
-/// Starts a GPU actor in a fresh process (see spawn_process_actor) and returns
+/// Starts a GPU actor in a fresh process (see understudy::spawn_process_actor) and returns
 /// its keeper, which speaks the GPU actor's protocol. `name` names it in errors.
 caf::expected<caf::actor> spawn_device_process(caf::actor_system& sys, device_process_options opts,
                                                std::string name);
