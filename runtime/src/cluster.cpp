@@ -587,10 +587,11 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
           st->notice_pause_locked(now);
           st->last_tick = now;
         }
-        // Heartbeats every interval; the peers are judged four times as
-        // often, so that a deadline is noticed within a quarter interval.
-        if (now - *last_beat >= st->fd().heartbeat_interval) {
-          *last_beat = now;
+        // Heartbeats on a fixed schedule (every interval, without drift), so
+        // that a peer's deadline counts from a beat at most one interval old.
+        const auto interval = st->fd().heartbeat_interval;
+        if (now - *last_beat >= interval - std::chrono::milliseconds(1)) {
+          *last_beat = now - *last_beat < 2 * interval ? *last_beat + interval : now;
           beat();
         }
         for (auto& [name, s] : detect()) {
@@ -599,7 +600,21 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
           else
             st->set_state(name, s, "");
         }
-        self->delayed_send(self, st->fd().heartbeat_interval / 4, tick_atom::value);
+        // The peers are judged four times an interval, and again the moment
+        // the first deadline passes, so that a silent peer is declared dead
+        // on time rather than up to a quarter interval late.
+        auto next = now + interval / 4;
+        next = std::min(next, *last_beat + interval);
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          for (auto& [name, e] : st->peers)
+            if (auto last = e.detector.last();
+                last && (e.state == peer_state::alive || e.state == peer_state::suspected))
+              next = std::min(next, *last + st->fd().deadline + std::chrono::microseconds(100));
+        }
+        auto wait =
+            std::max<caf::timespan>(next - clock_type::now(), std::chrono::microseconds(200));
+        self->delayed_send(self, wait, tick_atom::value);
       },
       [st](fence_atom, const std::string& name, uint64_t gen, const std::string& from,
            uint64_t from_gen) {
@@ -935,8 +950,12 @@ void cluster_node::stop_peers() {
       if (e.agent && e.state != peer_state::dead)
         to.push_back(e.agent);
   }
+  // Waits for each answer: a node that ends right after this call must not
+  // take the requests down with its connections (a peer that missed it would
+  // see the leader die and take over a finished job).
+  caf::scoped_actor self{st_->rt->system()};
   for (auto& a : to)
-    caf::anon_send(a, stop_atom::value);
+    self->request(a, std::chrono::seconds(1), stop_atom::value).receive([] {}, [](caf::error&) {});
 }
 
 bool cluster_node::await_stop_request(std::chrono::milliseconds timeout) const {

@@ -177,7 +177,8 @@ public:
   /// are. Not from an actor handler.
   bool await_peers(std::chrono::milliseconds timeout) const;
 
-  /// Asks every connected peer to stop its process (`understudy node` exits).
+  /// Asks every connected peer to stop its process (`understudy node` exits)
+  /// and waits for their answers (up to 1 s each). Not from an actor handler.
   void stop_peers();
 
   /// Blocks until a peer asked this node to stop (or it was fenced, or
