@@ -212,14 +212,14 @@ struct trainer_actor {
   void probe_all() {
     auto att = attempt;
     auto left = std::make_shared<size_t>(s->cfg.shards + s->cfg.loaders);
-    auto lowest = std::make_shared<uint64_t>(std::numeric_limits<uint64_t>::max());
+    auto newest = std::make_shared<std::vector<std::pair<std::string, uint64_t>>>();
     for (auto& p : parts) {
       if (p.r == workers_role)
         continue;
       self->request(p.handle, recovery_timeout, probe_atom::value)
           .then(
-              [this, att, left, lowest](uint64_t newest) {
-                *lowest = std::min(*lowest, newest);
+              [this, att, left, newest, id = p.id](uint64_t step) {
+                newest->emplace_back(id, step);
                 if (att != attempt || --*left != 0)
                   return;
                 if (again) {
@@ -227,11 +227,41 @@ struct trainer_actor {
                   recover();
                   return;
                 }
-                set_committed(*lowest);
+                if (auto err = lost_state(*newest)) {
+                  fail(std::move(err));
+                  return;
+                }
+                uint64_t lowest = std::numeric_limits<uint64_t>::max();
+                for (auto& [who, n] : *newest)
+                  lowest = std::min(lowest, n);
+                set_committed(lowest);
                 rewind_all();
               },
               [this, att](caf::error& err) { on_error(att, err); });
     }
+  }
+
+  /// A participant without any saved state, in a job that has committed
+  /// steps, lost its state (e.g. it restarted on a node that holds no copy of
+  /// it): rolling everyone back to the start would lose the job's progress.
+  caf::error lost_state(const std::vector<std::pair<std::string, uint64_t>>& newest) const {
+    uint64_t highest = 0;
+    for (auto& [who, n] : newest)
+      highest = std::max(highest, n);
+    // Without a commit, a participant may be up to two steps ahead of one that
+    // has nothing: at most the two checkpoints after the start.
+    auto recorded = st->value().step;
+    if (recorded == 0 && highest <= 2 * s->cfg.checkpoint_every)
+      return {};
+    for (auto& [who, n] : newest)
+      if (n == 0)
+        return make_error(state_errc::not_found,
+                          who + " has no saved state although the job has committed step " +
+                              std::to_string(std::max(recorded, committed)) +
+                              " (others hold up to step " + std::to_string(highest) +
+                              "): it restarted where its checkpoints are not; refusing to roll "
+                              "the job back to the start");
+    return {};
   }
 
   void set_committed(uint64_t step) {

@@ -402,3 +402,31 @@ TEST_CASE("a state store that keeps fewer than three versions cannot hold a trai
   REQUIRE_FALSE(job);
   CHECK_THAT(describe(job.error()), Catch::Contains("at least 3"));
 }
+
+TEST_CASE(
+    "a shard that restarts without its saved state fails the job rather than rolling it "
+    "back to the start",
+    "[training]") {
+  state_dir dir, elsewhere;
+  auto cfg = small_job(11);
+  cfg.steps = 40;
+  cfg.checkpoint_every = 5;
+  run_job(cfg, dir.path);
+  // The job goes on to step 80 in the same directory, but shard-1 starts on a
+  // store that holds none of its checkpoints (as on a node without its copies).
+  cfg.steps = 80;
+  runtime other{quiet()}; // a runtime opens one state store
+  auto stranger = make_job(other, cfg, elsewhere.path);
+  runtime rt{quiet()};
+  auto job = make_job(rt, cfg, dir.path);
+  auto tree =
+      rt.start(job.spec("job", nullptr, [&](fault_target role, size_t index, child_spec local) {
+        return role == fault_target::shard && index == 1 ? stranger.shard_spec(1) : local;
+      }));
+  REQUIRE(tree);
+  auto result = job.wait(std::chrono::seconds(60));
+  rt.stop(*tree);
+  REQUIRE_FALSE(result);
+  CHECK_THAT(describe(result.error()),
+             Catch::Contains("shard-1 has no saved state") && Catch::Contains("committed step 40"));
+}
