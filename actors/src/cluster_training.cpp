@@ -1,11 +1,16 @@
 #include "understudy/actors/cluster_training.hpp"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
 #include <caf/make_message.hpp>
 
 #include "understudy/actors/mlp.hpp"
 #include "understudy/runtime/errors.hpp"
+#include "understudy/runtime/process_host.hpp"
 
 namespace understudy {
 
@@ -33,11 +38,133 @@ const char* type_of(fault_target role) {
 
 } // namespace
 
+namespace {
+
+/// What an isolated worker's process is told to host.
+constexpr const char* isolated_worker = "training.worker";
+
+std::string join_indices(const std::vector<size_t>& xs) {
+  std::string out;
+  for (auto x : xs)
+    out += (out.empty() ? "" : ",") + std::to_string(x);
+  return out;
+}
+
+std::vector<size_t> split_indices(const std::string& text) {
+  std::vector<size_t> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    auto end = text.find(',', pos);
+    if (end == std::string::npos)
+      end = text.size();
+    out.push_back(static_cast<size_t>(std::stoull(text.substr(pos, end - pos))));
+    pos = end + 1;
+  }
+  return out;
+}
+
+/// The faults that fired in isolated workers' processes on this node, one
+/// index per line: a process that crashed cannot say so otherwise.
+std::vector<size_t> read_fault_log(const std::string& path) {
+  std::vector<size_t> out;
+  std::ifstream in{path};
+  size_t i = 0;
+  while (in >> i)
+    out.push_back(i);
+  return out;
+}
+
+/// Starts worker `index` in an OS process of its own (this program, hosting
+/// it through host_isolated_training_actor) and returns the process's keeper.
+caf::expected<caf::actor> start_isolated_worker(child_context& ctx, training_job& job,
+                                                const std::string& config, const node_spec& node,
+                                                size_t index) {
+  auto log = (std::filesystem::path{node.state_dir} / "isolated-faults.log").string();
+  for (auto i : read_fault_log(log))
+    job.mark_fired(i);
+  process_spec ps;
+  ps.name = ctx.path + " (isolated, on " + node.name + ")";
+  ps.role = {{"actor", isolated_worker},
+             {"config", config},
+             {"index", std::to_string(index)},
+             {"id", ctx.id},
+             {"path", ctx.path},
+             {"incarnation", std::to_string(ctx.incarnation)},
+             {"fired", join_indices(job.fired_faults())},
+             {"fault_log", log}};
+  ps.start_timeout = std::chrono::seconds(30);
+  return spawn_process_actor(ctx.system, ps);
+}
+
+} // namespace
+
 std::optional<job_problem> check_training_job(const job_spec& j) {
   auto faults = parse_faults(j.faults, j.workers, j.shards, j.loaders, j.steps, j.seed);
   if (!faults)
     return job_problem{"faults", describe(faults.error())};
+  // Shards, loaders and the trainer write the node's state store, which only
+  // the node's process opens.
+  for (auto [key, role] : {std::pair{"shard", &j.shard}, std::pair{"loader", &j.loader},
+                           std::pair{"trainer", &j.trainer}})
+    if (role->placement.process == process_mode::isolated)
+      return job_problem{key, std::string{"[job."} + key +
+                                  "] process = \"isolated\" is not supported: its actors write "
+                                  "the node's state store, which only the node's process opens; "
+                                  "isolate workers ([job.worker])"};
   return std::nullopt;
+}
+
+std::optional<int> host_isolated_training_actor() {
+  auto role = actor_host_role_from_env();
+  if (!role || role->get("actor") != isolated_worker)
+    return std::nullopt;
+  auto fail = [](const std::string& what) {
+    std::fprintf(stderr, "isolated worker: %s\n", what.c_str());
+    return host_status::failed;
+  };
+  node_config_options opts;
+  opts.check_job = check_training_job;
+  auto nc = load_node_config(role->get("config"), opts);
+  if (!nc)
+    return fail(describe(nc.error()));
+  auto tc = make_training_config(*nc);
+  if (!tc)
+    return fail(describe(tc.error()));
+  auto job = training_job::create_for_workers(std::move(*tc));
+  if (!job)
+    return fail(describe(job.error()));
+  size_t index = 0;
+  uint64_t incarnation = 1;
+  try {
+    index = static_cast<size_t>(std::stoull(role->get("index")));
+    incarnation = std::stoull(role->get("incarnation", "1"));
+    for (auto i : split_indices(role->get("fired")))
+      job->mark_fired(i);
+  } catch (const std::exception&) {
+    return fail("bad role: index '" + role->get("index") + "', fired '" + role->get("fired") + "'");
+  }
+  // An injected fault crashes the whole process, as a native crash would;
+  // the log tells the node that it fired, so that its successor goes on.
+  job->on_fault([log = role->get("fault_log"), faults = job->config().faults](size_t i) {
+    if (FILE* f = std::fopen(log.c_str(), "a")) {
+      std::fprintf(f, "%zu\n", i);
+      std::fclose(f);
+    }
+    std::fprintf(stderr, "isolated worker: injected fault %s: aborting the process\n",
+                 to_string(faults[i]).c_str());
+    std::abort();
+  });
+  auto id = role->get("id");
+  auto path = role->get("path");
+  return run_actor_host(
+      *role, [](caf::actor_system_config& cfg) { register_training_types(cfg); },
+      [&](caf::actor_system& sys) -> caf::expected<caf::actor> {
+        caf::message no_args;
+        std::shared_ptr<event_sink> no_events;
+        child_context ctx{sys, id, path, incarnation, no_args, child_token{}, no_events};
+        return job->worker_spec(index).start(ctx);
+      },
+      [](const caf::error& reason) { return reason ? host_status::failed : 0; });
 }
 
 caf::expected<training_config> make_training_config(const node_config& nc) {
@@ -142,15 +269,19 @@ caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluste
     return job.error();
   std::unique_ptr<cluster_training> ct{new cluster_training(node, nc, std::move(*job))};
   // Peers start this node's share of the actors through these.
+  const bool isolate_workers = nc.job->worker.placement.process == process_mode::isolated;
   for (auto role : {fault_target::shard, fault_target::loader, fault_target::worker}) {
     auto* self = ct.get();
     node.add_factory(
         type_of(role),
-        [self, role](child_context& ctx, const caf::message& args) -> caf::expected<caf::actor> {
+        [self, role, isolate_workers, config = nc.origin](
+            child_context& ctx, const caf::message& args) -> caf::expected<caf::actor> {
           if (args.size() != 1 || !args.match_element<uint64_t>(0))
             return make_error(config_errc::invalid_value, "bad arguments for " + ctx.path);
           auto index = static_cast<size_t>(args.get_as<uint64_t>(0));
           auto& job = self->job_;
+          if (role == fault_target::worker && isolate_workers)
+            return start_isolated_worker(ctx, job, config, self->node_.self(), index);
           child_spec local = role == fault_target::shard    ? job.shard_spec(index)
                              : role == fault_target::loader ? job.loader_spec(index)
                                                             : job.worker_spec(index);

@@ -253,6 +253,33 @@ caf::expected<training_job> training_job::create(training_config cfg, persistenc
   if (auto keep = p.store->config().retention.keep_last; keep < 3)
     return bad_config("training: the state store keeps the last " + std::to_string(keep) +
                       " versions per actor, a training job needs at least 3 (retention.keep_last)");
+  return make(std::move(cfg), std::move(p));
+}
+
+caf::expected<training_job> training_job::create_for_workers(training_config cfg) {
+  if (auto err = validate(cfg))
+    return err;
+  return make(std::move(cfg), persistence{});
+}
+
+std::vector<size_t> training_job::fired_faults() const {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < s_->cfg.faults.size(); ++i)
+    if (s_->fired[i].load())
+      out.push_back(i);
+  return out;
+}
+
+void training_job::on_fault(std::function<void(size_t)> fn) {
+  s_->on_fire = std::move(fn);
+}
+
+void training_job::mark_fired(size_t i) {
+  if (i < s_->cfg.faults.size())
+    s_->fired[i] = true;
+}
+
+training_job training_job::make(training_config cfg, persistence p) {
   auto s = std::make_shared<shared>();
   s->cfg = std::move(cfg);
   s->p = std::move(p);
@@ -268,6 +295,8 @@ caf::expected<training_job> training_job::create(training_config cfg, persistenc
   for (size_t i = 0; i < s->cfg.train->size(); ++i)
     s->loader_share[i % s->cfg.loaders].push_back(static_cast<uint32_t>(i));
   s->fired = std::make_unique<std::atomic<bool>[]>(s->cfg.faults.size());
+  for (size_t i = 0; i < s->cfg.faults.size(); ++i)
+    s->fired[i] = false;
   return training_job{std::move(s)};
 }
 

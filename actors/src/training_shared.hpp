@@ -40,6 +40,8 @@ struct training_job::shared {
 
   std::function<void(const training_progress&)> progress;
   std::function<void(uint64_t)> started;
+  /// Called when an injected fault fires, before the crash (training_job::on_fault).
+  std::function<void(size_t)> on_fire;
 
   std::mutex mtx;
   std::condition_variable cv;
@@ -60,8 +62,11 @@ struct training_job::shared {
   bool fire(fault_target target, size_t index, uint64_t step) {
     for (size_t i = 0; i < cfg.faults.size(); ++i) {
       const auto& f = cfg.faults[i];
-      if (f.target == target && f.index == index && f.step == step && !fired[i].exchange(true))
+      if (f.target == target && f.index == index && f.step == step && !fired[i].exchange(true)) {
+        if (on_fire)
+          on_fire(i);
         return true;
+      }
     }
     return false;
   }

@@ -11,9 +11,13 @@
 #include "certs.hpp"
 #include "inspect.hpp"
 #include "node.hpp"
+#include "understudy/actors/cluster_training.hpp"
 #include "understudy/runtime/version.hpp"
 
 int main(int argc, char** argv) {
+  // A process that a node started to host an isolated actor of its job.
+  if (auto status = understudy::host_isolated_training_actor())
+    return *status;
   namespace cli = understudy::cli;
   CLI::App app{"understudy: a fault-tolerant actor runtime for training jobs", "understudy"};
   app.require_subcommand(1);

@@ -36,7 +36,8 @@ struct temp_dir {
 
 /// A 4-node cluster (three active nodes and a spare) on loopback; ports derived
 /// from the process id so that parallel test runs do not collide.
-std::string cluster_config(const std::string& dir, uint64_t steps) {
+std::string cluster_config(const std::string& dir, uint64_t steps,
+                           const std::string& worker_extra = "") {
   auto base = 20000 + (static_cast<unsigned>(::getpid()) % 9000) * 4;
   std::string nodes;
   const char* names[] = {"n1", "n2", "n3", "s1"};
@@ -55,7 +56,8 @@ std::string cluster_config(const std::string& dir, uint64_t steps) {
          "\nseed = 5\ncheckpoint_every = 5\neval_every = 0\nlr = 0.1\n"
          "faults = \"worker:0@30\"\n\n"
          "[job.shard]\nplacement = \"spread\"\n[job.loader]\nplacement = \"spread\"\n"
-         "[job.worker]\nplacement = \"spread\"\n[job.trainer]\nplacement = [\"n1\", \"n2\"]\n";
+         "[job.worker]\nplacement = \"spread\"\n" +
+         worker_extra + "[job.trainer]\nplacement = [\"n1\", \"n2\"]\n";
 }
 
 /// The digest the job's config gives in one process, without faults.
@@ -204,6 +206,44 @@ TEST_CASE(
   CHECK_THAT(out, Catch::Contains("[n1] node n1: fenced"));
   CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 3"));
   CHECK(out.find("[n1] final:") == std::string::npos);
+}
+
+TEST_CASE(
+    "isolated workers run in processes of their own and a process that aborts is restarted "
+    "without harm to its node",
+    "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 300, "process = \"isolated\"\n");
+  // worker:0@30 aborts worker-0's process (SIGABRT), as a native crash would.
+  auto out = launch_expecting(file, dir.path, "", 300, "n1");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("[n1] isolated worker: injected fault worker:0@30: aborting"));
+  CHECK(std::regex_search(
+      out, std::regex{
+               R"(child_exited /job/workers/worker-0#1 action=restart reason="crashed: )"
+               R"(/job/workers/worker-0 \(isolated, on n1\) \(pid \d+\) was killed by signal 6)"}));
+  CHECK_THAT(out, Catch::Contains("child_restarted /job/workers/worker-0#2"));
+  // The fault fired once: its successor went on past step 30.
+  CHECK(out.find("child_exited /job/workers/worker-0#2") == std::string::npos);
+  CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 0"));
+}
+
+TEST_CASE("isolating shards, loaders or the trainer is refused naming the table", "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 100);
+  text.replace(text.find("[job.shard]\nplacement = \"spread\"\n"),
+               std::string{"[job.shard]\nplacement = \"spread\"\n"}.size(),
+               "[job.shard]\nplacement = \"spread\"\nprocess = \"isolated\"\n");
+  std::ofstream{file} << text;
+  node_config_options opts;
+  opts.check_job = check_training_job;
+  auto nc = load_node_config(file, opts);
+  REQUIRE_FALSE(nc);
+  CHECK_THAT(describe(nc.error()), Catch::Contains("cluster.toml:") &&
+                                       Catch::Contains("[job.shard] process = \"isolated\" is "
+                                                       "not supported"));
 }
 
 TEST_CASE("a node refuses to start with a config naming no such node", "[cluster]") {

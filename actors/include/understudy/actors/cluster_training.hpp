@@ -23,6 +23,16 @@ std::optional<job_problem> check_training_job(const job_spec& job);
 /// config file and the line of the key at fault.
 caf::expected<training_config> make_training_config(const node_config& nc);
 
+/// For the program that runs a cluster's nodes (the `understudy` command, or
+/// one that embeds nodes): call it first in main(). In a process that a node
+/// started to host one actor of its training job in isolation (`process =
+/// "isolated"` for [job.worker]), it hosts that actor and returns the
+/// process's exit status (see run_actor_host); elsewhere it returns none at
+/// once. Such a worker runs in a process of its own on its node, so that a
+/// crash of that process (a segfault, a sticky CUDA error) costs only it: its
+/// supervisor restarts it in a fresh process.
+std::optional<int> host_isolated_training_actor();
+
 /// The nodes that may host the trainer, and so run the job's tree, in order
 /// of preference: [job.trainer]'s placement (its first node, then its
 /// failover nodes); for a trainer without a placement of its own, that of the

@@ -147,6 +147,23 @@ public:
   /// Validates `cfg` (the `validate` error otherwise).
   static caf::expected<training_job> create(training_config cfg, persistence p);
 
+  /// A job that only runs workers, which persist nothing: for a worker in an
+  /// OS process of its own (no state store there). Its shard_spec,
+  /// loader_spec and spec must not be used.
+  static caf::expected<training_job> create_for_workers(training_config cfg);
+
+  /// The injected faults (indices into config().faults) that have fired.
+  std::vector<size_t> fired_faults() const;
+
+  /// Marks fault `i` of config().faults as fired (it fired in another
+  /// process): it does not fire again here.
+  void mark_fired(size_t i);
+
+  /// Calls `fn` with the index of an injected fault when it fires, before the
+  /// actor crashes (set it before the job starts). E.g. an isolated worker's
+  /// process records the fault and crashes the whole process instead.
+  void on_fault(std::function<void(size_t)> fn);
+
   /// The supervision tree, named `name`. `events` receives every supervision
   /// event (may be null); restarts are counted either way. `placer`, if set,
   /// may replace the child spec of each shard, loader and worker (e.g. its
@@ -178,6 +195,7 @@ public:
 
 private:
   explicit training_job(std::shared_ptr<shared> s);
+  static training_job make(training_config cfg, persistence p);
   std::shared_ptr<shared> s_;
 };
 
