@@ -195,8 +195,11 @@ std::optional<detection> detect_once(observer& obs, const std::string& dir,
     error = "the peer process did not become alive within 30 s; its log:\n" + tail_of(log);
     return std::nullopt;
   }
-  // Let real heartbeat intervals replace the detector's seed, as in a running cluster.
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // Let real heartbeat intervals replace the detector's seed, as in a running
+  // cluster. The signal then comes at a point of the heartbeat cycle that
+  // varies from run to run (evenly over one 100 ms interval, by run number):
+  // a fixed wait would always hit the same point, e.g. just after a beat.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500 + (run * 37) % 100));
   auto before = obs.mark();
   for (auto& t : obs.since(from))
     if (t.state != peer_state::alive) {
