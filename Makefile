@@ -10,7 +10,7 @@ CLI  := $(BUILD_DIR)/cli/understudy
 # The main job: a 4-node cluster on localhost training the digits MLP while an
 # actor crashes (the job's faults), a node is SIGKILLed and another frozen.
 DEMO_CONFIG ?= examples/cluster/local.toml
-DEMO_CHAOS  ?= --kill n2@1000 --freeze n3@2000:3s
+DEMO_CHAOS  ?= --kill n1@1000 --freeze n3@2000:3s
 
 .DEFAULT_GOAL := help
 .PHONY: help deps configure build test demo bench clean

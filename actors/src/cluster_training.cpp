@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include <caf/actor_system_config.hpp>
 #include <caf/make_message.hpp>
 
 #include "understudy/actors/mlp.hpp"
@@ -157,7 +158,13 @@ std::optional<int> host_isolated_training_actor() {
   auto id = role->get("id");
   auto path = role->get("path");
   return run_actor_host(
-      *role, [](caf::actor_system_config& cfg) { register_training_types(cfg); },
+      *role,
+      [interval = nc->cluster.failure_detection.heartbeat_interval](caf::actor_system_config& cfg) {
+        // The node closes connections that stay silent past its deadline:
+        // this process beats like a node, also while its worker waits.
+        cfg.set("middleman.heartbeat-interval", caf::timespan{interval});
+        register_training_types(cfg);
+      },
       [&](caf::actor_system& sys) -> caf::expected<caf::actor> {
         caf::message no_args;
         std::shared_ptr<event_sink> no_events;
