@@ -306,8 +306,9 @@ supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events) const
                     : role == fault_target::loader ? j.loader.placement
                                                    : j.worker.placement;
     auto home = index < p.start.size() ? p.start[index] : node->self().name;
-    local.start =
-        node->placed(type_of(role), caf::make_message(static_cast<uint64_t>(index)), home);
+    // Workers keep no state: they move without copying any.
+    local.start = node->placed(type_of(role), caf::make_message(static_cast<uint64_t>(index)), home,
+                               p.failover, role != fault_target::worker);
     return local;
   };
   return job_.spec("job", std::move(events), placer);

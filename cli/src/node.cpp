@@ -154,6 +154,8 @@ int run_node(const node_options& opts, const char*) {
     say("node " + me.name + ": metrics on " + metrics->url());
   }
   auto* mp = metrics.get();
+  (*node)->on_note(
+      [name = me.name](const std::string& text) { say("node " + name + ": " + text); });
   (*node)->on_peer_change([name = me.name, mp](const peer_view& p) {
     say("node " + name + ": peer " + p.name + " is " + to_string(p.state) +
         (p.reason.empty() ? "" : " (" + p.reason + ")"));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <map>
 #include <mutex>
 
@@ -109,6 +110,10 @@ using fence_atom = caf::atom_constant<caf::atom("us_nfence")>;
 using spawn_atom = caf::atom_constant<caf::atom("us_nspawn")>;
 /// (replica, name, generation, checkpoint_batch) -> count, once durable here.
 using replica_atom = caf::atom_constant<caf::atom("us_nrepl")>;
+/// (transfer, path, to) -> count: copies every version of the actors at or
+/// under `path` that this node holds to node `to` (durably, as replicas there),
+/// for an actor that restarts on `to`.
+using transfer_atom = caf::atom_constant<caf::atom("us_nxfer")>;
 /// (status) -> std::string: the node's status report.
 using status_atom = caf::atom_constant<caf::atom("us_nstat")>;
 /// (stop): the peer asks this node's process to end.
@@ -174,6 +179,18 @@ struct cluster_node::state {
   std::map<std::string, peer_entry> peers;
   std::map<std::string, node_factory> factories;
   std::vector<peer_listener> listeners;
+  /// Hear what the node does on its own account (e.g. an actor it moved).
+  std::vector<std::function<void(const std::string&)>> note_listeners;
+
+  void announce(const std::string& text) {
+    std::vector<std::function<void(const std::string&)>> ls;
+    {
+      std::lock_guard<std::mutex> guard{mtx};
+      ls = note_listeners;
+    }
+    for (auto& f : ls)
+      f(text);
+  }
   bool stop_requested = false;
   bool fenced = false;
   /// This process was paused past the deadline: its own view of the peers is
@@ -329,6 +346,55 @@ std::string render_status(const cluster_node::state& st) {
   }
   if (provider)
     out += provider();
+  return out;
+}
+
+/// Every verified version of the actors at or under `path` in `store`, as
+/// checkpoints (tensors copied out of the map).
+caf::expected<checkpoint_batch> export_versions(const state_store& store, const std::string& path) {
+  checkpoint_batch out;
+  auto paths = store.paths();
+  if (!paths)
+    return paths.error();
+  for (const auto& p : *paths) {
+    if (p != path && p.rfind(path + "/", 0) != 0)
+      continue;
+    auto versions = store.versions(p);
+    if (!versions)
+      return versions.error();
+    for (const auto& v : *versions) {
+      if (!v.problem.empty())
+        continue; // a damaged version stays behind; restore skips it too
+      auto cp = std::make_shared<checkpoint>();
+      auto err = store.read(p, v.step, [&](const record_view& r) -> caf::error {
+        const auto& info = r.info();
+        cp->path = p;
+        cp->step = info.step;
+        cp->schema_id = info.schema_id;
+        cp->schema_version = info.schema_version;
+        cp->incarnation = info.incarnation;
+        cp->payload = r.payload_copy();
+        for (size_t t = 0; t < info.tensors.size(); ++t) {
+          const auto& ti = info.tensors[t];
+          auto bytes = std::make_shared<std::vector<std::byte>>(ti.size);
+          if (auto e = r.copy_tensor(t, bytes->data(), bytes->size()))
+            return e;
+          tensor_data td;
+          td.name = ti.name;
+          td.type = ti.type;
+          td.shape = ti.shape;
+          td.data = bytes->data();
+          td.size = bytes->size();
+          td.owner = std::move(bytes);
+          cp->tensors.push_back(std::move(td));
+        }
+        return {};
+      });
+      if (err)
+        continue; // as above
+      out.items.push_back(std::move(cp));
+    }
+  }
   return out;
 }
 
@@ -702,6 +768,47 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
                   [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
         return rp;
       },
+      [self, st](transfer_atom, const std::string& path,
+                 const std::string& to) -> caf::result<uint64_t> {
+        caf::actor target;
+        {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          auto i = st->peers.find(to);
+          if (i != st->peers.end() && i->second.state != peer_state::dead)
+            target = i->second.agent;
+        }
+        if (!target)
+          return cluster_error("node " + st->self.name + " cannot copy " + path + " to " + to +
+                               ": no connection to it");
+        // Reading and sending may take long for a large state: not on the
+        // agent, whose heartbeats must go on.
+        auto rp = self->make_response_promise<uint64_t>();
+        self->spawn<caf::detached>([st, path, target, rp](caf::event_based_actor* w) mutable {
+          auto batch = export_versions(*st->p.store, path);
+          if (!batch) {
+            rp.deliver(batch.error());
+            w->quit();
+            return;
+          }
+          if (batch->items.empty()) {
+            rp.deliver(uint64_t{0});
+            w->quit();
+            return;
+          }
+          w->request(target, caf::infinite, replica_atom::value, st->self.name, st->generation,
+                     std::move(*batch))
+              .then(
+                  [w, rp](uint64_t n) mutable {
+                    rp.deliver(n);
+                    w->quit();
+                  },
+                  [w, rp](caf::error& err) mutable {
+                    rp.deliver(std::move(err));
+                    w->quit();
+                  });
+        });
+        return rp;
+      },
       [st](status_atom) { return render_status(*st); },
       [st](stop_atom) {
         std::lock_guard<std::mutex> guard{st->mtx};
@@ -826,6 +933,11 @@ void cluster_node::add_factory(const std::string& type, node_factory f) {
   caf::anon_send(st_->agent, factory_atom::value);
 }
 
+void cluster_node::on_note(std::function<void(const std::string&)> f) {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  st_->note_listeners.push_back(std::move(f));
+}
+
 void cluster_node::on_peer_change(peer_listener f) {
   std::lock_guard<std::mutex> guard{st_->mtx};
   st_->listeners.push_back(std::move(f));
@@ -848,18 +960,14 @@ bool connected(caf::actor_system& sys, const caf::actor& a) {
 
 } // namespace
 
-start_function cluster_node::placed(std::string type, caf::message args, std::string home) {
+start_function cluster_node::placed(std::string type, caf::message args, std::string home,
+                                    std::vector<std::string> failover, bool stateful) {
   auto st = st_;
-  return [st, type, args, home](child_context& ctx) -> caf::expected<caf::actor> {
-    // Home, then down its buddy chain: a child that moved to its home's buddy
-    // replicates to that node's buddy, and so on.
-    std::vector<std::string> order{home};
-    for (auto h = st->cfg.find_node(home); h != nullptr && !h->buddy.empty();
-         h = st->cfg.find_node(h->buddy)) {
-      if (std::find(order.begin(), order.end(), h->buddy) != order.end())
-        break;
-      order.push_back(h->buddy);
-    }
+  // Where the child ran last: its checkpoints are there and, copied, on that
+  // node's buddy.
+  auto last = std::make_shared<std::string>(home);
+  return [st, type, args, home, failover, stateful,
+          last](child_context& ctx) -> caf::expected<caf::actor> {
     {
       // A node that was paused past its deadline may have been declared dead
       // and replaced: it starts nothing until a peer accepts it again (or says
@@ -875,8 +983,98 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
                                          : "it was paused past its deadline and no peer has "
                                            "accepted it since"));
     }
+    auto usable = [&](const std::string& name) {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      return st->may_lead_locked(name); // this node, or a peer that is alive
+    };
+    // The node that holds the child's newest checkpoints: where it ran last if
+    // that node lives, else the first live node down its buddy chain (a child
+    // that moved to its home's buddy replicates to that node's buddy, and so
+    // on).
+    std::vector<std::string> chain{*last};
+    for (auto h = st->cfg.find_node(*last); h != nullptr && !h->buddy.empty();
+         h = st->cfg.find_node(h->buddy)) {
+      if (std::find(chain.begin(), chain.end(), h->buddy) != chain.end())
+        break;
+      chain.push_back(h->buddy);
+    }
+    std::string source;
+    for (auto& name : chain)
+      if (usable(name)) {
+        source = name;
+        break;
+      }
+    if (source.empty() && stateful)
+      return cluster_error("cannot start " + ctx.path +
+                           ": no live node holds its checkpoints (it "
+                           "ran last on " +
+                           *last + "; its copies are on " +
+                           chain[std::min<size_t>(1, chain.size() - 1)] + ")");
+    // Where it goes: back where it ran last while that node lives (a crash
+    // restarts in place); when that node is lost, the first live node its
+    // placement allows (spares first for "any" and "spread"), which gets a
+    // copy of its checkpoints first; without such a list, the node that holds
+    // them.
+    std::vector<std::string> order;
+    auto add = [&](const std::string& name) {
+      if (std::find(order.begin(), order.end(), name) == order.end())
+        order.push_back(name);
+    };
+    if (usable(*last))
+      add(*last);
+    for (auto& name : failover)
+      add(name);
+    if (!source.empty())
+      add(source);
     std::string tried;
+    auto note = [&](const std::string& name, const std::string& why) {
+      tried += (tried.empty() ? "" : ", ") + name + " (" + why + ")";
+    };
     for (auto& name : order) {
+      if (!usable(name)) {
+        note(name, "dead or not connected");
+        continue;
+      }
+      auto t0 = clock_type::now();
+      std::string copied_note;
+      if (stateful && name != source) {
+        // Copy its checkpoints from the node that holds them, durably, first.
+        caf::actor from;
+        if (source == st->self.name) {
+          from = st->agent;
+        } else {
+          std::lock_guard<std::mutex> guard{st->mtx};
+          auto i = st->peers.find(source);
+          if (i != st->peers.end() && i->second.state != peer_state::dead)
+            from = i->second.agent;
+        }
+        caf::expected<uint64_t> copied{uint64_t{0}};
+        if (!from) {
+          copied = cluster_error(source + " is gone");
+        } else {
+          caf::scoped_actor self{ctx.system};
+          self->request(from, st->fd().connection_timeout + std::chrono::seconds(30),
+                        transfer_atom::value, ctx.path, name)
+              .receive([&](uint64_t n) { copied = n; },
+                       [&](caf::error& err) { copied = std::move(err); });
+        }
+        if (!copied) {
+          note(name,
+               "cannot copy its checkpoints from " + source + ": " + describe(copied.error()));
+          continue;
+        }
+        copied_note = ", " + std::to_string(*copied) + " checkpoint versions copied from " + source;
+      }
+      auto moved = [&] {
+        if (name == *last)
+          return;
+        char ms[32];
+        std::snprintf(ms, sizeof ms, "%.1f",
+                      std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
+        st->announce("moved " + ctx.path + " from " + *last + " (lost) to " + name + copied_note +
+                     ", started in " + ms + " ms");
+        *last = name;
+      };
       if (name == st->self.name) {
         node_factory f;
         {
@@ -887,7 +1085,10 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
         }
         if (!f)
           return cluster_error("no factory for '" + type + "' on node " + name);
-        return f(ctx, args);
+        auto r = f(ctx, args);
+        if (r)
+          moved();
+        return r;
       }
       caf::actor a;
       {
@@ -897,7 +1098,7 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
           a = i->second.agent;
       }
       if (!a) {
-        tried += (tried.empty() ? "" : ", ") + name + " (dead or not connected)";
+        note(name, "dead or not connected");
         continue;
       }
       caf::expected<caf::actor> result{caf::actor{}};
@@ -905,7 +1106,7 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
       // A node whose connection just closed may not be declared dead yet, and
       // a request to its dead proxy goes unanswered: ask the middleman first.
       if (!connected(ctx.system, a)) {
-        tried += (tried.empty() ? "" : ", ") + name + " (connection lost)";
+        note(name, "connection lost");
         continue;
       }
       // A spawn is answered at once.
@@ -915,10 +1116,11 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
                     ctx.token.supervisor, ctx.token.slot, args)
           .receive([&](caf::actor& h) { result = std::move(h); },
                    [&](caf::error& err) { result = std::move(err); });
-      if (result && *result)
+      if (result && *result) {
+        moved();
         return result;
-      tried += (tried.empty() ? "" : ", ") + name + " (" +
-               (result ? std::string{"no actor"} : describe(result.error())) + ")";
+      }
+      note(name, result ? std::string{"no actor"} : describe(result.error()));
     }
     return cluster_error("cannot start " + ctx.path + " (" + type + ") on any node: " + tried);
   };

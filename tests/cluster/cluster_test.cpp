@@ -177,6 +177,12 @@ TEST_CASE(
   INFO(out);
   CHECK(out.find("chaos: SIGKILL n1") != std::string::npos);
   CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
+  // n1's stateful actors went to the spare first ("spread": spares first),
+  // with their checkpoints copied from n1's buddy n2, which held the replicas.
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: moved /job/shards/shard-0 from n1 (lost) to s1, "
+                                  "3 checkpoint versions copied from n2"));
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: moved /job/loaders/loader-0 from n1 (lost) to s1, "
+                                  "3 checkpoint versions copied from n2"));
   // It resumes from what the shards and loaders have on disk (replicas of n1's
   // included), not from the start.
   std::smatch m;

@@ -147,12 +147,24 @@ public:
   /// Tells `f` about every change of a peer's state (on the agent's thread).
   void on_peer_change(peer_listener f);
 
-  /// A start function for a child that runs on one of the cluster's nodes:
-  /// on `home` first (this node through the factory of `type`, another node
-  /// through its agent); when that node is dead, on its buddy (which holds the
-  /// copies of its checkpoints). Starting on another node waits for its agent's
-  /// answer (up to the connection timeout).
-  start_function placed(std::string type, caf::message args, std::string home);
+  /// Tells `f` what the node does on its own account, as a line of text: e.g.
+  /// "moved /job/shards/shard-0 from n1 (lost) to s1, 3 checkpoint versions
+  /// copied from n2, started in 2.1 ms" (on the supervisor's thread).
+  void on_note(std::function<void(const std::string&)> f);
+
+  /// A start function for a child that runs on one of the cluster's nodes
+  /// (this node through the factory of `type`, another node through its
+  /// agent): on `home` first, then again where it ran last while that node
+  /// lives. When that node is lost, on the first live node of `failover` (the
+  /// placement's failover nodes in order of preference), or, if there is none,
+  /// on the first live node down its buddy chain. A `stateful` child moves
+  /// with its checkpoints: the live node that holds them (where it ran last,
+  /// else down the buddy chain) copies them durably to its new node first; it
+  /// is never started where its checkpoints are not. Starting on another node
+  /// waits for its agent's answer (up to the connection timeout, longer while
+  /// checkpoints are copied).
+  start_function placed(std::string type, caf::message args, std::string home,
+                        std::vector<std::string> failover = {}, bool stateful = true);
 
   /// Every peer as this node sees it.
   std::vector<peer_view> peers() const;
