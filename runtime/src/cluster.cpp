@@ -405,9 +405,20 @@ caf::behavior connector_actor(caf::event_based_actor* self, state_ptr st) {
       [self, st](tick_atom) {
         std::vector<node_spec> todo;
         {
+          // One connection per pair of nodes: the node earlier in the file
+          // connects, the later one answers (two connections of one pair, made
+          // at once from both ends, make CAF's TLS transport drop the route).
           std::lock_guard<std::mutex> guard{st->mtx};
+          auto pos = [&](const std::string& n) {
+            for (size_t i = 0; i < st->cfg.nodes.size(); ++i)
+              if (st->cfg.nodes[i].name == n)
+                return i;
+            return st->cfg.nodes.size();
+          };
+          auto mine = pos(st->self.name);
           for (auto& [name, e] : st->peers)
-            if (!e.agent && (e.state == peer_state::unknown || e.state == peer_state::dead))
+            if (!e.agent && (e.state == peer_state::unknown || e.state == peer_state::dead) &&
+                pos(name) > mine)
               todo.push_back(e.spec);
         }
         for (auto& spec : todo) {

@@ -1,6 +1,7 @@
 #include "understudy/runtime/security.hpp"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
@@ -8,6 +9,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
@@ -17,6 +19,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -712,3 +715,57 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 }
 
 } // namespace understudy
+
+// -- a workaround for CAF 0.17's TLS transport -----------------------------------------
+//
+// caf::openssl::session calls SSL_read, SSL_write, SSL_connect and SSL_accept
+// without clearing the thread's OpenSSL error queue first, and leaves the
+// error of a failed connection in it. All sessions run on the middleman's one
+// thread, so when one peer's connection fails (a node is killed), the next
+// read on every other connection sees that stale error through SSL_get_error
+// and CAF closes them all: the whole cluster loses its connections at once.
+// OpenSSL requires the queue to be empty before each of these calls
+// (SSL_get_error(3)). This program's definitions come first in symbol lookup,
+// so CAF's calls land here: clear the queue, then call OpenSSL's own.
+
+namespace {
+
+template <class F>
+F openssl_next(const char* name) {
+  auto f = reinterpret_cast<F>(::dlsym(RTLD_NEXT, name));
+  if (f == nullptr) {
+    std::fprintf(stderr, "understudy: cannot find OpenSSL's %s: %s\n", name, ::dlerror());
+    std::abort();
+  }
+  return f;
+}
+
+} // namespace
+
+extern "C" {
+
+int SSL_read(SSL* ssl, void* buf, int num) {
+  static auto next = openssl_next<int (*)(SSL*, void*, int)>("SSL_read");
+  ERR_clear_error();
+  return next(ssl, buf, num);
+}
+
+int SSL_write(SSL* ssl, const void* buf, int num) {
+  static auto next = openssl_next<int (*)(SSL*, const void*, int)>("SSL_write");
+  ERR_clear_error();
+  return next(ssl, buf, num);
+}
+
+int SSL_connect(SSL* ssl) {
+  static auto next = openssl_next<int (*)(SSL*)>("SSL_connect");
+  ERR_clear_error();
+  return next(ssl);
+}
+
+int SSL_accept(SSL* ssl) {
+  static auto next = openssl_next<int (*)(SSL*)>("SSL_accept");
+  ERR_clear_error();
+  return next(ssl);
+}
+
+} // extern "C"

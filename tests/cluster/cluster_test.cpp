@@ -235,6 +235,34 @@ TEST_CASE(
   CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 0"));
 }
 
+TEST_CASE(
+    "over mutual TLS a cluster survives its leader's SIGKILL and a frozen node with the "
+    "fault-free digest",
+    "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 300, "process = \"isolated\"\n");
+  text.replace(text.find("[cluster.failure_detection]"), 0,
+               "[cluster.security]\ndir = \"" + dir.path + "/certs\"\n\n");
+  std::ofstream{file} << text;
+  int status = 0;
+  auto certs = run_cli("certs " + file, status);
+  INFO(certs);
+  REQUIRE(status == 0);
+  // A killed node's connection fails with an OpenSSL error; CAF's TLS
+  // transport must not let it take the other nodes' connections down.
+  auto out = launch_expecting(file, dir.path, "--kill n1@100 --freeze n3@200:2s", 300, "n2");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("mutual TLS"));
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
+  CHECK(std::regex_search(out, std::regex{R"(\[n2\] node n2: peer n3 is dead)"}));
+  // Only n1 and n3 were lost while the job ran: n2 and s1, which were never
+  // killed or frozen, kept their connection until the final line.
+  auto before = out.substr(0, out.find("final:"));
+  CHECK(before.find("node n2: peer s1 is dead") == std::string::npos);
+  CHECK(before.find("node s1: peer n2 is dead") == std::string::npos);
+}
+
 TEST_CASE("isolating shards, loaders or the trainer is refused naming the table", "[cluster]") {
   temp_dir dir;
   auto file = dir.path + "/cluster.toml";
