@@ -994,9 +994,17 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
                                          : "it was paused past its deadline and no peer has "
                                            "accepted it since"));
     }
+    // This node, or a peer that is alive and still connected: a peer whose
+    // connection just closed may not be declared dead yet, but its agent's
+    // proxy ended with the connection (as the lost child's did), and a request
+    // to it would go unanswered.
     auto usable = [&](const std::string& name) {
       std::lock_guard<std::mutex> guard{st->mtx};
-      return st->may_lead_locked(name); // this node, or a peer that is alive
+      if (name == st->self.name)
+        return true;
+      auto i = st->peers.find(name);
+      return i != st->peers.end() && st->may_lead_locked(name) && i->second.agent &&
+             !i->second.agent->getf(caf::abstract_actor::is_terminated_flag);
     };
     // The node that holds the child's newest checkpoints: where it ran last if
     // that node lives, else the first live node down its buddy chain (a child
@@ -1115,8 +1123,10 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
       caf::expected<caf::actor> result{caf::actor{}};
       caf::scoped_actor self{ctx.system};
       // A node whose connection just closed may not be declared dead yet, and
-      // a request to its dead proxy goes unanswered: ask the middleman first.
-      if (!connected(ctx.system, a)) {
+      // a request to its dead proxy goes unanswered: its agent's proxy ended
+      // with the connection (as the child's did), or the middleman knows no
+      // route to it any more.
+      if (a->getf(caf::abstract_actor::is_terminated_flag) || !connected(ctx.system, a)) {
         note(name, "connection lost");
         continue;
       }
