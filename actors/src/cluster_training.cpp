@@ -298,7 +298,7 @@ caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluste
   return ct;
 }
 
-supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events) const {
+supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events, std::string name) const {
   auto* node = &node_;
   const auto& j = spec_;
   auto placer = [node, &j](fault_target role, size_t index, child_spec local) {
@@ -311,7 +311,7 @@ supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events) const
                                p.failover, role != fault_target::worker);
     return local;
   };
-  return job_.spec("job", std::move(events), placer);
+  return job_.spec(std::move(name), std::move(events), placer);
 }
 
 } // namespace understudy

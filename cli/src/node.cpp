@@ -245,11 +245,30 @@ int run_node(const node_options& opts, const char*) {
         mp->on_failover(p.name); // the leader restarts its actors elsewhere
     });
   }
-  auto tree = rt.start(ct.value()->spec(sink));
+  // The tree the config declares ([tree]); its training_job child is the
+  // job's own tree, whose actors it places over the nodes.
+  auto* ctp = ct->get();
+  // The job's supervisor keeps its own sink (it counts restarts): it logs too.
+  std::shared_ptr<event_sink> job_sink = sink;
+  if (auto log = rt.log_sink())
+    job_sink = std::make_shared<fanout_sink>(std::vector<std::shared_ptr<event_sink>>{sink, log});
+  auto declared = (*node)->tree(nc->tree, sink, [ctp, job_sink](const tree_child& c) {
+    std::optional<child_spec> out;
+    if (c.type == "training_job")
+      out = supervisor_child(ctp->spec(job_sink, c.name), c.restart);
+    return out;
+  });
+  if (!declared) {
+    std::cerr << "understudy node: cannot start the tree: " << describe(declared.error()) << '\n';
+    (*node)->stop_peers();
+    return cleanup(2);
+  }
+  const auto root_path = "/" + declared->name;
+  auto tree = rt.start(std::move(*declared));
   if (tree) {
     auto* nodep = node->get();
     auto root = *tree;
-    (*node)->set_status_provider([nodep, root, recent] {
+    (*node)->set_status_provider([nodep, root, recent, root_path] {
       std::string out = "  supervision tree:\n";
       std::function<void(const supervisor_ref&, const std::string&, int)> walk =
           [&](const supervisor_ref& sup, const std::string& path, int depth) {
@@ -269,7 +288,7 @@ int run_node(const node_options& opts, const char*) {
                   walk(*sub, path + "/" + c.id, depth + 1);
             }
           };
-      walk(root, "/job", 0);
+      walk(root, root_path, 0);
       auto events = recent->snapshot();
       out += "  recent events:\n";
       auto first = events.size() > 12 ? events.size() - 12 : 0;

@@ -1147,6 +1147,49 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
   };
 }
 
+caf::expected<supervisor_spec> cluster_node::tree(
+    const tree_child& root, std::shared_ptr<event_sink> events,
+    const std::function<std::optional<child_spec>(const tree_child&)>& custom) {
+  std::function<caf::expected<supervisor_spec>(const tree_child&)> build;
+  build = [&](const tree_child& s) -> caf::expected<supervisor_spec> {
+    supervisor_spec sup;
+    sup.name = s.name;
+    sup.strategy = s.strategy;
+    sup.intensity = s.intensity;
+    sup.backoff = s.backoff;
+    for (const auto& c : s.children) {
+      if (c.placement.process == process_mode::isolated)
+        return cluster_error(st_->cfg.origin + ":" + std::to_string(c.line) + ": " + c.path +
+                             ": process = \"isolated\" is supported for a training job's "
+                             "workers only ([job.worker])");
+      child_spec cs;
+      if (c.is_supervisor()) {
+        auto sub = build(c);
+        if (!sub)
+          return sub.error();
+        cs = supervisor_child(std::move(*sub), c.restart);
+      } else if (auto made = custom ? custom(c) : std::nullopt) {
+        cs = std::move(*made);
+      } else {
+        cs.id = c.name;
+        auto home = c.placement.start.empty() ? st_->self.name : c.placement.start.front();
+        cs.start = placed(c.type, caf::message{}, home, c.placement.failover, true);
+      }
+      cs.id = c.name;
+      cs.restart = c.restart;
+      cs.shutdown = c.shutdown;
+      cs.start_timeout = c.start_timeout;
+      cs.liveness_deadline = c.liveness_deadline;
+      sup.children.push_back(std::move(cs));
+    }
+    return sup;
+  };
+  auto out = build(root);
+  if (out)
+    out->events = std::move(events);
+  return out;
+}
+
 std::vector<peer_view> cluster_node::peers() const {
   std::lock_guard<std::mutex> guard{st_->mtx};
   std::vector<peer_view> out;

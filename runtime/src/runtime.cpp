@@ -146,6 +146,10 @@ runtime::~runtime() {
   shutdown();
 }
 
+std::shared_ptr<event_sink> runtime::log_sink() const noexcept {
+  return impl_->log;
+}
+
 caf::actor_system& runtime::system() noexcept {
   return impl_->sys;
 }

@@ -135,7 +135,7 @@ TEST_CASE(
   CHECK(out.find("node s1: fenced") == std::string::npos);
   CHECK(out.find("node n1: fenced") == std::string::npos);
   // A crash restarts only the crashed actor: worker-0 restarted in place.
-  CHECK(out.find("child_restarted /job/workers/worker-0#2") != std::string::npos);
+  CHECK(out.find("child_restarted /root/job/workers/worker-0#2") != std::string::npos);
 }
 
 namespace {
@@ -179,10 +179,12 @@ TEST_CASE(
   CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
   // n1's stateful actors went to the spare first ("spread": spares first),
   // with their checkpoints copied from n1's buddy n2, which held the replicas.
-  CHECK_THAT(out, Catch::Contains("[n2] node n2: moved /job/shards/shard-0 from n1 (lost) to s1, "
-                                  "3 checkpoint versions copied from n2"));
-  CHECK_THAT(out, Catch::Contains("[n2] node n2: moved /job/loaders/loader-0 from n1 (lost) to s1, "
-                                  "3 checkpoint versions copied from n2"));
+  CHECK_THAT(out,
+             Catch::Contains("[n2] node n2: moved /root/job/shards/shard-0 from n1 (lost) to s1, "
+                             "3 checkpoint versions copied from n2"));
+  CHECK_THAT(out,
+             Catch::Contains("[n2] node n2: moved /root/job/loaders/loader-0 from n1 (lost) to s1, "
+                             "3 checkpoint versions copied from n2"));
   // It resumes from what the shards and loaders have on disk (replicas of n1's
   // included), not from the start.
   std::smatch m;
@@ -226,12 +228,13 @@ TEST_CASE(
   INFO(out);
   CHECK_THAT(out, Catch::Contains("[n1] isolated worker: injected fault worker:0@30: aborting"));
   CHECK(std::regex_search(
-      out, std::regex{
-               R"(child_exited /job/workers/worker-0#1 action=restart reason="crashed: )"
-               R"(/job/workers/worker-0 \(isolated, on n1\) \(pid \d+\) was killed by signal 6)"}));
-  CHECK_THAT(out, Catch::Contains("child_restarted /job/workers/worker-0#2"));
+      out,
+      std::regex{
+          R"(child_exited /root/job/workers/worker-0#1 action=restart reason="crashed: )"
+          R"(/root/job/workers/worker-0 \(isolated, on n1\) \(pid \d+\) was killed by signal 6)"}));
+  CHECK_THAT(out, Catch::Contains("child_restarted /root/job/workers/worker-0#2"));
   // The fault fired once: its successor went on past step 30.
-  CHECK(out.find("child_exited /job/workers/worker-0#2") == std::string::npos);
+  CHECK(out.find("child_exited /root/job/workers/worker-0#2") == std::string::npos);
   CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 0"));
 }
 
@@ -261,6 +264,26 @@ TEST_CASE(
   auto before = out.substr(0, out.find("final:"));
   CHECK(before.find("node n2: peer s1 is dead") == std::string::npos);
   CHECK(before.find("node s1: peer n2 is dead") == std::string::npos);
+}
+
+TEST_CASE("the leader runs the tree the config declares, the job nested where [tree] puts it",
+          "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 300);
+  text.replace(text.find("[job]\n"), 0,
+               "[tree]\nname = \"top\"\nstrategy = \"one_for_all\"\n"
+               "intensity = { max_restarts = 3, period = \"10s\" }\n\n"
+               "[[tree.child]]\nname = \"group\"\ntype = \"supervisor\"\n\n"
+               "[[tree.child.child]]\nname = \"digits\"\ntype = \"training_job\"\n"
+               "restart = \"transient\"\n\n");
+  std::ofstream{file} << text;
+  auto out = launch_expecting(file, dir.path, "", 300, "n1");
+  INFO(out);
+  // The job's actors live under the declared supervisors: worker-0's crash
+  // (worker:0@30) restarts it at /top/group/digits/workers/worker-0.
+  CHECK_THAT(out, Catch::Contains("child_restarted /top/group/digits/workers/worker-0#2"));
+  CHECK_THAT(out, Catch::Contains("supervisor_started /top/group "));
 }
 
 TEST_CASE("isolating shards, loaders or the trainer is refused naming the table", "[cluster]") {
@@ -318,9 +341,10 @@ TEST_CASE("understudy status prints each node's peers and the leader's live tree
   CHECK_THAT(out, Catch::Contains("node s1 (spare)"));
   CHECK_THAT(out, Catch::Contains("peer n2: alive"));
   CHECK(std::regex_search(
-      out, std::regex{R"(/job/shards/shard-0  running, incarnation 1, restarts \d+, on n1)"}));
+      out, std::regex{R"(/root/job/shards/shard-0  running, incarnation 1, restarts \d+, on n1)"}));
   CHECK(std::regex_search(
-      out, std::regex{R"(/job/shards/shard-1  running, incarnation \d+, restarts \d+, on n2)"}));
+      out,
+      std::regex{R"(/root/job/shards/shard-1  running, incarnation \d+, restarts \d+, on n2)"}));
   CHECK_THAT(out, Catch::Contains("recent events:"));
   CHECK_THAT(seen, Catch::Contains("final: steps=600"));
 }

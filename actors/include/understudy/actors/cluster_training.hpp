@@ -59,7 +59,7 @@ public:
   const std::vector<std::string>& candidates() const noexcept { return candidates_; }
 
   /// On the leader: the job's tree, its actors placed over the nodes.
-  supervisor_spec spec(std::shared_ptr<event_sink> events) const;
+  supervisor_spec spec(std::shared_ptr<event_sink> events, std::string name = "job") const;
 
   training_job& job() noexcept { return job_; }
 

@@ -19,6 +19,7 @@
 #include "understudy/runtime/child_spec.hpp"
 #include "understudy/runtime/node_config.hpp"
 #include "understudy/runtime/state_writer.hpp"
+#include "understudy/runtime/supervisor.hpp"
 
 namespace understudy {
 
@@ -165,6 +166,20 @@ public:
   /// checkpoints are copied).
   start_function placed(std::string type, caf::message args, std::string home,
                         std::vector<std::string> failover = {}, bool stateful = true);
+
+  /// Builds the supervision tree a node config declares (`root`, its [tree])
+  /// for the leader to run: every supervisor with its strategy, intensity and
+  /// backoff (supervisors run on the leader), every child with its restart
+  /// type, shutdown, start timeout and liveness deadline. `custom(c)` builds
+  /// the children of types the caller knows (e.g. "training_job", whose
+  /// actors it places itself) and returns none for others; a child of another
+  /// type starts through placed() on the node its placement names, from the
+  /// factory of its type registered there (add_factory). `events` receives the
+  /// tree's supervision events. Errors: a child that asks for an isolated
+  /// process (only a training job's workers can be isolated).
+  caf::expected<supervisor_spec> tree(
+      const tree_child& root, std::shared_ptr<event_sink> events,
+      const std::function<std::optional<child_spec>(const tree_child&)>& custom);
 
   /// Every peer as this node sees it.
   std::vector<peer_view> peers() const;

@@ -98,6 +98,11 @@ public:
   /// The actor system, for spawning actors and sending messages.
   caf::actor_system& system() noexcept;
 
+  /// The sink that logs supervision events (runtime_config::log_events), or
+  /// null. start() adds it to the root's events; a nested supervisor that
+  /// sets events of its own adds it itself to have them logged.
+  std::shared_ptr<event_sink> log_sink() const noexcept;
+
   /// Starts a supervision tree and blocks until all its children serve.
   /// Errors: the `validate` error for a bad spec; `start_failed` naming the
   /// child that failed to start (nothing stays running then); `timeout`.
