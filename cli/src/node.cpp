@@ -323,8 +323,7 @@ int run_node(const node_options& opts, const char*) {
     say("node " + me.name +
         ": fenced: the cluster declared this node dead and another node runs "
         "the job; exiting");
-    rt.stop(*tree, std::chrono::seconds(2));
-    return cleanup(3);
+    return cleanup(3); // its tree's work is void: no orderly stop
   }
   if (result) {
     char buf[256];

@@ -988,6 +988,11 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
       if (st->paused)
         st->cv.wait_for(guard, st->fd().connection_timeout,
                         [&] { return !st->paused || st->fenced || st->stop_requested; });
+      if (st->fenced)
+        // The node must end (its process stops on learning it): hold the
+        // supervisor here rather than let it spin through restarts that all
+        // fail, for up to a connection timeout.
+        st->cv.wait_for(guard, st->fd().connection_timeout, [] { return false; });
       if (st->fenced || st->paused)
         return cluster_error("node " + st->self.name + " does not start " + ctx.path + ": " +
                              (st->fenced ? "the cluster declared it dead (fenced)"
