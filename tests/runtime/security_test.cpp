@@ -536,6 +536,7 @@ TEST_CASE("a peer with a certificate of the cluster CA connects over TLS and get
   CHECK(*port != 0);
   node_system client{c.cluster, "n2"};
   auto proxy = connect_to_peer(*client.sys, "127.0.0.1", *port, 10s);
+  INFO((proxy ? std::string{} : describe(proxy.error())));
   REQUIRE(proxy);
   std::string why;
   auto answer = ask(*client.sys, *proxy, why);
@@ -580,6 +581,7 @@ TEST_CASE("a peer with no certificate cannot connect", "[security]") {
   // The node still serves peers with a valid certificate afterwards.
   node_system client{c.cluster, "n2"};
   auto proxy = connect_to_peer(*client.sys, "127.0.0.1", *port, 10s);
+  INFO((proxy ? std::string{} : describe(proxy.error())));
   REQUIRE(proxy);
   std::string why;
   CHECK(ask(*client.sys, *proxy, why) == 42);
