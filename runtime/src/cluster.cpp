@@ -541,6 +541,29 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       st->set_state(name, peer_state::alive, "");
     return true;
   };
+  /// Over TLS, checks that the certificate the peer `who` presented names the
+  /// node `name` it claims to be (CAF checks only that the cluster CA signed
+  /// it), then calls `k` with the error or none. Without TLS, calls it at once.
+  auto check_peer = [self, st](const caf::actor& who, const std::string& name,
+                               std::function<void(caf::error)> k) {
+    if (!st->cfg.cluster.security || !who || !self->home_system().has_openssl_manager()) {
+      k(caf::error{});
+      return;
+    }
+    auto mm = self->home_system().openssl_manager().actor_handle();
+    self->request(mm, st->fd().connection_timeout, caf::get_atom::value, who.node())
+        .then(
+            [name, k](const caf::node_id&, const std::string& host, uint16_t port) {
+              auto cn = tls_peer_name(host, port);
+              if (cn && *cn == name)
+                k(caf::error{});
+              else
+                k(cluster_error("the peer at " + host + ":" + std::to_string(port) +
+                                " says it is node " + name + " but its certificate names " +
+                                (cn ? "'" + *cn + "'" : std::string{"no node"}) + ": refused"));
+            },
+            [k](caf::error& err) { k(std::move(err)); });
+  };
   auto last_beat = std::make_shared<clock_type::time_point>();
   // Spawn requests wait here until the factory of their type is registered (a
   // node registers its factories after it starts listening).
@@ -606,22 +629,35 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
     *pending = std::move(waiting);
   };
   return {
-      [self, st, admit](up_atom, const std::string&, const caf::actor& a) {
+      [self, st, admit, check_peer](up_atom, const std::string& dialed, const caf::actor& a) {
         // Fenced, or no answer: the connector tries again while it is unknown.
         self->request(a, st->fd().connection_timeout, hello_atom::value, st->self.name,
                       st->generation, st->current_leader())
             .then(
-                [st, admit, a](const std::string& peer, uint64_t gen, const std::string& leader) {
-                  {
-                    std::lock_guard<std::mutex> guard{st->mtx};
-                    st->paused = false; // a peer accepts this node: it is not fenced
-                    st->cv.notify_all();
-                  }
-                  admit(peer, gen, a, leader);
+                [st, admit, check_peer, a, dialed](const std::string& peer, uint64_t gen,
+                                                   const std::string& leader) {
+                  // The node at the address of `dialed` must be `dialed`, and
+                  // over TLS its certificate must say so.
+                  check_peer(a, peer, [st, admit, a, peer, gen, leader, dialed](caf::error err) {
+                    if (!err && peer != dialed)
+                      err = cluster_error("the node at the address of " + dialed + " says it is " +
+                                          peer);
+                    if (err) {
+                      std::fprintf(stderr, "node %s: %s\n", st->self.name.c_str(),
+                                   describe(err).c_str());
+                      return;
+                    }
+                    {
+                      std::lock_guard<std::mutex> guard{st->mtx};
+                      st->paused = false; // a peer accepts this node: it is not fenced
+                      st->cv.notify_all();
+                    }
+                    admit(peer, gen, a, leader);
+                  });
                 },
                 [](caf::error&) {});
       },
-      [self, st, admit](
+      [self, st, admit, check_peer](
           hello_atom, const std::string& name, uint64_t gen,
           const std::string& leader) -> caf::result<std::string, uint64_t, std::string> {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
@@ -629,14 +665,24 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
           return cluster_error("unknown peer '" + name + "': node " + st->self.name +
                                " of cluster '" + st->cfg.cluster.name + "' has no such node in " +
                                st->cfg.origin);
-        if (!admit(name, gen, sender, leader)) {
-          // Tell a fenced node that it is: it stops itself.
-          if (sender && !st->is_paused())
-            self->send(sender, fence_atom::value, name, gen, st->self.name, st->generation);
-          return cluster_error("node " + name + " generation " + std::to_string(gen) +
-                               " is fenced: it was declared dead");
-        }
-        return {st->self.name, st->generation, st->current_leader()};
+        auto rp = self->make_response_promise<std::string, uint64_t, std::string>();
+        check_peer(
+            sender, name, [self, st, admit, rp, name, gen, leader, sender](caf::error err) mutable {
+              if (err) {
+                rp.deliver(std::move(err));
+                return;
+              }
+              if (!admit(name, gen, sender, leader)) {
+                // Tell a fenced node that it is: it stops itself.
+                if (sender && !st->is_paused())
+                  self->send(sender, fence_atom::value, name, gen, st->self.name, st->generation);
+                rp.deliver(cluster_error("node " + name + " generation " + std::to_string(gen) +
+                                         " is fenced: it was declared dead"));
+                return;
+              }
+              rp.deliver(st->self.name, st->generation, st->current_leader());
+            });
+        return rp;
       },
       [self, st, admit](beat_atom, const std::string& name, uint64_t gen,
                         const std::string& leader) {

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
@@ -13,6 +14,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +28,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <utility>
@@ -714,8 +717,6 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
   return result;
 }
 
-} // namespace understudy
-
 // -- a workaround for CAF 0.17's TLS transport -----------------------------------------
 //
 // caf::openssl::session calls SSL_read, SSL_write, SSL_connect and SSL_accept
@@ -740,32 +741,116 @@ F openssl_next(const char* name) {
   return f;
 }
 
+/// The common name of the certificate each TLS peer presented, by the peer's
+/// address ("ip port"), for tls_peer_name. Filled once per connection, when
+/// its handshake is done (which CAF's non-blocking sessions may finish inside
+/// a later read or write).
+struct tls_peers {
+  std::mutex mtx;
+  std::map<std::string, std::string> names;
+  int seen_index = -1;
+
+  static tls_peers& get() {
+    static tls_peers instance;
+    return instance;
+  }
+};
+
+std::string address_key(const std::string& ip, uint16_t port) {
+  return ip + " " + std::to_string(port);
+}
+
+/// Normalises a textual IP address (e.g. "::1" vs "0:0:0:0:0:0:0:1").
+std::string canonical_ip(const std::string& host) {
+  auto h = strip_brackets(host);
+  unsigned char buf[sizeof(in6_addr)];
+  char out[INET6_ADDRSTRLEN];
+  if (::inet_pton(AF_INET, h.c_str(), buf) == 1 && ::inet_ntop(AF_INET, buf, out, sizeof out))
+    return out;
+  if (::inet_pton(AF_INET6, h.c_str(), buf) == 1 && ::inet_ntop(AF_INET6, buf, out, sizeof out))
+    return out;
+  return h;
+}
+
+void note_peer(SSL* ssl) {
+  auto& reg = tls_peers::get();
+  {
+    std::lock_guard<std::mutex> guard{reg.mtx};
+    if (reg.seen_index < 0)
+      reg.seen_index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  }
+  if (SSL_get_ex_data(ssl, reg.seen_index) != nullptr || SSL_is_init_finished(ssl) != 1)
+    return;
+  SSL_set_ex_data(ssl, reg.seen_index, ssl); // once per connection
+  std::string name;
+  if (X509* cert = SSL_get1_peer_certificate(ssl)) {
+    char cn[256] = {0};
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0)
+      name = cn;
+    X509_free(cert);
+  }
+  sockaddr_storage sa{};
+  socklen_t len = sizeof sa;
+  if (::getpeername(SSL_get_fd(ssl), reinterpret_cast<sockaddr*>(&sa), &len) != 0)
+    return;
+  char ip[INET6_ADDRSTRLEN] = {0};
+  uint16_t port = 0;
+  if (sa.ss_family == AF_INET) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&sa);
+    ::inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+    port = ntohs(in->sin_port);
+  } else if (sa.ss_family == AF_INET6) {
+    auto* in = reinterpret_cast<sockaddr_in6*>(&sa);
+    ::inet_ntop(AF_INET6, &in->sin6_addr, ip, sizeof ip);
+    port = ntohs(in->sin6_port);
+  } else {
+    return;
+  }
+  std::lock_guard<std::mutex> guard{reg.mtx};
+  reg.names[address_key(ip, port)] = name;
+}
+
+template <class F, class... Ts>
+int call_ssl(F next, SSL* ssl, Ts... xs) {
+  ERR_clear_error();
+  auto ret = next(ssl, xs...);
+  note_peer(ssl);
+  return ret;
+}
+
 } // namespace
+
+std::optional<std::string> tls_peer_name(const std::string& host, uint16_t port) {
+  auto& reg = tls_peers::get();
+  std::lock_guard<std::mutex> guard{reg.mtx};
+  auto i = reg.names.find(address_key(canonical_ip(host), port));
+  if (i == reg.names.end())
+    return std::nullopt;
+  return i->second;
+}
+
+} // namespace understudy
 
 extern "C" {
 
 int SSL_read(SSL* ssl, void* buf, int num) {
-  static auto next = openssl_next<int (*)(SSL*, void*, int)>("SSL_read");
-  ERR_clear_error();
-  return next(ssl, buf, num);
+  static auto next = understudy::openssl_next<int (*)(SSL*, void*, int)>("SSL_read");
+  return understudy::call_ssl(next, ssl, buf, num);
 }
 
 int SSL_write(SSL* ssl, const void* buf, int num) {
-  static auto next = openssl_next<int (*)(SSL*, const void*, int)>("SSL_write");
-  ERR_clear_error();
-  return next(ssl, buf, num);
+  static auto next = understudy::openssl_next<int (*)(SSL*, const void*, int)>("SSL_write");
+  return understudy::call_ssl(next, ssl, buf, num);
 }
 
 int SSL_connect(SSL* ssl) {
-  static auto next = openssl_next<int (*)(SSL*)>("SSL_connect");
-  ERR_clear_error();
-  return next(ssl);
+  static auto next = understudy::openssl_next<int (*)(SSL*)>("SSL_connect");
+  return understudy::call_ssl(next, ssl);
 }
 
 int SSL_accept(SSL* ssl) {
-  static auto next = openssl_next<int (*)(SSL*)>("SSL_accept");
-  ERR_clear_error();
-  return next(ssl);
+  static auto next = understudy::openssl_next<int (*)(SSL*)>("SSL_accept");
+  return understudy::call_ssl(next, ssl);
 }
 
 } // extern "C"

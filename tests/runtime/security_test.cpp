@@ -41,8 +41,10 @@
 #include <catch2/catch.hpp>
 
 #include "state_test_util.hpp"
+#include "understudy/runtime/cluster.hpp"
 #include "understudy/runtime/errors.hpp"
 #include "understudy/runtime/node_config.hpp"
+#include "understudy/runtime/runtime.hpp"
 
 using namespace understudy;
 using namespace std::chrono_literals;
@@ -624,4 +626,73 @@ TEST_CASE("a peer with a certificate of another CA cannot connect", "[security]"
     auto proxy = connect_to_peer(*client.sys, "127.0.0.1", *port, 10s);
     CHECK(refused_in_handshake(proxy));
   }
+}
+
+namespace {
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = 0;
+  REQUIRE(inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr) == 1);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+} // namespace
+
+TEST_CASE("a node refuses a peer whose certificate names another node than it claims to be",
+          "[security]") {
+  scratch_dir dir;
+  std::string text = "[cluster]\nname = \"sec\"\nstate_root = \"" + dir.path +
+                     "/state\"\n[cluster.security]\ndir = \"" + dir.path + "/certs\"\n";
+  for (const char* n : {"n1", "n2", "n3"})
+    text += std::string{"[[node]]\nname = \""} + n +
+            "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(free_port()) + "\n";
+  auto path = dir.path + "/cluster.toml";
+  std::ofstream{path} << text;
+  auto nc = load_node_config(path);
+  REQUIRE(nc);
+  REQUIRE(create_cluster_certificates(*nc, false));
+  runtime_config rc;
+  rc.log_events = false;
+  caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
+  rc.configure = [&](caf::actor_system_config& cfg) {
+    prepared = cluster_node::configure(cfg, *nc, "n1");
+  };
+  runtime rt{rc};
+  REQUIRE(prepared);
+  auto node = cluster_node::start(rt, *nc, "n1");
+  REQUIRE(node);
+  // A peer with a valid certificate of the cluster CA: n3's.
+  const auto& n3 = *nc->find_node("n3");
+  manual_tls_system rogue{n3.cert, n3.key, nc->cluster.security->ca};
+  auto agent = connect_to_peer(*rogue.sys, "127.0.0.1", (*node)->self().port, 10s);
+  INFO((agent ? std::string{} : describe(agent.error())));
+  REQUIRE(agent);
+  auto hello = [&](const std::string& name) {
+    caf::expected<std::string> out{std::string{}};
+    caf::scoped_actor self{*rogue.sys};
+    self->request(*agent, 10s, caf::atom("us_nhello"), name, uint64_t{1}, std::string{})
+        .receive([&](const std::string& who, uint64_t, const std::string&) { out = who; },
+                 [&](caf::error& err) { out = std::move(err); });
+    return out;
+  };
+  // Claiming to be n2 with n3's certificate is refused ...
+  auto as_n2 = hello("n2");
+  REQUIRE_FALSE(as_n2);
+  CHECK_THAT(describe(as_n2.error()),
+             Catch::Contains("says it is node n2") && Catch::Contains("certificate names 'n3'"));
+  CHECK((*node)->peers().front().state == peer_state::unknown); // n2 was not admitted
+  // ... while the same connection saying n3 is accepted.
+  auto as_n3 = hello("n3");
+  INFO((as_n3 ? std::string{} : describe(as_n3.error())));
+  REQUIRE(as_n3);
+  CHECK(*as_n3 == "n1");
 }

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -146,6 +147,14 @@ caf::expected<std::vector<std::string>> prepare_node_system_config(caf::actor_sy
 /// actor's handler.
 caf::expected<uint16_t> publish_at(caf::actor_system& sys, const caf::actor& whom,
                                    const std::string& host, uint16_t port);
+
+/// The common name of the certificate that the TLS peer at `host`:`port` (the
+/// far end of one of this process's TLS connections, as CAF's middleman
+/// reports a node's address) presented in its handshake; none if no TLS
+/// connection to that address has completed one. Certificates of the cluster
+/// CA name their node: a node checks that a peer's certificate names the node
+/// it claims to be (CAF's TLS transport checks the CA only).
+std::optional<std::string> tls_peer_name(const std::string& host, uint16_t port);
 
 /// Connects to the actor published at `host`:`port` and returns its proxy,
 /// over TLS when `sys` has CAF's openssl module loaded (plain TCP only to a
