@@ -748,7 +748,6 @@ F openssl_next(const char* name) {
 struct tls_peers {
   std::mutex mtx;
   std::map<std::string, std::string> names;
-  int seen_index = -1;
 
   static tls_peers& get() {
     static tls_peers instance;
@@ -773,15 +772,12 @@ std::string canonical_ip(const std::string& host) {
 }
 
 void note_peer(SSL* ssl) {
-  auto& reg = tls_peers::get();
-  {
-    std::lock_guard<std::mutex> guard{reg.mtx};
-    if (reg.seen_index < 0)
-      reg.seen_index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
-  }
-  if (SSL_get_ex_data(ssl, reg.seen_index) != nullptr || SSL_is_init_finished(ssl) != 1)
+  // Every read and write passes here: a lock-free test first.
+  static const int seen_index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  if (SSL_get_ex_data(ssl, seen_index) != nullptr || SSL_is_init_finished(ssl) != 1)
     return;
-  SSL_set_ex_data(ssl, reg.seen_index, ssl); // once per connection
+  SSL_set_ex_data(ssl, seen_index, ssl); // once per connection
+  auto& reg = tls_peers::get();
   std::string name;
   if (X509* cert = SSL_get1_peer_certificate(ssl)) {
     char cn[256] = {0};
