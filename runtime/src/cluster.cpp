@@ -114,6 +114,9 @@ using replica_atom = caf::atom_constant<caf::atom("us_nrepl")>;
 /// under `path` that this node holds to node `to` (durably, as replicas there),
 /// for an actor that restarts on `to`.
 using transfer_atom = caf::atom_constant<caf::atom("us_nxfer")>;
+/// (holds, path) -> step: the newest step this node holds of the actors at or
+/// under `path` (0: none).
+using holds_atom = caf::atom_constant<caf::atom("us_nholds")>;
 /// (status) -> std::string: the node's status report.
 using status_atom = caf::atom_constant<caf::atom("us_nstat")>;
 /// (stop): the peer asks this node's process to end.
@@ -347,6 +350,23 @@ std::string render_status(const cluster_node::state& st) {
   if (provider)
     out += provider();
   return out;
+}
+
+/// The newest step of the actors at or under `path` in `store` (0: none).
+uint64_t newest_held(const state_store& store, const std::string& path) {
+  uint64_t newest = 0;
+  auto paths = store.paths();
+  if (!paths)
+    return 0;
+  for (const auto& p : *paths) {
+    if (p != path && p.rfind(path + "/", 0) != 0)
+      continue;
+    if (auto versions = store.versions(p))
+      for (const auto& v : *versions)
+        if (v.problem.empty())
+          newest = std::max(newest, v.step);
+  }
+  return newest;
 }
 
 /// Every verified version of the actors at or under `path` in `store`, as
@@ -782,16 +802,25 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
       },
       [run_spawn](factory_atom) { run_spawn(); },
       [self, st](replicate_atom, checkpoint_batch& batch) -> caf::result<uint64_t> {
-        // From the local writer: copy to the buddy, if it is there.
+        // From the local writer: copy to the buddy or, while it is dead, to
+        // the first live node down its buddy chain, so that every commit has
+        // a copy on a live node (where a successor looks for it).
         caf::actor buddy;
         {
           std::lock_guard<std::mutex> guard{st->mtx};
-          auto i = st->peers.find(st->self.buddy);
-          if (i != st->peers.end() && i->second.state != peer_state::dead)
-            buddy = i->second.agent;
+          std::vector<std::string> seen{st->self.name};
+          for (auto h = st->cfg.find_node(st->self.buddy); h != nullptr && !buddy;
+               h = st->cfg.find_node(h->buddy)) {
+            if (std::find(seen.begin(), seen.end(), h->name) != seen.end())
+              break;
+            seen.push_back(h->name);
+            auto i = st->peers.find(h->name);
+            if (i != st->peers.end() && i->second.state != peer_state::dead && i->second.agent)
+              buddy = i->second.agent;
+          }
         }
         if (!buddy)
-          return cluster_error("no buddy to replicate to");
+          return cluster_error("no live node to replicate to");
         auto rp = self->make_response_promise<uint64_t>();
         self->request(buddy, st->fd().connection_timeout, replica_atom::value, st->self.name,
                       st->generation, std::move(batch))
@@ -865,6 +894,9 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
                   });
         });
         return rp;
+      },
+      [st](holds_atom, const std::string& path) -> uint64_t {
+        return newest_held(*st->p.store, path);
       },
       [st](status_atom) { return render_status(*st); },
       [st](stop_atom) {
@@ -1057,10 +1089,11 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
       return i != st->peers.end() && st->may_lead_locked(name) && i->second.agent &&
              !i->second.agent->getf(caf::abstract_actor::is_terminated_flag);
     };
-    // The node that holds the child's newest checkpoints: where it ran last if
-    // that node lives, else the first live node down its buddy chain (a child
-    // that moved to its home's buddy replicates to that node's buddy, and so
-    // on).
+    // The node that holds the child's newest checkpoints: where it ran last
+    // while that node lives; else the live node that holds the newest step of
+    // it (asked in the order of the buddy chain from there, then the others:
+    // a child's copies are on the buddy of the node it ran on or, while that
+    // buddy was dead, further down its chain).
     std::vector<std::string> chain{*last};
     for (auto h = st->cfg.find_node(*last); h != nullptr && !h->buddy.empty();
          h = st->cfg.find_node(h->buddy)) {
@@ -1068,18 +1101,44 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
         break;
       chain.push_back(h->buddy);
     }
+    for (const auto& n : st->cfg.nodes)
+      if (std::find(chain.begin(), chain.end(), n.name) == chain.end())
+        chain.push_back(n.name);
     std::string source;
-    for (auto& name : chain)
-      if (usable(name)) {
-        source = name;
-        break;
+    if (usable(*last)) {
+      source = *last;
+    } else if (stateful) {
+      uint64_t best = 0;
+      bool any_alive = false;
+      for (auto& name : chain) {
+        if (!usable(name))
+          continue;
+        any_alive = true;
+        uint64_t held = 0;
+        if (name == st->self.name) {
+          held = newest_held(*st->p.store, ctx.path);
+        } else {
+          caf::actor a;
+          {
+            std::lock_guard<std::mutex> guard{st->mtx};
+            a = st->peers.at(name).agent;
+          }
+          caf::scoped_actor self{ctx.system};
+          self->request(a, st->fd().connection_timeout, holds_atom::value, ctx.path)
+              .receive([&](uint64_t step) { held = step; }, [](caf::error&) {});
+        }
+        if (held > best) {
+          best = held;
+          source = name;
+        }
       }
-    if (source.empty() && stateful)
-      return cluster_error("cannot start " + ctx.path +
-                           ": no live node holds its checkpoints (it "
-                           "ran last on " +
-                           *last + "; its copies are on " +
-                           chain[std::min<size_t>(1, chain.size() - 1)] + ")");
+      if (!any_alive)
+        return cluster_error("cannot start " + ctx.path +
+                             ": no node that could hold its "
+                             "checkpoints is alive (it ran last on " +
+                             *last + ")");
+      // No live node holds any: a child that never checkpointed starts fresh.
+    }
     // Where it goes: back where it ran last while that node lives (a crash
     // restarts in place); when that node is lost, the first live node its
     // placement allows (spares first for "any" and "spread"), which gets a
@@ -1107,7 +1166,7 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
       }
       auto t0 = clock_type::now();
       std::string copied_note;
-      if (stateful && name != source) {
+      if (stateful && !source.empty() && name != source) {
         // Copy its checkpoints from the node that holds them, durably, first.
         caf::actor from;
         if (source == st->self.name) {

@@ -286,6 +286,29 @@ TEST_CASE("the leader runs the tree the config declares, the job nested where [t
   CHECK_THAT(out, Catch::Contains("supervisor_started /top/group "));
 }
 
+TEST_CASE(
+    "after its buddy is killed a leader replicates further down the chain, so its "
+    "freezing loses nothing",
+    "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 1200);
+  auto at = text.find("placement = [\"n1\", \"n2\"]");
+  REQUIRE(at != std::string::npos);
+  text.replace(at, std::string{"placement = [\"n1\", \"n2\"]"}.size(),
+               "placement = [\"n1\", \"n2\", \"n3\"]");
+  std::ofstream{file} << text;
+  // n2 (n1's buddy) dies; n1 then copies its commits to n3, n2's buddy. When
+  // n1 (the leader) freezes, n3 takes over and finds n1's actors' newest
+  // checkpoints on itself.
+  auto out = launch_expecting(file, dir.path, "--kill n2@60 --freeze n1@150:2s", 1200, "n3");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("[n3] node n3: taking over the job's tree"));
+  CHECK_THAT(out, Catch::Contains("[n3] node n3: moved /root/job/shards/shard-0 from n1 (lost) to "
+                                  "s1, 3 checkpoint versions copied from n3"));
+  CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 3"));
+}
+
 TEST_CASE("isolating shards, loaders or the trainer is refused naming the table", "[cluster]") {
   temp_dir dir;
   auto file = dir.path + "/cluster.toml";
