@@ -744,10 +744,13 @@ F openssl_next(const char* name) {
 /// The common name of the certificate each TLS peer presented, by the peer's
 /// address ("ip port"), for tls_peer_name. Filled once per connection, when
 /// its handshake is done (which CAF's non-blocking sessions may finish inside
-/// a later read or write).
+/// a later read or write); emptied when OpenSSL frees the connection.
 struct tls_peers {
   std::mutex mtx;
-  std::map<std::string, std::string> names;
+  /// Name and the connection's serial number, so that a freed connection
+  /// does not erase the entry of a newer one with the same address.
+  std::map<std::string, std::pair<std::string, uint64_t>> names;
+  uint64_t serial = 0;
 
   static tls_peers& get() {
     static tls_peers instance;
@@ -771,13 +774,35 @@ std::string canonical_ip(const std::string& host) {
   return h;
 }
 
+/// A connection's entry in the registry.
+struct peer_key {
+  std::string address;
+  uint64_t serial = 0;
+};
+
+/// Frees a connection's entry when OpenSSL frees its session.
+void forget_peer(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  auto* key = static_cast<peer_key*>(ptr);
+  if (key == nullptr)
+    return;
+  if (!key->address.empty()) {
+    auto& reg = tls_peers::get();
+    std::lock_guard<std::mutex> guard{reg.mtx};
+    auto i = reg.names.find(key->address);
+    if (i != reg.names.end() && i->second.second == key->serial)
+      reg.names.erase(i);
+  }
+  delete key;
+}
+
 void note_peer(SSL* ssl) {
-  // Every read and write passes here: a lock-free test first.
-  static const int seen_index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  // Every read and write passes here: a lock-free test first. The ex data is
+  // the connection's key in the registry (set once its handshake is done).
+  static const int seen_index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, forget_peer);
   if (SSL_get_ex_data(ssl, seen_index) != nullptr || SSL_is_init_finished(ssl) != 1)
     return;
-  SSL_set_ex_data(ssl, seen_index, ssl); // once per connection
-  auto& reg = tls_peers::get();
+  auto* key = new peer_key;
+  SSL_set_ex_data(ssl, seen_index, key);
   std::string name;
   if (X509* cert = SSL_get1_peer_certificate(ssl)) {
     char cn[256] = {0};
@@ -802,8 +827,11 @@ void note_peer(SSL* ssl) {
   } else {
     return;
   }
+  auto& reg = tls_peers::get();
   std::lock_guard<std::mutex> guard{reg.mtx};
-  reg.names[address_key(ip, port)] = name;
+  key->address = address_key(ip, port);
+  key->serial = ++reg.serial;
+  reg.names[key->address] = {name, key->serial};
 }
 
 template <class F, class... Ts>
@@ -822,7 +850,7 @@ std::optional<std::string> tls_peer_name(const std::string& host, uint16_t port)
   auto i = reg.names.find(address_key(canonical_ip(host), port));
   if (i == reg.names.end())
     return std::nullopt;
-  return i->second;
+  return i->second.first;
 }
 
 } // namespace understudy
