@@ -216,6 +216,8 @@ struct cluster_node::state {
   std::string leader;
   /// This node runs the tree: its belief no longer changes.
   bool leading = false;
+  /// It saw a majority and lost it (quorum = "majority").
+  bool quorum_lost = false;
 
   const failure_detection_spec& fd() const { return cfg.cluster.failure_detection; }
 
@@ -253,23 +255,39 @@ struct cluster_node::state {
     peer_view v;
     std::vector<peer_listener> ls;
     std::vector<caf::actor> orphans;
+    std::string quorum_note;
     {
       std::lock_guard<std::mutex> guard{mtx};
       auto i = peers.find(name);
       if (i == peers.end() || i->second.state == s)
         return;
+      bool had_quorum = has_quorum_locked();
       i->second.state = s;
       if (s == peer_state::dead) {
-        i->second.fenced = std::max(i->second.fenced, i->second.generation);
         i->second.agent = nullptr;
-        // Their supervisor is gone: its successor starts them afresh.
-        auto orphan = [&](const spawned_actor& a) { return a.from == name; };
-        for (auto& a : spawned)
-          if (orphan(a))
-            orphans.push_back(a.handle);
-        spawned.erase(std::remove_if(spawned.begin(), spawned.end(), orphan), spawned.end());
-        if (name == leader)
-          succeed_locked();
+        // Acting on the death needs a quorum (quorum = "majority"): a node
+        // on the minority side of a partition must not fence the majority
+        // or restart its actors.
+        if (has_quorum_locked()) {
+          i->second.fenced = std::max(i->second.fenced, i->second.generation);
+          // Their supervisor is gone: its successor starts them afresh.
+          auto orphan = [&](const spawned_actor& a) { return a.from == name; };
+          for (auto& a : spawned)
+            if (orphan(a))
+              orphans.push_back(a.handle);
+          spawned.erase(std::remove_if(spawned.begin(), spawned.end(), orphan), spawned.end());
+          if (name == leader)
+            succeed_locked();
+        }
+      }
+      // Told when lost and when regained (not when first reached at start).
+      if (had_quorum && !has_quorum_locked() && s == peer_state::dead) {
+        quorum_lost = true;
+        quorum_note = "no quorum: sees " + quorum_text_locked() +
+                      "; it fences nobody and starts nothing until it sees a majority";
+      } else if (!had_quorum && has_quorum_locked() && quorum_lost) {
+        quorum_lost = false;
+        quorum_note = "sees a majority of the nodes again (" + quorum_text_locked() + ")";
       }
       v = view(i->second);
       v.reason = why;
@@ -279,7 +297,27 @@ struct cluster_node::state {
       caf::anon_send_exit(a, caf::exit_reason::kill);
     for (auto& f : ls)
       f(v);
+    if (!quorum_note.empty())
+      announce(quorum_note);
     cv.notify_all();
+  }
+
+  /// How many nodes this node sees alive, itself included.
+  size_t alive_locked() const {
+    size_t n = 1;
+    for (auto& [name, e] : peers)
+      if (e.state == peer_state::alive || e.state == peer_state::suspected)
+        ++n;
+    return n;
+  }
+
+  std::string quorum_text_locked() const {
+    return std::to_string(alive_locked()) + " of " + std::to_string(cfg.nodes.size()) + " nodes";
+  }
+
+  /// Whether this node may act on the deaths it sees (see quorum_policy).
+  bool has_quorum_locked() const {
+    return fd().quorum == quorum_policy::none || 2 * alive_locked() > cfg.nodes.size();
   }
 
   /// Whether `name` (a peer or this node) may lead: alive as far as this
@@ -296,7 +334,7 @@ struct cluster_node::state {
   /// (or this node) leads. Called with mtx held.
   void succeed_locked() {
     // A paused node's view is stale: it follows what its peers say later.
-    if (leading || paused || candidates.empty())
+    if (leading || paused || candidates.empty() || !has_quorum_locked())
       return;
     auto at = std::find(candidates.begin(), candidates.end(), leader);
     size_t first = at == candidates.end() ? 0 : static_cast<size_t>(at - candidates.begin()) + 1;
@@ -331,7 +369,9 @@ std::string render_status(const cluster_node::state& st) {
            (st.leader.empty()      ? ""
             : st.leader == me.name ? (st.leading ? ", runs the tree" : ", about to run the tree")
                                    : ", the tree runs on " + st.leader) +
-           (st.paused ? ", PAUSED (waiting to hear whether it was fenced)" : "") + "\n";
+           (st.paused ? ", PAUSED (waiting to hear whether it was fenced)" : "") +
+           (st.has_quorum_locked() ? "" : ", NO QUORUM (sees " + st.quorum_text_locked() + ")") +
+           "\n";
     auto now = clock_type::now();
     for (auto& [name, e] : st.peers) {
       char phi[32];
@@ -501,17 +541,17 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
   };
   auto declare_dead = [st, fence_everywhere](const std::string& name, const std::string& why) {
     bool paused = false;
-    /// When the pause was noticed.
-    clock_type::time_point paused_at{};
-    /// The agent's last detection round: a gap longer than the deadline means
-    /// that the process was paused.
-    clock_type::time_point last_tick{};
     {
       std::lock_guard<std::mutex> guard{st->mtx};
       paused = st->paused;
     }
     st->set_state(name, peer_state::dead, why);
-    if (!paused)
+    bool quorum = false;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      quorum = st->has_quorum_locked();
+    }
+    if (!paused && quorum)
       fence_everywhere(name);
   };
   self->set_down_handler([st, declare_dead](caf::down_msg& dm) {
@@ -1071,6 +1111,10 @@ start_function cluster_node::placed(std::string type, caf::message args, std::st
         // supervisor here rather than let it spin through restarts that all
         // fail, for up to a connection timeout.
         st->cv.wait_for(guard, st->fd().connection_timeout, [] { return false; });
+      // On the minority side (quorum = "majority"): wait until a majority is
+      // seen again, however long that takes; acting now could split the job.
+      while (!st->has_quorum_locked() && !st->fenced && !st->stop_requested)
+        st->cv.wait_for(guard, st->fd().connection_timeout);
       if (st->fenced || st->paused)
         return cluster_error("node " + st->self.name + " does not start " + ctx.path + ": " +
                              (st->fenced ? "the cluster declared it dead (fenced)"
@@ -1366,7 +1410,8 @@ bool cluster_node::await_leadership(std::chrono::milliseconds timeout) const {
 
 bool cluster_node::claim_leadership() {
   std::lock_guard<std::mutex> guard{st_->mtx};
-  if (st_->stop_requested || st_->paused || st_->leader != st_->self.name)
+  if (st_->stop_requested || st_->paused || st_->leader != st_->self.name ||
+      !st_->has_quorum_locked())
     return false;
   st_->leading = true;
   return true;

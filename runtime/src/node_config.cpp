@@ -45,6 +45,16 @@ std::string to_string(placement_policy x) {
   return "unknown";
 }
 
+std::string to_string(quorum_policy x) {
+  switch (x) {
+    case quorum_policy::none:
+      return "none";
+    case quorum_policy::majority:
+      return "majority";
+  }
+  return "unknown";
+}
+
 std::string to_string(process_mode x) {
   switch (x) {
     case process_mode::shared:
@@ -94,7 +104,8 @@ std::vector<config_key> node_config_keys() {
   add("cluster.failure_detection", {{"heartbeat_interval", "duration"},
                                     {"phi_threshold", "float"},
                                     {"deadline", "duration"},
-                                    {"connection_timeout", "duration"}});
+                                    {"connection_timeout", "duration"},
+                                    {"quorum", "string"}});
   add("node", {{"name", "string"},
                {"host", "string"},
                {"port", "integer"},
@@ -364,6 +375,7 @@ constexpr restart_type all_restart_types[] = {restart_type::permanent, restart_t
                                               restart_type::temporary};
 constexpr node_role all_roles[] = {node_role::active, node_role::spare};
 constexpr process_mode all_process_modes[] = {process_mode::shared, process_mode::isolated};
+constexpr quorum_policy all_quorum_policies[] = {quorum_policy::none, quorum_policy::majority};
 
 const char* const role_names[] = {"shard", "loader", "worker", "trainer"};
 
@@ -860,6 +872,8 @@ void parser::parse_failure_detection(table_reader& cluster) {
     fd.deadline = *d;
   if (auto d = r.duration("connection_timeout", true))
     fd.connection_timeout = *d;
+  if (auto q = r.enumerated("quorum", all_quorum_policies))
+    fd.quorum = *q;
   if (failed())
     return;
   if (fd.deadline <= fd.heartbeat_interval)

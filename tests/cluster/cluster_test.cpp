@@ -309,6 +309,29 @@ TEST_CASE(
   CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 3"));
 }
 
+TEST_CASE("with quorum = majority a node that sees only a minority fences and moves nothing",
+          "[cluster]") {
+  temp_dir dir;
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 1200);
+  auto at = text.find("connection_timeout = \"2s\"\n");
+  REQUIRE(at != std::string::npos);
+  text.insert(at, "quorum = \"majority\"\n");
+  std::ofstream{file} << text;
+  // n2 and n3 freeze together: n1 and s1 see 2 of 4 nodes, no majority.
+  auto out =
+      launch_expecting(file, dir.path, "--freeze n2@100:2500ms --freeze n3@100:2500ms", 1200, "n1");
+  INFO(out);
+  auto lost = out.find("[n1] node n1: no quorum: sees 2 of 4 nodes");
+  REQUIRE(lost != std::string::npos);
+  auto regained = out.find("[n1] node n1: sees a majority of the nodes again", lost);
+  REQUIRE(regained != std::string::npos);
+  // n1 moved nothing while it saw only a minority (its own lines come in
+  // order; other nodes' lines interleave freely).
+  auto between = out.substr(lost, regained - lost);
+  CHECK(between.find("[n1] node n1: moved") == std::string::npos);
+}
+
 TEST_CASE("isolating shards, loaders or the trainer is refused naming the table", "[cluster]") {
   temp_dir dir;
   auto file = dir.path + "/cluster.toml";

@@ -61,6 +61,22 @@ enum class process_mode : uint8_t {
 /// Returns "shared" or "isolated".
 std::string to_string(process_mode x);
 
+/// When a node may act on its own judgment that peers are dead.
+enum class quorum_policy : uint8_t {
+  /// Always: a node that sees peers die fences them and restarts their
+  /// actors, even when it sees fewer than half of the nodes (the cluster
+  /// survives losing all nodes but one; a network partition can leave two
+  /// sides acting).
+  none,
+  /// Only while it sees a strict majority of the nodes alive (itself
+  /// included): a minority side of a partition fences nobody, takes over
+  /// nothing and restarts nothing until it sees a majority again.
+  majority,
+};
+
+/// Returns "none" or "majority".
+std::string to_string(quorum_policy x);
+
 /// Where a child, or each actor of a job role, runs.
 struct placement_spec {
   placement_policy policy = placement_policy::inherit;
@@ -109,6 +125,8 @@ struct failure_detection_spec {
   /// Connecting to a peer (and CAF's middleman connection timeout) gives up
   /// after this long.
   caf::timespan connection_timeout = std::chrono::seconds(2);
+  /// Whether acting on a peer's death needs a majority of the nodes.
+  quorum_policy quorum = quorum_policy::none;
 };
 
 /// `[cluster]`.
