@@ -14,6 +14,7 @@
 #include <caf/scoped_actor.hpp>
 #include <catch2/catch.hpp>
 
+#include "../runtime/process_test_util.hpp"
 #include "../runtime/state_test_util.hpp"
 #include "understudy/gpu/collective.hpp"
 #include "understudy/gpu/device.hpp"
@@ -25,8 +26,6 @@ namespace ug = understudy::gpu;
 
 namespace {
 
-constexpr auto patience = std::chrono::seconds(60);
-
 /// Children run this binary on the hidden test case below, quietly.
 ug::device_process_options child_options(bool sticky = true) {
   ug::device_process_options opts;
@@ -35,52 +34,15 @@ ug::device_process_options child_options(bool sticky = true) {
   return opts;
 }
 
-struct process_system {
-  static caf::actor_system_config& init(caf::actor_system_config& cfg) {
-    cfg.load<caf::io::middleman>();
-    cfg.set("logger.console-verbosity", caf::atom("quiet"));
-    cfg.set("logger.file-verbosity", caf::atom("quiet"));
-    cfg.set("scheduler.max-threads", 2);
-    understudy::register_error_categories(cfg);
-    ug::register_gpu_types(cfg);
-    understudy::register_process_types(cfg);
-    ug::register_collective_types(cfg);
-    return cfg;
-  }
-
-  process_system() : sys(init(cfg)), self(sys) {
+/// The parent's system, with the GPU actor's and collectives' types.
+struct process_system : understudy::testing::process_system {
+  process_system()
+      : understudy::testing::process_system([](caf::actor_system_config& cfg) {
+          ug::register_gpu_types(cfg);
+          ug::register_collective_types(cfg);
+        }) {
     // nop
   }
-
-  template <class T, class... Ts>
-  caf::expected<T> ask(const caf::actor& a, Ts&&... xs) {
-    caf::expected<T> result{caf::sec::request_timeout};
-    self->request(a, patience, std::forward<Ts>(xs)...)
-        .receive([&](T& r) { result = std::move(r); },
-                 [&](caf::error& err) { result = std::move(err); });
-    return result;
-  }
-
-  /// Waits for the down message of `a` (monitored) and returns its reason.
-  caf::error down_reason(const caf::actor& a) {
-    caf::error reason = caf::sec::request_timeout;
-    bool got = false;
-    while (!got) {
-      self->receive(
-          [&](caf::down_msg& dm) {
-            if (dm.source == a.address()) {
-              reason = dm.reason;
-              got = true;
-            }
-          },
-          caf::after(patience) >> [&] { FAIL("no down message within a minute"); });
-    }
-    return reason;
-  }
-
-  caf::actor_system_config cfg;
-  caf::actor_system sys;
-  caf::scoped_actor self;
 };
 
 ug::op_batch fault_batch() {

@@ -22,12 +22,11 @@
 #include <caf/scoped_actor.hpp>
 #include <catch2/catch.hpp>
 
+#include "process_test_util.hpp"
 #include "understudy/runtime/errors.hpp"
 #include "understudy/runtime/supervisor.hpp"
 
 namespace {
-
-constexpr auto patience = std::chrono::seconds(60);
 
 // The hosted test actor's protocol.
 /// `(ph_put_atom, std::string)`: appends to its text.
@@ -91,59 +90,7 @@ understudy::process_spec host_spec(std::string name, std::string actor = "test")
   return spec;
 }
 
-struct process_system {
-  static caf::actor_system_config& init(caf::actor_system_config& cfg) {
-    cfg.load<caf::io::middleman>();
-    cfg.set("logger.console-verbosity", caf::atom("quiet"));
-    cfg.set("logger.file-verbosity", caf::atom("quiet"));
-    cfg.set("scheduler.max-threads", 2);
-    understudy::register_error_categories(cfg);
-    understudy::register_process_types(cfg);
-    return cfg;
-  }
-
-  process_system() : sys(init(cfg)), self(sys) {
-    // nop
-  }
-
-  template <class T, class... Ts>
-  caf::expected<T> ask(const caf::actor& a, Ts&&... xs) {
-    caf::expected<T> result{caf::sec::request_timeout};
-    self->request(a, patience, std::forward<Ts>(xs)...)
-        .receive([&](T& r) { result = std::move(r); },
-                 [&](caf::error& err) { result = std::move(err); });
-    return result;
-  }
-
-  /// Waits for the down message of `a` (monitored) and returns its reason.
-  caf::error down_reason(const caf::actor& a) {
-    caf::error reason = caf::sec::request_timeout;
-    bool got = false;
-    while (!got) {
-      self->receive(
-          [&](caf::down_msg& dm) {
-            if (dm.source == a.address()) {
-              reason = dm.reason;
-              got = true;
-            }
-          },
-          caf::after(patience) >> [&] { FAIL("no down message within a minute"); });
-    }
-    return reason;
-  }
-
-  /// Starts a child for `spec`, monitored, and returns its keeper.
-  caf::actor start(understudy::process_spec spec) {
-    auto keeper = understudy::spawn_process_actor(sys, std::move(spec));
-    REQUIRE(keeper);
-    self->monitor(*keeper);
-    return *keeper;
-  }
-
-  caf::actor_system_config cfg;
-  caf::actor_system sys;
-  caf::scoped_actor self;
-};
+using understudy::testing::process_system;
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
