@@ -367,6 +367,11 @@ TEST_CASE("bad config files are rejected with file, line and problem", "[config]
                      "state_dir = \"s/b\""}),
        config_errc::invalid_value,
        "bad.toml:12: 'port' in [[node]] must be from 1 to 65535, not 70000"},
+      {"an unknown quorum policy",
+       base + lines({"[cluster.failure_detection]", "quorum = \"most\""}),
+       config_errc::invalid_value,
+       "bad.toml:10: 'quorum' in [cluster.failure_detection] is 'most'; expected one of none, "
+       "majority"},
       {"an unknown role", base + node_b + lines({"role = \"standby\""}), config_errc::invalid_value,
        "bad.toml:14: 'role' in [[node]] is 'standby'; expected one of active, spare"},
       {"a misspelt strategy", base + lines({"[tree]", "strategy = \"one_for_al\""}),
