@@ -387,6 +387,13 @@ caf::error executor::enqueue(const op_batch& batch, std::byte* staging,
   return {};
 }
 
+std::pair<float*, uint64_t> executor::buffer_of(buffer_id id) const {
+  auto i = buffers_.find(id);
+  if (i == buffers_.end())
+    return {nullptr, 0};
+  return {static_cast<float*>(i->second.ptr), i->second.count};
+}
+
 void executor::release_all() noexcept {
   for (auto& [id, buf] : buffers_)
     be_.release(buf.ptr);

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <caf/error.hpp>
@@ -52,6 +53,9 @@ public:
 
   /// Releases every buffer (stream-ordered).
   void release_all() noexcept;
+
+  /// Returns buffer `id`'s memory and element count, or {nullptr, 0} if there is none.
+  std::pair<float*, uint64_t> buffer_of(buffer_id id) const;
 
   /// Returns the number of live buffers.
   size_t buffer_count() const noexcept { return buffers_.size(); }

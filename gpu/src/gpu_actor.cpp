@@ -1,8 +1,11 @@
 #include "understudy/gpu/gpu_actor.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <caf/actor_cast.hpp>
@@ -14,6 +17,7 @@
 #include "executor.hpp"
 #include "understudy/gpu/errors.hpp"
 #include "understudy/runtime/child_spec.hpp"
+#include "understudy/runtime/state_store.hpp"
 
 namespace understudy::gpu {
 
@@ -22,6 +26,10 @@ namespace {
 /// `(gpu_done_atom, uint64_t seq, caf::error status)`: the stream finished
 /// batch `seq`; posted by the backend's completion handler.
 using gpu_done_atom = caf::atom_constant<caf::atom("gpu_done")>;
+
+/// `(gpu_restored_atom, uint64_t slot, caf::error status)`: the stream has
+/// copied staging block `slot` of the running restore to the device.
+using gpu_restored_atom = caf::atom_constant<caf::atom("gpu_rsdone")>;
 
 /// Host memory a batch stages its uploads and downloads in.
 struct staging_block {
@@ -37,6 +45,51 @@ struct pending_batch {
   /// An error that fails this batch only, delivered once the stream is done with it.
   caf::error failure;
 };
+
+/// Staging blocks a restore streams through: copying a chunk into one
+/// overlaps the transfer of the others.
+constexpr size_t restore_slots = 4;
+
+/// One chunk of a restore: record tensor `tensor`'s chunk `chunk` goes to `dst`.
+struct restore_piece {
+  size_t tensor = 0;
+  uint32_t chunk = 0;
+  std::byte* dst = nullptr;
+  size_t bytes = 0;
+};
+
+/// A restore whose chunks are being staged and transferred.
+struct restore_job {
+  caf::typed_response_promise<uint64_t> promise;
+  std::shared_ptr<state_store> store;
+  std::string path;
+  uint64_t step = 0;
+  std::vector<restore_piece> pieces;
+  /// The next piece to stage.
+  size_t next = 0;
+  std::vector<staging_block> slots;
+  /// Indexes into `slots` that no transfer uses.
+  std::vector<size_t> free;
+  uint64_t bytes = 0;
+  /// Set when staging failed: no further piece is staged, and the request
+  /// fails with it once the transfers in flight are done.
+  caf::error failure;
+
+  bool finished() const {
+    return free.size() == slots.size() && (failure || next == pieces.size());
+  }
+};
+
+/// A request that arrived while a restore ran; it runs after it, in order.
+struct deferred_batch {
+  caf::typed_response_promise<batch_result> promise;
+  op_batch batch;
+};
+struct deferred_restore {
+  caf::typed_response_promise<uint64_t> promise;
+  restore_plan plan;
+};
+using deferred_request = std::variant<deferred_batch, deferred_restore>;
 
 /// Whether `err` from enqueueing fails only its batch; any other error fails the actor.
 bool fails_batch_only(const caf::error& err) {
@@ -62,9 +115,13 @@ public:
     const bool idle = be_->idle();
     for (auto& block : free_)
       be_->release_host(block.ptr);
-    if (idle)
+    if (idle) {
       for (auto& [seq, p] : pending)
         be_->release_host(p.staging.ptr);
+      if (restoring)
+        for (auto& block : restoring->slots)
+          be_->release_host(block.ptr);
+    }
   }
 
   backend& be() { return *be_; }
@@ -99,38 +156,61 @@ public:
       free_.push_back(block);
   }
 
+  /// The store in `directory`: opened read-only on first use and kept (in a
+  /// process that has it open already, that store).
+  caf::expected<std::shared_ptr<state_store>> store(const std::string& directory) {
+    if (auto i = stores_.find(directory); i != stores_.end())
+      return i->second;
+    state_store_config cfg;
+    cfg.directory = directory;
+    cfg.read_only = true;
+    auto opened = state_store::open(cfg);
+    if (!opened)
+      return std::move(opened.error());
+    stores_.emplace(directory, *opened);
+    return *opened;
+  }
+
   /// Batches on the stream by sequence number, in enqueue order.
   std::map<uint64_t, pending_batch> pending;
   uint64_t next_seq = 0;
+  /// The restore in progress, if any, and the requests waiting for it.
+  std::unique_ptr<restore_job> restoring;
+  std::deque<deferred_request> deferred;
 
 private:
   std::unique_ptr<backend> be_;
   executor exec_;
   std::vector<staging_block> free_;
+  std::map<std::string, std::shared_ptr<state_store>> stores_;
 };
 
 using state_ptr = std::shared_ptr<gpu_state>;
 
-/// Fails every pending batch with `err` and ends the actor with it.
+/// Fails every pending request with `err` and ends the actor with it.
 void fail_actor(caf::event_based_actor* self, gpu_state& st, const caf::error& err) {
   for (auto& [seq, p] : st.pending)
     p.promise.deliver(err);
+  if (st.restoring)
+    st.restoring->promise.deliver(err);
+  for (auto& req : st.deferred)
+    std::visit([&err](auto& x) { x.promise.deliver(err); }, req);
+  st.deferred.clear();
   self->quit(err);
 }
 
-caf::typed_response_promise<batch_result> run_batch(caf::event_based_actor* self, gpu_state& st,
-                                                    const op_batch& batch) {
-  auto rp = self->make_response_promise<batch_result>();
+void run_batch(caf::event_based_actor* self, gpu_state& st, const op_batch& batch,
+               caf::typed_response_promise<batch_result> rp) {
   if (auto err = st.exec().validate(batch)) {
     rp.deliver(std::move(err));
-    return rp;
+    return;
   }
   auto staging = st.take(executor::staging_bytes(batch));
   if (!staging) {
     rp.deliver(staging.error());
     if (!fails_batch_only(staging.error()))
       fail_actor(self, st, staging.error());
-    return rp;
+    return;
   }
   pending_batch p;
   p.promise = rp;
@@ -139,7 +219,7 @@ caf::typed_response_promise<batch_result> run_batch(caf::event_based_actor* self
   if (err && !fails_batch_only(err)) {
     rp.deliver(err);
     fail_actor(self, st, err);
-    return rp;
+    return;
   }
   p.failure = std::move(err);
   const auto seq = st.next_seq++;
@@ -151,7 +231,6 @@ caf::typed_response_promise<batch_result> run_batch(caf::event_based_actor* self
   st.pending.emplace(seq, std::move(p));
   if (auto done_err = st.be().when_done(std::move(on_done)))
     fail_actor(self, st, done_err);
-  return rp;
 }
 
 void finish_batch(caf::event_based_actor* self, gpu_state& st, uint64_t seq, caf::error status) {
@@ -181,12 +260,177 @@ void finish_batch(caf::event_based_actor* self, gpu_state& st, uint64_t seq, caf
   st.give(p.staging);
 }
 
+// -- restores --------------------------------------------------------------------------
+
+void start_restore(caf::event_based_actor* self, gpu_state& st, const restore_plan& plan,
+                   caf::typed_response_promise<uint64_t> rp);
+
+/// Runs the requests that waited for a restore, up to the next restore.
+void run_deferred(caf::event_based_actor* self, gpu_state& st) {
+  // A batch that fails the actor clears `deferred`.
+  while (!st.restoring && !st.deferred.empty()) {
+    auto req = std::move(st.deferred.front());
+    st.deferred.pop_front();
+    if (auto* b = std::get_if<deferred_batch>(&req))
+      run_batch(self, st, b->batch, b->promise);
+    else
+      start_restore(self, st, std::get<deferred_restore>(req).plan,
+                    std::get<deferred_restore>(req).promise);
+  }
+}
+
+/// Answers a restore whose transfers are all done, and runs what waited for it.
+void finish_restore(caf::event_based_actor* self, gpu_state& st) {
+  auto job = std::move(st.restoring);
+  for (auto& block : job->slots)
+    st.give(block);
+  if (job->failure)
+    job->promise.deliver(std::move(job->failure));
+  else
+    job->promise.deliver(job->bytes);
+  run_deferred(self, st);
+}
+
+/// Stages pieces into the free blocks (in one read transaction) and puts
+/// their transfers on the stream, each followed by a callback that frees its
+/// block again.
+void pump_restore(caf::event_based_actor* self, gpu_state& st) {
+  auto& job = *st.restoring;
+  if (job.failure || job.next == job.pieces.size() || job.free.empty())
+    return;
+  caf::error launch_err;
+  auto err = job.store->read(job.path, job.step, [&](const record_view& rec) -> caf::error {
+    while (!job.free.empty() && job.next < job.pieces.size()) {
+      const auto& piece = job.pieces[job.next];
+      const size_t slot = job.free.back();
+      auto* block = job.slots[slot].ptr;
+      if (auto e = rec.copy_chunk(piece.tensor, piece.chunk, block))
+        return e;
+      if ((launch_err = st.be().upload(piece.dst, block, piece.bytes)))
+        return {};
+      caf::weak_actor_ptr weak_self = self->ctrl();
+      launch_err = st.be().when_done([weak_self, slot](caf::error status) {
+        if (auto hdl = caf::actor_cast<caf::actor>(weak_self))
+          caf::anon_send(hdl, gpu_restored_atom::value, uint64_t{slot}, std::move(status));
+      });
+      if (launch_err)
+        return {};
+      job.free.pop_back();
+      job.bytes += piece.bytes;
+      ++job.next;
+    }
+    return {};
+  });
+  if (launch_err)
+    return fail_actor(self, st, launch_err);
+  if (err)
+    job.failure = std::move(err);
+  if (job.finished())
+    finish_restore(self, st);
+}
+
+/// Checks `plan` against the stored version and the buffers, lists its
+/// pieces, and starts streaming them.
+void start_restore(caf::event_based_actor* self, gpu_state& st, const restore_plan& plan,
+                   caf::typed_response_promise<uint64_t> rp) {
+  auto store = st.store(plan.directory);
+  if (!store) {
+    rp.deliver(std::move(store.error()));
+    return;
+  }
+  auto job = std::make_unique<restore_job>();
+  job->promise = rp;
+  job->store = *store;
+  job->path = plan.path;
+  job->step = plan.step;
+  size_t largest = 0;
+  auto err = (*store)->read(plan.path, plan.step, [&](const record_view& rec) -> caf::error {
+    const auto where = plan.path + "@" + std::to_string(plan.step);
+    for (const auto& target : plan.targets) {
+      auto idx = rec.find_tensor(target.tensor);
+      if (!idx)
+        return make_error(state_errc::not_found, where + " has no tensor '" + target.tensor + "'");
+      const auto& info = rec.info().tensors[*idx];
+      auto [dst, count] = st.exec().buffer_of(target.buffer);
+      if (dst == nullptr)
+        return make_error(gpu_errc::invalid_argument, "restore of " + where + " tensor '" +
+                                                          target.tensor + "': no buffer " +
+                                                          std::to_string(target.buffer));
+      if (info.type != element_type::f32 || info.size != count * sizeof(float))
+        return make_error(
+            gpu_errc::invalid_argument,
+            where + " tensor '" + target.tensor + "' holds " + std::to_string(info.size) +
+                " bytes" + (info.type != element_type::f32 ? " not of float32" : "") + "; buffer " +
+                std::to_string(target.buffer) + " holds " + std::to_string(count) + " floats");
+      for (uint32_t c = 0; c < info.chunks; ++c) {
+        const uint64_t offset = uint64_t{c} * info.chunk_size;
+        const size_t bytes =
+            static_cast<size_t>(std::min<uint64_t>(info.chunk_size, info.size - offset));
+        job->pieces.push_back(
+            restore_piece{*idx, c, reinterpret_cast<std::byte*>(dst) + offset, bytes});
+        largest = std::max(largest, bytes);
+      }
+    }
+    return {};
+  });
+  if (err) {
+    rp.deliver(std::move(err));
+    return;
+  }
+  for (size_t i = 0; i < std::min(restore_slots, job->pieces.size()); ++i) {
+    auto block = st.take(largest);
+    if (!block) {
+      for (auto& b : job->slots)
+        st.give(b);
+      rp.deliver(block.error());
+      if (!fails_batch_only(block.error()))
+        fail_actor(self, st, block.error());
+      return;
+    }
+    job->free.push_back(job->slots.size());
+    job->slots.push_back(*block);
+  }
+  st.restoring = std::move(job);
+  if (st.restoring->pieces.empty())
+    return finish_restore(self, st);
+  pump_restore(self, st);
+}
+
+void restored_piece(caf::event_based_actor* self, gpu_state& st, uint64_t slot, caf::error status) {
+  if (!st.restoring)
+    return;
+  if (status)
+    return fail_actor(self, st, status);
+  st.restoring->free.push_back(static_cast<size_t>(slot));
+  if (st.restoring->finished())
+    return finish_restore(self, st);
+  pump_restore(self, st);
+}
+
 caf::behavior gpu_behavior(caf::event_based_actor* self, state_ptr st) {
   capture_exceptions(self);
   return {
-      [self, st](gpu_run_atom, const op_batch& batch) { return run_batch(self, *st, batch); },
+      [self, st](gpu_run_atom, op_batch& batch) {
+        auto rp = self->make_response_promise<batch_result>();
+        if (st->restoring)
+          st->deferred.emplace_back(deferred_batch{rp, std::move(batch)});
+        else
+          run_batch(self, *st, batch, rp);
+        return rp;
+      },
+      [self, st](gpu_restore_atom, restore_plan& plan) {
+        auto rp = self->make_response_promise<uint64_t>();
+        if (st->restoring)
+          st->deferred.emplace_back(deferred_restore{rp, std::move(plan)});
+        else
+          start_restore(self, *st, plan, rp);
+        return rp;
+      },
       [self, st](gpu_done_atom, uint64_t seq, caf::error& status) {
         finish_batch(self, *st, seq, std::move(status));
+      },
+      [self, st](gpu_restored_atom, uint64_t slot, caf::error& status) {
+        restored_piece(self, *st, slot, std::move(status));
       },
       [st](gpu_info_atom) { return st->be().describe(); },
   };

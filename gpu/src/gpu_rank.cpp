@@ -46,12 +46,17 @@ struct state_codec<gpu::rank_state> {
       if (colon == std::string::npos || end != info.name.c_str() + colon)
         return make_error(state_errc::corrupt_record,
                           "tensor '" + info.name + "' is not named ID:NAME");
-      std::vector<float> values;
-      if (auto err = dec.read_tensor(info.name, values))
-        return err;
-      st.tensors.push_back(
-          gpu::rank_tensor{info.name.substr(colon + 1), static_cast<gpu::buffer_id>(id),
-                           std::make_shared<std::vector<float>>(std::move(values))});
+      if (info.type != element_type::f32 || info.size % sizeof(float) != 0)
+        return make_error(state_errc::corrupt_record,
+                          "tensor '" + info.name + "' does not hold float32 values");
+      // Verified here, so that a corrupt version is skipped for an older one;
+      // the GPU actor copies the values itself (verifying them again).
+      auto idx = dec.record().find_tensor(info.name);
+      if (auto chunks = dec.record().tensor_chunks(*idx); !chunks)
+        return std::move(chunks.error());
+      st.tensors.push_back(gpu::rank_tensor{info.name.substr(colon + 1),
+                                            static_cast<gpu::buffer_id>(id), nullptr,
+                                            info.size / sizeof(float)});
     }
     return {};
   }
@@ -124,9 +129,10 @@ private:
     return {};
   }
 
-  /// Allocates what the GPU actor lacks and uploads the tensors (moving
-  /// their values when no checkpoint shares them: the state keeps only their
-  /// sizes then); `done` runs once the GPU actor has answered.
+  /// Allocates what the GPU actor lacks, uploads the tensors that have
+  /// values (moving them when no checkpoint shares them: the state keeps only
+  /// their sizes then) and has the GPU actor read the restored ones from the
+  /// store; `done` runs once the GPU actor has answered both.
   template <class F>
   void upload(F done) {
     op_batch b;
@@ -135,20 +141,33 @@ private:
         b.allocate(id, count);
     auto& tensors = st_->value().tensors;
     counts_.clear();
+    restore_plan plan;
+    plan.directory = opts_.p.store->config().directory;
+    plan.path = st_->identity().path;
+    plan.step = st_->value().step;
     for (auto& t : tensors) {
-      const uint64_t count = t.values->size();
+      const uint64_t count = t.values ? t.values->size() : t.stored_count;
       counts_.push_back(count);
       if (allocated_.insert(t.id).second)
         b.allocate(t.id, count);
-      if (t.values.use_count() == 1) {
+      if (!t.values) {
+        plan.targets.push_back(restore_target{std::to_string(t.id) + ":" + t.name, t.id});
+      } else if (t.values.use_count() == 1) {
         b.upload(whole(t.id, count), std::move(*t.values));
         t.values = std::make_shared<std::vector<float>>();
       } else {
         b.upload(whole(t.id, count), *t.values);
       }
     }
+    auto restored = [this, done, plan = std::move(plan)]() mutable {
+      if (plan.targets.empty())
+        return done(caf::error{});
+      self_->request(gpu_, caf::infinite, gpu_restore_atom::value, std::move(plan))
+          .then([done](uint64_t) mutable { done(caf::error{}); },
+                [done](caf::error& err) mutable { done(std::move(err)); });
+    };
     self_->request(gpu_, caf::infinite, gpu_run_atom::value, std::move(b))
-        .then([done](batch_result&) mutable { done(caf::error{}); },
+        .then([restored](batch_result&) mutable { restored(); },
               [done](caf::error& err) mutable { done(std::move(err)); });
   }
 

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
 
@@ -667,6 +668,22 @@ caf::error record_view::copy_tensor(size_t index, void* dst, size_t size) const 
   return {};
 }
 
+caf::error record_view::copy_chunk(size_t index, uint32_t chunk, void* dst) const {
+  if (index >= info_.tensors.size())
+    return make_error(state_errc::not_found, "tensor index " + std::to_string(index));
+  auto& t = info_.tensors[index];
+  if (chunk >= t.chunks)
+    return make_error(state_errc::not_found, versioned(info_.path, info_.step) + " tensor " +
+                                                 t.name + " has " + std::to_string(t.chunks) +
+                                                 " chunks, not " + std::to_string(chunk + 1));
+  auto span = access::chunk(*this, index, chunk);
+  if (!span)
+    return std::move(span.error());
+  if (detail::copy_and_hash(dst, span->data, span->size) != chunk_checksums_[index][chunk])
+    return access::mismatch(*this, index, chunk);
+  return {};
+}
+
 caf::expected<std::vector<byte_span>> record_view::tensor_chunks(size_t index) const {
   if (index >= info_.tensors.size())
     return make_error(state_errc::not_found, "tensor index " + std::to_string(index));
@@ -702,9 +719,40 @@ const state_store_config& state_store::config() const noexcept {
   return impl_->cfg;
 }
 
+namespace {
+
+/// The stores this process has open, by canonical directory: a read-only open
+/// of one of them shares it, because LMDB must not open an environment twice
+/// in one process (closing the second would drop the first's file locks).
+struct open_stores {
+  std::mutex mtx;
+  std::map<std::string, std::weak_ptr<state_store>> by_dir;
+
+  static open_stores& get() {
+    static open_stores instance;
+    return instance;
+  }
+
+  static std::string key(const std::string& directory) {
+    std::error_code ec;
+    auto canonical = std::filesystem::weakly_canonical(directory, ec);
+    return ec ? directory : canonical.string();
+  }
+};
+
+} // namespace
+
 caf::expected<std::shared_ptr<state_store>> state_store::open(state_store_config cfg) {
   if (cfg.directory.empty())
     return make_error(state_errc::invalid_config, "state directory is empty");
+  auto& registry = open_stores::get();
+  const auto dir_key = open_stores::key(cfg.directory);
+  if (cfg.read_only) {
+    std::lock_guard<std::mutex> guard{registry.mtx};
+    if (auto i = registry.by_dir.find(dir_key); i != registry.by_dir.end())
+      if (auto existing = i->second.lock())
+        return existing;
+  }
   if (cfg.chunk_size == 0 || cfg.chunk_size % 4096 != 0)
     return make_error(
         state_errc::invalid_config,
@@ -787,7 +835,12 @@ caf::expected<std::shared_ptr<state_store>> state_store::open(state_store_config
   }
   if ((rc = mdb_txn_commit(txn)) != 0)
     return mdb_error(rc, "mdb_txn_commit(open)");
-  return std::shared_ptr<state_store>{new state_store(std::move(st))};
+  std::shared_ptr<state_store> result{new state_store(std::move(st))};
+  std::lock_guard<std::mutex> guard{registry.mtx};
+  auto& slot = registry.by_dir[dir_key];
+  if (slot.expired() || !cfg.read_only)
+    slot = result;
+  return result;
 }
 
 caf::error state_store::commit(const std::vector<const checkpoint*>& batch,

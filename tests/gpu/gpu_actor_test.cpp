@@ -19,6 +19,8 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include "../runtime/state_fixture.hpp"
+#include "../runtime/state_test_util.hpp"
 #include "../runtime/test_fixture.hpp"
 #include "gpu_test_util.hpp"
 #include "understudy/actors/mlp.hpp"
@@ -405,6 +407,103 @@ TEST_CASE("a gpu actor answers data errors and unsupported ops without failing",
   auto res3 = f.ask<ug::batch_result>(a.hdl, ug::gpu_run_atom::value, after);
   REQUIRE(res3);
   REQUIRE(res3->downloads[0].size() == 2);
+}
+
+namespace {
+
+/// A store in a temporary directory holding version 5 of "/job/rank" with
+/// the f32 tensor "w" of `n` values w_value(0.5, i) in 4 KiB chunks.
+struct stored_rank {
+  explicit stored_rank(size_t n) {
+    auto cfg = test::test_store_config(dir.path);
+    cfg.chunk_size = 4096;
+    store = test::open_store(cfg);
+    test::commit_all(*store, {test::make_checkpoint("/job/rank", 5, n, 0.5f)});
+  }
+
+  ug::restore_plan plan(ug::buffer_id id) const {
+    return ug::restore_plan{dir.path, "/job/rank", 5, {ug::restore_target{"w", id}}};
+  }
+
+  test::temp_state_dir dir;
+  std::shared_ptr<understudy::state_store> store;
+};
+
+} // namespace
+
+TEST_CASE("a gpu actor restores a stored tensor chunk by chunk and runs later batches after it",
+          "[gpu_ops][gpu_actor][state]") {
+  // 40000 floats in 4 KiB chunks: 40 chunks through 4 staging blocks.
+  constexpr size_t n = 40000;
+  stored_rank stored{n};
+  test::fixture f;
+  actor_guard a{f, spawn_cpu(f)};
+  ug::op_batch setup;
+  setup.allocate(1, n);
+  setup.fill(ug::whole(1, n), -1.0f);
+  REQUIRE(f.ask<ug::batch_result>(a.hdl, ug::gpu_run_atom::value, setup));
+  // Sent together: the batch must wait for the restore's last chunk.
+  ug::op_batch after;
+  after.scale(2.0f, ug::whole(1, n));
+  after.download(ug::whole(1, n));
+  auto h1 = f.self->request(a.hdl, caf::infinite, ug::gpu_restore_atom::value, stored.plan(1));
+  auto h2 = f.self->request(a.hdl, caf::infinite, ug::gpu_run_atom::value, after);
+  f.run();
+  uint64_t bytes = 0;
+  h1.receive([&](uint64_t x) { bytes = x; },
+             [&](caf::error& err) { FAIL("restore: " << understudy::describe(err)); });
+  CHECK(bytes == n * sizeof(float));
+  std::vector<float> got;
+  h2.receive([&](ug::batch_result& r) { got = std::move(r.downloads.at(0)); },
+             [&](caf::error& err) { FAIL("batch: " << understudy::describe(err)); });
+  REQUIRE(got.size() == n);
+  size_t wrong = 0;
+  for (size_t i = 0; i < n; ++i)
+    wrong += got[i] != 2.0f * test::w_value(0.5f, i) ? 1 : 0;
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("a gpu actor refuses a restore that does not fit and one that is corrupt, and carries on",
+          "[gpu_ops][gpu_actor][state]") {
+  constexpr size_t n = 5000;
+  stored_rank stored{n};
+  test::fixture f;
+  actor_guard a{f, spawn_cpu(f)};
+  ug::op_batch setup;
+  setup.allocate(1, n);
+  setup.allocate(2, n - 1);
+  setup.fill(ug::whole(2, n - 1), 7.0f);
+  REQUIRE(f.ask<ug::batch_result>(a.hdl, ug::gpu_run_atom::value, setup));
+  SECTION("a buffer of another size") {
+    auto res = f.ask<uint64_t>(a.hdl, ug::gpu_restore_atom::value, stored.plan(2));
+    REQUIRE_FALSE(res);
+    CHECK(ug::is(res.error(), ug::gpu_errc::invalid_argument));
+    CHECK(understudy::describe(res.error()).find("/job/rank@5 tensor 'w' holds 20000 bytes") !=
+          std::string::npos);
+  }
+  SECTION("a tensor the version does not have") {
+    auto plan = stored.plan(1);
+    plan.targets[0].tensor = "v";
+    auto res = f.ask<uint64_t>(a.hdl, ug::gpu_restore_atom::value, plan);
+    REQUIRE_FALSE(res);
+    CHECK(understudy::is(res.error(), understudy::state_errc::not_found));
+  }
+  SECTION("a version with a flipped byte in its third chunk") {
+    // Closed first: the actor then opens the directory read-only itself.
+    stored.store.reset();
+    test::flip_byte_in_chunk(stored.dir.path, "/job/rank", 5, 0, 2, 100);
+    auto res = f.ask<uint64_t>(a.hdl, ug::gpu_restore_atom::value, stored.plan(1));
+    REQUIRE_FALSE(res);
+    CHECK(understudy::is(res.error(), understudy::state_errc::corrupt_record));
+    CHECK(understudy::describe(res.error()).find("/job/rank@5 tensor w chunk 2") !=
+          std::string::npos);
+  }
+  // The actor still serves, and buffer 2 was not touched.
+  ug::op_batch check;
+  check.download(ug::whole(2, n - 1));
+  auto res = f.ask<ug::batch_result>(a.hdl, ug::gpu_run_atom::value, check);
+  REQUIRE(res);
+  CHECK(res->downloads[0] == std::vector<float>(n - 1, 7.0f));
 }
 
 TEST_CASE("a gpu actor on the cpu runs an MLP training step as one message like the actors' mlp",

@@ -157,6 +157,27 @@ TEST_CASE("a tensor larger than 64 MiB is stored in chunks and read back zero-co
   CHECK_FALSE(err);
 }
 
+TEST_CASE("a read-only open shares the store this process has open, and opens its own otherwise",
+          "[state][store]") {
+  temp_state_dir dir;
+  auto cfg = test_store_config(dir.path);
+  auto writer = open_store(cfg);
+  commit_all(*writer, {make_checkpoint("/a", 1, 4)});
+  auto ro_cfg = cfg;
+  ro_cfg.read_only = true;
+  ro_cfg.directory = dir.path + "/."; // the same directory, spelled otherwise
+  auto shared = open_store(ro_cfg);
+  CHECK(shared.get() == writer.get());
+  shared.reset();
+  writer.reset();
+  auto own = open_store(ro_cfg);
+  CHECK(own->config().read_only);
+  CHECK_FALSE(own->verify("/a", 1));
+  checkpoint cp = make_checkpoint("/a", 2, 4);
+  std::vector<caf::error> results;
+  CHECK(is(own->commit({&cp}, results), state_errc::read_only));
+}
+
 TEST_CASE("retention keeps the newest N versions and every K-th", "[state][store]") {
   temp_state_dir dir;
   auto cfg = test_store_config(dir.path);

@@ -1,6 +1,9 @@
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include <caf/actor.hpp>
 #include <caf/atom.hpp>
@@ -17,6 +20,39 @@ using gpu_run_atom = caf::atom_constant<caf::atom("gpu_run")>;
 
 /// `(gpu_info_atom)` -> `std::string`: the backend's `describe()`.
 using gpu_info_atom = caf::atom_constant<caf::atom("gpu_info")>;
+
+/// `(gpu_restore_atom, restore_plan)` -> `uint64_t`: copies tensors of a
+/// stored version straight from the state store into buffers (see
+/// spawn_gpu_actor); answers the bytes copied.
+using gpu_restore_atom = caf::atom_constant<caf::atom("gpu_rstor")>;
+
+/// One tensor of a restore: the record's tensor `tensor` (float32) fills
+/// buffer `buffer`, which must exist and hold exactly its elements.
+struct restore_target {
+  std::string tensor;
+  buffer_id buffer = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, restore_target& x) {
+  return f(caf::meta::type_name("understudy::gpu::restore_target"), x.tensor, x.buffer);
+}
+
+/// Which stored tensors a GPU actor reads into its buffers: version `step` of
+/// `path` in the state store in `directory` (opened read-only in the GPU
+/// actor's process, or shared where that process already has it open).
+struct restore_plan {
+  std::string directory;
+  std::string path;
+  uint64_t step = 0;
+  std::vector<restore_target> targets;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, restore_plan& x) {
+  return f(caf::meta::type_name("understudy::gpu::restore_plan"), x.directory, x.path, x.step,
+           x.targets);
+}
 
 /// What a GPU actor runs on.
 struct gpu_actor_options {
@@ -41,6 +77,15 @@ struct gpu_actor_options {
 ///   sticky error, a fault) is replied to every pending request and the actor
 ///   exits with that error, naming the CUDA error, so that its supervisor
 ///   restarts it (with a sticky error: in a fresh process).
+/// - `(gpu_restore_atom, restore_plan)` -> `uint64_t`. Streams the plan's
+///   tensors from the memory-mapped store chunk by chunk (each chunk's
+///   checksum verified as it is copied) through a few page-locked staging
+///   blocks onto the stream, so that copying the next chunk overlaps the
+///   transfer of the last; no copy of the state passes through messages or
+///   another process. Batches that arrive meanwhile wait, and run once the
+///   restore is on the stream in full. A stored version that is missing,
+///   corrupt or does not fit the buffers fails only the request (the buffers
+///   may then hold part of it); a CUDA error fails the actor.
 /// - `(gpu_info_atom)` -> `std::string`.
 ///
 /// Errors: `gpu_errc::no_cuda` or `no_device` or the failing CUDA call when the

@@ -27,6 +27,10 @@ struct rank_tensor {
   /// reference, and hands a dead incarnation's to the persistence's
   /// tensor_recycler, so that the next restore reuses their memory.
   std::shared_ptr<std::vector<float>> values;
+  /// Null `values` with this many elements: a restored tensor, which the GPU
+  /// actor reads from the stored version itself (gpu_restore_atom), so that
+  /// the state never passes through the rank or between processes.
+  uint64_t stored_count = 0;
 };
 
 /// What a GPU rank persists (as the generic TensorState schema): the tensors
@@ -76,12 +80,13 @@ struct gpu_rank_options {
 /// (linked: either's exit ends the other) and keeps the GPU actor's durable
 /// tensors in the state store.
 ///
-/// Every incarnation starts a fresh GPU actor with `start_gpu`, loads the
-/// newest version of its state (or the fresh one), allocates the tensors' and
-/// the scratch buffers in the GPU actor and uploads the tensors, and only then
-/// announces itself ready: a rank that a supervisor restarted after its GPU
-/// actor died (a sticky error, a crashed process) serves with the state it
-/// last checkpointed, already on the device.
+/// Every incarnation starts a fresh GPU actor with `start_gpu`, picks the
+/// newest version of its state that verifies (or the fresh one), allocates the
+/// tensors' and the scratch buffers in the GPU actor, has the GPU actor read
+/// the stored tensors straight from the state store into them (or uploads the
+/// fresh ones), and only then announces itself ready: a rank that a supervisor restarted after its
+/// GPU actor died (a sticky error, a crashed process) serves with the state it last checkpointed,
+/// already on the device.
 ///
 /// Protocol: `rank_restore_atom`, `rank_checkpoint_atom`, `rank_probe_atom`;
 /// every other message (`gpu_run_atom`, `gpu_info_atom`) is forwarded to the

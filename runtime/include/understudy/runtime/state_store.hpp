@@ -181,6 +181,13 @@ public:
   /// chunk's checksum as it goes. Errors: truncated_chunk, corrupt_record.
   caf::error copy_tensor(size_t index, void* dst, size_t size) const;
 
+  /// Copies chunk `chunk` of tensor `index` (`info().tensors[index]`: bytes
+  /// [chunk * chunk_size, min(size, (chunk + 1) * chunk_size))) into `dst`,
+  /// verifying its checksum as it goes: streams a tensor piece by piece into
+  /// staging memory (e.g. pinned memory on its way to a GPU). Errors:
+  /// not_found (no such tensor or chunk), truncated_chunk, corrupt_record.
+  caf::error copy_chunk(size_t index, uint32_t chunk, void* dst) const;
+
   /// The verified chunks of tensor `index`, zero-copy (pointers into the map).
   caf::expected<std::vector<byte_span>> tensor_chunks(size_t index) const;
 
@@ -226,7 +233,9 @@ struct state_store_stats {
 ///
 /// Ownership and threads: open it once per process (a second open of the same
 /// directory, here or in another process, fails with `locked`; read-only opens
-/// are always allowed) and share the pointer. `commit` is for the single writer
+/// are always allowed, and one in a process that already has the directory
+/// open shares that store, since LMDB must not open one environment twice in
+/// a process) and share the pointer. `commit` is for the single writer
 /// (spawn_state_writer); the read functions may be called from any thread,
 /// each in one go: their transaction begins and ends inside the call, as LMDB
 /// requires of transactions inside message handlers.
