@@ -817,8 +817,8 @@ int main(int argc, char** argv) {
                  "process: each GPU actor in a process of its own; none: in this process")
       ->capture_default_str();
   app.add_option("--collective", collective_name,
-                 "local: host copies summed in rank order (bit-identical); nccl: NCCL where "
-                 "ranks have devices of their own")
+                 "local: host copies summed in rank order (bit-identical); nccl: NCCL in place "
+                 "on the ranks' streams, where ranks have devices of their own")
       ->capture_default_str();
   try {
     app.parse(argc, argv);

@@ -58,6 +58,44 @@ adam_corrections adam_bias_corrections(float beta1, float beta2, uint64_t step) 
   return result;
 }
 
+namespace {
+
+caf::error no_collectives(const backend& be, const char* op) {
+  return make_error(gpu_errc::unsupported,
+                    std::string{op} + ": the " + to_string(be.kind()) + " backend" +
+                        (be.kind() == backend_kind::cuda ? " of this build has no NCCL"
+                                                         : " runs no collectives") +
+                        "; groups of such ranks reduce locally");
+}
+
+} // namespace
+
+caf::error backend::comm_join(const std::vector<uint8_t>&, uint32_t, uint32_t) {
+  return no_collectives(*this, "comm_join");
+}
+
+caf::expected<bool> backend::comm_ready() {
+  return no_collectives(*this, "comm_ready");
+}
+
+caf::error backend::all_reduce(float*, size_t) {
+  return no_collectives(*this, "all_reduce");
+}
+
+caf::error backend::broadcast(float*, size_t, uint32_t) {
+  return no_collectives(*this, "broadcast");
+}
+
+void backend::comm_abort() noexcept {
+  // No communicator.
+}
+
+#if !UNDERSTUDY_GPU_HAS_NCCL
+caf::expected<std::vector<uint8_t>> make_comm_id() {
+  return make_error(gpu_errc::unsupported, "make_comm_id: understudy was built without NCCL");
+}
+#endif
+
 #if !UNDERSTUDY_GPU_HAS_CUDA
 caf::expected<std::unique_ptr<backend>> make_cuda_backend(int device) {
   return make_error(gpu_errc::no_cuda, "cannot use CUDA device " + std::to_string(device) +

@@ -20,10 +20,6 @@
 #include "understudy/gpu/gpu_actor.hpp"
 #include "understudy/runtime/supervisor.hpp"
 
-#if UNDERSTUDY_GPU_HAS_NCCL
-#include "collective_nccl.hpp"
-#endif
-
 namespace understudy::gpu {
 
 // -- errors -------------------------------------------------------------------------------
@@ -125,9 +121,8 @@ namespace {
 /// `(coll_deadline_atom, uint64_t seq)`: collective `seq` is due.
 using coll_deadline_atom = caf::atom_constant<caf::atom("us_cdline")>;
 
-/// `(coll_rank_done_atom, uint64_t seq, uint64_t rank, caf::error)`: NCCL has
-/// finished rank's part of collective `seq` (posted by a stream callback).
-using coll_rank_done_atom = caf::atom_constant<caf::atom("us_crdone")>;
+/// `(coll_join_deadline_atom)`: the ranks had the deadline's time to join.
+using coll_join_deadline_atom = caf::atom_constant<caf::atom("us_cjdline")>;
 
 enum class coll_kind : uint8_t { all_reduce, broadcast };
 
@@ -147,7 +142,7 @@ struct coll_request {
 enum class coll_phase : uint8_t {
   /// Reading the ranks' slices.
   gather,
-  /// NCCL works on the staged data.
+  /// The ranks run the NCCL op in place on their streams.
   reduce,
   /// Writing the result back to the ranks.
   scatter,
@@ -158,7 +153,7 @@ const char* name_of(coll_phase p) {
     case coll_phase::gather:
       return "reading the ranks' slices";
     case coll_phase::reduce:
-      return "in NCCL";
+      return "in NCCL on the ranks' streams";
     case coll_phase::scatter:
       return "writing the result back";
   }
@@ -207,16 +202,10 @@ private:
   caf::behavior ready() {
     for (auto& r : ranks_)
       self_->monitor(r);
-#if UNDERSTUDY_GPU_HAS_NCCL
-    if (plan_.path == collective_path::nccl) {
-      auto ranks = detail::nccl_ranks::create(opts_.devices);
-      if (!ranks) {
-        fail(ranks.error());
-        return {};
-      }
-      nccl_ = std::move(*ranks);
-    }
-#endif
+    if (plan_.path == collective_path::nccl)
+      join_ranks();
+    else
+      joined_ = true;
     return {
         [this](all_reduce_atom, std::vector<slice>& slices) {
           return submit(coll_kind::all_reduce, 0, std::move(slices));
@@ -226,18 +215,89 @@ private:
         },
         [this](collective_info_atom) { return describe_group(); },
         [this](coll_deadline_atom, uint64_t seq) { on_deadline(seq); },
-        [this](coll_rank_done_atom, uint64_t seq, uint64_t rank, caf::error& status) {
-          on_rank_done(seq, static_cast<size_t>(rank), std::move(status));
-        },
+        [this](coll_join_deadline_atom) { on_join_deadline(); },
     };
+  }
+
+  // -- the NCCL path: every rank joins one communicator --------------------------------
+
+  /// Has every rank join a fresh communicator, under the deadline;
+  /// collectives wait until all have.
+  void join_ranks() {
+    auto id = make_comm_id();
+    if (!id)
+      return fail(id.error());
+    waiting_.assign(size(), true);
+    self_->delayed_send(self_, opts_.deadline, coll_join_deadline_atom::value);
+    for (size_t r = 0; r < size(); ++r)
+      self_
+          ->request(ranks_[r], caf::infinite, gpu_comm_join_atom::value, *id,
+                    static_cast<uint32_t>(size()), static_cast<uint32_t>(r))
+          .then(
+              [this, r](caf::ok_atom) {
+                if (failed_)
+                  return;
+                waiting_[r] = false;
+                if (outstanding() != 0)
+                  return;
+                joined_ = true;
+                start_next();
+              },
+              [this, r](caf::error& err) {
+                fail(make_error(collective_errc::rank_failed,
+                                "rank " + std::to_string(r) + " could not join the group's NCCL " +
+                                    "communicator: " + self_->system().render(err)));
+              });
+  }
+
+  void on_join_deadline() {
+    if (joined_ || failed_)
+      return;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(opts_.deadline).count();
+    fail(make_error(collective_errc::deadline_exceeded,
+                    "the ranks did not join the NCCL communicator within " + std::to_string(ms) +
+                        " ms (waiting for " + waiting_for() + ")"));
+  }
+
+  /// Runs the current collective in place on every rank: one batch each with
+  /// the NCCL op on its own stream.
+  void reduce_in_place() {
+    phase_ = coll_phase::reduce;
+    waiting_.assign(size(), true);
+    auto seq = seq_;
+    for (size_t r = 0; r < size(); ++r) {
+      op_batch b;
+      if (current_.kind == coll_kind::all_reduce)
+        b.all_reduce(current_.slices[r]);
+      else
+        b.broadcast(current_.slices[r], current_.root);
+      self_->request(ranks_[r], caf::infinite, gpu_run_atom::value, std::move(b))
+          .then(
+              [this, seq, r](batch_result&) {
+                if (!is_current(seq, coll_phase::reduce))
+                  return;
+                waiting_[r] = false;
+                if (outstanding() != 0)
+                  return;
+                current_.rp.deliver(caf::ok_atom::value);
+                finish_current();
+              },
+              [this, seq, r](caf::error& err) {
+                if (is_current(seq, coll_phase::reduce))
+                  fail(rank_error(r, self_->system().render(err)));
+              });
+    }
   }
 
   std::string describe_group() const {
     std::string ranks = std::to_string(size()) + (size() == 1 ? " rank" : " ranks");
-#if UNDERSTUDY_GPU_HAS_NCCL
-    if (nccl_)
-      return "nccl: " + nccl_->describe() + ", " + ranks;
-#endif
+    if (plan_.path == collective_path::nccl) {
+      std::string devices;
+      for (auto d : opts_.devices)
+        devices += (devices.empty() ? "" : ", ") + std::to_string(d);
+      return "nccl: in place on the ranks' buffers and streams, one communicator over " + ranks +
+             " on devices " + devices;
+    }
     std::string result = "local: host copies and axpy in rank order over " + ranks;
     if (!plan_.fallback_reason.empty())
       result += " (" + plan_.fallback_reason + ")";
@@ -273,13 +333,15 @@ private:
   // -- running one collective -------------------------------------------------------------
 
   void start_next() {
-    if (running_ || queue_.empty() || failed_)
+    if (running_ || queue_.empty() || failed_ || !joined_)
       return;
     running_ = true;
     current_ = std::move(queue_.front());
     queue_.pop_front();
     ++seq_;
     self_->delayed_send(self_, opts_.deadline, coll_deadline_atom::value, seq_);
+    if (plan_.path == collective_path::nccl)
+      return reduce_in_place();
     parts_.assign(size(), {});
     waiting_.assign(size(), false);
     phase_ = coll_phase::gather;
@@ -324,25 +386,6 @@ private:
 
   void combine() {
     const size_t n = current_.slices.front().count;
-#if UNDERSTUDY_GPU_HAS_NCCL
-    if (nccl_) {
-      phase_ = coll_phase::reduce;
-      std::fill(waiting_.begin(), waiting_.end(), true);
-      caf::weak_actor_ptr weak_self = self_->ctrl();
-      auto seq = seq_;
-      auto done = [weak_self, seq](size_t rank, caf::error status) {
-        if (auto hdl = caf::actor_cast<caf::actor>(weak_self))
-          caf::anon_send(hdl, coll_rank_done_atom::value, seq, uint64_t{rank}, std::move(status));
-      };
-      const int root =
-          current_.kind == coll_kind::all_reduce ? -1 : static_cast<int>(current_.root);
-      for (auto& part : parts_)
-        part.resize(n); // a broadcast's receivers: their buffers are overwritten
-      if (auto err = nccl_->enqueue(root, parts_, std::move(done)))
-        fail(err);
-      return;
-    }
-#endif
     if (current_.kind == coll_kind::broadcast) {
       auto values = std::make_shared<const std::vector<float>>(std::move(parts_[current_.root]));
       scatter([&](size_t r) { return r == current_.root ? nullptr : values; });
@@ -355,34 +398,6 @@ private:
         return fail(err);
     std::shared_ptr<const std::vector<float>> result = std::move(sum);
     scatter([&](size_t) { return result; });
-  }
-
-  void on_rank_done(uint64_t seq, size_t rank, caf::error status) {
-#if UNDERSTUDY_GPU_HAS_NCCL
-    if (!is_current(seq, coll_phase::reduce) || rank >= size())
-      return;
-    if (status)
-      return fail(make_error(collective_errc::nccl_error,
-                             std::string{name_of(current_.kind)} + " #" + std::to_string(seq) +
-                                 " on rank " + std::to_string(rank) + ": " +
-                                 self_->system().render(status)));
-    waiting_[rank] = false;
-    if (outstanding() != 0)
-      return;
-    const size_t n = current_.slices.front().count;
-    std::vector<std::shared_ptr<const std::vector<float>>> results(size());
-    for (size_t r = 0; r < size(); ++r) {
-      const float* x = nccl_->result(r);
-      results[r] = std::make_shared<const std::vector<float>>(x, x + n);
-    }
-    scatter([&](size_t r) {
-      return current_.kind == coll_kind::broadcast && r == current_.root ? nullptr : results[r];
-    });
-#else
-    static_cast<void>(seq);
-    static_cast<void>(rank);
-    static_cast<void>(status);
-#endif
   }
 
   /// Uploads `values_for(r)` into every rank's slice (skipping null ones).
@@ -440,24 +455,27 @@ private:
                                                         std::to_string(r) + ": " + what);
   }
 
-  void on_deadline(uint64_t seq) {
-    if (!running_ || failed_ || seq != seq_)
-      return;
+  /// "rank 2" or "ranks 0, 3": the ranks the current phase still waits for.
+  std::string waiting_for() const {
     std::string silent;
     for (size_t r = 0; r < size(); ++r)
       if (waiting_[r])
         silent += (silent.empty() ? "" : ", ") + std::to_string(r);
+    if (silent.empty())
+      return silent;
+    return (silent.find(',') == std::string::npos ? "rank " : "ranks ") + silent;
+  }
+
+  void on_deadline(uint64_t seq) {
+    if (!running_ || failed_ || seq != seq_)
+      return;
+    auto silent = waiting_for();
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(opts_.deadline).count();
-    fail(make_error(
-        collective_errc::deadline_exceeded,
-        std::string{name_of(current_.kind)} + " #" + std::to_string(seq) + " over " +
-            std::to_string(size()) + " ranks not finished within " + std::to_string(ms) + " ms (" +
-            name_of(phase_) +
-            (silent.empty()
-                 ? std::string{}
-                 : "; waiting for rank" +
-                       std::string{silent.find(',') == std::string::npos ? " " : "s "} + silent) +
-            ")"));
+    fail(make_error(collective_errc::deadline_exceeded,
+                    std::string{name_of(current_.kind)} + " #" + std::to_string(seq) + " over " +
+                        std::to_string(size()) + " ranks not finished within " +
+                        std::to_string(ms) + " ms (" + name_of(phase_) +
+                        (silent.empty() ? std::string{} : "; waiting for " + silent) + ")"));
   }
 
   void on_down(const caf::down_msg& dm) {
@@ -474,10 +492,12 @@ private:
     if (failed_)
       return;
     failed_ = true;
-#if UNDERSTUDY_GPU_HAS_NCCL
-    if (nccl_)
-      nccl_->abort();
-#endif
+    // Collectives stuck on a dead peer return; the ranks' buffers are
+    // restored before the next step uses them.
+    if (plan_.path == collective_path::nccl)
+      for (auto& r : ranks_)
+        if (r)
+          self_->send(r, gpu_comm_abort_atom::value);
     if (running_)
       current_.rp.deliver(err);
     for (auto& q : queue_)
@@ -493,16 +513,15 @@ private:
   std::deque<coll_request> queue_;
   bool running_ = false;
   bool failed_ = false;
+  /// Whether collectives may run: every rank has joined (always on the local path).
+  bool joined_ = false;
   coll_request current_;
   uint64_t seq_ = 0;
   coll_phase phase_ = coll_phase::gather;
   std::vector<std::vector<float>> parts_;
-  /// Ranks whose answer (or NCCL completion) the current phase waits for.
+  /// Ranks whose answer the current phase (or the join) waits for.
   std::vector<bool> waiting_;
   std::unique_ptr<backend> cpu_ = make_cpu_backend();
-#if UNDERSTUDY_GPU_HAS_NCCL
-  std::unique_ptr<detail::nccl_ranks> nccl_;
-#endif
 };
 
 caf::behavior group_behavior(caf::event_based_actor* self, collective_options opts) {
@@ -526,8 +545,6 @@ caf::expected<caf::actor> spawn_collective_group(caf::actor_system& sys, collect
       return make_error(collective_errc::invalid_argument,
                         "the NCCL path needs one device per rank (" + std::to_string(n) +
                             " ranks, " + std::to_string(opts.devices.size()) + " devices)");
-    // Communicators are created (blocking) when the group starts: on a thread of its own.
-    return caf::actor{sys.spawn<caf::detached>(group_behavior, std::move(opts))};
   }
   return caf::actor{sys.spawn(group_behavior, std::move(opts))};
 }

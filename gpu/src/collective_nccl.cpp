@@ -1,17 +1,21 @@
-// NCCL communicators of a collective group (built where NCCL was found).
+// One rank's NCCL communicator (built where NCCL was found).
 
 #include "collective_nccl.hpp"
 
-#include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <utility>
 
 #include "cuda_errors.hpp"
+#include "understudy/gpu/backend.hpp"
 #include "understudy/gpu/collective.hpp"
 
-namespace understudy::gpu::detail {
+namespace understudy::gpu {
 
 namespace {
 
@@ -25,216 +29,150 @@ caf::error nccl_failure(ncclResult_t r, const std::string& call) {
   return make_error(collective_errc::nccl_error, std::move(context));
 }
 
-/// Returns the error of a failed CUDA call, clearing it unless it is sticky.
-caf::error cuda_call_failed(cudaError_t e, const char* call, int device) {
-  auto err = cuda_failure(e, call, device);
-  if (!is_sticky(e))
-    cudaGetLastError();
-  return err;
-}
-
-/// What a stream callback needs; owned by the callback once enqueued.
-struct callback_data {
-  rank_done_handler fn;
-  size_t rank;
-  int device;
-};
-
-void CUDART_CB on_rank_done(cudaStream_t, cudaError_t status, void* user) {
-  std::unique_ptr<callback_data> data{static_cast<callback_data*>(user)};
-  caf::error err;
-  if (status != cudaSuccess)
-    err = cuda_failure(status, "collective stream work", data->device);
-  try {
-    data->fn(data->rank, std::move(err));
-  } catch (...) {
-    // Nothing to do on this thread; the handler only posts a message.
-  }
-}
+/// How long an enqueue that NCCL reports as still in progress may take
+/// before the rank gives up on it.
+constexpr auto enqueue_limit = std::chrono::seconds(5);
 
 } // namespace
 
-struct nccl_ranks::impl {
-  struct rank {
-    int device = 0;
-    cudaStream_t stream = nullptr;
-    ncclComm_t comm = nullptr;
-    float* dev = nullptr;
-    float* host = nullptr;
-    size_t capacity = 0;
-  };
-
-  std::vector<rank> ranks;
-  size_t count = 0;
-  bool aborted = false;
-
-  /// Whether every stream has finished its work (so buffers may be freed).
-  bool idle() {
-    for (auto& r : ranks) {
-      if (r.stream == nullptr)
-        continue;
-      if (cudaSetDevice(r.device) != cudaSuccess) {
-        cudaGetLastError();
-        continue;
-      }
-      auto e = cudaStreamQuery(r.stream);
-      if (e == cudaErrorNotReady)
-        return false;
-      if (e != cudaSuccess && !is_sticky(e))
-        cudaGetLastError();
-    }
-    return true;
-  }
-
-  /// Grows rank `r`'s staging buffers to `n` floats (no work of it outstanding).
-  caf::error reserve(rank& r, size_t n) {
-    if (r.capacity >= n)
-      return {};
-    if (r.dev != nullptr)
-      cudaFree(r.dev);
-    if (r.host != nullptr)
-      cudaFreeHost(r.host);
-    r.dev = nullptr;
-    r.host = nullptr;
-    r.capacity = 0;
-    if (auto e = cudaMalloc(reinterpret_cast<void**>(&r.dev), n * sizeof(float)); e != cudaSuccess)
-      return cuda_call_failed(e, "cudaMalloc (collective staging)", r.device);
-    if (auto e = cudaMallocHost(reinterpret_cast<void**>(&r.host), n * sizeof(float));
-        e != cudaSuccess)
-      return cuda_call_failed(e, "cudaMallocHost (collective staging)", r.device);
-    r.capacity = n;
-    return {};
-  }
-
-  ~impl() {
-    const bool quiet = idle();
-    for (auto& r : ranks) {
-      if (cudaSetDevice(r.device) != cudaSuccess) {
-        cudaGetLastError();
-        continue;
-      }
-      if (r.comm != nullptr) {
-        // A communicator with work in flight is aborted rather than waited for.
-        if (quiet)
-          ncclCommDestroy(r.comm);
-        else
-          ncclCommAbort(r.comm);
-      }
-      // Memory the stream may still use is left to the process's exit.
-      if (quiet) {
-        cudaFree(r.dev);
-        cudaFreeHost(r.host);
-      }
-      if (r.stream != nullptr)
-        cudaStreamDestroy(r.stream);
-      cudaGetLastError();
-    }
-  }
-};
-
-nccl_ranks::nccl_ranks(std::unique_ptr<impl> ptr) : impl_(std::move(ptr)) {
-  // nop
-}
-
-nccl_ranks::~nccl_ranks() = default;
-
-caf::expected<std::unique_ptr<nccl_ranks>> nccl_ranks::create(const std::vector<int>& devices) {
-  auto st = std::make_unique<impl>();
-  st->ranks.resize(devices.size());
-  for (size_t i = 0; i < devices.size(); ++i) {
-    auto& r = st->ranks[i];
-    r.device = devices[i];
-    if (auto e = cudaSetDevice(r.device); e != cudaSuccess)
-      return cuda_call_failed(e, "cudaSetDevice", r.device);
-    if (auto e = cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking); e != cudaSuccess)
-      return cuda_call_failed(e, "cudaStreamCreateWithFlags", r.device);
-  }
-  std::vector<ncclComm_t> comms(devices.size(), nullptr);
-  if (auto res = ncclCommInitAll(comms.data(), static_cast<int>(devices.size()), devices.data());
-      res != ncclSuccess)
-    return nccl_failure(res, "ncclCommInitAll");
-  for (size_t i = 0; i < devices.size(); ++i)
-    st->ranks[i].comm = comms[i];
-  return std::unique_ptr<nccl_ranks>{new nccl_ranks(std::move(st))};
-}
-
-caf::error nccl_ranks::enqueue(int root, const std::vector<std::vector<float>>& inputs,
-                               rank_done_handler done) {
-  auto& st = *impl_;
-  if (st.aborted)
-    return make_error(collective_errc::nccl_error, "the communicators were aborted");
-  const size_t n = inputs.empty() ? 0 : inputs.front().size();
-  st.count = n;
-  for (size_t i = 0; i < st.ranks.size(); ++i) {
-    auto& r = st.ranks[i];
-    if (auto e = cudaSetDevice(r.device); e != cudaSuccess)
-      return cuda_call_failed(e, "cudaSetDevice", r.device);
-    if (auto err = st.reserve(r, n))
-      return err;
-    std::memcpy(r.host, inputs[i].data(), n * sizeof(float));
-    if (auto e =
-            cudaMemcpyAsync(r.dev, r.host, n * sizeof(float), cudaMemcpyHostToDevice, r.stream);
-        e != cudaSuccess)
-      return cuda_call_failed(e, "cudaMemcpyAsync (collective input)", r.device);
-  }
-  if (auto res = ncclGroupStart(); res != ncclSuccess)
-    return nccl_failure(res, "ncclGroupStart");
-  for (auto& r : st.ranks) {
-    auto res = root < 0 ? ncclAllReduce(r.dev, r.dev, n, ncclFloat, ncclSum, r.comm, r.stream)
-                        : ncclBroadcast(r.dev, r.dev, n, ncclFloat, root, r.comm, r.stream);
-    if (res != ncclSuccess) {
-      ncclGroupEnd();
-      return nccl_failure(res, root < 0 ? "ncclAllReduce" : "ncclBroadcast");
-    }
-  }
-  if (auto res = ncclGroupEnd(); res != ncclSuccess)
-    return nccl_failure(res, "ncclGroupEnd");
-  for (size_t i = 0; i < st.ranks.size(); ++i) {
-    auto& r = st.ranks[i];
-    if (auto e = cudaSetDevice(r.device); e != cudaSuccess)
-      return cuda_call_failed(e, "cudaSetDevice", r.device);
-    if (auto e =
-            cudaMemcpyAsync(r.host, r.dev, n * sizeof(float), cudaMemcpyDeviceToHost, r.stream);
-        e != cudaSuccess)
-      return cuda_call_failed(e, "cudaMemcpyAsync (collective result)", r.device);
-    auto data = std::make_unique<callback_data>(callback_data{done, i, r.device});
-    if (auto e = cudaStreamAddCallback(r.stream, on_rank_done, data.get(), 0); e != cudaSuccess)
-      return cuda_call_failed(e, "cudaStreamAddCallback", r.device);
-    data.release(); // on_rank_done owns it now
-  }
-  return {};
-}
-
-const float* nccl_ranks::result(size_t r) const {
-  return impl_->ranks.at(r).host;
-}
-
-void nccl_ranks::abort() noexcept {
-  auto& st = *impl_;
-  for (auto& r : st.ranks) {
-    if (r.comm == nullptr)
-      continue;
-    if (cudaSetDevice(r.device) != cudaSuccess)
-      cudaGetLastError();
-    ncclCommAbort(r.comm);
-    r.comm = nullptr;
-  }
-  st.aborted = true;
-}
-
-std::string nccl_ranks::describe() const {
-  int version = 0;
-  std::string result = "NCCL";
-  if (ncclGetVersion(&version) == ncclSuccess) {
-    // Since 2.9: major * 10000 + minor * 100 + patch.
-    result += " " + std::to_string(version / 10000) + "." + std::to_string(version / 100 % 100) +
-              "." + std::to_string(version % 100);
-  }
-  result += " over device";
-  result += impl_->ranks.size() == 1 ? " " : "s ";
-  for (size_t i = 0; i < impl_->ranks.size(); ++i)
-    result += (i == 0 ? "" : ", ") + std::to_string(impl_->ranks[i].device);
+caf::expected<std::vector<uint8_t>> make_comm_id() {
+  ncclUniqueId id;
+  if (auto r = ncclGetUniqueId(&id); r != ncclSuccess)
+    return nccl_failure(r, "ncclGetUniqueId");
+  std::vector<uint8_t> result(sizeof(id.internal));
+  std::memcpy(result.data(), id.internal, result.size());
   return result;
 }
 
-} // namespace understudy::gpu::detail
+namespace detail {
+
+struct nccl_comm::impl {
+  int device = 0;
+  ncclComm_t comm = nullptr;
+  bool joined = false;
+
+  caf::error select() {
+    if (auto e = cudaSetDevice(device); e != cudaSuccess) {
+      auto err = cuda_failure(e, "cudaSetDevice", device);
+      if (!is_sticky(e))
+        cudaGetLastError();
+      return err;
+    }
+    return {};
+  }
+
+  /// Waits while NCCL still enqueues a collective in the background (a
+  /// non-blocking communicator may answer ncclInProgress): later work on the
+  /// stream must come after it.
+  caf::error settle(ncclResult_t r, const char* call) {
+    const auto until = std::chrono::steady_clock::now() + enqueue_limit;
+    while (r == ncclInProgress) {
+      if (std::chrono::steady_clock::now() > until)
+        return make_error(collective_errc::nccl_error,
+                          std::string{call} + ": still being enqueued after 5 s");
+      if (auto q = ncclCommGetAsyncError(comm, &r); q != ncclSuccess)
+        return nccl_failure(q, "ncclCommGetAsyncError");
+    }
+    if (r != ncclSuccess)
+      return nccl_failure(r, call);
+    return {};
+  }
+
+  caf::error usable(const char* call) {
+    if (comm == nullptr)
+      return make_error(collective_errc::nccl_error,
+                        std::string{call} + ": the communicator was aborted");
+    if (!joined)
+      return make_error(collective_errc::nccl_error,
+                        std::string{call} + ": the communicator has not finished joining");
+    return select();
+  }
+};
+
+nccl_comm::nccl_comm(std::unique_ptr<impl> ptr) : impl_(std::move(ptr)) {
+  // nop
+}
+
+nccl_comm::~nccl_comm() {
+  abort();
+}
+
+caf::expected<std::unique_ptr<nccl_comm>> nccl_comm::join(int device,
+                                                          const std::vector<uint8_t>& id,
+                                                          uint32_t ranks, uint32_t rank) {
+  ncclUniqueId uid;
+  if (id.size() != sizeof(uid.internal))
+    return make_error(collective_errc::invalid_argument,
+                      "an NCCL unique id has " + std::to_string(sizeof(uid.internal)) +
+                          " bytes, got " + std::to_string(id.size()));
+  if (ranks == 0 || rank >= ranks)
+    return make_error(collective_errc::invalid_argument,
+                      "rank " + std::to_string(rank) + " of " + std::to_string(ranks));
+  std::memcpy(uid.internal, id.data(), id.size());
+  static std::once_flag eager;
+  std::call_once(eager, [] { ::setenv("NCCL_RUNTIME_CONNECT", "0", 0); });
+  auto st = std::make_unique<impl>();
+  st->device = device;
+  if (auto err = st->select())
+    return err;
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  auto r = ncclCommInitRankConfig(&st->comm, static_cast<int>(ranks), uid, static_cast<int>(rank),
+                                  &config);
+  if (r != ncclSuccess && r != ncclInProgress) {
+    auto err =
+        nccl_failure(r, "ncclCommInitRankConfig (rank " + std::to_string(rank) + " of " +
+                            std::to_string(ranks) + " on device " + std::to_string(device) + ")");
+    if (st->comm != nullptr)
+      ncclCommAbort(st->comm);
+    st->comm = nullptr;
+    return err;
+  }
+  return std::unique_ptr<nccl_comm>{new nccl_comm(std::move(st))};
+}
+
+caf::expected<bool> nccl_comm::ready() {
+  auto& st = *impl_;
+  if (st.comm == nullptr)
+    return make_error(collective_errc::nccl_error, "the communicator was aborted");
+  if (st.joined)
+    return true;
+  ncclResult_t state = ncclSuccess;
+  if (auto r = ncclCommGetAsyncError(st.comm, &state); r != ncclSuccess)
+    return nccl_failure(r, "ncclCommGetAsyncError");
+  if (state == ncclInProgress)
+    return false;
+  if (state != ncclSuccess)
+    return nccl_failure(state, "joining the communicator");
+  st.joined = true;
+  return true;
+}
+
+caf::error nccl_comm::all_reduce(float* x, size_t n, cudaStream_t stream) {
+  auto& st = *impl_;
+  if (auto err = st.usable("ncclAllReduce"))
+    return err;
+  return st.settle(ncclAllReduce(x, x, n, ncclFloat, ncclSum, st.comm, stream), "ncclAllReduce");
+}
+
+caf::error nccl_comm::broadcast(float* x, size_t n, uint32_t root, cudaStream_t stream) {
+  auto& st = *impl_;
+  if (auto err = st.usable("ncclBroadcast"))
+    return err;
+  return st.settle(ncclBroadcast(x, x, n, ncclFloat, static_cast<int>(root), st.comm, stream),
+                   "ncclBroadcast");
+}
+
+void nccl_comm::abort() noexcept {
+  auto& st = *impl_;
+  if (st.comm == nullptr)
+    return;
+  static_cast<void>(st.select()); // aborts anyway: it frees what it can
+  ncclCommAbort(st.comm);
+  st.comm = nullptr;
+  st.joined = false;
+}
+
+} // namespace detail
+
+} // namespace understudy::gpu

@@ -1,12 +1,13 @@
 #pragma once
-// NCCL communicators of a collective group: one rank per device, each with a
-// stream and staging buffers of its own. Compiled where NCCL was found
-// (UNDERSTUDY_GPU_HAS_NCCL); collective.cpp uses it only then.
+// One rank's NCCL communicator, owned by the CUDA backend of a GPU actor:
+// collectives run in place on the actor's own buffers and stream. Compiled
+// where NCCL was found (UNDERSTUDY_GPU_HAS_NCCL).
+
+#include <cuda_runtime_api.h>
 
 #include <cstddef>
-#include <functional>
+#include <cstdint>
 #include <memory>
-#include <string>
 #include <vector>
 
 #include <caf/error.hpp>
@@ -14,46 +15,42 @@
 
 namespace understudy::gpu::detail {
 
-/// Called once per rank when its part of a collective has completed, with the
-/// stream's error; runs on a CUDA-internal thread, so it should only post a message.
-using rank_done_handler = std::function<void(size_t rank, caf::error status)>;
-
-/// One NCCL communicator per device, all in this process. Used by one actor
-/// (not thread-safe); every call selects the rank's device first.
-class nccl_ranks {
+/// A non-blocking NCCL communicator (ncclConfig_t::blocking = 0) on one
+/// device. Not thread-safe: its GPU actor uses it.
+class nccl_comm {
 public:
-  /// Creates the communicators with ncclCommInitAll over `devices` (a fresh
-  /// unique id every time), and a non-blocking stream per device. Blocks while
-  /// NCCL connects the ranks. Errors: `collective_errc::nccl_error` or the CUDA error.
-  static caf::expected<std::unique_ptr<nccl_ranks>> create(const std::vector<int>& devices);
+  /// Starts joining rank `rank` of `ranks` under unique id `id` on `device`
+  /// (ncclCommInitRankConfig) and returns at once; `ready` tells when it has
+  /// connected. Connections to the peers are made while joining
+  /// (NCCL_RUNTIME_CONNECT=0 unless the environment says otherwise), so that
+  /// no collective blocks on a peer later. Errors:
+  /// `collective_errc::invalid_argument` for an id of the wrong size or a rank
+  /// not below `ranks`, `collective_errc::nccl_error`.
+  static caf::expected<std::unique_ptr<nccl_comm>> join(int device, const std::vector<uint8_t>& id,
+                                                        uint32_t ranks, uint32_t rank);
 
-  ~nccl_ranks();
-  nccl_ranks(const nccl_ranks&) = delete;
-  nccl_ranks& operator=(const nccl_ranks&) = delete;
+  /// Aborts the communicator (never waits for its peers).
+  ~nccl_comm();
+  nccl_comm(const nccl_comm&) = delete;
+  nccl_comm& operator=(const nccl_comm&) = delete;
 
-  /// Enqueues, on every rank's stream: the upload of `inputs[r]` into the
-  /// rank's device buffer, then in one ncclGroupStart/End an all-reduce (sum)
-  /// when `root` is negative or a broadcast from rank `root`, then the
-  /// download of the result, then a stream callback that calls `done(r, err)`.
-  /// All inputs have the same size. Precondition: no collective outstanding.
-  caf::error enqueue(int root, const std::vector<std::vector<float>>& inputs,
-                     rank_done_handler done);
+  /// True once joined, false while joining, or the error that failed it.
+  caf::expected<bool> ready();
 
-  /// The result of rank `r`, `count` floats, valid once its handler has run
-  /// without an error and until the next `enqueue`.
-  const float* result(size_t r) const;
+  /// Enqueues an in-place all-reduce (sum) of x[0 .. n) on `stream`.
+  caf::error all_reduce(float* x, size_t n, cudaStream_t stream);
 
-  /// Aborts every communicator (ncclCommAbort): kernels waiting on a peer
-  /// return, and the group cannot be used any more.
+  /// Enqueues an in-place broadcast of rank `root`'s x[0 .. n) on `stream`.
+  caf::error broadcast(float* x, size_t n, uint32_t root, cudaStream_t stream);
+
+  /// Aborts the communicator (ncclCommAbort): kernels waiting on a peer
+  /// return. Every later call fails.
   void abort() noexcept;
-
-  /// Returns e.g. "NCCL 2.28.9 over devices 0, 1".
-  std::string describe() const;
 
   struct impl;
 
 private:
-  explicit nccl_ranks(std::unique_ptr<impl> ptr);
+  explicit nccl_comm(std::unique_ptr<impl> ptr);
   std::unique_ptr<impl> impl_;
 };
 

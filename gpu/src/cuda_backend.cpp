@@ -12,6 +12,9 @@
 
 #include "cuda_errors.hpp"
 #include "cuda_kernels.hpp"
+#if UNDERSTUDY_GPU_HAS_NCCL
+#include "collective_nccl.hpp"
+#endif
 #include "understudy/gpu/backend.hpp"
 #include "understudy/gpu/device.hpp"
 #include "understudy/gpu/errors.hpp"
@@ -53,6 +56,9 @@ public:
   }
 
   ~cuda_backend() override {
+#if UNDERSTUDY_GPU_HAS_NCCL
+    comm_.reset(); // aborted: collectives waiting for peers return
+#endif
     if (cudaSetDevice(device_) != cudaSuccess)
       cudaGetLastError();
     if (blas_ != nullptr)
@@ -83,11 +89,17 @@ public:
     return {};
   }
 
-  backend_kind kind() const noexcept override { return backend_kind::cuda; }
+  backend_kind kind() const noexcept override {
+    return backend_kind::cuda;
+  }
 
-  int device() const noexcept override { return device_; }
+  int device() const noexcept override {
+    return device_;
+  }
 
-  std::string describe() const override { return description_; }
+  std::string describe() const override {
+    return description_;
+  }
 
   caf::expected<void*> allocate(size_t bytes) override {
     if (bytes == 0)
@@ -281,6 +293,48 @@ public:
     });
   }
 
+#if UNDERSTUDY_GPU_HAS_NCCL
+  caf::error comm_join(const std::vector<uint8_t>& id, uint32_t ranks, uint32_t rank) override {
+    comm_.reset(); // aborts an earlier one
+    auto comm = detail::nccl_comm::join(device_, id, ranks, rank);
+    if (!comm)
+      return std::move(comm.error());
+    comm_ = std::move(*comm);
+    return {};
+  }
+
+  caf::expected<bool> comm_ready() override {
+    if (!comm_)
+      return no_comm("comm_ready");
+    return comm_->ready();
+  }
+
+  caf::error all_reduce(float* x, size_t n) override {
+    if (!comm_)
+      return no_comm("all_reduce");
+    if (n == 0)
+      return {};
+    if (x == nullptr)
+      return null_argument("all_reduce");
+    return comm_->all_reduce(x, n, stream_);
+  }
+
+  caf::error broadcast(float* x, size_t n, uint32_t root) override {
+    if (!comm_)
+      return no_comm("broadcast");
+    if (n == 0)
+      return {};
+    if (x == nullptr)
+      return null_argument("broadcast");
+    return comm_->broadcast(x, n, root, stream_);
+  }
+
+  void comm_abort() noexcept override {
+    if (comm_)
+      comm_->abort();
+  }
+#endif
+
   caf::error when_done(completion_handler fn) override {
     if (auto err = select())
       return err;
@@ -329,6 +383,11 @@ public:
   }
 
 private:
+  static caf::error no_comm(const char* op) {
+    return make_error(gpu_errc::invalid_argument,
+                      std::string{op} + ": this GPU actor has joined no collective group");
+  }
+
   static caf::error null_argument(const char* op) {
     return make_error(gpu_errc::invalid_argument, std::string{op} + ": null pointer");
   }
@@ -393,6 +452,10 @@ private:
   bool pools_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+#if UNDERSTUDY_GPU_HAS_NCCL
+  /// This rank's communicator, once a group has had it join.
+  std::unique_ptr<detail::nccl_comm> comm_;
+#endif
 };
 
 } // namespace

@@ -74,6 +74,7 @@ void register_gpu_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<op_batch>("understudy::gpu::op_batch");
   cfg.add_message_type<batch_result>("understudy::gpu::batch_result");
   cfg.add_message_type<restore_plan>("understudy::gpu::restore_plan");
+  cfg.add_message_type<std::vector<uint8_t>>("std::vector<uint8_t>");
   cfg.add_message_type<device_info>("understudy::gpu::device_info");
   cfg.add_message_type<std::vector<device_info>>("std::vector<understudy::gpu::device_info>");
 }

@@ -245,6 +245,14 @@ caf::error check_op(std::unordered_map<buffer_id, uint64_t>& sizes, size_t index
       if (x.sizes[0] == 0)
         return c.fail("the step counts from 1");
       return {};
+    case op_code::all_reduce:
+      if (auto err = c.shape(1, 0, 0))
+        return err;
+      return c.operand(0, "x");
+    case op_code::broadcast:
+      if (auto err = c.shape(1, 1, 0))
+        return err;
+      return c.operand(0, "x");
     case op_code::inject_fault:
       if (auto err = c.shape(0, 1, 0))
         return err;
@@ -379,6 +387,12 @@ caf::error executor::enqueue(const op_batch& batch, std::byte* staging,
       }
       case op_code::inject_fault:
         err = be_.inject_fault(static_cast<fault_kind>(x.sizes[0]));
+        break;
+      case op_code::all_reduce:
+        err = be_.all_reduce(at(s[0]), s[0].count);
+        break;
+      case op_code::broadcast:
+        err = be_.broadcast(at(s[0]), s[0].count, static_cast<uint32_t>(x.sizes[0]));
         break;
     }
     if (err)

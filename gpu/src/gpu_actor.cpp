@@ -1,6 +1,7 @@
 #include "understudy/gpu/gpu_actor.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -30,6 +31,13 @@ using gpu_done_atom = caf::atom_constant<caf::atom("gpu_done")>;
 /// `(gpu_restored_atom, uint64_t slot, caf::error status)`: the stream has
 /// copied staging block `slot` of the running restore to the device.
 using gpu_restored_atom = caf::atom_constant<caf::atom("gpu_rsdone")>;
+
+/// `(gpu_comm_poll_atom, uint64_t join)`: time to ask the backend whether
+/// join number `join` has completed.
+using gpu_comm_poll_atom = caf::atom_constant<caf::atom("gpu_cpoll")>;
+
+/// How often a joining communicator is polled.
+constexpr auto comm_poll_interval = std::chrono::microseconds(500);
 
 /// Host memory a batch stages its uploads and downloads in.
 struct staging_block {
@@ -177,6 +185,10 @@ public:
   /// The restore in progress, if any, and the requests waiting for it.
   std::unique_ptr<restore_job> restoring;
   std::deque<deferred_request> deferred;
+  /// The join in progress (answered once the backend's communicator is ready).
+  uint64_t join_seq = 0;
+  caf::typed_response_promise<caf::ok_atom> join_promise;
+  bool joining = false;
 
 private:
   std::unique_ptr<backend> be_;
@@ -407,6 +419,47 @@ void restored_piece(caf::event_based_actor* self, gpu_state& st, uint64_t slot, 
   pump_restore(self, st);
 }
 
+// -- collective groups ----------------------------------------------------------------
+
+void poll_join(caf::event_based_actor* self, gpu_state& st, uint64_t seq) {
+  if (!st.joining || seq != st.join_seq)
+    return;
+  auto ready = st.be().comm_ready();
+  if (ready && !*ready) {
+    self->delayed_send(self, comm_poll_interval, gpu_comm_poll_atom::value, seq);
+    return;
+  }
+  st.joining = false;
+  if (ready)
+    st.join_promise.deliver(caf::ok_atom::value);
+  else
+    st.join_promise.deliver(std::move(ready.error()));
+}
+
+void join_group(caf::event_based_actor* self, gpu_state& st, const std::vector<uint8_t>& id,
+                uint32_t ranks, uint32_t rank, caf::typed_response_promise<caf::ok_atom> rp) {
+  if (st.joining)
+    st.join_promise.deliver(
+        make_error(gpu_errc::invalid_argument, "replaced by a later join before it completed"));
+  st.joining = false;
+  if (auto err = st.be().comm_join(id, ranks, rank)) {
+    rp.deliver(std::move(err));
+    return;
+  }
+  st.joining = true;
+  st.join_promise = rp;
+  poll_join(self, st, ++st.join_seq);
+}
+
+void abort_group(gpu_state& st) {
+  st.be().comm_abort();
+  if (st.joining) {
+    st.joining = false;
+    st.join_promise.deliver(
+        make_error(gpu_errc::invalid_argument, "the join was aborted by the collective group"));
+  }
+}
+
 caf::behavior gpu_behavior(caf::event_based_actor* self, state_ptr st) {
   capture_exceptions(self);
   return {
@@ -432,6 +485,14 @@ caf::behavior gpu_behavior(caf::event_based_actor* self, state_ptr st) {
       [self, st](gpu_restored_atom, uint64_t slot, caf::error& status) {
         restored_piece(self, *st, slot, std::move(status));
       },
+      [self, st](gpu_comm_join_atom, const std::vector<uint8_t>& id, uint32_t ranks,
+                 uint32_t rank) {
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        join_group(self, *st, id, ranks, rank, rp);
+        return rp;
+      },
+      [self, st](gpu_comm_poll_atom, uint64_t seq) { poll_join(self, *st, seq); },
+      [st](gpu_comm_abort_atom) { abort_group(*st); },
       [st](gpu_info_atom) { return st->be().describe(); },
   };
 }

@@ -42,6 +42,10 @@ std::string to_string(op_code x) {
       return "adam_step";
     case op_code::inject_fault:
       return "inject_fault";
+    case op_code::all_reduce:
+      return "all_reduce";
+    case op_code::broadcast:
+      return "broadcast";
   }
   return "unknown";
 }
@@ -148,6 +152,14 @@ void op_batch::adam_step(slice p, slice g, slice m, slice v, const adam_params& 
 
 void op_batch::inject_fault(fault_kind x) {
   ops.push_back(make(op_code::inject_fault, {}, {static_cast<uint64_t>(x)}));
+}
+
+void op_batch::all_reduce(slice x) {
+  ops.push_back(make(op_code::all_reduce, {x}));
+}
+
+void op_batch::broadcast(slice x, uint32_t root) {
+  ops.push_back(make(op_code::broadcast, {x}, {root}));
 }
 
 } // namespace understudy::gpu

@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <memory>
+#include <tuple>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
@@ -352,6 +354,174 @@ TEST_CASE(
   }
 }
 
+namespace {
+
+/// What a scripted NCCL rank was asked to do.
+struct rank_script {
+  /// Each join: the id, the rank count and the rank.
+  std::vector<std::tuple<std::vector<uint8_t>, uint32_t, uint32_t>> joins;
+  std::vector<ug::op_batch> batches;
+  size_t aborts = 0;
+  /// Holds run requests without answering them (a collective stuck on a peer).
+  bool stuck = false;
+};
+
+/// A rank that plays a CUDA GPU actor's side of the NCCL path (join, one
+/// batch per collective, abort) and records it; the ops themselves are the
+/// backend's (tested on a device).
+caf::behavior scripted_rank(caf::event_based_actor* self, std::shared_ptr<rank_script> script) {
+  auto held = std::make_shared<std::vector<caf::response_promise>>();
+  return {
+      [script](ug::gpu_comm_join_atom, const std::vector<uint8_t>& id, uint32_t ranks,
+               uint32_t rank) {
+        script->joins.emplace_back(id, ranks, rank);
+        return caf::ok_atom::value;
+      },
+      [self, script, held](ug::gpu_run_atom,
+                           const ug::op_batch& b) -> caf::result<ug::batch_result> {
+        script->batches.push_back(b);
+        if (script->stuck) {
+          held->push_back(self->make_response_promise());
+          return held->back();
+        }
+        return ug::batch_result{};
+      },
+      [script](ug::gpu_comm_abort_atom) { ++script->aborts; },
+  };
+}
+
+} // namespace
+
+TEST_CASE("an nccl group has every rank join one communicator and runs collectives in place",
+          "[gpu_ops][collective]") {
+  if (!ug::nccl_compiled()) {
+    WARN("skipped: built without NCCL");
+    return;
+  }
+  test::fixture f;
+  std::vector<std::shared_ptr<rank_script>> scripts;
+  ug::collective_options opts;
+  opts.path = ug::collective_path::nccl;
+  opts.devices = {0, 1};
+  for (int r = 0; r < 2; ++r) {
+    scripts.push_back(std::make_shared<rank_script>());
+    opts.ranks.push_back(f.sys.spawn(scripted_rank, scripts.back()));
+  }
+  group_guard g{f, spawn_group(f, opts)};
+  for (uint32_t r = 0; r < 2; ++r) {
+    REQUIRE(scripts[r]->joins.size() == 1);
+    CHECK(std::get<0>(scripts[r]->joins[0]).size() == 128); // an ncclUniqueId
+    CHECK(std::get<0>(scripts[r]->joins[0]) == std::get<0>(scripts[0]->joins[0]));
+    CHECK(std::get<1>(scripts[r]->joins[0]) == 2);
+    CHECK(std::get<2>(scripts[r]->joins[0]) == r);
+  }
+  auto info = f.ask<std::string>(g.hdl, ug::collective_info_atom::value);
+  REQUIRE(info);
+  CHECK(info->find("nccl: in place on the ranks' buffers and streams") == 0);
+  // Each rank gets one batch with the op on its own slice: nothing goes
+  // through the host or the group.
+  std::vector<ug::slice> sl{ug::whole(1, 8), ug::slice{2, 4, 8}};
+  REQUIRE(f.ask<caf::ok_atom>(g.hdl, ug::all_reduce_atom::value, sl));
+  REQUIRE(f.ask<caf::ok_atom>(g.hdl, ug::broadcast_atom::value, uint32_t{1}, sl));
+  for (size_t r = 0; r < 2; ++r) {
+    REQUIRE(scripts[r]->batches.size() == 2);
+    const auto& reduce = scripts[r]->batches[0].ops;
+    REQUIRE(reduce.size() == 1);
+    CHECK(reduce[0].code == ug::op_code::all_reduce);
+    CHECK(reduce[0].operands == std::vector<ug::slice>{sl[r]});
+    const auto& bcast = scripts[r]->batches[1].ops;
+    REQUIRE(bcast.size() == 1);
+    CHECK(bcast[0].code == ug::op_code::broadcast);
+    CHECK(bcast[0].operands == std::vector<ug::slice>{sl[r]});
+    CHECK(bcast[0].sizes == std::vector<uint64_t>{1});
+    CHECK(scripts[r]->aborts == 0);
+  }
+  for (auto& r : opts.ranks)
+    f.self->send_exit(r, caf::exit_reason::kill);
+}
+
+TEST_CASE("a stuck nccl collective misses its deadline and the group aborts every communicator",
+          "[gpu_ops][collective]") {
+  if (!ug::nccl_compiled()) {
+    WARN("skipped: built without NCCL");
+    return;
+  }
+  test::fixture f;
+  std::vector<std::shared_ptr<rank_script>> scripts;
+  ug::collective_options opts;
+  opts.path = ug::collective_path::nccl;
+  opts.devices = {0, 1, 2};
+  opts.deadline = std::chrono::milliseconds(50);
+  for (int r = 0; r < 3; ++r) {
+    scripts.push_back(std::make_shared<rank_script>());
+    scripts.back()->stuck = r == 2;
+    opts.ranks.push_back(f.sys.spawn(scripted_rank, scripts.back()));
+  }
+  auto group = spawn_group(f, opts);
+  f.self->monitor(group);
+  auto h = f.self->request(group, caf::infinite, ug::all_reduce_atom::value, slices(3, 4));
+  f.run();
+  for (auto& sc : scripts)
+    CHECK(sc->aborts == 0);
+  f.advance(std::chrono::milliseconds(50));
+  bool failed = false;
+  h.receive([](caf::ok_atom) { FAIL("the collective succeeded without rank 2"); },
+            [&](caf::error& err) {
+              CHECK(ug::is(err, ug::collective_errc::deadline_exceeded));
+              failed = true;
+            });
+  REQUIRE(failed);
+  caf::error reason;
+  REQUIRE(f.exited(group, &reason));
+  INFO(understudy::describe(reason));
+  CHECK(understudy::describe(reason).find("in NCCL on the ranks' streams; waiting for rank 2") !=
+        std::string::npos);
+  for (auto& sc : scripts)
+    CHECK(sc->aborts == 1);
+  for (auto& r : opts.ranks)
+    f.self->send_exit(r, caf::exit_reason::kill);
+  f.run();
+}
+
+TEST_CASE("a cpu rank cannot join an nccl group, which fails naming it", "[gpu_ops][collective]") {
+  test::fixture f;
+  auto cpu = cpu_rank(f, {1.0f, 2.0f});
+  // Collective ops without a communicator fail only their batch.
+  ug::op_batch b;
+  b.all_reduce(ug::whole(data_id, 2));
+  auto res = f.ask<ug::batch_result>(cpu, ug::gpu_run_atom::value, b);
+  REQUIRE_FALSE(res);
+  CHECK(ug::is(res.error(), ug::gpu_errc::unsupported));
+  CHECK(read(f, cpu, 2) == std::vector<float>{1.0f, 2.0f});
+  if (!ug::nccl_compiled()) {
+    WARN("skipped the group part: built without NCCL");
+    f.self->send_exit(cpu, caf::exit_reason::kill);
+    f.run();
+    return;
+  }
+  auto script = std::make_shared<rank_script>();
+  ug::collective_options opts;
+  opts.path = ug::collective_path::nccl;
+  opts.devices = {0, 1};
+  opts.ranks = {f.sys.spawn(scripted_rank, script), cpu};
+  auto spawned = ug::spawn_collective_group(f.sys, opts);
+  REQUIRE(spawned);
+  auto group = *spawned;
+  f.self->monitor(group);
+  f.run();
+  caf::error reason;
+  REQUIRE(f.exited(group, &reason));
+  INFO(understudy::describe(reason));
+  CHECK(ug::is(reason, ug::collective_errc::rank_failed));
+  CHECK(understudy::describe(reason).find("rank 1 could not join") != std::string::npos);
+  CHECK(understudy::describe(reason).find("the cpu backend runs no collectives") !=
+        std::string::npos);
+  CHECK(script->aborts == 1);
+  for (auto& r : opts.ranks)
+    f.self->send_exit(r, caf::exit_reason::kill);
+  f.run();
+}
+
 TEST_CASE("collective errors render by name and say what to do next", "[gpu_ops][collective]") {
   caf::actor_system_config cfg;
   ug::register_collective_types(cfg);
@@ -487,7 +657,7 @@ TEST_CASE("an nccl group with one rank per device all-reduces and broadcasts",
   auto info = cs.ask<std::string>(*g, ug::collective_info_atom::value);
   REQUIRE(info);
   INFO(*info);
-  REQUIRE(info->find("nccl: NCCL") == 0);
+  REQUIRE(info->find("nccl: in place") == 0);
   auto ok = cs.ask<caf::ok_atom>(*g, ug::all_reduce_atom::value, slices(devices.size(), n));
   if (!ok)
     FAIL(understudy::describe(ok.error()));

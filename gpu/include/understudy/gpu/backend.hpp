@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
@@ -204,6 +205,33 @@ public:
   virtual caf::error adam_step(float* p, const float* g, float* m, float* v, size_t n,
                                const adam_params& hp) = 0;
 
+  // -- collectives ----------------------------------------------------------------------
+  // One rank of a collective group (collective.hpp), in place on this
+  // backend's buffers and stream: NCCL on the CUDA backend (where it was built
+  // with NCCL). The defaults, and the CPU backend, answer `unsupported`.
+
+  /// Starts joining the group with unique id `id` (from `make_comm_id`) as
+  /// rank `rank` of `ranks`, without blocking: poll `comm_ready`. A
+  /// communicator joined earlier is aborted first.
+  virtual caf::error comm_join(const std::vector<uint8_t>& id, uint32_t ranks, uint32_t rank);
+
+  /// Returns true once the join has completed, false while it is under way,
+  /// or the error that failed it (`gpu_errc::nccl_error`).
+  virtual caf::expected<bool> comm_ready();
+
+  /// Enqueues x[0 .. n) = the sum of every rank's x[0 .. n). Every rank
+  /// enqueues the same collectives with the same `n`, in the same order.
+  virtual caf::error all_reduce(float* x, size_t n);
+
+  /// Enqueues x[0 .. n) = rank `root`'s x[0 .. n).
+  virtual caf::error broadcast(float* x, size_t n, uint32_t root);
+
+  /// Aborts the communicator (ncclCommAbort), never blocking: collectives
+  /// waiting for a peer that is gone return, the stream carries on, and the
+  /// buffers they wrote hold garbage. A new `comm_join` is needed afterwards.
+  /// Does nothing without a communicator.
+  virtual void comm_abort() noexcept;
+
   // -- completion -----------------------------------------------------------------------
 
   /// Calls `fn` once all work enqueued before this call has completed, with the
@@ -231,6 +259,11 @@ public:
   /// returns `gpu_errc::unsupported`.
   virtual caf::error inject_fault(fault_kind x) = 0;
 };
+
+/// Returns a fresh unique id for a collective group's communicators
+/// (ncclGetUniqueId), which every rank passes to `backend::comm_join`.
+/// Errors: `gpu_errc::unsupported` if built without NCCL, `nccl_error`.
+caf::expected<std::vector<uint8_t>> make_comm_id();
 
 /// Returns a CPU backend (always available).
 std::unique_ptr<backend> make_cpu_backend();

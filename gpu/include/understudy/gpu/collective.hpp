@@ -71,11 +71,14 @@ enum class collective_path : uint8_t {
   /// Works with any GPU actors (CPU backend, several on one device, in other
   /// processes); the sum is bit-identical whatever order the ranks answer in.
   local,
-  /// NCCL, one communicator per rank and device, in this process: the ranks'
-  /// slices are staged into device buffers of the group (one per device, on a
-  /// stream of the group's own), reduced there with one ncclGroupStart/End,
-  /// and written back to the ranks. Needs a build with NCCL and ranks on
-  /// distinct devices; sums are NCCL's (not necessarily in rank order).
+  /// NCCL in place: when the group starts, every rank (a GPU actor on CUDA,
+  /// in this process or in a device process of its own) joins one fresh
+  /// communicator (`gpu_comm_join_atom`); each collective is then one batch
+  /// per rank with an `all_reduce` or `broadcast` op, which NCCL runs on the
+  /// rank's own stream over the slice in its device buffer: no copy to the
+  /// host, and no CUDA context in the group's process. Needs a build with
+  /// NCCL and ranks on distinct devices; sums are NCCL's (not necessarily in
+  /// rank order).
   nccl,
 };
 
@@ -141,8 +144,10 @@ collective_plan plan_collective(const collective_options& opts);
 /// it, so that its supervisor starts a fresh group (with fresh NCCL
 /// communicators). The group monitors its ranks: a rank's exit ends it too.
 ///
-/// The NCCL path initialises its communicators when the group starts (in an
-/// actor of its own thread, so that no scheduler thread blocks).
+/// On the NCCL path the ranks join when the group starts (within the
+/// deadline; collectives wait for it), and a failing group aborts the ranks'
+/// communicators (`gpu_comm_abort_atom`), so that a collective stuck on a
+/// dead peer returns; the buffers it wrote must be restored before use.
 ///
 /// Errors: `collective_errc::invalid_argument` if there are no ranks, or
 /// `devices` does not name one device per rank for the NCCL path.

@@ -21,6 +21,15 @@ using gpu_run_atom = caf::atom_constant<caf::atom("gpu_run")>;
 /// `(gpu_info_atom)` -> `std::string`: the backend's `describe()`.
 using gpu_info_atom = caf::atom_constant<caf::atom("gpu_info")>;
 
+/// `(gpu_comm_join_atom, std::vector<uint8_t> id, uint32_t ranks, uint32_t rank)`
+/// -> `caf::ok_atom`: joins a collective group's communicator (see
+/// spawn_gpu_actor). Sent by collective groups.
+using gpu_comm_join_atom = caf::atom_constant<caf::atom("gpu_cjoin")>;
+
+/// `(gpu_comm_abort_atom)`: aborts the communicator (see spawn_gpu_actor).
+/// Sent by a failing collective group.
+using gpu_comm_abort_atom = caf::atom_constant<caf::atom("gpu_cabrt")>;
+
 /// `(gpu_restore_atom, restore_plan)` -> `uint64_t`: copies tensors of a
 /// stored version straight from the state store into buffers (see
 /// spawn_gpu_actor); answers the bytes copied.
@@ -86,6 +95,14 @@ struct gpu_actor_options {
 ///   restore is on the stream in full. A stored version that is missing,
 ///   corrupt or does not fit the buffers fails only the request (the buffers
 ///   may then hold part of it); a CUDA error fails the actor.
+/// - `(gpu_comm_join_atom, id, ranks, rank)` -> `caf::ok_atom`: joins the
+///   communicator `id` (make_comm_id) as rank `rank` of `ranks` without
+///   blocking (the backend's join is polled), so that `all_reduce` and
+///   `broadcast` ops run in place on this actor's buffers and stream.
+///   Replaces an earlier communicator. `unsupported` on the CPU backend.
+/// - `(gpu_comm_abort_atom)`: aborts the communicator (ncclCommAbort), so that
+///   a collective stuck on a dead peer returns; the buffers it wrote hold
+///   garbage until they are restored. The actor carries on.
 /// - `(gpu_info_atom)` -> `std::string`.
 ///
 /// Errors: `gpu_errc::no_cuda` or `no_device` or the failing CUDA call when the

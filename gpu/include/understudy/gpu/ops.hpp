@@ -61,6 +61,8 @@ enum class op_code : uint8_t {
   momentum_step,
   adam_step,
   inject_fault,
+  all_reduce,
+  broadcast,
 };
 
 /// Returns the name of `x`, e.g. "softmax_xent".
@@ -162,6 +164,15 @@ struct op_batch {
 
   /// Triggers a real fault (CUDA only; a CPU actor answers `unsupported`).
   void inject_fault(fault_kind x);
+
+  /// x = the sum of x over the ranks of the collective group this GPU actor
+  /// has joined (`backend::all_reduce`); every rank runs it with the same
+  /// count. Sent by the group, not by users: a rank that joined none answers
+  /// `invalid_argument` (`unsupported` on the CPU backend).
+  void all_reduce(slice x);
+
+  /// x = rank `root`'s x, in the group this GPU actor has joined.
+  void broadcast(slice x, uint32_t root);
 };
 
 template <class Inspector>
