@@ -49,11 +49,8 @@ struct state_codec<gpu::rank_state> {
       if (info.type != element_type::f32 || info.size % sizeof(float) != 0)
         return make_error(state_errc::corrupt_record,
                           "tensor '" + info.name + "' does not hold float32 values");
-      // Verified here, so that a corrupt version is skipped for an older one;
-      // the GPU actor copies the values itself (verifying them again).
-      auto idx = dec.record().find_tensor(info.name);
-      if (auto chunks = dec.record().tensor_chunks(*idx); !chunks)
-        return std::move(chunks.error());
+      // Read later by the GPU actor itself, which verifies every chunk as it
+      // copies it (the rank falls back to an older version if one is corrupt).
       st.tensors.push_back(gpu::rank_tensor{info.name.substr(colon + 1),
                                             static_cast<gpu::buffer_id>(id), nullptr,
                                             info.size / sizeof(float)});
@@ -90,7 +87,9 @@ public:
     if (!report)
       throw std::runtime_error("cannot load the state of " + st_->identity().path + ": " +
                                describe(report.error()));
-    if (auto err = adopt_restored())
+    if (!st_->restored_step())
+      start_fresh();
+    else if (auto err = adopt_restored())
       throw std::runtime_error(describe(err));
     auto gpu = gpu_;
     self_->set_default_handler(
@@ -100,7 +99,7 @@ public:
           return rp;
         });
     // Buffers and tensors first: messages forwarded later queue behind them.
-    upload([this](caf::error err) {
+    upload_state([this](caf::error err) {
       if (err)
         return self_->quit(err);
       announce_ready(token_);
@@ -113,14 +112,14 @@ public:
   }
 
 private:
-  /// Takes the state restore() loaded, or the fresh one if it loaded none.
+  void start_fresh() {
+    st_->value() = opts_.fresh();
+    st_->value().step = 0;
+    st_->value().job = opts_.job;
+  }
+
+  /// Checks that the state restore() loaded belongs to this job.
   caf::error adopt_restored() {
-    if (!st_->restored_step()) {
-      st_->value() = opts_.fresh();
-      st_->value().step = 0;
-      st_->value().job = opts_.job;
-      return {};
-    }
     if (st_->value().job != opts_.job)
       return make_error(state_errc::schema_mismatch,
                         st_->identity().path + "@" + std::to_string(st_->value().step) +
@@ -171,29 +170,49 @@ private:
               [done](caf::error& err) mutable { done(std::move(err)); });
   }
 
-  caf::result<uint64_t> restore(uint64_t max_step) {
+  /// Loads the newest version with step <= `max_step` (the fresh state for
+  /// 0 or none), reporting `rejected` versions as skipped.
+  caf::error load(uint64_t max_step, std::vector<std::pair<uint64_t, caf::error>> rejected = {}) {
     if (max_step == 0) {
-      st_->value() = opts_.fresh();
-      st_->value().step = 0;
-      st_->value().job = opts_.job;
-    } else {
-      auto report = st_->restore(max_step);
-      if (!report)
-        return std::move(report.error());
-      // restore() leaves value() alone when it finds nothing.
-      if (!report->step) {
-        st_->value() = opts_.fresh();
-        st_->value().step = 0;
-        st_->value().job = opts_.job;
-      } else if (auto err = adopt_restored()) {
-        return err;
-      }
+      start_fresh();
+      return {};
     }
+    auto report = st_->restore(max_step, std::move(rejected));
+    if (!report)
+      return std::move(report.error());
+    // restore() leaves value() alone when it finds nothing.
+    if (!report->step) {
+      start_fresh();
+      return {};
+    }
+    return adopt_restored();
+  }
+
+  /// Uploads the state (upload()); when the GPU actor finds the stored
+  /// version corrupt as it copies it, falls back to the next older version,
+  /// as restore() does for versions the rank itself rejects.
+  template <class F>
+  void upload_state(F done) {
+    upload([this, done](caf::error err) mutable {
+      const bool lazy = std::any_of(st_->value().tensors.begin(), st_->value().tensors.end(),
+                                    [](const rank_tensor& t) { return !t.values; });
+      if (!err || !lazy ||
+          !(is(err, state_errc::corrupt_record) || is(err, state_errc::truncated_chunk)))
+        return done(std::move(err));
+      const auto bad = st_->value().step;
+      if (auto load_err = load(bad - 1, {{bad, err}}))
+        return done(std::move(load_err));
+      upload_state(std::move(done));
+    });
+  }
+
+  caf::result<uint64_t> restore(uint64_t max_step) {
+    if (auto err = load(max_step))
+      return err;
     auto rp = self_->make_response_promise<uint64_t>();
-    auto step = st_->value().step;
-    upload([this, rp, step](caf::error err) mutable {
+    upload_state([this, rp](caf::error err) mutable {
       if (!err) {
-        rp.deliver(step);
+        rp.deliver(st_->value().step);
         return;
       }
       rp.deliver(err);

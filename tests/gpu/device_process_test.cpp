@@ -200,6 +200,29 @@ TEST_CASE("a gpu rank in a device process restores its state into a fresh proces
     REQUIRE(ps.ask<uint64_t>(*second, ug::rank_restore_atom::value, uint64_t{5}) == uint64_t{2});
     REQUIRE(download(ps, *second, ug::whole(w_id, 4)) == std::vector<float>{6, 12, 18, 24});
   }
+  SECTION("a version that the child finds corrupt as it copies it is skipped for the one before") {
+    REQUIRE(ps.ask<uint64_t>(*second, ug::rank_checkpoint_atom::value, uint64_t{2}) == uint64_t{2});
+    auto paths = (*store)->paths();
+    REQUIRE(paths);
+    REQUIRE(paths->size() == 1);
+    // The store maps its file writable (MDB_WRITEMAP): flip a byte of version
+    // 2's tensor where it lies in the file, which the child reads too.
+    auto err = (*store)->read(paths->front(), 2, [](const understudy::record_view& rec) {
+      auto chunks = rec.tensor_chunks(0);
+      REQUIRE(chunks);
+      const_cast<std::byte*>(chunks->at(0).data)[5] ^= std::byte{0x40};
+      return caf::error{};
+    });
+    REQUIRE_FALSE(err);
+    REQUIRE(ps.ask<uint64_t>(*second, ug::rank_restore_atom::value, uint64_t{5}) == uint64_t{1});
+    REQUIRE(download(ps, *second, ug::whole(w_id, 4)) == std::vector<float>{2, 4, 6, 8});
+    bool reported = false;
+    for (const auto& ev : log->snapshot())
+      if (ev.kind == understudy::event_kind::state_fallback && ev.child == "rank-0")
+        reported = ev.reason.find("skipped step 2") != std::string::npos &&
+                   ev.reason.find("checksum mismatch") != std::string::npos;
+    REQUIRE(reported);
+  }
   ps.self->monitor(*sup);
   ps.self->send_exit(*sup, caf::exit_reason::user_shutdown);
   ps.down_reason(*sup);

@@ -206,7 +206,10 @@ public:
   /// (replacing it only on success) and reports it as a supervision event:
   /// state_restored, state_fallback (a newer version was corrupt) or
   /// state_fresh (none valid; value() stays default). Errors: I/O only.
-  caf::expected<restore_report> restore(uint64_t max_step = UINT64_MAX) {
+  /// `rejected`: newer versions the caller already found corrupt (e.g. while
+  /// copying tensors it loaded lazily), reported as skipped before the others.
+  caf::expected<restore_report> restore(
+      uint64_t max_step = UINT64_MAX, std::vector<std::pair<uint64_t, caf::error>> rejected = {}) {
     auto report = p_.store->restore_newest(
         id_.path,
         [this](const record_view& rec) -> caf::error {
@@ -227,8 +230,11 @@ public:
           return {};
         },
         max_step);
-    if (report)
+    if (report) {
       restored_step_ = report->step;
+      report->skipped.insert(report->skipped.begin(), std::make_move_iterator(rejected.begin()),
+                             std::make_move_iterator(rejected.end()));
+    }
     detail::report_restore(id_, report);
     return report;
   }
