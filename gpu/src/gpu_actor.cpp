@@ -5,6 +5,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <thread>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -54,9 +55,17 @@ struct pending_batch {
   caf::error failure;
 };
 
-/// Staging blocks a restore streams through: copying a chunk into one
-/// overlaps the transfer of the others.
-constexpr size_t restore_slots = 4;
+/// `(gpu_staged_atom, uint64_t slot, uint64_t piece, caf::error)`: a helper
+/// has copied (and verified) piece `piece` of the running restore into
+/// staging block `slot`, or failed to.
+using gpu_staged_atom = caf::atom_constant<caf::atom("gpu_staged")>;
+
+/// Staging blocks a restore streams through: helpers copy chunks into several
+/// of them at once (on the scheduler's threads) while the stream transfers
+/// the others. Up to 8, one per core, at least 4.
+size_t restore_slots() {
+  return std::clamp<size_t>(std::thread::hardware_concurrency(), 4, 8);
+}
 
 /// One chunk of a restore: record tensor `tensor`'s chunk `chunk` goes to `dst`.
 struct restore_piece {
@@ -76,8 +85,10 @@ struct restore_job {
   /// The next piece to stage.
   size_t next = 0;
   std::vector<staging_block> slots;
-  /// Indexes into `slots` that no transfer uses.
+  /// Indexes into `slots` that no copy or transfer uses.
   std::vector<size_t> free;
+  /// Blocks a helper is copying into.
+  size_t staging = 0;
   uint64_t bytes = 0;
   /// Set when staging failed: no further piece is staged, and the request
   /// fails with it once the transfers in flight are done.
@@ -126,7 +137,8 @@ public:
     if (idle) {
       for (auto& [seq, p] : pending)
         be_->release_host(p.staging.ptr);
-      if (restoring)
+      // Blocks a helper still copies into are left to the process's exit.
+      if (restoring && restoring->staging == 0)
         for (auto& block : restoring->slots)
           be_->release_host(block.ptr);
     }
@@ -303,42 +315,56 @@ void finish_restore(caf::event_based_actor* self, gpu_state& st) {
   run_deferred(self, st);
 }
 
-/// Stages pieces into the free blocks (in one read transaction) and puts
-/// their transfers on the stream, each followed by a callback that frees its
-/// block again.
+/// Hands pieces to helpers, one per free block: each copies its chunk from
+/// the store into the block (verifying it) on a scheduler thread and reports
+/// back with `gpu_staged_atom`.
 void pump_restore(caf::event_based_actor* self, gpu_state& st) {
   auto& job = *st.restoring;
-  if (job.failure || job.next == job.pieces.size() || job.free.empty())
-    return;
-  caf::error launch_err;
-  auto err = job.store->read(job.path, job.step, [&](const record_view& rec) -> caf::error {
-    while (!job.free.empty() && job.next < job.pieces.size()) {
-      const auto& piece = job.pieces[job.next];
-      const size_t slot = job.free.back();
-      auto* block = job.slots[slot].ptr;
-      if (auto e = rec.copy_chunk(piece.tensor, piece.chunk, block))
-        return e;
-      if ((launch_err = st.be().upload(piece.dst, block, piece.bytes)))
-        return {};
-      caf::weak_actor_ptr weak_self = self->ctrl();
-      launch_err = st.be().when_done([weak_self, slot](caf::error status) {
-        if (auto hdl = caf::actor_cast<caf::actor>(weak_self))
-          caf::anon_send(hdl, gpu_restored_atom::value, uint64_t{slot}, std::move(status));
+  caf::weak_actor_ptr weak_self = self->ctrl();
+  while (!job.failure && job.next < job.pieces.size() && !job.free.empty()) {
+    const size_t slot = job.free.back();
+    job.free.pop_back();
+    const size_t index = job.next++;
+    ++job.staging;
+    self->system().spawn([weak_self, store = job.store, path = job.path, step = job.step,
+                          piece = job.pieces[index], block = job.slots[slot].ptr, slot, index] {
+      auto err = store->read(path, step, [&](const record_view& rec) {
+        return rec.copy_chunk(piece.tensor, piece.chunk, block);
       });
-      if (launch_err)
-        return {};
-      job.free.pop_back();
-      job.bytes += piece.bytes;
-      ++job.next;
-    }
-    return {};
-  });
-  if (launch_err)
+      if (auto hdl = caf::actor_cast<caf::actor>(weak_self))
+        caf::anon_send(hdl, gpu_staged_atom::value, uint64_t{slot}, uint64_t{index},
+                       std::move(err));
+    });
+  }
+}
+
+/// A helper has filled block `slot` with piece `index`: its transfer goes
+/// on the stream, followed by a callback that frees the block again.
+void staged_piece(caf::event_based_actor* self, gpu_state& st, uint64_t slot, uint64_t index,
+                  caf::error err) {
+  if (!st.restoring)
+    return;
+  auto& job = *st.restoring;
+  --job.staging;
+  if (err) {
+    if (!job.failure)
+      job.failure = std::move(err);
+    job.free.push_back(static_cast<size_t>(slot));
+    if (job.finished())
+      finish_restore(self, st);
+    return;
+  }
+  const auto& piece = job.pieces[index];
+  if (auto launch_err = st.be().upload(piece.dst, job.slots[slot].ptr, piece.bytes))
     return fail_actor(self, st, launch_err);
-  if (err)
-    job.failure = std::move(err);
-  if (job.finished())
-    finish_restore(self, st);
+  caf::weak_actor_ptr weak_self = self->ctrl();
+  auto done_err = st.be().when_done([weak_self, slot](caf::error status) {
+    if (auto hdl = caf::actor_cast<caf::actor>(weak_self))
+      caf::anon_send(hdl, gpu_restored_atom::value, slot, std::move(status));
+  });
+  if (done_err)
+    return fail_actor(self, st, done_err);
+  job.bytes += piece.bytes;
 }
 
 /// Checks `plan` against the stored version and the buffers, lists its
@@ -389,7 +415,7 @@ void start_restore(caf::event_based_actor* self, gpu_state& st, const restore_pl
     rp.deliver(std::move(err));
     return;
   }
-  for (size_t i = 0; i < std::min(restore_slots, job->pieces.size()); ++i) {
+  for (size_t i = 0; i < std::min(restore_slots(), job->pieces.size()); ++i) {
     auto block = st.take(largest);
     if (!block) {
       for (auto& b : job->slots)
@@ -481,6 +507,9 @@ caf::behavior gpu_behavior(caf::event_based_actor* self, state_ptr st) {
       },
       [self, st](gpu_done_atom, uint64_t seq, caf::error& status) {
         finish_batch(self, *st, seq, std::move(status));
+      },
+      [self, st](gpu_staged_atom, uint64_t slot, uint64_t index, caf::error& err) {
+        staged_piece(self, *st, slot, index, std::move(err));
       },
       [self, st](gpu_restored_atom, uint64_t slot, caf::error& status) {
         restored_piece(self, *st, slot, std::move(status));
