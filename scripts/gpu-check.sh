@@ -13,8 +13,8 @@
 #   1. the [gpu] tests (CUDA backend, GPU actors, illegal address in a child
 #      process, NCCL and local collectives on CUDA);
 #   2. gpu_mlp on cuda without and with faults (a real illegal-address kernel,
-#      a rank crash, a trainer crash) and compares the digests; on several
-#      devices also with --collective nccl;
+#      a rank crash, a trainer crash) and compares the digests, also with
+#      --collective nccl (one rank per device: one rank on a single device);
 #   3. bench_gpu.
 # Its logs come back under $OUT: gpu_tests.log, gpu_mlp.log, bench_gpu.log, summary.txt.
 set -euo pipefail
@@ -105,9 +105,9 @@ pair digits --backend cuda --data examples/data/digits.csv.gz
 pair synthetic --backend cuda --data synthetic:60000 --batch 256
 pair digits-2-actors-per-device --backend cuda --workers $((devices > 0 ? 2 * devices : 2)) \
   --data examples/data/digits.csv.gz
-if [ "$devices" -gt 1 ]; then
-  pair digits-nccl --backend cuda --collective nccl --data examples/data/digits.csv.gz
-fi
+# One rank per device: on a single device a communicator of one rank, which
+# still joins and runs every all-reduce in place through NCCL.
+pair digits-nccl --backend cuda --collective nccl --data examples/data/digits.csv.gz
 
 note "== bench_gpu"
 if bench_gpu > "$out/bench_gpu.log" 2>&1; then
