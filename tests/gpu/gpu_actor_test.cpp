@@ -461,6 +461,30 @@ TEST_CASE("a gpu actor restores a stored tensor chunk by chunk and runs later ba
   for (size_t i = 0; i < n; ++i)
     wrong += got[i] != 2.0f * test::w_value(0.5f, i) ? 1 : 0;
   CHECK(wrong == 0);
+  SECTION("a second restore that arrives meanwhile waits its turn too") {
+    auto r1 = f.self->request(a.hdl, caf::infinite, ug::gpu_restore_atom::value, stored.plan(1));
+    auto b1 = f.self->request(a.hdl, caf::infinite, ug::gpu_run_atom::value, after);
+    auto r2 = f.self->request(a.hdl, caf::infinite, ug::gpu_restore_atom::value, stored.plan(1));
+    ug::op_batch read_only;
+    read_only.download(ug::whole(1, n));
+    auto b2 = f.self->request(a.hdl, caf::infinite, ug::gpu_run_atom::value, read_only);
+    f.run();
+    for (auto* h : {&r1, &r2})
+      h->receive([&](uint64_t x) { CHECK(x == n * sizeof(float)); },
+                 [&](caf::error& err) { FAIL("restore: " << understudy::describe(err)); });
+    // b1 doubled the first restore; the second restore undid it before b2.
+    for (auto* h : {&b1, &b2}) {
+      const float factor = h == &b1 ? 2.0f : 1.0f;
+      h->receive(
+          [&](ug::batch_result& r) {
+            size_t off = 0;
+            for (size_t i = 0; i < n; ++i)
+              off += r.downloads.at(0)[i] != factor * test::w_value(0.5f, i) ? 1 : 0;
+            CHECK(off == 0);
+          },
+          [&](caf::error& err) { FAIL("batch: " << understudy::describe(err)); });
+    }
+  }
 }
 
 TEST_CASE("a gpu actor refuses a restore that does not fit and one that is corrupt, and carries on",
@@ -480,6 +504,20 @@ TEST_CASE("a gpu actor refuses a restore that does not fit and one that is corru
     CHECK(ug::is(res.error(), ug::gpu_errc::invalid_argument));
     CHECK(understudy::describe(res.error()).find("/job/rank@5 tensor 'w' holds 20000 bytes") !=
           std::string::npos);
+  }
+  SECTION("a version that is not stored") {
+    auto plan = stored.plan(1);
+    plan.step = 7;
+    auto res = f.ask<uint64_t>(a.hdl, ug::gpu_restore_atom::value, plan);
+    REQUIRE_FALSE(res);
+    CHECK(understudy::is(res.error(), understudy::state_errc::not_found));
+  }
+  SECTION("a store that does not exist") {
+    auto plan = stored.plan(1);
+    plan.directory = stored.dir.path + "/nowhere";
+    auto res = f.ask<uint64_t>(a.hdl, ug::gpu_restore_atom::value, plan);
+    REQUIRE_FALSE(res);
+    CHECK(understudy::describe(res.error()).find("data.mdb is missing") != std::string::npos);
   }
   SECTION("a tensor the version does not have") {
     auto plan = stored.plan(1);
