@@ -259,33 +259,40 @@ private:
                         " ms (waiting for " + waiting_for() + ")"));
   }
 
+  /// Sends rank r its batch of the current collective's last phase: the
+  /// collective succeeds once every rank it waits for has answered.
+  void send_last(size_t r, op_batch b) {
+    auto seq = seq_;
+    auto phase = phase_;
+    self_->request(ranks_[r], caf::infinite, gpu_run_atom::value, std::move(b))
+        .then(
+            [this, seq, phase, r](batch_result&) {
+              if (!is_current(seq, phase))
+                return;
+              waiting_[r] = false;
+              if (outstanding() != 0)
+                return;
+              current_.rp.deliver(caf::ok_atom::value);
+              finish_current();
+            },
+            [this, seq, phase, r](caf::error& err) {
+              if (is_current(seq, phase))
+                fail(rank_error(r, self_->system().render(err)));
+            });
+  }
+
   /// Runs the current collective in place on every rank: one batch each with
   /// the NCCL op on its own stream.
   void reduce_in_place() {
     phase_ = coll_phase::reduce;
     waiting_.assign(size(), true);
-    auto seq = seq_;
     for (size_t r = 0; r < size(); ++r) {
       op_batch b;
       if (current_.kind == coll_kind::all_reduce)
         b.all_reduce(current_.slices[r]);
       else
         b.broadcast(current_.slices[r], current_.root);
-      self_->request(ranks_[r], caf::infinite, gpu_run_atom::value, std::move(b))
-          .then(
-              [this, seq, r](batch_result&) {
-                if (!is_current(seq, coll_phase::reduce))
-                  return;
-                waiting_[r] = false;
-                if (outstanding() != 0)
-                  return;
-                current_.rp.deliver(caf::ok_atom::value);
-                finish_current();
-              },
-              [this, seq, r](caf::error& err) {
-                if (is_current(seq, coll_phase::reduce))
-                  fail(rank_error(r, self_->system().render(err)));
-              });
+      send_last(r, std::move(b));
     }
   }
 
@@ -405,7 +412,6 @@ private:
   void scatter(F values_for) {
     phase_ = coll_phase::scatter;
     std::fill(waiting_.begin(), waiting_.end(), false);
-    auto seq = seq_;
     for (size_t r = 0; r < size(); ++r) {
       auto values = values_for(r);
       if (!values)
@@ -413,21 +419,7 @@ private:
       waiting_[r] = true;
       op_batch b;
       b.upload(current_.slices[r], *values);
-      self_->request(ranks_[r], caf::infinite, gpu_run_atom::value, std::move(b))
-          .then(
-              [this, seq, r](batch_result&) {
-                if (!is_current(seq, coll_phase::scatter))
-                  return;
-                waiting_[r] = false;
-                if (outstanding() != 0)
-                  return;
-                current_.rp.deliver(caf::ok_atom::value);
-                finish_current();
-              },
-              [this, seq, r](caf::error& err) {
-                if (is_current(seq, coll_phase::scatter))
-                  fail(rank_error(r, self_->system().render(err)));
-              });
+      send_last(r, std::move(b));
     }
     if (outstanding() == 0) {
       current_.rp.deliver(caf::ok_atom::value);

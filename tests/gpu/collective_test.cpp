@@ -390,6 +390,22 @@ caf::behavior scripted_rank(caf::event_based_actor* self, std::shared_ptr<rank_s
   };
 }
 
+/// Makes `opts` an NCCL group over `n` scripted ranks on devices 0 .. n - 1,
+/// rank `stuck` (if any) holding its collectives; returns their scripts.
+std::vector<std::shared_ptr<rank_script>> scripted_nccl_ranks(test::fixture& f,
+                                                              ug::collective_options& opts, int n,
+                                                              int stuck = -1) {
+  std::vector<std::shared_ptr<rank_script>> scripts;
+  opts.path = ug::collective_path::nccl;
+  for (int r = 0; r < n; ++r) {
+    scripts.push_back(std::make_shared<rank_script>());
+    scripts.back()->stuck = r == stuck;
+    opts.devices.push_back(r);
+    opts.ranks.push_back(f.sys.spawn(scripted_rank, scripts.back()));
+  }
+  return scripts;
+}
+
 } // namespace
 
 TEST_CASE("an nccl group has every rank join one communicator and runs collectives in place",
@@ -399,14 +415,8 @@ TEST_CASE("an nccl group has every rank join one communicator and runs collectiv
     return;
   }
   test::fixture f;
-  std::vector<std::shared_ptr<rank_script>> scripts;
   ug::collective_options opts;
-  opts.path = ug::collective_path::nccl;
-  opts.devices = {0, 1};
-  for (int r = 0; r < 2; ++r) {
-    scripts.push_back(std::make_shared<rank_script>());
-    opts.ranks.push_back(f.sys.spawn(scripted_rank, scripts.back()));
-  }
+  auto scripts = scripted_nccl_ranks(f, opts, 2);
   group_guard g{f, spawn_group(f, opts)};
   for (uint32_t r = 0; r < 2; ++r) {
     REQUIRE(scripts[r]->joins.size() == 1);
@@ -447,16 +457,9 @@ TEST_CASE("a stuck nccl collective misses its deadline and the group aborts ever
     return;
   }
   test::fixture f;
-  std::vector<std::shared_ptr<rank_script>> scripts;
   ug::collective_options opts;
-  opts.path = ug::collective_path::nccl;
-  opts.devices = {0, 1, 2};
   opts.deadline = std::chrono::milliseconds(50);
-  for (int r = 0; r < 3; ++r) {
-    scripts.push_back(std::make_shared<rank_script>());
-    scripts.back()->stuck = r == 2;
-    opts.ranks.push_back(f.sys.spawn(scripted_rank, scripts.back()));
-  }
+  auto scripts = scripted_nccl_ranks(f, opts, 3, 2);
   auto group = spawn_group(f, opts);
   f.self->monitor(group);
   auto h = f.self->request(group, caf::infinite, ug::all_reduce_atom::value, slices(3, 4));
