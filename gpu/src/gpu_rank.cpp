@@ -196,10 +196,10 @@ private:
     upload([this, done](caf::error err) mutable {
       const bool lazy = std::any_of(st_->value().tensors.begin(), st_->value().tensors.end(),
                                     [](const rank_tensor& t) { return !t.values; });
-      if (!err || !lazy ||
+      const auto bad = st_->value().step;
+      if (!err || !lazy || bad == 0 ||
           !(is(err, state_errc::corrupt_record) || is(err, state_errc::truncated_chunk)))
         return done(std::move(err));
-      const auto bad = st_->value().step;
       if (auto load_err = load(bad - 1, {{bad, err}}))
         return done(std::move(load_err));
       upload_state(std::move(done));

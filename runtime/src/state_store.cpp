@@ -657,14 +657,9 @@ caf::error record_view::copy_tensor(size_t index, void* dst, size_t size) const 
                       versioned(info_.path, info_.step) + " tensor " + t.name + " has " +
                           std::to_string(t.size) + " bytes, the target " + std::to_string(size));
   auto* out = static_cast<std::byte*>(dst);
-  for (uint32_t c = 0; c < t.chunks; ++c) {
-    auto span = access::chunk(*this, index, c);
-    if (!span)
-      return std::move(span.error());
-    if (detail::copy_and_hash(out + uint64_t{c} * t.chunk_size, span->data, span->size) !=
-        chunk_checksums_[index][c])
-      return access::mismatch(*this, index, c);
-  }
+  for (uint32_t c = 0; c < t.chunks; ++c)
+    if (auto err = copy_chunk(index, c, out + uint64_t{c} * t.chunk_size))
+      return err;
   return {};
 }
 
