@@ -35,10 +35,12 @@ struct temp_dir {
 };
 
 /// A 4-node cluster (three active nodes and a spare) on loopback; ports derived
-/// from the process id so that parallel test runs do not collide.
+/// from the process id so that parallel test runs do not collide, and below
+/// Linux's ephemeral range (32768 up), where another test's outgoing
+/// connection could hold one.
 std::string cluster_config(const std::string& dir, uint64_t steps,
                            const std::string& worker_extra = "") {
-  auto base = 20000 + (static_cast<unsigned>(::getpid()) % 9000) * 4;
+  auto base = 20000 + (static_cast<unsigned>(::getpid()) % 3000) * 4;
   std::string nodes;
   const char* names[] = {"n1", "n2", "n3", "s1"};
   for (int i = 0; i < 4; ++i) {
