@@ -543,36 +543,6 @@ TEST_CASE("collective errors render by name and say what to do next", "[gpu_ops]
 
 namespace {
 
-/// A real actor system (CUDA callbacks arrive on CUDA threads) and a blocking requester.
-struct cuda_system {
-  static caf::actor_system_config& init(caf::actor_system_config& cfg) {
-    cfg.set("logger.console-verbosity", caf::atom("quiet"));
-    cfg.set("logger.file-verbosity", caf::atom("quiet"));
-    cfg.set("scheduler.max-threads", 2);
-    understudy::register_error_categories(cfg);
-    ug::register_gpu_types(cfg);
-    ug::register_collective_types(cfg);
-    return cfg;
-  }
-
-  cuda_system() : sys(init(cfg)), self(sys) {
-    // nop
-  }
-
-  template <class T, class... Ts>
-  caf::expected<T> ask(const caf::actor& a, Ts&&... xs) {
-    caf::expected<T> result{caf::sec::request_timeout};
-    self->request(a, std::chrono::seconds(60), std::forward<Ts>(xs)...)
-        .receive([&](T& r) { result = std::move(r); },
-                 [&](caf::error& err) { result = std::move(err); });
-    return result;
-  }
-
-  caf::actor_system_config cfg;
-  caf::actor_system sys;
-  caf::scoped_actor self;
-};
-
 /// Sets up `ranks` CUDA actors on `devices` (in rank order) holding rank_values.
 std::vector<caf::actor> cuda_ranks(cuda_system& cs, const std::vector<int>& devices, size_t n) {
   std::vector<caf::actor> out;

@@ -621,35 +621,6 @@ TEST_CASE("a cuda error fails the gpu actor and its supervisor restarts it",
 
 namespace {
 
-/// A real actor system (CUDA callbacks arrive on a CUDA thread, which the
-/// test_coordinator cannot take) and a blocking requester.
-struct cuda_system {
-  static caf::actor_system_config& init(caf::actor_system_config& cfg) {
-    cfg.set("logger.console-verbosity", caf::atom("quiet"));
-    cfg.set("logger.file-verbosity", caf::atom("quiet"));
-    cfg.set("scheduler.max-threads", 2);
-    understudy::register_error_categories(cfg);
-    ug::register_gpu_types(cfg);
-    return cfg;
-  }
-
-  cuda_system() : sys(init(cfg)), self(sys) {
-    // nop
-  }
-
-  caf::expected<ug::batch_result> run(const caf::actor& a, ug::op_batch b) {
-    caf::expected<ug::batch_result> result{caf::sec::request_timeout};
-    self->request(a, std::chrono::seconds(60), ug::gpu_run_atom::value, std::move(b))
-        .receive([&](ug::batch_result& r) { result = std::move(r); },
-                 [&](caf::error& err) { result = std::move(err); });
-    return result;
-  }
-
-  caf::actor_system_config cfg;
-  caf::actor_system sys;
-  caf::scoped_actor self;
-};
-
 /// The exit status of running this test binary on `filter` with its output in
 /// `out`, or -1 if it could not be started.
 int run_self(const std::string& filter, std::string& out) {

@@ -7,21 +7,65 @@
 // passing. CTest reports such tests as skipped (SKIP_REGULAR_EXPRESSION in
 // tests/CMakeLists.txt); run directly, the warning shows in Catch's output.
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/scoped_actor.hpp>
 #include <catch2/catch.hpp>
 
 #include "understudy/actors/splitmix64.hpp"
 #include "understudy/gpu/backend.hpp"
+#include "understudy/gpu/collective.hpp"
 #include "understudy/gpu/device.hpp"
+#include "understudy/gpu/errors.hpp"
+#include "understudy/gpu/gpu_actor.hpp"
 #include "understudy/runtime/errors.hpp"
 
 namespace gpu_test {
 
 namespace ug = understudy::gpu;
+
+/// A real actor system (CUDA callbacks arrive on CUDA threads, which the
+/// test_coordinator cannot take) and a blocking requester.
+struct cuda_system {
+  static caf::actor_system_config& init(caf::actor_system_config& cfg) {
+    cfg.set("logger.console-verbosity", caf::atom("quiet"));
+    cfg.set("logger.file-verbosity", caf::atom("quiet"));
+    cfg.set("scheduler.max-threads", 2);
+    understudy::register_error_categories(cfg);
+    ug::register_gpu_types(cfg);
+    ug::register_collective_types(cfg);
+    return cfg;
+  }
+
+  cuda_system() : sys(init(cfg)), self(sys) {
+    // nop
+  }
+
+  template <class T, class... Ts>
+  caf::expected<T> ask(const caf::actor& a, Ts&&... xs) {
+    caf::expected<T> result{caf::sec::request_timeout};
+    self->request(a, std::chrono::seconds(60), std::forward<Ts>(xs)...)
+        .receive([&](T& r) { result = std::move(r); },
+                 [&](caf::error& err) { result = std::move(err); });
+    return result;
+  }
+
+  /// Runs `b` on GPU actor `a`.
+  caf::expected<ug::batch_result> run(const caf::actor& a, ug::op_batch b) {
+    return ask<ug::batch_result>(a, ug::gpu_run_atom::value, std::move(b));
+  }
+
+  caf::actor_system_config cfg;
+  caf::actor_system sys;
+  caf::scoped_actor self;
+};
 
 /// The warning that marks a test as skipped; CTest matches it.
 constexpr const char* skip_message = "skipped: no CUDA device";
