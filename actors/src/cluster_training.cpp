@@ -9,21 +9,19 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/make_message.hpp>
 
-#include "understudy/actors/mlp.hpp"
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/process_host.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/cluster/errors.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/process/process_host.hpp"
 
-namespace understudy {
+namespace understudy::actors {
 
 namespace {
 
-caf::error job_error(const node_config& nc, const std::string& key, const std::string& what) {
+caf::error job_error(const node_config& nc, const job_config& j, const std::string& key,
+                     const std::string& what) {
   return make_error(config_errc::invalid_job,
-                    nc.origin + ":" + std::to_string(nc.job->line_of(key)) + ": " + what);
-}
-
-role_policy policy_of(const job_role_spec& r) {
-  return role_policy{r.strategy, r.intensity, r.backoff};
+                    nc.origin + ":" + std::to_string(j.line_of(key)) + ": " + what);
 }
 
 const char* type_of(fault_target role) {
@@ -99,22 +97,6 @@ caf::expected<caf::actor> start_isolated_worker(child_context& ctx, training_job
 
 } // namespace
 
-std::optional<job_problem> check_training_job(const job_spec& j) {
-  auto faults = parse_faults(j.faults, j.workers, j.shards, j.loaders, j.steps, j.seed);
-  if (!faults)
-    return job_problem{"faults", describe(faults.error())};
-  // Shards, loaders and the trainer write the node's state store, which only
-  // the node's process opens.
-  for (auto [key, role] : {std::pair{"shard", &j.shard}, std::pair{"loader", &j.loader},
-                           std::pair{"trainer", &j.trainer}})
-    if (role->placement.process == process_mode::isolated)
-      return job_problem{key, std::string{"[job."} + key +
-                                  "] process = \"isolated\" is not supported: its actors write "
-                                  "the node's state store, which only the node's process opens; "
-                                  "isolate workers ([job.worker])"};
-  return std::nullopt;
-}
-
 std::optional<int> host_isolated_training_actor() {
   auto role = actor_host_role_from_env();
   if (!role || role->get("actor") != isolated_worker)
@@ -123,9 +105,7 @@ std::optional<int> host_isolated_training_actor() {
     std::fprintf(stderr, "isolated worker: %s\n", what.c_str());
     return host_status::failed;
   };
-  node_config_options opts;
-  opts.check_job = check_training_job;
-  auto nc = load_node_config(role->get("config"), opts);
+  auto nc = load_node_config(role->get("config"), job_config_options());
   if (!nc)
     return fail(describe(nc.error()));
   auto tc = make_training_config(*nc);
@@ -175,49 +155,23 @@ std::optional<int> host_isolated_training_actor() {
 }
 
 caf::expected<training_config> make_training_config(const node_config& nc) {
-  if (!nc.job)
+  const auto* jp = job_of(nc);
+  if (jp == nullptr)
     return make_error(config_errc::missing_key, nc.origin + ": the config has no [job]");
-  const auto& j = *nc.job;
+  const auto& j = *jp;
   if (j.layers.size() < 2)
-    return job_error(nc, "layers", "the model needs at least an input and an output layer");
+    return job_error(nc, j, "layers", "the model needs at least an input and an output layer");
   auto data = load_csv(j.data, csv_options{csv_options::last_column,
                                            static_cast<float>(j.data_scale), j.layers.back()});
   if (!data)
-    return job_error(nc, "data", describe(data.error()));
-  auto [train, test] = split(*data, j.test_fraction, j.seed);
-  training_config tc;
+    return job_error(nc, j, "data", describe(data.error()));
+  auto [train, test] = split(*data, j.test_fraction, j.training.seed);
+  training_config tc = j.training;
   tc.net = std::make_shared<mlp>(j.layers);
   tc.train = std::make_shared<dataset>(std::move(train));
   tc.test = std::make_shared<dataset>(std::move(test));
-  tc.workers = j.workers;
-  tc.shards = j.shards;
-  tc.loaders = j.loaders;
-  tc.batch = j.batch;
-  tc.steps = j.steps;
-  tc.seed = j.seed;
-  tc.checkpoint_every = j.checkpoint_every;
-  tc.eval_every = j.eval_every;
-  tc.prefetch = j.prefetch;
-  auto kind = parse_optimizer_kind(j.optimizer);
-  if (!kind)
-    return job_error(nc, "optimizer", describe(kind.error()));
-  tc.optimizer.kind = *kind;
-  tc.optimizer.lr = static_cast<float>(j.lr);
-  tc.optimizer.momentum = static_cast<float>(j.momentum);
-  tc.optimizer.beta1 = static_cast<float>(j.beta1);
-  tc.optimizer.beta2 = static_cast<float>(j.beta2);
-  tc.optimizer.epsilon = static_cast<float>(j.epsilon);
-  tc.optimizer.weight_decay = static_cast<float>(j.weight_decay);
-  auto faults = parse_faults(j.faults, j.workers, j.shards, j.loaders, j.steps, j.seed);
-  if (!faults)
-    return job_error(nc, "faults", describe(faults.error()));
-  tc.faults = *faults;
-  tc.worker_policy = policy_of(j.worker);
-  tc.shard_policy = policy_of(j.shard);
-  tc.loader_policy = policy_of(j.loader);
-  tc.trainer_policy = policy_of(j.trainer);
   if (auto err = validate(tc))
-    return job_error(nc, "", describe(err));
+    return job_error(nc, j, "", describe(err));
   return tc;
 }
 
@@ -237,32 +191,22 @@ const tree_child* find_job_child(const tree_child& c) {
 std::vector<std::string> leader_candidates(const node_config& nc) {
   // The trainer's placement; a trainer that goes with its supervisor (the
   // default) goes where the job's tree child may, or the root.
-  const placement_spec* p = nc.job ? &nc.job->trainer.placement : nullptr;
+  const auto* j = job_of(nc);
+  const placement_spec* p = j != nullptr ? &j->trainer_placement : nullptr;
   if (p == nullptr || p->policy == placement_policy::inherit) {
     const auto* job = find_job_child(nc.tree);
     p = job != nullptr && job->placement.policy != placement_policy::inherit ? &job->placement
                                                                              : &nc.tree.placement;
   }
-  std::vector<std::string> out;
-  auto add = [&](const std::string& n) {
-    if (!n.empty() && std::find(out.begin(), out.end(), n) == out.end())
-      out.push_back(n);
-  };
-  for (const auto& n : p->start)
-    add(n);
-  for (const auto& n : p->failover)
-    add(n);
-  if (out.empty())
-    for (const auto& n : nc.nodes)
-      if (n.role == node_role::active) {
-        add(n.name);
-        break;
-      }
-  return out;
+  return nc.preferred_nodes(*p);
 }
 
 cluster_training::cluster_training(cluster_node& node, const node_config& nc, training_job job)
-    : node_(node), spec_(*nc.job), job_(std::move(job)), candidates_(leader_candidates(nc)) {
+    : node_(node),
+      placements_{job_of(nc)->shard_placement, job_of(nc)->loader_placement,
+                  job_of(nc)->worker_placement},
+      job_(std::move(job)),
+      candidates_(leader_candidates(nc)) {
   node.set_leader_candidates(candidates_);
 }
 
@@ -276,7 +220,7 @@ caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluste
     return job.error();
   std::unique_ptr<cluster_training> ct{new cluster_training(node, nc, std::move(*job))};
   // Peers start this node's share of the actors through these.
-  const bool isolate_workers = nc.job->worker.placement.process == process_mode::isolated;
+  const bool isolate_workers = job_of(nc)->worker_placement.process == process_mode::isolated;
   for (auto role : {fault_target::shard, fault_target::loader, fault_target::worker}) {
     auto* self = ct.get();
     node.add_factory(
@@ -285,8 +229,18 @@ caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluste
             child_context& ctx, const caf::message& args) -> caf::expected<caf::actor> {
           if (args.size() != 1 || !args.match_element<uint64_t>(0))
             return make_error(config_errc::invalid_value, "bad arguments for " + ctx.path);
-          auto index = static_cast<size_t>(args.get_as<uint64_t>(0));
+          auto index = args.get_as<uint64_t>(0);
           auto& job = self->job_;
+          const auto& tc = job.config();
+          const size_t count = role == fault_target::shard    ? tc.shards
+                               : role == fault_target::loader ? tc.loaders
+                                                              : tc.workers;
+          if (index >= count)
+            return make_error(cluster_errc::malformed_message,
+                              std::string{"spawn of "} + type_of(role) + " " +
+                                  std::to_string(index) + " for " + ctx.path +
+                                  " refused: the job has " + std::to_string(count) +
+                                  " (indices 0 to " + std::to_string(count - 1) + ")");
           if (role == fault_target::worker && isolate_workers)
             return start_isolated_worker(ctx, job, config, self->node_.self(), index);
           child_spec local = role == fault_target::shard    ? job.shard_spec(index)
@@ -300,11 +254,11 @@ caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluste
 
 supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events, std::string name) const {
   auto* node = &node_;
-  const auto& j = spec_;
-  auto placer = [node, &j](fault_target role, size_t index, child_spec local) {
-    const auto& p = role == fault_target::shard    ? j.shard.placement
-                    : role == fault_target::loader ? j.loader.placement
-                                                   : j.worker.placement;
+  const auto& pl = placements_;
+  auto placer = [node, &pl](fault_target role, size_t index, child_spec local) {
+    const auto& p = role == fault_target::shard    ? pl.shard
+                    : role == fault_target::loader ? pl.loader
+                                                   : pl.worker;
     auto home = index < p.start.size() ? p.start[index] : node->self().name;
     // Workers keep no state: they move without copying any.
     local.start = node->placed(type_of(role), caf::make_message(static_cast<uint64_t>(index)), home,
@@ -314,4 +268,4 @@ supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events, std::
   return job_.spec(std::move(name), std::move(events), placer);
 }
 
-} // namespace understudy
+} // namespace understudy::actors

@@ -13,11 +13,11 @@
 #include <caf/typed_response_promise.hpp>
 
 #include "training_shared.hpp"
-#include "understudy/actors/splitmix64.hpp"
-#include "understudy/runtime/persistent.hpp"
+#include "understudy/actors/numerics/splitmix64.hpp"
 #include "understudy/schema/training.capnp.h"
+#include "understudy/state/persistent.hpp"
 
-namespace understudy {
+namespace understudy::actors {
 
 // -- state and codecs ------------------------------------------------------------------
 
@@ -35,8 +35,13 @@ struct shard_state {
   buffer v;
 };
 
+} // namespace understudy::actors
+
+namespace understudy {
+
 template <>
-struct state_codec<shard_state> {
+struct state_codec<actors::shard_state> {
+  using shard_state = actors::shard_state;
   using schema = schema::ShardState;
   static constexpr uint32_t version = 1;
   static void save(const shard_state& st, state_encoder& enc) {
@@ -71,6 +76,10 @@ struct state_codec<shard_state> {
   }
 };
 
+} // namespace understudy
+
+namespace understudy::actors {
+
 struct loader_state {
   uint64_t step = 0;
   uint64_t epoch = 0;
@@ -79,8 +88,13 @@ struct loader_state {
   uint64_t fingerprint = 0;
 };
 
+} // namespace understudy::actors
+
+namespace understudy {
+
 template <>
-struct state_codec<loader_state> {
+struct state_codec<actors::loader_state> {
+  using loader_state = actors::loader_state;
   using schema = schema::LoaderState;
   static constexpr uint32_t version = 1;
   static void save(const loader_state& st, state_encoder& enc) {
@@ -101,6 +115,10 @@ struct state_codec<loader_state> {
     return {};
   }
 };
+
+} // namespace understudy
+
+namespace understudy::actors {
 
 namespace {
 
@@ -553,4 +571,4 @@ child_spec make_worker_spec(shared_ptr_t s, size_t w) {
   return worker<caf::detached>("worker-" + std::to_string(w), worker_behavior, s, w);
 }
 
-} // namespace understudy
+} // namespace understudy::actors

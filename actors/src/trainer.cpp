@@ -5,6 +5,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -15,10 +16,11 @@
 #include <caf/sec.hpp>
 
 #include "training_shared.hpp"
-#include "understudy/runtime/persistent.hpp"
+#include "understudy/actors/recovery.hpp"
 #include "understudy/schema/training.capnp.h"
+#include "understudy/state/persistent.hpp"
 
-namespace understudy {
+namespace understudy::actors {
 
 struct trainer_state {
   uint64_t step = 0;
@@ -27,8 +29,13 @@ struct trainer_state {
   uint64_t eval_step = 0;
 };
 
+} // namespace understudy::actors
+
+namespace understudy {
+
 template <>
-struct state_codec<trainer_state> {
+struct state_codec<actors::trainer_state> {
+  using trainer_state = actors::trainer_state;
   using schema = schema::TrainerState;
   static constexpr uint32_t version = 1;
   static void save(const trainer_state& st, state_encoder& enc) {
@@ -48,6 +55,10 @@ struct state_codec<trainer_state> {
   }
 };
 
+} // namespace understudy
+
+namespace understudy::actors {
+
 namespace {
 
 using shared_ptr_t = std::shared_ptr<training_job::shared>;
@@ -55,22 +66,17 @@ using shared_ptr_t = std::shared_ptr<training_job::shared>;
 enum role : size_t { shards_role, loaders_role, workers_role };
 const char* const role_names[] = {"shards", "loaders", "workers"};
 
-struct participant {
-  role r;
-  size_t index;
-  std::string id;
-  caf::actor handle;
-  uint64_t incarnation = 0;
-  bool down = true;
-};
-
 /// A participant that does not answer a recovery request within this long is
-/// treated as down (a request to a remote actor whose node died may go
-/// unanswered).
+/// asked again in a new round (a request to a remote actor whose node died may
+/// go unanswered; its down message then marks it for resolving).
 constexpr auto recovery_timeout = std::chrono::seconds(10);
 
+/// An error that the trainer answers by restarting the part and rewinding to
+/// the committed step rather than failing the job: the part is gone, or its
+/// checkpoint was kept here but not on its replica (so it was not acknowledged).
 bool is_down_error(const caf::error& err) {
-  return err == caf::sec::request_receiver_down || err == caf::sec::request_timeout;
+  return err == caf::sec::request_receiver_down || err == caf::sec::request_timeout ||
+         is(err, state_errc::not_replicated);
 }
 
 struct trainer_actor {
@@ -80,13 +86,12 @@ struct trainer_actor {
   caf::actor job;
   uint64_t incarnation;
   caf::actor sups[3];
-  std::vector<participant> parts;
-  /// Last committed step, last applied step, and the recovery attempt.
+  /// Resolves, probes and rewinds the shards, loaders and workers (in this
+  /// order); created once the role supervisors are found.
+  std::unique_ptr<recovery_protocol> rp;
+  /// Last committed step and last applied step.
   uint64_t committed = 0;
   uint64_t done = 0;
-  uint64_t attempt = 0;
-  bool recovering = false;
-  bool again = false;
   bool finished = false;
   bool announced = false;
   // The step in flight: shards that applied it, and its mean loss.
@@ -110,22 +115,24 @@ struct trainer_actor {
         st(std::move(st)),
         job(std::move(job)),
         incarnation(incarnation) {
-    attempt = incarnation << 32;
-    const auto& cfg = this->s->cfg;
-    for (size_t k = 0; k < cfg.shards; ++k)
-      parts.push_back({shards_role, k, "shard-" + std::to_string(k), {}, 0, true});
-    for (size_t l = 0; l < cfg.loaders; ++l)
-      parts.push_back({loaders_role, l, "loader-" + std::to_string(l), {}, 0, true});
-    for (size_t w = 0; w < cfg.workers; ++w)
-      parts.push_back({workers_role, w, "worker-" + std::to_string(w), {}, 0, true});
+    // nop
   }
 
-  participant& shard(size_t k) { return parts[k]; }
-  participant& loader(size_t l) { return parts[s->cfg.shards + l]; }
-  participant& worker(size_t w) { return parts[s->cfg.shards + s->cfg.loaders + w]; }
+  size_t shard_index(size_t k) const { return k; }
+  size_t loader_index(size_t l) const { return s->cfg.shards + l; }
+  size_t worker_index(size_t w) const { return s->cfg.shards + s->cfg.loaders + w; }
+  const caf::actor& shard(size_t k) const { return rp->handle(shard_index(k)); }
+  const caf::actor& loader(size_t l) const { return rp->handle(loader_index(l)); }
+  const caf::actor& worker(size_t w) const { return rp->handle(worker_index(w)); }
+
+  uint64_t attempt() const { return rp ? rp->attempt() : 0; }
 
   void fail(caf::error err) {
+    if (finished)
+      return;
     finished = true;
+    if (rp)
+      rp->stop();
     s->finish(std::move(err));
     self->quit();
   }
@@ -141,6 +148,8 @@ struct trainer_actor {
         return;
       }
     }
+    if (auto err = past_last_step(v.step))
+      return fail(std::move(err));
     v.fingerprint = s->fingerprint;
     // Find the role supervisors, then recover (resolve, probe, rewind) and run.
     auto left = std::make_shared<size_t>(3);
@@ -150,113 +159,103 @@ struct trainer_actor {
               [this, r, left](const caf::actor& sup) {
                 sups[r] = sup;
                 if (--*left == 0)
-                  recover();
+                  start_recovery();
               },
               [this](caf::error& err) { throw_error("cannot find a role supervisor", err); });
+  }
+
+  /// A state directory committed past the job's last step holds a longer
+  /// run: its result is not this job's, and rewinding would destroy it.
+  caf::error past_last_step(uint64_t step) const {
+    if (step <= s->cfg.steps)
+      return {};
+    return make_error(config_errc::invalid_job,
+                      "the state directory has committed step " + std::to_string(step) +
+                          ", past this job's last step " + std::to_string(s->cfg.steps) +
+                          ": run at least " + std::to_string(step) +
+                          " steps or use another state directory");
   }
 
   [[noreturn]] void throw_error(const std::string& what, const caf::error& err) {
     throw std::runtime_error(what + ": " + describe(err));
   }
 
-  /// Resolves every participant that is down, finds the last step that every
-  /// shard and loader has on disk, rewinds them all to it with a new attempt
-  /// number, then runs.
-  void recover() {
-    if (recovering) {
-      again = true;
-      return;
-    }
-    recovering = true;
-    again = false;
-    ++attempt;
-    cur = 0;
-    commits.clear();
-    auto att = attempt;
-    auto left = std::make_shared<size_t>(1);
-    auto resolved = [this, att, left] {
-      if (--*left != 0 || att != attempt)
-        return;
-      // More participants went down meanwhile: resolve them first (a message
-      // to a dead remote actor may get no answer at all).
-      if (again) {
-        recovering = false;
-        recover();
-        return;
-      }
-      probe_all();
-    };
-    for (auto& p : parts) {
-      if (!p.down)
-        continue;
-      ++*left;
-      auto idx = static_cast<size_t>(&p - parts.data());
-      self->request(sups[p.r], caf::infinite, resolve_atom::value, p.id, p.incarnation + 1)
-          .then(
-              [this, idx, resolved](const caf::actor& h) {
-                auto& q = parts[idx];
-                q.handle = h;
-                q.incarnation += 1;
-                q.down = false;
-                self->monitor(h);
-                resolved();
-              },
-              [this](caf::error& err) { throw_error("cannot resolve a restarted child", err); });
-    }
-    resolved();
-  }
-
   /// The committed step is the newest one that every shard and loader has on
   /// disk: checkpoints still on their way to the writer when a participant
   /// failed count too, so a crash loses only the step in flight.
-  void probe_all() {
-    auto att = attempt;
-    auto left = std::make_shared<size_t>(s->cfg.shards + s->cfg.loaders);
-    auto newest = std::make_shared<std::vector<std::pair<std::string, uint64_t>>>();
-    for (auto& p : parts) {
-      if (p.r == workers_role)
-        continue;
-      self->request(p.handle, recovery_timeout, probe_atom::value)
-          .then(
-              [this, att, left, newest, id = p.id](uint64_t step) {
-                newest->emplace_back(id, step);
-                if (att != attempt || --*left != 0)
-                  return;
-                if (again) {
-                  recovering = false;
-                  recover();
-                  return;
-                }
-                if (auto err = lost_state(*newest)) {
-                  fail(std::move(err));
-                  return;
-                }
-                uint64_t lowest = std::numeric_limits<uint64_t>::max();
-                for (auto& [who, n] : *newest)
-                  lowest = std::min(lowest, n);
-                set_committed(lowest);
-                rewind_all();
-              },
-              [this, att](caf::error& err) { on_error(att, err); });
-    }
+  void start_recovery() {
+    using rp_t = recovery_protocol;
+    const auto& cfg = s->cfg;
+    std::vector<rp_t::participant> parts;
+    for (size_t k = 0; k < cfg.shards; ++k)
+      parts.push_back({"shard-" + std::to_string(k), sups[shards_role], true, {}, 0, true, false});
+    for (size_t l = 0; l < cfg.loaders; ++l)
+      parts.push_back(
+          {"loader-" + std::to_string(l), sups[loaders_role], true, {}, 0, true, false});
+    for (size_t w = 0; w < cfg.workers; ++w)
+      parts.push_back(
+          {"worker-" + std::to_string(w), sups[workers_role], false, {}, 0, true, false});
+    rp_t::hooks h;
+    h.probe = [this](size_t, const caf::actor& hdl, rp_t::step_callback done) {
+      auto att = attempt();
+      self->request(hdl, recovery_timeout, probe_atom::value)
+          .then([done](uint64_t step) { done(step); },
+                [this, att, done](caf::error& err) { on_recovery_error(att, err, done); });
+    };
+    h.rewind = [this](size_t, const caf::actor& hdl, uint64_t step, rp_t::step_callback done) {
+      auto att = attempt();
+      self->request(hdl, recovery_timeout, rewind_atom::value, step, att)
+          .then([done](uint64_t restored) { done(restored); },
+                [this, att, done](caf::error& err) { on_recovery_error(att, err, done); });
+    };
+    h.probed = [this](uint64_t lowest, const std::vector<std::optional<uint64_t>>& newest) {
+      if (auto err = lost_state(newest))
+        return err;
+      if (auto err = past_last_step(lowest))
+        return err;
+      set_committed(lowest);
+      return caf::error{};
+    };
+    h.resume = [this](uint64_t) {
+      cur = 0;
+      commits.clear();
+      next();
+    };
+    h.failed = [this](caf::error err) { fail(std::move(err)); };
+    // A participant that is gone is resolved again (a timeout never gets here:
+    // see on_recovery_error). Any other error ends the job.
+    h.exits_by_itself = [](const caf::error& err) {
+      return err == caf::sec::request_receiver_down;
+    };
+    h.fails_job = [](const caf::error& err) { return !is_down_error(err); };
+    // A role supervisor that is gone (it was restarted): the trainer restarts
+    // and finds the new one.
+    h.unresolved = [this](size_t, const caf::error& err) {
+      throw_error("cannot resolve a restarted child", err);
+    };
+    // The role supervisors' restart intensity bounds the rounds.
+    rp = std::make_unique<rp_t>(self, std::move(parts), std::move(h), incarnation << 32,
+                                std::numeric_limits<size_t>::max());
+    rp->recover();
   }
 
   /// A participant without any saved state, in a job that has committed
   /// steps, lost its state (e.g. it restarted on a node that holds no copy of
   /// it): rolling everyone back to the start would lose the job's progress.
-  caf::error lost_state(const std::vector<std::pair<std::string, uint64_t>>& newest) const {
+  caf::error lost_state(const std::vector<std::optional<uint64_t>>& newest) const {
     uint64_t highest = 0;
-    for (auto& [who, n] : newest)
-      highest = std::max(highest, n);
+    for (auto& n : newest)
+      if (n)
+        highest = std::max(highest, *n);
     // Without a commit, a participant may be up to two steps ahead of one that
     // has nothing: at most the two checkpoints after the start.
     auto recorded = st->value().step;
     if (recorded == 0 && highest <= 2 * s->cfg.checkpoint_every)
       return {};
-    for (auto& [who, n] : newest)
-      if (n == 0)
+    for (size_t i = 0; i < newest.size(); ++i)
+      if (newest[i] && *newest[i] == 0)
         return make_error(state_errc::not_found,
-                          who + " has no saved state although the job has committed step " +
+                          rp->id(i) + " has no saved state although the job has committed step " +
                               std::to_string(std::max(recorded, committed)) +
                               " (others hold up to step " + std::to_string(highest) +
                               "): it restarted where its checkpoints are not; refusing to roll "
@@ -282,52 +281,27 @@ struct trainer_actor {
     }
   }
 
-  void rewind_all() {
-    auto att = attempt;
-    auto left = std::make_shared<size_t>(s->cfg.shards + s->cfg.loaders);
-    for (auto& p : parts) {
-      if (p.r == workers_role)
-        continue;
-      self->request(p.handle, recovery_timeout, rewind_atom::value, committed, att)
-          .then(
-              [this, att, left](uint64_t) {
-                if (att != attempt || --*left != 0)
-                  return;
-                recovering = false;
-                if (again)
-                  recover();
-                else
-                  next();
-              },
-              [this, att](caf::error& err) { on_error(att, err); });
-    }
+  /// A probe or rewind of attempt `att` failed: a participant that did not
+  /// answer in time starts a new round that asks everyone again (its node may
+  /// be gone, and then its down message marks it; or the answer was lost).
+  void on_recovery_error(uint64_t att, caf::error& err,
+                         const recovery_protocol::step_callback& done) {
+    if (err != caf::sec::request_timeout)
+      return done(std::move(err));
+    if (att == attempt() && !finished)
+      rp->recover();
   }
 
-  void on_error(uint64_t att, const caf::error& err) {
-    if (att != attempt || finished)
-      return;
-    if (is_down_error(err)) {
-      recovering = false;
-      recover(); // the down message marks who; a recovery round resolves them
-      return;
-    }
-    fail(err);
-  }
-
-  void on_down(const caf::down_msg& dm) {
-    for (auto& p : parts)
-      if (!p.down && p.handle && p.handle.address() == dm.source) {
-        p.down = true;
-        if (!finished)
-          recover();
-        return;
-      }
+  /// A request of attempt `att` to participant `index` failed.
+  void on_error(uint64_t att, size_t index, const caf::error& err) {
+    if (!finished)
+      rp->on_error(att, index, err);
   }
 
   std::vector<caf::actor> shard_handles() {
     std::vector<caf::actor> out;
     for (size_t k = 0; k < s->cfg.shards; ++k)
-      out.push_back(shard(k).handle);
+      out.push_back(shard(k));
     return out;
   }
 
@@ -335,7 +309,7 @@ struct trainer_actor {
   /// than the last applied one is not committed yet (so at most two steps are
   /// uncommitted: the one applied last and the one in flight).
   void next() {
-    if (recovering || finished || cur != 0)
+    if (rp->recovering() || finished || cur != 0)
       return;
     if (!commits.empty() && commits.begin()->first != done)
       return;
@@ -351,27 +325,27 @@ struct trainer_actor {
     applied = 0;
     auto shards = shard_handles();
     for (size_t w = 0; w < s->cfg.workers; ++w)
-      self->send(worker(w).handle, train_step_atom::value, step, attempt,
-                 loader(s->loader_of(w)).handle, shards);
+      self->send(worker(w), train_step_atom::value, step, attempt(), loader(s->loader_of(w)),
+                 shards);
     if (!s->checkpoint_step(step))
       return;
     commits[step];
-    auto att = attempt;
+    auto att = attempt();
     for (size_t l = 0; l < s->cfg.loaders; ++l)
-      self->request(loader(l).handle, caf::infinite, commit_atom::value, step)
+      self->request(loader(l), caf::infinite, commit_atom::value, step)
           .then(
               [this, att, step](uint64_t) {
                 auto i = commits.find(step);
-                if (att != attempt || i == commits.end())
+                if (att != attempt() || i == commits.end())
                   return;
                 ++i->second.loaders;
                 maybe_commit(step);
               },
-              [this, att](caf::error& err) { on_error(att, err); });
+              [this, att, l](caf::error& err) { on_error(att, loader_index(l), err); });
   }
 
   void on_applied(size_t k, uint64_t step, uint64_t att, float l) {
-    if (att != attempt || step != cur || recovering)
+    if (!rp || att != attempt() || step != cur || rp->recovering())
       return;
     if (k == 0)
       loss = l;
@@ -391,7 +365,7 @@ struct trainer_actor {
       return;
     }
     pull_params([this, att, step](std::vector<float> params) {
-      if (att != attempt)
+      if (att != attempt())
         return;
       auto& v = st->value();
       v.accuracy = evaluate(params);
@@ -402,7 +376,7 @@ struct trainer_actor {
 
   void on_stored(uint64_t step, uint64_t att) {
     auto i = commits.find(step);
-    if (att != attempt || i == commits.end())
+    if (!rp || att != attempt() || i == commits.end())
       return;
     ++i->second.stored;
     maybe_commit(step);
@@ -417,6 +391,7 @@ struct trainer_actor {
       return;
     commits.erase(i);
     committed = step;
+    rp->committed();
     st->value().step = step;
     bool last = step == s->cfg.steps;
     st->checkpoint(step, [this, step, last](caf::expected<uint64_t> r) {
@@ -455,24 +430,24 @@ struct trainer_actor {
   /// Pulls every shard's parameters (all after the same step) into one vector.
   template <class F>
   void pull_params(F then) {
-    auto att = attempt;
+    auto att = attempt();
     auto params = std::make_shared<std::vector<float>>(s->cfg.net->parameter_count());
     auto left = std::make_shared<size_t>(s->cfg.shards);
     for (size_t k = 0; k < s->cfg.shards; ++k)
-      self->request(shard(k).handle, caf::infinite, pull_atom::value)
+      self->request(shard(k), caf::infinite, pull_atom::value)
           .then(
               [this, k, params, left, then](uint64_t, const slice_ptr& slice) {
                 std::copy(slice->begin(), slice->end(), params->begin() + s->shard_first[k]);
                 if (--*left == 0)
                   then(std::move(*params));
               },
-              [this, att](caf::error& err) { on_error(att, err); });
+              [this, att, k](caf::error& err) { on_error(att, shard_index(k), err); });
   }
 
   void finish() {
-    auto att = attempt;
+    auto att = attempt();
     pull_params([this, att](std::vector<float> params) {
-      if (att != attempt || finished)
+      if (att != attempt() || finished)
         return;
       training_result r;
       r.steps = committed;
@@ -487,15 +462,17 @@ struct trainer_actor {
       v.eval_step = committed;
       report(committed);
       finished = true;
+      rp->stop();
       s->finish(std::move(r));
       self->quit();
     });
   }
 
   caf::behavior make() {
-    self->set_down_handler([this](caf::down_msg& dm) { on_down(dm); });
-    // Start from a message, so that the trainer counts as serving even when it
-    // then ends the job (a state directory of another job).
+    self->set_down_handler([this](caf::down_msg& dm) {
+      if (rp)
+        rp->on_down(dm);
+    });
     self->send(self, train_step_atom::value);
     return {
         [this](train_step_atom) { start(); },
@@ -514,19 +491,24 @@ child_spec make_trainer_spec(shared_ptr_t s) {
       "trainer", s->p,
       [s](caf::event_based_actor* self, std::shared_ptr<persistent<trainer_state>> st) {
         // Set by persistent_child before init: the job supervisor is the parent.
-        auto [job, incarnation] = s->job_supervisor();
-        auto a = std::make_shared<trainer_actor>(self, s, std::move(st), job, incarnation);
+        auto token = s->trainer_token();
+        auto a = std::make_shared<trainer_actor>(self, s, std::move(st), token.supervisor,
+                                                 token.incarnation);
+        // Serving from here on, even if its first message ends the job (a state
+        // directory of another job): readiness must not race with that exit.
+        announce_ready(token);
         self->attach_functor([a](const caf::error&) {});
         return a->make();
       });
   // Capture the parent and incarnation of each start.
   auto inner = spec.start;
   spec.start = [s, inner](child_context& ctx) -> caf::expected<caf::actor> {
-    s->set_job_supervisor(ctx.token.supervisor, ctx.incarnation);
+    s->set_trainer_token(ctx.token);
     return inner(ctx);
   };
   spec.restart = restart_type::transient;
+  spec.announces_ready = true;
   return spec;
 }
 
-} // namespace understudy
+} // namespace understudy::actors

@@ -11,10 +11,10 @@
 #include <caf/actor_system_config.hpp>
 
 #include "training_shared.hpp"
-#include "understudy/actors/splitmix64.hpp"
-#include "understudy/runtime/errors.hpp"
+#include "understudy/actors/numerics/splitmix64.hpp"
+#include "understudy/core/errors.hpp"
 
-namespace understudy {
+namespace understudy::actors {
 
 std::string to_string(fault_target x) {
   switch (x) {
@@ -234,6 +234,7 @@ uint64_t fingerprint(const training_config& cfg) {
 training_job::training_job(std::shared_ptr<shared> s) : s_(std::move(s)) {}
 
 void register_training_types(caf::actor_system_config& cfg) {
+  register_error_category<data_errc>(cfg);
   cfg.add_message_type<loader_stats>("understudy::loader_stats");
   cfg.add_message_type<shard_stats>("understudy::shard_stats");
   cfg.add_message_type<served_batch>("understudy::served_batch");
@@ -377,4 +378,4 @@ caf::expected<training_result> training_job::wait(std::chrono::milliseconds time
   return *s_->outcome;
 }
 
-} // namespace understudy
+} // namespace understudy::actors

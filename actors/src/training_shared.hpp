@@ -16,7 +16,7 @@
 
 #include "understudy/actors/training.hpp"
 
-namespace understudy {
+namespace understudy::actors {
 
 struct training_job::shared {
   training_config cfg;
@@ -47,15 +47,18 @@ struct training_job::shared {
   std::condition_variable cv;
   std::optional<caf::expected<training_result>> outcome;
 
-  /// The trainer's parent and incarnation, set by its start function.
-  void set_job_supervisor(caf::actor sup, uint64_t incarnation) {
+  /// The trainer's token (its parent, slot and incarnation), set by its start function.
+  /// Kept as an address: a strong handle here would keep the supervisor, which
+  /// holds this state, alive forever.
+  void set_trainer_token(const child_token& token) {
     std::lock_guard<std::mutex> guard{mtx};
-    job_sup_ = sup.address();
-    trainer_incarnation_ = incarnation;
+    job_sup_ = token.supervisor.address();
+    trainer_slot_ = token.slot;
+    trainer_incarnation_ = token.incarnation;
   }
-  std::pair<caf::actor, uint64_t> job_supervisor() {
+  child_token trainer_token() {
     std::lock_guard<std::mutex> guard{mtx};
-    return {caf::actor_cast<caf::actor>(job_sup_), trainer_incarnation_};
+    return {caf::actor_cast<caf::actor>(job_sup_), trainer_slot_, trainer_incarnation_};
   }
 
   /// Fires the (first unfired) fault for (target, index, step): true once.
@@ -97,6 +100,7 @@ struct training_job::shared {
 private:
   /// Weak: the supervisor's child specs hold this object.
   caf::actor_addr job_sup_;
+  uint64_t trainer_slot_ = 0;
   uint64_t trainer_incarnation_ = 0;
 };
 
@@ -106,4 +110,4 @@ child_spec make_loader_spec(std::shared_ptr<training_job::shared> s, size_t l);
 child_spec make_worker_spec(std::shared_ptr<training_job::shared> s, size_t w);
 child_spec make_trainer_spec(std::shared_ptr<training_job::shared> s);
 
-} // namespace understudy
+} // namespace understudy::actors

@@ -21,15 +21,18 @@
 #include "cluster_bench.hpp"
 #include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/training.hpp"
-#include "understudy/runtime/cluster.hpp"
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/runtime.hpp"
+#include "understudy/cluster/cluster.hpp"
+#include "understudy/cluster/etcd_coordinator.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/node/local_etcd.hpp"
+#include "understudy/state/runtime.hpp"
 
 namespace cluster_bench {
 
 namespace {
 
 using namespace understudy;
+using namespace understudy::actors;
 
 /// Heartbeats, deadline and connect timeout of every detection config (the issue's
 /// targets are stated for 100 ms heartbeats and a 1 s deadline).
@@ -39,13 +42,27 @@ constexpr const char* failure_detection_toml =
     "deadline = \"1s\"\n"
     "connection_timeout = \"2s\"\n\n";
 
-/// A cluster of "obs" and `peers` on loopback. The job is required by
-/// `understudy node`; its trainer (and so the whole tree) is placed on obs, which never
+/// A local etcd for a cluster of this bench, its data under `dir`; null and `error` if it
+/// cannot start.
+std::unique_ptr<local_etcd> start_etcd(const std::string& dir, std::string& error) {
+  local_etcd_options eo;
+  eo.data_dir = dir + "/etcd";
+  auto started = local_etcd::start(eo);
+  if (!started) {
+    error = "etcd: " + describe(started.error());
+    return nullptr;
+  }
+  return std::move(*started);
+}
+
+/// A cluster of "obs" and `peers` on loopback, coordinated by the etcd at `etcd_url`. The job is
+/// required by `understudy node`; its trainer (and so the whole tree) is placed on obs, which never
 /// starts it, so the peer processes only run their node agents.
 std::string detection_config(const std::string& dir, const std::vector<std::string>& peers,
-                             const std::vector<uint16_t>& ports) {
+                             const std::vector<uint16_t>& ports, const std::string& etcd_url) {
   std::string text = "[cluster]\nname = \"bench\"\n\n";
   text += failure_detection_toml;
+  text += "[cluster.coordination]\nendpoints = [\"" + etcd_url + "\"]\n\n";
   std::vector<std::string> names{"obs"};
   names.insert(names.end(), peers.begin(), peers.end());
   for (size_t i = 0; i < names.size(); ++i)
@@ -79,7 +96,7 @@ public:
   static std::unique_ptr<observer> start(const std::string& config_path, std::string& error) {
     std::unique_ptr<observer> obs{new observer};
     node_config_options nopts;
-    nopts.check_job = check_training_job;
+    nopts.sections.push_back(job_section());
     auto nc = load_node_config(config_path, nopts);
     if (!nc) {
       error = describe(nc.error());
@@ -98,7 +115,13 @@ public:
       error = describe(prepared.error());
       return nullptr;
     }
-    auto node = cluster_node::start(*obs->rt_, obs->nc_, "obs");
+    auto coord =
+        etcd_coordinator::create(obs->nc_.cluster.coordination, obs->nc_.cluster.name, "obs");
+    if (!coord) {
+      error = describe(coord.error());
+      return nullptr;
+    }
+    auto node = cluster_node::start(*obs->rt_, obs->nc_, "obs", nullptr, {}, *coord);
     if (!node) {
       error = describe(node.error());
       return nullptr;
@@ -258,8 +281,11 @@ group_result measure_detection(const options& opts, watchdog& dog, bool kill, bo
     out.error = "no scratch directory or no free ports";
     return out;
   }
+  auto etcd = start_etcd(dir.path, out.error);
+  if (!etcd)
+    return out;
   auto config = dir.path + "/detect.toml";
-  if (!write_file(config, detection_config(dir.path, {"peer"}, ports))) {
+  if (!write_file(config, detection_config(dir.path, {"peer"}, ports, etcd->client_url()))) {
     out.error = "cannot write " + config;
     return out;
   }
@@ -305,8 +331,11 @@ group_result measure_detection(const options& opts, watchdog& dog, bool kill, bo
       out.figures.push_back(p90);
     } else {
       auto med = ms_figure("detect_sigstop_median", bench::median(dead));
-      med.target = "<= 1000 ms";
-      med.met = med.value <= 1000;
+      // A frozen peer is reported a deadline after the beat that was due (so
+      // that a pause shorter than the deadline never is) and declared by etcd:
+      // the coordination issue's target for a frozen node is 1.2 s.
+      med.target = "<= 1200 ms";
+      med.met = med.value <= 1200;
       med.notes.push_back(runs +
                           ", 100 ms heartbeats, 1 s deadline; SIGSTOP to "
                           "peer_state::dead: " +
@@ -334,8 +363,11 @@ group_result measure_false_suspicions(const options& opts, watchdog& dog) {
     out.error = "no scratch directory or no free ports";
     return out;
   }
+  auto etcd = start_etcd(dir.path, out.error);
+  if (!etcd)
+    return out;
   auto config = dir.path + "/load.toml";
-  if (!write_file(config, detection_config(dir.path, {"p1", "p2"}, ports))) {
+  if (!write_file(config, detection_config(dir.path, {"p1", "p2"}, ports, etcd->client_url()))) {
     out.error = "cannot write " + config;
     return out;
   }

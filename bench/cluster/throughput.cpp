@@ -35,11 +35,11 @@
 #include <caf/send.hpp>
 
 #include "cluster_bench.hpp"
-#include "understudy/runtime/cluster.hpp"
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/node_config.hpp"
-#include "understudy/runtime/runtime.hpp"
-#include "understudy/runtime/security.hpp"
+#include "understudy/cluster/cluster.hpp"
+#include "understudy/cluster/security.hpp"
+#include "understudy/config/node_config.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/state/runtime.hpp"
 
 namespace cluster_bench {
 

@@ -46,23 +46,24 @@
 #include <caf/scoped_actor.hpp>
 
 #include "report.hpp"
-#include "understudy/actors/mlp.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/core/errors.hpp"
 #include "understudy/gpu/backend.hpp"
 #include "understudy/gpu/device.hpp"
 #include "understudy/gpu/errors.hpp"
 #include "understudy/gpu/gpu_actor.hpp"
 #include "understudy/gpu/gpu_rank.hpp"
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/state_store.hpp"
-#include "understudy/runtime/state_writer.hpp"
-#include "understudy/runtime/supervisor.hpp"
-#include "understudy/runtime/tensor_recycler.hpp"
+#include "understudy/state/state_store.hpp"
+#include "understudy/state/state_writer.hpp"
+#include "understudy/state/tensor_recycler.hpp"
+#include "understudy/supervision/supervisor.hpp"
 
 extern char** environ;
 
 namespace {
 
 using namespace understudy;
+using namespace understudy::actors;
 namespace ug = understudy::gpu;
 using clock_type = std::chrono::steady_clock;
 

@@ -70,14 +70,14 @@
 #include <caf/system_messages.hpp>
 
 #include "report.hpp"
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/persistent.hpp"
-#include "understudy/runtime/runtime.hpp"
-#include "understudy/runtime/state_store.hpp"
-#include "understudy/runtime/state_writer.hpp"
-#include "understudy/runtime/supervision_event.hpp"
-#include "understudy/runtime/supervisor.hpp"
+#include "understudy/core/errors.hpp"
 #include "understudy/schema/state.capnp.h"
+#include "understudy/state/persistent.hpp"
+#include "understudy/state/runtime.hpp"
+#include "understudy/state/state_store.hpp"
+#include "understudy/state/state_writer.hpp"
+#include "understudy/supervision/supervision_event.hpp"
+#include "understudy/supervision/supervisor.hpp"
 
 namespace {
 

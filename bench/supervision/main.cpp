@@ -43,9 +43,9 @@
 #include <caf/typed_response_promise.hpp>
 
 #include "report.hpp"
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/runtime.hpp"
-#include "understudy/runtime/supervisor.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/state/runtime.hpp"
+#include "understudy/supervision/supervisor.hpp"
 
 namespace {
 

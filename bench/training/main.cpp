@@ -28,14 +28,15 @@
 #include <vector>
 
 #include "report.hpp"
-#include "understudy/actors/mlp.hpp"
-#include "understudy/actors/splitmix64.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/actors/numerics/splitmix64.hpp"
 #include "understudy/actors/training.hpp"
-#include "understudy/runtime/runtime.hpp"
+#include "understudy/state/runtime.hpp"
 
 namespace {
 
 using namespace understudy;
+using namespace understudy::actors;
 using clock_type = std::chrono::steady_clock;
 
 struct options {

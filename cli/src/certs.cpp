@@ -8,9 +8,10 @@
 #include <caf/message.hpp>
 
 #include "inspect.hpp"
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/node_config.hpp"
-#include "understudy/runtime/security.hpp"
+#include "understudy/actors/job_config.hpp"
+#include "understudy/cluster/security.hpp"
+#include "understudy/config/node_config.hpp"
+#include "understudy/core/errors.hpp"
 
 namespace understudy::cli {
 
@@ -18,9 +19,8 @@ namespace {
 
 /// A security error's own message (it names the file), others as `describe` renders them.
 std::string message_of(const caf::error& err) {
-  if (err.category() == security_category && err.context().match_elements<std::string>())
-    return err.context().get_as<std::string>(0);
-  return describe(err);
+  auto details = error_context(err);
+  return err.category() == security_category && !details.empty() ? details : describe(err);
 }
 
 } // namespace
@@ -40,7 +40,7 @@ CLI::App* add_certs_command(CLI::App& app, certs_options& opts) {
 
 int run_certs(const certs_options& opts, std::ostream& out, std::ostream& err) {
   const std::string prog = "understudy certs: ";
-  auto config = load_node_config(opts.config_file);
+  auto config = load_node_config(opts.config_file, actors::job_config_options());
   if (!config) {
     err << prog << describe(config.error()) << '\n';
     return exit_failure;

@@ -11,8 +11,8 @@
 
 #include <CLI/CLI.hpp>
 
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/state_store.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/state/state_store.hpp"
 
 namespace understudy::cli {
 
@@ -348,6 +348,57 @@ std::string json_string(std::string_view s) {
   return out;
 }
 
+namespace {
+
+/// Totals over the inspected versions.
+struct inspect_summary {
+  size_t paths = 0;
+  uint64_t bytes = 0;
+  size_t corrupt = 0;
+  size_t deleted = 0;
+  size_t failed = 0;
+};
+
+inspect_summary summarize(const std::vector<version_row>& rows, size_t paths,
+                          size_t unreadable_paths) {
+  inspect_summary sum;
+  sum.paths = paths;
+  sum.failed = unreadable_paths;
+  for (const auto& row : rows) {
+    if (row.has_header)
+      sum.bytes += row.info.payload_size + row.info.tensor_size;
+    sum.corrupt += row.result == outcome::corrupt ? 1 : 0;
+    sum.deleted += row.result == outcome::deleted ? 1 : 0;
+    sum.failed += row.result == outcome::failed ? 1 : 0;
+  }
+  return sum;
+}
+
+/// The summary object (--json) or the table and its summary line.
+void print_summary(std::ostream& out, const inspect_options& opts,
+                   const std::vector<version_row>& rows, const inspect_summary& sum,
+                   std::chrono::system_clock::time_point now) {
+  if (opts.json) {
+    out << "{\"type\":\"summary\",\"directory\":" << json_string(opts.directory)
+        << ",\"paths\":" << sum.paths << ",\"versions\":" << rows.size()
+        << ",\"bytes\":" << sum.bytes << ",\"corrupt\":" << sum.corrupt
+        << ",\"deleted\":" << sum.deleted << ",\"errors\":" << sum.failed << "}\n";
+    return;
+  }
+  if (!rows.empty())
+    print_table(out, rows, now);
+  out << sum.paths << (sum.paths == 1 ? " path, " : " paths, ") << rows.size()
+      << (rows.size() == 1 ? " version, " : " versions, ") << format_bytes(sum.bytes) << ", "
+      << sum.corrupt << " corrupt";
+  if (sum.deleted > 0)
+    out << ", " << sum.deleted << " deleted while inspecting";
+  if (sum.failed > 0)
+    out << ", " << sum.failed << " unreadable";
+  out << '\n';
+}
+
+} // namespace
+
 CLI::App* add_inspect_command(CLI::App& app, inspect_options& opts) {
   auto* sub = app.add_subcommand(
       "inspect",
@@ -417,38 +468,12 @@ int run_inspect(const inspect_options& opts, std::ostream& out, std::ostream& er
     if (opts.json)
       out.flush();
   }
-  uint64_t bytes = 0;
-  size_t corrupt = 0;
-  size_t deleted = 0;
-  size_t failed = unreadable_paths;
-  for (auto& row : rows) {
-    if (row.has_header)
-      bytes += row.info.payload_size + row.info.tensor_size;
-    corrupt += row.result == outcome::corrupt ? 1 : 0;
-    deleted += row.result == outcome::deleted ? 1 : 0;
-    failed += row.result == outcome::failed ? 1 : 0;
-  }
-  if (opts.json) {
-    out << "{\"type\":\"summary\",\"directory\":" << json_string(opts.directory)
-        << ",\"paths\":" << path_count << ",\"versions\":" << rows.size() << ",\"bytes\":" << bytes
-        << ",\"corrupt\":" << corrupt << ",\"deleted\":" << deleted << ",\"errors\":" << failed
-        << "}\n";
-  } else {
-    if (!rows.empty())
-      print_table(out, rows, now);
-    out << path_count << (path_count == 1 ? " path, " : " paths, ") << rows.size()
-        << (rows.size() == 1 ? " version, " : " versions, ") << format_bytes(bytes) << ", "
-        << corrupt << " corrupt";
-    if (deleted > 0)
-      out << ", " << deleted << " deleted while inspecting";
-    if (failed > 0)
-      out << ", " << failed << " unreadable";
-    out << '\n';
-  }
+  auto sum = summarize(rows, path_count, unreadable_paths);
+  print_summary(out, opts, rows, sum, now);
   out.flush();
-  if (failed > 0)
+  if (sum.failed > 0)
     return exit_failure;
-  return corrupt > 0 ? exit_corrupt : exit_ok;
+  return sum.corrupt > 0 ? exit_corrupt : exit_ok;
 }
 
 } // namespace understudy::cli

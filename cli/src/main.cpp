@@ -12,11 +12,11 @@
 #include "inspect.hpp"
 #include "node.hpp"
 #include "understudy/actors/cluster_training.hpp"
-#include "understudy/runtime/version.hpp"
+#include "understudy/core/version.hpp"
 
 int main(int argc, char** argv) {
   // A process that a node started to host an isolated actor of its job.
-  if (auto status = understudy::host_isolated_training_actor())
+  if (auto status = understudy::actors::host_isolated_training_actor())
     return *status;
   namespace cli = understudy::cli;
   CLI::App app{"understudy: a fault-tolerant actor runtime for training jobs", "understudy"};
@@ -26,11 +26,11 @@ int main(int argc, char** argv) {
   auto* inspect_cmd = cli::add_inspect_command(app, inspect);
   cli::certs_options certs;
   auto* certs_cmd = cli::add_certs_command(app, certs);
-  cli::node_options node;
+  understudy::node_options node;
   auto* node_cmd = cli::add_node_command(app, node);
-  cli::launch_options launch;
+  understudy::launch_options launch;
   auto* launch_cmd = cli::add_launch_command(app, launch);
-  cli::status_options status;
+  understudy::status_options status;
   auto* status_cmd = cli::add_status_command(app, status);
   try {
     app.parse(argc, argv);
@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   if (*certs_cmd)
     return cli::run_certs(certs, std::cout, std::cerr);
   if (*node_cmd)
-    return cli::run_node(node, argv[0]);
+    return cli::run_node(node);
   if (*launch_cmd)
     return cli::run_launch(launch, argv[0]);
   if (*status_cmd)

@@ -1,9 +1,12 @@
 #pragma once
-// `understudy node FILE --name N` runs one node of a cluster; `understudy
-// launch FILE` runs every node of FILE on this machine, each as a process.
+// `understudy node FILE --name N` runs one node of a cluster, `understudy
+// status FILE` asks every node for its status, `understudy launch FILE` runs
+// every node of FILE on this machine, each as a process. The node library
+// (understudy/node/) does the work, with the training job as its component;
+// these parse the options and call it.
 
-#include <string>
-#include <vector>
+#include "understudy/node/launcher.hpp"
+#include "understudy/node/node.hpp"
 
 namespace CLI {
 class App;
@@ -11,50 +14,26 @@ class App;
 
 namespace understudy::cli {
 
-/// Options of `understudy node`.
-struct node_options {
-  std::string file;
-  std::string name;
-};
-
 /// Adds the `node` subcommand to `app`.
 CLI::App* add_node_command(CLI::App& app, node_options& opts);
 
-/// Runs the node until its job ends (the leader), a peer or a signal stops
-/// it, or the cluster fences it. Exit codes: 0 done, 2 bad config or start
-/// failure, 3 fenced (declared dead by the cluster), 4 the job failed.
-int run_node(const node_options& opts, const char* argv0);
-
-/// Options of `understudy status`.
-struct status_options {
-  std::string file;
-  /// The node whose certificate the query presents (clusters with TLS).
-  std::string as;
-};
+/// Runs the node (understudy::run_node with the training job); its exit code
+/// (understudy::exit_code): 0 done, 2 bad config or start failure, 3 fenced,
+/// 4 the job failed.
+int run_node(node_options opts);
 
 /// Adds the `status` subcommand to `app`.
 CLI::App* add_status_command(CLI::App& app, status_options& opts);
 
-/// Prints every node's status report (health of its peers, and on the leader
-/// the supervision tree with placement, incarnations, restarts and recent
-/// events). Exit codes: 0, 1 no node reachable, 2 bad config.
-int run_status(const status_options& opts);
-
-/// Options of `understudy launch`.
-struct launch_options {
-  std::string file;
-  /// "NODE@STEP": SIGKILL the node's process once the job reaches STEP.
-  std::vector<std::string> kills;
-  /// "NODE@STEP:DURATION": SIGSTOP it at STEP, SIGCONT after DURATION (e.g. 3s).
-  std::vector<std::string> freezes;
-};
+/// Prints every node's status report (understudy::run_status). Exit codes:
+/// 0, 1 no node reachable, 2 bad config.
+int run_status(status_options opts);
 
 /// Adds the `launch` subcommand to `app`.
 CLI::App* add_launch_command(CLI::App& app, launch_options& opts);
 
-/// Starts every node of the file as `argv0 node FILE --name N`, prefixes their
-/// output with the node's name, applies the kills and freezes, and stops every
-/// node when the job ends or on SIGINT/SIGTERM. Returns the leader's exit code.
-int run_launch(const launch_options& opts, const char* argv0);
+/// Starts every node of the file as `argv0 node FILE --name N`
+/// (understudy::run_launch). Returns the leader's exit code.
+int run_launch(launch_options opts, const char* argv0);
 
 } // namespace understudy::cli

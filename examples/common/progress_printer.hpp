@@ -20,7 +20,7 @@ class progress_printer {
 public:
   explicit progress_printer(bool tty) : tty_(tty) {}
 
-  void update(const training_progress& p) {
+  void update(const actors::training_progress& p) {
     std::lock_guard<std::mutex> guard{mtx_};
     auto now = clock_type::now();
     if (!first_) {

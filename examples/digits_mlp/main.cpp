@@ -28,14 +28,15 @@
 #include <CLI/CLI.hpp>
 
 #include "../common/progress_printer.hpp"
-#include "understudy/actors/dataset.hpp"
-#include "understudy/actors/mlp.hpp"
+#include "understudy/actors/numerics/dataset.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/actors/training.hpp"
-#include "understudy/runtime/runtime.hpp"
+#include "understudy/state/runtime.hpp"
 
 namespace {
 
 using namespace understudy;
+using namespace understudy::actors;
 using understudy::examples::progress_printer;
 using clock_type = std::chrono::steady_clock;
 
@@ -181,6 +182,8 @@ int main(int argc, char** argv) {
   auto result = job->wait(std::chrono::hours(24));
   printer.end();
   rt.stop(*tree);
+  if (!result && is(result.error(), config_errc::invalid_job))
+    return usage(rt.render(result.error()));
   if (!result) {
     std::fprintf(stderr, "digits_mlp: the job failed: %s\n", rt.render(result.error()).c_str());
     return 1;

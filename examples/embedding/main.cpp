@@ -10,7 +10,7 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
-#include "understudy/runtime/runtime.hpp"
+#include "understudy/state/runtime.hpp"
 
 using namespace std::chrono_literals;
 using crash_atom = caf::atom_constant<caf::atom("crash")>;

@@ -45,9 +45,10 @@
 #include <caf/scoped_actor.hpp>
 
 #include "../common/progress_printer.hpp"
-#include "understudy/actors/dataset.hpp"
-#include "understudy/actors/mlp.hpp"
-#include "understudy/actors/splitmix64.hpp"
+#include "understudy/actors/numerics/dataset.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/actors/numerics/splitmix64.hpp"
+#include "understudy/actors/recovery.hpp"
 #include "understudy/actors/training.hpp"
 #include "understudy/gpu/collective.hpp"
 #include "understudy/gpu/device.hpp"
@@ -55,15 +56,16 @@
 #include "understudy/gpu/errors.hpp"
 #include "understudy/gpu/gpu_actor.hpp"
 #include "understudy/gpu/gpu_rank.hpp"
-#include "understudy/runtime/state_store.hpp"
-#include "understudy/runtime/state_writer.hpp"
-#include "understudy/runtime/supervision_event.hpp"
-#include "understudy/runtime/supervisor.hpp"
-#include "understudy/runtime/tensor_recycler.hpp"
+#include "understudy/state/state_store.hpp"
+#include "understudy/state/state_writer.hpp"
+#include "understudy/state/tensor_recycler.hpp"
+#include "understudy/supervision/supervision_event.hpp"
+#include "understudy/supervision/supervisor.hpp"
 
 namespace {
 
 using namespace understudy;
+using namespace understudy::actors;
 using understudy::examples::progress_printer;
 namespace ug = understudy::gpu;
 using clock_type = std::chrono::steady_clock;
@@ -328,114 +330,69 @@ std::pair<std::vector<float>, std::vector<uint32_t>> batch_of(
 /// `(start_atom)`: the trainer's first message to itself.
 using start_atom = caf::atom_constant<caf::atom("gm_start")>;
 
-struct participant {
-  std::string id;
-  caf::actor handle;
-  uint64_t incarnation = 0;
-  bool down = true;
-  bool resolving = false;
-};
-
+/// Drives the steps; recovers through the training component's recovery
+/// protocol (understudy/actors/recovery.hpp): the ranks are its stateful
+/// participants, the collective group a stateless one.
 class trainer_actor {
 public:
   trainer_actor(caf::event_based_actor* self, shared_ptr_t s, caf::actor job, uint64_t incarnation)
-      : self_(self), s_(std::move(s)), job_(std::move(job)) {
-    attempt_ = incarnation << 32;
-    for (size_t r = 0; r < s_->workers; ++r)
-      parts_.push_back({s_->rank_id(r), {}, 0, true, false});
-    parts_.push_back({"group", {}, 0, true, false});
+      : self_(self), s_(std::move(s)), job_(std::move(job)), incarnation_(incarnation) {
+    // nop
   }
 
   caf::behavior make() {
-    self_->set_down_handler([this](caf::down_msg& dm) { on_down(dm); });
+    self_->set_down_handler([this](caf::down_msg& dm) {
+      if (rp_)
+        rp_->on_down(dm);
+    });
     self_->send(self_, start_atom::value);
     return {
         [this](start_atom) {
           self_->request(job_, caf::infinite, resolve_atom::value, std::string{"ranks"})
-              .then(
-                  [this](const caf::actor& sup) {
-                    ranks_sup_ = sup;
-                    recover();
-                  },
-                  [](caf::error& err) {
-                    throw std::runtime_error("cannot find the ranks: " + describe(err));
-                  });
+              .then([this](const caf::actor& sup) { start(sup); },
+                    [](caf::error& err) {
+                      throw std::runtime_error("cannot find the ranks: " + describe(err));
+                    });
         },
     };
   }
 
 private:
-  static constexpr size_t group_index = SIZE_MAX;
+  size_t group_index() const { return s_->workers; }
 
-  participant& group() { return parts_.back(); }
+  const caf::actor& rank(size_t r) const { return rp_->handle(r); }
 
-  participant& part(size_t i) { return i == group_index ? group() : parts_[i]; }
+  uint64_t attempt() const { return rp_->attempt(); }
 
   // -- recovery ---------------------------------------------------------------------------
 
-  /// Starts a recovery round (abandoning the step in flight and any earlier
-  /// round): resolves the participants that are down, finds the newest step
-  /// that every rank has on disk, rewinds every rank to it, and runs from there.
-  void recover() {
-    if (finished_)
-      return;
-    if (++recoveries_since_commit_ > 200)
-      return fail(make_error(caf::sec::runtime_error,
-                             "gpu_mlp: 200 recoveries in a row without a committed step"));
-    recovering_ = true;
-    ++attempt_;
-    cur_ = 0;
-    for (size_t i = 0; i < parts_.size(); ++i)
-      if (parts_[i].down && !parts_[i].resolving)
-        resolve(i);
-    maybe_probe();
-  }
-
-  void resolve(size_t i) {
-    auto& p = parts_[i];
-    p.resolving = true;
-    self_->request(ranks_sup_, caf::infinite, resolve_atom::value, p.id, p.incarnation + 1)
-        .then(
-            [this, i](const caf::actor& h) {
-              auto& q = parts_[i];
-              q.resolving = false;
-              q.handle = h;
-              q.incarnation += 1;
-              q.down = false;
-              self_->monitor(h);
-              maybe_probe();
-            },
-            [this](caf::error& err) {
-              fail(make_error(caf::sec::runtime_error,
-                              "gpu_mlp: cannot resolve a restarted actor: " + describe(err)));
-            });
-  }
-
-  void maybe_probe() {
-    if (!recovering_ || probed_ == attempt_)
-      return;
-    for (const auto& p : parts_)
-      if (p.down || p.resolving)
-        return;
-    probed_ = attempt_;
-    probe_all();
-  }
-
-  void probe_all() {
-    auto att = attempt_;
-    auto left = std::make_shared<size_t>(s_->workers);
-    auto lowest = std::make_shared<uint64_t>(UINT64_MAX);
+  void start(const caf::actor& ranks_sup) {
+    std::vector<recovery_protocol::participant> parts;
     for (size_t r = 0; r < s_->workers; ++r)
-      self_->request(parts_[r].handle, caf::infinite, ug::rank_probe_atom::value)
-          .then(
-              [this, att, left, lowest](uint64_t newest) {
-                *lowest = std::min(*lowest, newest);
-                if (att != attempt_ || --*left != 0)
-                  return;
-                set_committed(*lowest);
-                rewind_all();
-              },
-              [this, att, r](caf::error& err) { on_error(att, r, err); });
+      parts.push_back({s_->rank_id(r), ranks_sup, true, {}, 0, true, false});
+    parts.push_back({"group", ranks_sup, false, {}, 0, true, false});
+    recovery_protocol::hooks h;
+    h.probe = [this](size_t, const caf::actor& hdl, recovery_protocol::step_callback done) {
+      self_->request(hdl, caf::infinite, ug::rank_probe_atom::value)
+          .then([done](uint64_t newest) { done(newest); },
+                [done](caf::error& err) { done(std::move(err)); });
+    };
+    h.rewind = [this](size_t, const caf::actor& hdl, uint64_t step,
+                      recovery_protocol::step_callback done) {
+      self_->request(hdl, caf::infinite, ug::rank_restore_atom::value, step)
+          .then([done](uint64_t restored) { done(restored); },
+                [done](caf::error& err) { done(std::move(err)); });
+    };
+    h.resume = [this](uint64_t committed) {
+      set_committed(committed);
+      cur_ = 0;
+      next();
+    };
+    h.failed = [this](caf::error err) { fail(std::move(err)); };
+    h.exits_by_itself = exits_by_itself;
+    rp_ = std::make_unique<recovery_protocol>(self_, std::move(parts), std::move(h),
+                                              incarnation_ << 32);
+    rp_->recover();
   }
 
   void set_committed(uint64_t step) {
@@ -450,28 +407,6 @@ private:
       s_->started(committed_);
   }
 
-  void rewind_all() {
-    auto att = attempt_;
-    auto left = std::make_shared<size_t>(s_->workers);
-    for (size_t r = 0; r < s_->workers; ++r)
-      self_->request(parts_[r].handle, caf::infinite, ug::rank_restore_atom::value, committed_)
-          .then(
-              [this, att, left, r](uint64_t step) {
-                if (att != attempt_)
-                  return;
-                if (step != committed_)
-                  return fail(make_error(state_errc::not_found,
-                                         "gpu_mlp: " + s_->rank_id(r) + " restored step " +
-                                             std::to_string(step) + ", not the committed step " +
-                                             std::to_string(committed_)));
-                if (--*left != 0)
-                  return;
-                recovering_ = false;
-                next();
-              },
-              [this, att, r](caf::error& err) { on_error(att, r, err); });
-  }
-
   /// Whether a participant that answered `err` exits by itself: a GPU actor
   /// after a CUDA error (its process after a sticky one), a group after a
   /// failed collective, or one that is gone already.
@@ -483,34 +418,16 @@ private:
            err.category() == process_category;
   }
 
-  /// A request to participant `i` failed: it restarts (let it crash: one that
-  /// answered with an error and lives on is stopped, so that its supervisor
-  /// restarts it) and a recovery round resolves it again.
   void on_error(uint64_t att, size_t i, const caf::error& err) {
-    if (att != attempt_ || finished_)
-      return;
-    auto& p = part(i);
-    if (!p.down) {
-      p.down = true;
-      if (!exits_by_itself(err))
-        self_->send_exit(p.handle, err ? err : caf::make_error(caf::sec::runtime_error));
-    }
-    recover();
-  }
-
-  void on_down(const caf::down_msg& dm) {
-    for (auto& p : parts_)
-      if (!p.down && p.handle && p.handle.address() == dm.source) {
-        p.down = true;
-        recover();
-        return;
-      }
+    if (!finished_)
+      rp_->on_error(att, i, err);
   }
 
   void fail(caf::error err) {
     if (finished_)
       return;
     finished_ = true;
+    rp_->stop();
     s_->finish(std::move(err));
     self_->quit();
   }
@@ -518,7 +435,7 @@ private:
   // -- steps ------------------------------------------------------------------------------
 
   void next() {
-    if (recovering_ || finished_ || cur_ != 0)
+    if (rp_->recovering() || finished_ || cur_ != 0)
       return;
     if (done_ >= s_->steps)
       return finish();
@@ -527,23 +444,23 @@ private:
     if (s_->fire(fault_target::trainer, 0, step))
       throw std::runtime_error("injected fault trainer@" + std::to_string(step));
     cur_ = step;
-    auto att = attempt_;
+    auto att = attempt();
     for (size_t r = 0; r < s_->workers; ++r)
       if (s_->fire(fault_target::worker, r, step))
-        self_->send_exit(parts_[r].handle, make_error(caf::sec::runtime_error,
-                                                      "injected fault worker:" + std::to_string(r) +
-                                                          "@" + std::to_string(step)));
+        self_->send_exit(rank(r), make_error(caf::sec::runtime_error,
+                                             "injected fault worker:" + std::to_string(r) + "@" +
+                                                 std::to_string(step)));
     auto left = std::make_shared<size_t>(s_->workers);
     auto loss = std::make_shared<double>(0.0);
     for (size_t r = 0; r < s_->workers; ++r) {
       auto [inputs, labels] = batch_of(*s_, step, r, orders_);
       const bool fault = s_->fire(fault_target::gpu, r, step);
       self_
-          ->request(parts_[r].handle, caf::infinite, ug::gpu_run_atom::value,
+          ->request(rank(r), caf::infinite, ug::gpu_run_atom::value,
                     gradient_batch(*s_, std::move(inputs), std::move(labels), fault))
           .then(
               [this, att, step, left, loss](ug::batch_result& res) {
-                if (att != attempt_ || step != cur_)
+                if (att != attempt() || step != cur_)
                   return;
                 double sum = 0;
                 for (float x : res.downloads.at(0))
@@ -557,27 +474,27 @@ private:
   }
 
   void reduce(uint64_t step, float loss) {
-    auto att = attempt_;
+    auto att = attempt();
     std::vector<ug::slice> grads(s_->workers, ug::whole(buffers::grad, s_->net->parameter_count()));
-    self_->request(group().handle, caf::infinite, ug::all_reduce_atom::value, std::move(grads))
+    self_
+        ->request(rp_->handle(group_index()), caf::infinite, ug::all_reduce_atom::value,
+                  std::move(grads))
         .then(
             [this, att, step, loss](caf::ok_atom) {
-              if (att == attempt_ && step == cur_)
+              if (att == attempt() && step == cur_)
                 update(step, loss);
             },
-            [this, att](caf::error& err) { on_error(att, group_index, err); });
+            [this, att](caf::error& err) { on_error(att, group_index(), err); });
   }
 
   void update(uint64_t step, float loss) {
-    auto att = attempt_;
+    auto att = attempt();
     auto left = std::make_shared<size_t>(s_->workers);
     for (size_t r = 0; r < s_->workers; ++r)
-      self_
-          ->request(parts_[r].handle, caf::infinite, ug::gpu_run_atom::value,
-                    update_batch(*s_, step))
+      self_->request(rank(r), caf::infinite, ug::gpu_run_atom::value, update_batch(*s_, step))
           .then(
               [this, att, step, loss, left](ug::batch_result&) {
-                if (att != attempt_ || step != cur_ || --*left != 0)
+                if (att != attempt() || step != cur_ || --*left != 0)
                   return;
                 applied(step, loss);
               },
@@ -591,16 +508,16 @@ private:
       report(step);
       return evaluate_then_next(step);
     }
-    auto att = attempt_;
+    auto att = attempt();
     auto left = std::make_shared<size_t>(s_->workers);
     for (size_t r = 0; r < s_->workers; ++r)
-      self_->request(parts_[r].handle, caf::infinite, ug::rank_checkpoint_atom::value, step)
+      self_->request(rank(r), caf::infinite, ug::rank_checkpoint_atom::value, step)
           .then(
               [this, att, step, left](uint64_t) {
-                if (att != attempt_ || step != cur_ || --*left != 0)
+                if (att != attempt() || step != cur_ || --*left != 0)
                   return;
                 committed_ = step;
-                recoveries_since_commit_ = 0;
+                rp_->committed();
                 report(step);
                 evaluate_then_next(step);
               },
@@ -611,9 +528,9 @@ private:
     cur_ = 0;
     if (s_->eval_every == 0 || step % s_->eval_every != 0 || step == s_->steps)
       return next();
-    auto att = attempt_;
+    auto att = attempt();
     pull_params(0, [this, att](std::vector<float> params) {
-      if (att != attempt_)
+      if (att != attempt())
         return;
       accuracy_ = accuracy(*s_->net, params.data(), s_->test->view());
       next();
@@ -622,10 +539,10 @@ private:
 
   template <class F>
   void pull_params(size_t r, F then) {
-    auto att = attempt_;
+    auto att = attempt();
     ug::op_batch b;
     b.download(ug::whole(buffers::params, s_->net->parameter_count()));
-    self_->request(parts_[r].handle, caf::infinite, ug::gpu_run_atom::value, std::move(b))
+    self_->request(rank(r), caf::infinite, ug::gpu_run_atom::value, std::move(b))
         .then([then](ug::batch_result& res) mutable { then(std::move(res.downloads.at(0))); },
               [this, att, r](caf::error& err) { on_error(att, r, err); });
   }
@@ -645,12 +562,12 @@ private:
 
   /// Reads every rank's parameters: they must be the same bits on all.
   void finish() {
-    auto att = attempt_;
+    auto att = attempt();
     auto all = std::make_shared<std::vector<std::vector<float>>>(s_->workers);
     auto left = std::make_shared<size_t>(s_->workers);
     for (size_t r = 0; r < s_->workers; ++r)
       pull_params(r, [this, att, all, left, r](std::vector<float> params) {
-        if (att != attempt_ || finished_)
+        if (att != attempt() || finished_)
           return;
         (*all)[r] = std::move(params);
         if (--*left != 0)
@@ -670,6 +587,7 @@ private:
         accuracy_ = res.accuracy;
         report(committed_);
         finished_ = true;
+        rp_->stop();
         s_->finish(std::move(res));
         self_->quit();
       });
@@ -678,16 +596,12 @@ private:
   caf::event_based_actor* self_;
   shared_ptr_t s_;
   caf::actor job_;
-  caf::actor ranks_sup_;
-  std::vector<participant> parts_;
-  uint64_t attempt_ = 0;
+  uint64_t incarnation_;
+  std::unique_ptr<recovery_protocol> rp_;
   uint64_t committed_ = 0;
   uint64_t done_ = 0;
   uint64_t cur_ = 0;
-  uint64_t probed_ = 0;
-  bool recovering_ = false;
   bool finished_ = false;
-  size_t recoveries_since_commit_ = 0;
   float last_loss_ = 0;
   double accuracy_ = -1;
   std::map<uint64_t, std::vector<uint32_t>> orders_;

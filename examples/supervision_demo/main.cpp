@@ -41,9 +41,9 @@
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 
-#include "understudy/runtime/persistent.hpp"
-#include "understudy/runtime/runtime.hpp"
 #include "understudy/schema/state.capnp.h"
+#include "understudy/state/persistent.hpp"
+#include "understudy/state/runtime.hpp"
 
 namespace {
 

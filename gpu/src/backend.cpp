@@ -2,26 +2,10 @@
 
 #include <utility>
 
+#include "understudy/actors/numerics/optimizer.hpp"
 #include "understudy/gpu/errors.hpp"
 
 namespace understudy::gpu {
-
-namespace {
-
-/// Returns `base^exp` in double by repeated squaring, as understudy::optimizer
-/// does (no libm, so identical everywhere).
-double power(double base, uint64_t exp) {
-  double result = 1.0;
-  while (exp != 0) {
-    if ((exp & 1) != 0)
-      result *= base;
-    base *= base;
-    exp >>= 1;
-  }
-  return result;
-}
-
-} // namespace
 
 backend::~backend() = default;
 
@@ -53,8 +37,8 @@ std::string to_string(fault_kind x) {
 
 adam_corrections adam_bias_corrections(float beta1, float beta2, uint64_t step) noexcept {
   adam_corrections result;
-  result.c1 = static_cast<float>(1.0 - power(static_cast<double>(beta1), step));
-  result.c2 = static_cast<float>(1.0 - power(static_cast<double>(beta2), step));
+  result.c1 = static_cast<float>(1.0 - understudy::actors::power(static_cast<double>(beta1), step));
+  result.c2 = static_cast<float>(1.0 - understudy::actors::power(static_cast<double>(beta2), step));
   return result;
 }
 

@@ -18,60 +18,14 @@
 
 #include "understudy/gpu/errors.hpp"
 #include "understudy/gpu/gpu_actor.hpp"
-#include "understudy/runtime/supervisor.hpp"
+#include "understudy/supervision/supervisor.hpp"
 
 namespace understudy::gpu {
 
 // -- errors -------------------------------------------------------------------------------
 
-std::string to_string(collective_errc x) {
-  switch (x) {
-    case collective_errc::none:
-      return "none";
-    case collective_errc::deadline_exceeded:
-      return "deadline_exceeded";
-    case collective_errc::rank_failed:
-      return "rank_failed";
-    case collective_errc::invalid_argument:
-      return "invalid_argument";
-    case collective_errc::nccl_error:
-      return "nccl_error";
-  }
-  return "unknown";
-}
-
-next_step next_step_for(collective_errc x) {
-  switch (x) {
-    case collective_errc::deadline_exceeded:
-    case collective_errc::rank_failed:
-    case collective_errc::nccl_error:
-      return next_step::reconnect;
-    case collective_errc::none:
-    case collective_errc::invalid_argument:
-      return next_step::give_up;
-  }
-  return next_step::give_up;
-}
-
-caf::error make_error(collective_errc x, std::string context) {
-  return caf::error{static_cast<uint8_t>(x), collective_category,
-                    caf::make_message(std::move(context))};
-}
-
-bool is(const caf::error& err, collective_errc x) {
-  return err.category() == collective_category && err.code() == static_cast<uint8_t>(x);
-}
-
 void register_collective_types(caf::actor_system_config& cfg) {
-  cfg.add_error_category(collective_category,
-                         [](uint8_t code, caf::atom_value, const caf::message& ctx) {
-                           auto result = to_string(static_cast<collective_errc>(code));
-                           if (ctx.size() == 1 && ctx.match_element<std::string>(0))
-                             result += ": " + ctx.get_as<std::string>(0);
-                           else if (!ctx.empty())
-                             result += ": " + to_string(ctx);
-                           return result;
-                         });
+  register_error_category<collective_errc>(cfg);
   cfg.add_message_type<slice>("understudy::gpu::slice");
   cfg.add_message_type<std::vector<slice>>("std::vector<understudy::gpu::slice>");
 }

@@ -9,6 +9,7 @@
 #include <new>
 #include <vector>
 
+#include "backend_checks.hpp"
 #include "understudy/gpu/backend.hpp"
 #include "understudy/gpu/errors.hpp"
 
@@ -17,10 +18,6 @@ namespace understudy::gpu {
 namespace {
 
 constexpr size_t alignment = 256;
-
-caf::error null_argument(const char* op) {
-  return make_error(gpu_errc::invalid_argument, std::string{op} + ": null pointer");
-}
 
 class cpu_backend final : public backend {
 public:
@@ -51,8 +48,8 @@ public:
   }
 
   caf::error fill(float* x, size_t n, float value) override {
-    if (n > 0 && x == nullptr)
-      return null_argument("fill");
+    if (auto ck = checks::elementwise("fill", n, {x}); !ck.run)
+      return std::move(ck.err);
     std::fill(x, x + n, value);
     return {};
   }
@@ -60,13 +57,8 @@ public:
   caf::error gemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
                   const float* a, size_t lda, const float* b, size_t ldb, float beta, float* c,
                   size_t ldc) override {
-    if (m == 0 || n == 0)
-      return {};
-    if (c == nullptr || (k > 0 && (a == nullptr || b == nullptr)))
-      return null_argument("gemm");
-    if (lda < (trans_a ? m : k) || ldb < (trans_b ? k : n) || ldc < n)
-      return make_error(gpu_errc::invalid_argument,
-                        "gemm: a leading dimension is smaller than its row");
+    if (auto ck = checks::gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc); !ck.run)
+      return std::move(ck.err);
     acc_.assign(n, 0.0f);
     for (size_t i = 0; i < m; ++i) {
       std::fill(acc_.begin(), acc_.end(), 0.0f);
@@ -95,8 +87,8 @@ public:
   }
 
   caf::error add_bias(float* x, const float* bias, size_t rows, size_t cols) override {
-    if (rows * cols > 0 && (x == nullptr || bias == nullptr))
-      return null_argument("add_bias");
+    if (auto ck = checks::add_bias(x, bias, rows, cols); !ck.run)
+      return std::move(ck.err);
     for (size_t r = 0; r < rows; ++r) {
       float* row = x + r * cols;
       for (size_t j = 0; j < cols; ++j)
@@ -106,24 +98,24 @@ public:
   }
 
   caf::error relu(const float* in, float* out, size_t n) override {
-    if (n > 0 && (in == nullptr || out == nullptr))
-      return null_argument("relu");
+    if (auto ck = checks::elementwise("relu", n, {in, out}); !ck.run)
+      return std::move(ck.err);
     for (size_t i = 0; i < n; ++i)
       out[i] = std::max(in[i], 0.0f);
     return {};
   }
 
   caf::error relu_grad(const float* pre, const float* grad_out, float* grad_in, size_t n) override {
-    if (n > 0 && (pre == nullptr || grad_out == nullptr || grad_in == nullptr))
-      return null_argument("relu_grad");
+    if (auto ck = checks::elementwise("relu_grad", n, {pre, grad_out, grad_in}); !ck.run)
+      return std::move(ck.err);
     for (size_t i = 0; i < n; ++i)
       grad_in[i] = pre[i] > 0.0f ? grad_out[i] : 0.0f;
     return {};
   }
 
   caf::error bias_grad(const float* d, size_t rows, size_t cols, float* out) override {
-    if (cols > 0 && (out == nullptr || (rows > 0 && d == nullptr)))
-      return null_argument("bias_grad");
+    if (auto ck = checks::bias_grad(d, rows, cols, out); !ck.run)
+      return std::move(ck.err);
     std::fill(out, out + cols, 0.0f);
     for (size_t r = 0; r < rows; ++r) {
       const float* row = d + r * cols;
@@ -135,12 +127,8 @@ public:
 
   caf::error softmax_xent(const float* logits, const uint32_t* labels, size_t rows, size_t classes,
                           float grad_scale, float* loss, float* grad) override {
-    if (rows == 0)
-      return {};
-    if (classes == 0)
-      return make_error(gpu_errc::invalid_argument, "softmax_xent: zero classes");
-    if (logits == nullptr || labels == nullptr || loss == nullptr)
-      return null_argument("softmax_xent");
+    if (auto ck = checks::softmax_xent(logits, labels, rows, classes, loss); !ck.run)
+      return std::move(ck.err);
     for (size_t r = 0; r < rows; ++r)
       if (labels[r] >= classes)
         return make_error(gpu_errc::invalid_argument,
@@ -177,24 +165,24 @@ public:
   }
 
   caf::error axpy(size_t n, float alpha, const float* x, float* y) override {
-    if (n > 0 && (x == nullptr || y == nullptr))
-      return null_argument("axpy");
+    if (auto ck = checks::elementwise("axpy", n, {x, y}); !ck.run)
+      return std::move(ck.err);
     for (size_t i = 0; i < n; ++i)
       y[i] += alpha * x[i];
     return {};
   }
 
   caf::error scale(size_t n, float alpha, float* x) override {
-    if (n > 0 && x == nullptr)
-      return null_argument("scale");
+    if (auto ck = checks::elementwise("scale", n, {x}); !ck.run)
+      return std::move(ck.err);
     for (size_t i = 0; i < n; ++i)
       x[i] *= alpha;
     return {};
   }
 
   caf::error sgd_step(float* p, const float* g, size_t n, const sgd_params& hp) override {
-    if (n > 0 && (p == nullptr || g == nullptr))
-      return null_argument("sgd_step");
+    if (auto ck = checks::elementwise("sgd_step", n, {p, g}); !ck.run)
+      return std::move(ck.err);
     const float lr = hp.lr;
     const float wd = hp.weight_decay;
     for (size_t i = 0; i < n; ++i) {
@@ -208,8 +196,8 @@ public:
 
   caf::error momentum_step(float* p, const float* g, float* m, size_t n,
                            const momentum_params& hp) override {
-    if (n > 0 && (p == nullptr || g == nullptr || m == nullptr))
-      return null_argument("momentum_step");
+    if (auto ck = checks::elementwise("momentum_step", n, {p, g, m}); !ck.run)
+      return std::move(ck.err);
     const float lr = hp.lr;
     const float mu = hp.momentum;
     const float wd = hp.weight_decay;
@@ -225,8 +213,8 @@ public:
 
   caf::error adam_step(float* p, const float* g, float* m, float* v, size_t n,
                        const adam_params& hp) override {
-    if (n > 0 && (p == nullptr || g == nullptr || m == nullptr || v == nullptr))
-      return null_argument("adam_step");
+    if (auto ck = checks::elementwise("adam_step", n, {p, g, m, v}); !ck.run)
+      return std::move(ck.err);
     const float lr = hp.lr;
     const float wd = hp.weight_decay;
     const float b1 = hp.beta1;
@@ -276,10 +264,8 @@ private:
   }
 
   static caf::error copy_bytes(const char* op, void* dst, const void* src, size_t bytes) {
-    if (bytes == 0)
-      return {};
-    if (dst == nullptr || src == nullptr)
-      return null_argument(op);
+    if (auto ck = checks::transfer(op, dst, src, bytes); !ck.run)
+      return std::move(ck.err);
     std::memmove(dst, src, bytes);
     return {};
   }

@@ -10,6 +10,7 @@
 #include <memory>
 #include <utility>
 
+#include "backend_checks.hpp"
 #include "cuda_errors.hpp"
 #include "cuda_kernels.hpp"
 #if UNDERSTUDY_GPU_HAS_NCCL
@@ -160,23 +161,16 @@ public:
   }
 
   caf::error fill(float* x, size_t n, float value) override {
-    if (n == 0)
-      return {};
-    if (x == nullptr)
-      return null_argument("fill");
+    if (auto ck = checks::elementwise("fill", n, {x}); !ck.run)
+      return std::move(ck.err);
     return launch("fill", [&] { return kernels::fill(stream_, x, n, value); });
   }
 
   caf::error gemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
                   const float* a, size_t lda, const float* b, size_t ldb, float beta, float* c,
                   size_t ldc) override {
-    if (m == 0 || n == 0)
-      return {};
-    if (c == nullptr || (k > 0 && (a == nullptr || b == nullptr)))
-      return null_argument("gemm");
-    if (lda < (trans_a ? m : k) || ldb < (trans_b ? k : n) || ldc < n)
-      return make_error(gpu_errc::invalid_argument,
-                        "gemm: a leading dimension is smaller than its row");
+    if (auto ck = checks::gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc); !ck.run)
+      return std::move(ck.err);
     lda = std::max<size_t>(lda, 1);
     ldb = std::max<size_t>(ldb, 1);
     if (!fits_int(m) || !fits_int(n) || !fits_int(k) || !fits_int(lda) || !fits_int(ldb) ||
@@ -197,82 +191,62 @@ public:
   }
 
   caf::error add_bias(float* x, const float* bias, size_t rows, size_t cols) override {
-    if (rows == 0 || cols == 0)
-      return {};
-    if (x == nullptr || bias == nullptr)
-      return null_argument("add_bias");
+    if (auto ck = checks::add_bias(x, bias, rows, cols); !ck.run)
+      return std::move(ck.err);
     return launch("add_bias", [&] { return kernels::add_bias(stream_, x, bias, rows, cols); });
   }
 
   caf::error relu(const float* in, float* out, size_t n) override {
-    if (n == 0)
-      return {};
-    if (in == nullptr || out == nullptr)
-      return null_argument("relu");
+    if (auto ck = checks::elementwise("relu", n, {in, out}); !ck.run)
+      return std::move(ck.err);
     return launch("relu", [&] { return kernels::relu(stream_, in, out, n); });
   }
 
   caf::error relu_grad(const float* pre, const float* grad_out, float* grad_in, size_t n) override {
-    if (n == 0)
-      return {};
-    if (pre == nullptr || grad_out == nullptr || grad_in == nullptr)
-      return null_argument("relu_grad");
+    if (auto ck = checks::elementwise("relu_grad", n, {pre, grad_out, grad_in}); !ck.run)
+      return std::move(ck.err);
     return launch("relu_grad",
                   [&] { return kernels::relu_grad(stream_, pre, grad_out, grad_in, n); });
   }
 
   caf::error bias_grad(const float* d, size_t rows, size_t cols, float* out) override {
-    if (cols == 0)
-      return {};
-    if (out == nullptr || (rows > 0 && d == nullptr))
-      return null_argument("bias_grad");
+    if (auto ck = checks::bias_grad(d, rows, cols, out); !ck.run)
+      return std::move(ck.err);
     return launch("bias_grad", [&] { return kernels::bias_grad(stream_, d, rows, cols, out); });
   }
 
   caf::error softmax_xent(const float* logits, const uint32_t* labels, size_t rows, size_t classes,
                           float grad_scale, float* loss, float* grad) override {
-    if (rows == 0)
-      return {};
-    if (classes == 0)
-      return make_error(gpu_errc::invalid_argument, "softmax_xent: zero classes");
-    if (logits == nullptr || labels == nullptr || loss == nullptr)
-      return null_argument("softmax_xent");
+    if (auto ck = checks::softmax_xent(logits, labels, rows, classes, loss); !ck.run)
+      return std::move(ck.err);
     return launch("softmax_xent", [&] {
       return kernels::softmax_xent(stream_, logits, labels, rows, classes, grad_scale, loss, grad);
     });
   }
 
   caf::error axpy(size_t n, float alpha, const float* x, float* y) override {
-    if (n == 0)
-      return {};
-    if (x == nullptr || y == nullptr)
-      return null_argument("axpy");
+    if (auto ck = checks::elementwise("axpy", n, {x, y}); !ck.run)
+      return std::move(ck.err);
     return launch("axpy", [&] { return kernels::axpy(stream_, n, alpha, x, y); });
   }
 
   caf::error scale(size_t n, float alpha, float* x) override {
-    if (n == 0)
-      return {};
-    if (x == nullptr)
-      return null_argument("scale");
+    if (auto ck = checks::elementwise("scale", n, {x}); !ck.run)
+      return std::move(ck.err);
     return launch("scale", [&] { return kernels::scale(stream_, n, alpha, x); });
   }
 
   caf::error sgd_step(float* p, const float* g, size_t n, const sgd_params& hp) override {
-    if (n == 0)
-      return {};
-    if (p == nullptr || g == nullptr)
-      return null_argument("sgd_step");
+    if (auto ck = checks::elementwise("sgd_step", n, {p, g}); !ck.run)
+      return std::move(ck.err);
     return launch("sgd_step",
                   [&] { return kernels::sgd_step(stream_, p, g, n, hp.lr, hp.weight_decay); });
   }
 
   caf::error momentum_step(float* p, const float* g, float* m, size_t n,
                            const momentum_params& hp) override {
-    if (n == 0)
-      return {};
-    if (p == nullptr || g == nullptr || m == nullptr)
-      return null_argument("momentum_step");
+    if (auto ck = checks::elementwise("momentum_step", n, {p, g, m}); !ck.run)
+      return std::move(ck.err);
     return launch("momentum_step", [&] {
       return kernels::momentum_step(stream_, p, g, m, n, hp.lr, hp.momentum, hp.weight_decay);
     });
@@ -280,10 +254,8 @@ public:
 
   caf::error adam_step(float* p, const float* g, float* m, float* v, size_t n,
                        const adam_params& hp) override {
-    if (n == 0)
-      return {};
-    if (p == nullptr || g == nullptr || m == nullptr || v == nullptr)
-      return null_argument("adam_step");
+    if (auto ck = checks::elementwise("adam_step", n, {p, g, m, v}); !ck.run)
+      return std::move(ck.err);
     const auto corr = adam_bias_corrections(hp.beta1, hp.beta2, hp.step);
     const float one_minus_b1 = 1.0f - hp.beta1;
     const float one_minus_b2 = 1.0f - hp.beta2;
@@ -312,20 +284,16 @@ public:
   caf::error all_reduce(float* x, size_t n) override {
     if (!comm_)
       return no_comm("all_reduce");
-    if (n == 0)
-      return {};
-    if (x == nullptr)
-      return null_argument("all_reduce");
+    if (auto ck = checks::elementwise("all_reduce", n, {x}); !ck.run)
+      return std::move(ck.err);
     return comm_->all_reduce(x, n, stream_);
   }
 
   caf::error broadcast(float* x, size_t n, uint32_t root) override {
     if (!comm_)
       return no_comm("broadcast");
-    if (n == 0)
-      return {};
-    if (x == nullptr)
-      return null_argument("broadcast");
+    if (auto ck = checks::elementwise("broadcast", n, {x}); !ck.run)
+      return std::move(ck.err);
     return comm_->broadcast(x, n, root, stream_);
   }
 
@@ -388,10 +356,6 @@ private:
                       std::string{op} + ": this GPU actor has joined no collective group");
   }
 
-  static caf::error null_argument(const char* op) {
-    return make_error(gpu_errc::invalid_argument, std::string{op} + ": null pointer");
-  }
-
   /// Makes `device_` current on the calling thread (cheap; actors move between threads).
   caf::error select() {
     if (auto e = cudaSetDevice(device_); e != cudaSuccess)
@@ -418,10 +382,8 @@ private:
 
   caf::error memcpy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind dir,
                           const char* op) {
-    if (bytes == 0)
-      return {};
-    if (dst == nullptr || src == nullptr)
-      return null_argument(op);
+    if (auto ck = checks::transfer(op, dst, src, bytes); !ck.run)
+      return std::move(ck.err);
     if (auto err = select())
       return err;
     if (auto e = cudaMemcpyAsync(dst, src, bytes, dir, stream_); e != cudaSuccess)

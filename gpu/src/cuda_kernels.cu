@@ -1,6 +1,6 @@
 // The element-wise kernels of the CUDA backend. Built with --fmad=false and
 // IEEE division and square root (nvcc's defaults without fast-math), so the
-// optimizer updates round exactly as the CPU backend and understudy::optimizer.
+// optimizer updates round exactly as the CPU backend and understudy::actors::optimizer.
 // Sums run sequentially per output element in the CPU backend's order.
 
 #include <cmath>

@@ -1,5 +1,5 @@
 // One GPU actor per process, on the runtime's process host
-// (understudy/runtime/process_host.hpp).
+// (understudy/process/process_host.hpp).
 
 #include "understudy/gpu/device_process.hpp"
 
@@ -13,6 +13,7 @@
 
 #include "understudy/gpu/collective.hpp"
 #include "understudy/gpu/errors.hpp"
+#include "understudy/gpu/forwarding_backend.hpp"
 
 namespace understudy::gpu {
 
@@ -23,66 +24,21 @@ namespace {
 /// Test hook for machines without a device: a CPU backend whose inject_fault
 /// succeeds at launch and fails the stream at completion with a sticky error,
 /// as an illegal address does on CUDA.
-class sticky_fault_backend final : public backend {
+class sticky_fault_backend final : public forwarding_backend {
 public:
-  explicit sticky_fault_backend(std::unique_ptr<backend> inner) : in_(std::move(inner)) {
-    // nop
-  }
+  using forwarding_backend::forwarding_backend;
 
-  backend_kind kind() const noexcept override { return in_->kind(); }
-  int device() const noexcept override { return in_->device(); }
-  std::string describe() const override { return in_->describe() + " (simulated sticky faults)"; }
-  caf::expected<void*> allocate(size_t bytes) override { return in_->allocate(bytes); }
-  void release(void* ptr) noexcept override { in_->release(ptr); }
-  caf::expected<void*> allocate_host(size_t bytes) override { return in_->allocate_host(bytes); }
-  void release_host(void* ptr) noexcept override { in_->release_host(ptr); }
-  caf::error upload(void* d, const void* s, size_t n) override { return in_->upload(d, s, n); }
-  caf::error download(void* d, const void* s, size_t n) override { return in_->download(d, s, n); }
-  caf::error copy(void* d, const void* s, size_t n) override { return in_->copy(d, s, n); }
-  caf::error fill(float* x, size_t n, float v) override { return in_->fill(x, n, v); }
-  caf::error gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a,
-                  size_t lda, const float* b, size_t ldb, float beta, float* c,
-                  size_t ldc) override {
-    return in_->gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-  caf::error add_bias(float* x, const float* b, size_t r, size_t c) override {
-    return in_->add_bias(x, b, r, c);
-  }
-  caf::error relu(const float* in, float* out, size_t n) override { return in_->relu(in, out, n); }
-  caf::error relu_grad(const float* p, const float* go, float* gi, size_t n) override {
-    return in_->relu_grad(p, go, gi, n);
-  }
-  caf::error bias_grad(const float* d, size_t r, size_t c, float* out) override {
-    return in_->bias_grad(d, r, c, out);
-  }
-  caf::error softmax_xent(const float* z, const uint32_t* y, size_t r, size_t c, float s,
-                          float* loss, float* grad) override {
-    return in_->softmax_xent(z, y, r, c, s, loss, grad);
-  }
-  caf::error axpy(size_t n, float a, const float* x, float* y) override {
-    return in_->axpy(n, a, x, y);
-  }
-  caf::error scale(size_t n, float a, float* x) override { return in_->scale(n, a, x); }
-  caf::error sgd_step(float* p, const float* g, size_t n, const sgd_params& hp) override {
-    return in_->sgd_step(p, g, n, hp);
-  }
-  caf::error momentum_step(float* p, const float* g, float* m, size_t n,
-                           const momentum_params& hp) override {
-    return in_->momentum_step(p, g, m, n, hp);
-  }
-  caf::error adam_step(float* p, const float* g, float* m, float* v, size_t n,
-                       const adam_params& hp) override {
-    return in_->adam_step(p, g, m, v, n, hp);
+  std::string describe() const override {
+    return inner().describe() + " (simulated sticky faults)";
   }
   caf::error when_done(completion_handler fn) override {
     if (!poisoned_)
-      return in_->when_done(std::move(fn));
+      return inner().when_done(std::move(fn));
     fn(sticky());
     return {};
   }
-  caf::error check() override { return poisoned_ ? sticky() : in_->check(); }
-  bool idle() override { return in_->idle(); }
-  caf::error synchronize() override { return poisoned_ ? sticky() : in_->synchronize(); }
+  caf::error check() override { return poisoned_ ? sticky() : inner().check(); }
+  caf::error synchronize() override { return poisoned_ ? sticky() : inner().synchronize(); }
   caf::error inject_fault(fault_kind) override {
     poisoned_ = true;
     return {};
@@ -94,7 +50,6 @@ private:
                       "stream work (simulated on the CPU backend): an illegal memory access");
   }
 
-  std::unique_ptr<backend> in_;
   bool poisoned_ = false;
 };
 

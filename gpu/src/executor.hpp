@@ -1,6 +1,7 @@
 #pragma once
-// Runs op batches (ops.hpp) on a backend: checks a batch as a whole, then
-// enqueues its operations, staging uploads and downloads in host memory.
+// Runs op batches (ops.hpp) on a backend through the op table (op_table.hpp):
+// checks a batch as a whole, then enqueues its operations, staging uploads and
+// downloads in host memory.
 
 #include <cstddef>
 #include <cstdint>
@@ -10,6 +11,7 @@
 
 #include <caf/error.hpp>
 
+#include "op_table.hpp"
 #include "understudy/gpu/backend.hpp"
 #include "understudy/gpu/ops.hpp"
 
@@ -19,11 +21,7 @@ namespace understudy::gpu {
 /// Used by one actor; not thread-safe.
 class executor {
 public:
-  /// Where one download lands in a batch's staging block.
-  struct download_slot {
-    size_t offset = 0;
-    size_t count = 0;
-  };
+  using download_slot = gpu::download_slot;
 
   explicit executor(backend& be) : be_(be) {
     // nop
@@ -60,13 +58,25 @@ public:
   /// Returns the number of live buffers.
   size_t buffer_count() const noexcept { return buffers_.size(); }
 
+  // -- for the op table's enqueue functions -----------------------------------------------
+
+  /// Returns the backend the ops run on.
+  backend& device() noexcept { return be_; }
+
+  /// Returns the memory of `x`, whose buffer exists (a validated op's operand).
+  float* at(const slice& x) const;
+
+  /// Allocates buffer `id` of `count` elements; the backend's error otherwise.
+  caf::error create(buffer_id id, uint64_t count);
+
+  /// Releases buffer `id`, which exists (stream-ordered).
+  void destroy(buffer_id id) noexcept;
+
 private:
   struct buffer {
     void* ptr = nullptr;
     uint64_t count = 0;
   };
-
-  float* at(const slice& x) const;
 
   backend& be_;
   std::unordered_map<buffer_id, buffer> buffers_;

@@ -18,8 +18,8 @@
 
 #include "executor.hpp"
 #include "understudy/gpu/errors.hpp"
-#include "understudy/runtime/child_spec.hpp"
-#include "understudy/runtime/state_store.hpp"
+#include "understudy/state/state_store.hpp"
+#include "understudy/supervision/child_spec.hpp"
 
 namespace understudy::gpu {
 

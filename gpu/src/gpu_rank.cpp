@@ -14,8 +14,8 @@
 #include <caf/message_view.hpp>
 
 #include "understudy/gpu/gpu_actor.hpp"
-#include "understudy/runtime/persistent.hpp"
 #include "understudy/schema/state.capnp.h"
+#include "understudy/state/persistent.hpp"
 
 namespace understudy {
 

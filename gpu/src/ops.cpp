@@ -2,52 +2,13 @@
 
 #include <utility>
 
+#include "op_table.hpp"
+
 namespace understudy::gpu {
 
 std::string to_string(op_code x) {
-  switch (x) {
-    case op_code::allocate:
-      return "allocate";
-    case op_code::release:
-      return "release";
-    case op_code::upload:
-      return "upload";
-    case op_code::download:
-      return "download";
-    case op_code::fill:
-      return "fill";
-    case op_code::copy:
-      return "copy";
-    case op_code::gemm:
-      return "gemm";
-    case op_code::add_bias:
-      return "add_bias";
-    case op_code::relu:
-      return "relu";
-    case op_code::relu_grad:
-      return "relu_grad";
-    case op_code::bias_grad:
-      return "bias_grad";
-    case op_code::softmax_xent:
-      return "softmax_xent";
-    case op_code::axpy:
-      return "axpy";
-    case op_code::scale:
-      return "scale";
-    case op_code::sgd_step:
-      return "sgd_step";
-    case op_code::momentum_step:
-      return "momentum_step";
-    case op_code::adam_step:
-      return "adam_step";
-    case op_code::inject_fault:
-      return "inject_fault";
-    case op_code::all_reduce:
-      return "all_reduce";
-    case op_code::broadcast:
-      return "broadcast";
-  }
-  return "unknown";
+  auto* spec = find_op(x);
+  return spec != nullptr ? std::string{spec->name} : "unknown";
 }
 
 namespace {

@@ -1,4 +1,4 @@
-# Persisted-state records of understudy's state store (runtime/src/state_store.cpp).
+# Persisted-state records of understudy's state store (runtime/src/state/state_store.cpp).
 # One Record per (actor path, step) in the `records` database; the bytes of each
 # tensor live in the `chunks` database, one LMDB value per chunk, described here.
 @0x92bb016395401c47;
@@ -43,7 +43,7 @@ struct RecordHeader {
   payloadLength @4 :UInt64;
   # XXH3-64 over the payload, then the header fields (path, step, schema id and
   # version, payload length) and every tensor's description and chunk checksums;
-  # see record_checksum() in runtime/src/record.cpp.
+  # see record_checksum() in runtime/src/state/record_codec.cpp.
   checksum @5 :UInt64;
   # Wall-clock time of the checkpoint, nanoseconds since the Unix epoch.
   createdUnixNanos @6 :Int64;

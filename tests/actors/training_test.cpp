@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -14,13 +15,17 @@
 #include <caf/actor_system.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
 #include <catch2/catch.hpp>
 
-#include "understudy/actors/dataset.hpp"
-#include "understudy/actors/mlp.hpp"
-#include "understudy/runtime/runtime.hpp"
+#include "support/state_test_util.hpp"
+#include "understudy/actors/numerics/dataset.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/state/runtime.hpp"
+#include "understudy/state/state_writer.hpp"
 
 using namespace understudy;
+using namespace understudy::actors;
 
 namespace {
 
@@ -429,4 +434,106 @@ TEST_CASE(
   REQUIRE_FALSE(result);
   CHECK_THAT(describe(result.error()),
              Catch::Contains("shard-1 has no saved state") && Catch::Contains("committed step 40"));
+}
+
+TEST_CASE("a job shorter than the state directory's committed step refuses to run", "[training]") {
+  state_dir dir;
+  auto cfg = small_job(5);
+  cfg.steps = 30;
+  CHECK(run_job(cfg, dir.path).steps == 30);
+  // The same job asked for fewer steps would otherwise return the longer run.
+  cfg.steps = 20;
+  runtime rt{quiet()};
+  auto job = make_job(rt, cfg, dir.path);
+  auto tree = rt.start(job.spec());
+  REQUIRE(tree);
+  auto result = job.wait(std::chrono::seconds(60));
+  rt.stop(*tree);
+  REQUIRE_FALSE(result);
+  CHECK(is(result.error(), config_errc::invalid_job));
+  CHECK_THAT(describe(result.error()),
+             Catch::Contains("committed step 30") && Catch::Contains("last step 20"));
+}
+
+TEST_CASE(
+    "a corrupt chunk in the newest shard checkpoint falls back to an older committed step "
+    "and the job ends with the fault-free digest",
+    "[training][state][corruption]") {
+  auto cfg = small_job(13);
+  state_dir full_dir;
+  auto full = run_job(cfg, full_dir.path);
+  state_dir dir;
+  auto half = cfg;
+  half.steps = 25;
+  CHECK(run_job(half, dir.path).steps == 25);
+  // Flip a byte in the first chunk of shard-0's newest parameters: its header
+  // still reads, only a full verification notices.
+  std::string shard;
+  uint64_t newest = 0;
+  {
+    state_store_config sc;
+    sc.directory = dir.path;
+    auto store = state_store::open(sc);
+    REQUIRE(store);
+    auto paths = (*store)->paths();
+    REQUIRE(paths);
+    for (const auto& p : *paths)
+      if (p.size() >= 8 && p.compare(p.size() - 8, 8, "/shard-0") == 0)
+        shard = p;
+    REQUIRE_FALSE(shard.empty());
+    auto versions = (*store)->versions(shard);
+    REQUIRE(versions);
+    REQUIRE(versions->size() >= 2);
+    newest = versions->back().step;
+    REQUIRE(versions->back().tensors.at(0).name == "params");
+  }
+  CHECK(newest == 25);
+  test::flip_byte_in_chunk(dir.path, shard, newest, 0, 0, 5);
+  auto second = run_job(cfg, dir.path);
+  CHECK(second.resumed_from < newest);
+  CHECK(second.params_digest == full.params_digest);
+}
+
+TEST_CASE(
+    "checkpoints whose replica fails are not committed and the job ends with the "
+    "fault-free digest",
+    "[training][state][replication]") {
+  auto cfg = small_job(17);
+  cfg.steps = 30;
+  state_dir full_dir;
+  auto full = run_job(cfg, full_dir.path);
+  state_dir dir;
+  runtime rt{quiet()};
+  // A replica target that refuses the 4th and the 9th batch it gets.
+  auto batches = std::make_shared<std::atomic<int>>(0);
+  auto replica = rt.system().spawn([batches]() -> caf::behavior {
+    return {
+        [batches](replicate_atom, const checkpoint_batch& b) -> caf::result<uint64_t> {
+          auto n = ++*batches;
+          if (n == 4 || n == 9)
+            return make_error(state_errc::io_error,
+                              "replica target refuses batch " + std::to_string(n));
+          return static_cast<uint64_t>(b.items.size());
+        },
+    };
+  });
+  state_store_config sc;
+  sc.directory = dir.path;
+  state_writer_config wc;
+  wc.replica = replica;
+  auto p = rt.open_state(sc, wc);
+  REQUIRE(p);
+  auto job = training_job::create(cfg, *p);
+  REQUIRE(job);
+  auto tree = rt.start(job->spec());
+  REQUIRE(tree);
+  auto result = job->wait(std::chrono::seconds(120));
+  rt.stop(*tree);
+  caf::anon_send_exit(replica, caf::exit_reason::user_shutdown);
+  INFO((result ? std::string{} : describe(result.error())));
+  REQUIRE(result);
+  CHECK(*batches > 9);
+  // Each refused batch failed a put: its actor restarted and the job rewound.
+  CHECK(result->restarts >= 2);
+  CHECK(result->params_digest == full.params_digest);
 }

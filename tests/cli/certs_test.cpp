@@ -13,10 +13,10 @@
 
 #include <catch2/catch.hpp>
 
-#include "../runtime/state_test_util.hpp"
-#include "cli_test_util.hpp"
-#include "understudy/runtime/node_config.hpp"
-#include "understudy/runtime/security.hpp"
+#include "support/cli_test_util.hpp"
+#include "support/state_test_util.hpp"
+#include "understudy/cluster/security.hpp"
+#include "understudy/config/node_config.hpp"
 
 namespace {
 
@@ -38,8 +38,8 @@ std::string write_config(const std::string& dir, const std::string& cert_dir,
   return path;
 }
 
-const std::vector<std::string> cert_files{"ca.key", "ca.pem", "n1.key", "n1.pem",
-                                          "n2.key", "n2.pem", "n3.key", "n3.pem"};
+const std::vector<std::string> cert_files{"ca.key", "ca.pem", "n1.key", "n1.pem",     "n2.key",
+                                          "n2.pem", "n3.key", "n3.pem", "status.key", "status.pem"};
 
 } // namespace
 

@@ -14,10 +14,10 @@
 
 #include <catch2/catch.hpp>
 
-#include "../runtime/state_test_util.hpp"
-#include "cli_test_util.hpp"
-#include "understudy/runtime/errors.hpp"
-#include "understudy/runtime/state_store.hpp"
+#include "support/cli_test_util.hpp"
+#include "support/state_test_util.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/state/state_store.hpp"
 
 namespace {
 
@@ -282,4 +282,27 @@ TEST_CASE("the understudy command exits 2 on usage errors and 0 for help", "[cli
   CHECK(help.status == 0);
   CHECK(help.out.find("--json") != std::string::npos);
   CHECK(run_cli({"--version"}, scratch.path).status == 0);
+}
+
+TEST_CASE("inspect exits 2 on a truncated data.mdb instead of faulting", "[cli]") {
+  scratch_dir dir;
+  scratch_dir scratch;
+  write_sample_store(dir.path);
+  auto data = dir.path + "/data.mdb";
+  SECTION("cut after the meta pages") {
+    // The meta pages survive, the pages they point to do not: LMDB would read
+    // them through its map and die of SIGBUS.
+    std::filesystem::resize_file(data, 3 * 4096);
+    auto run = run_cli({"inspect", dir.path}, scratch.path);
+    CHECK(run.status == 2);
+    CHECK(run.out.empty());
+    CHECK(run.err.find("'" + dir.path + "'") != std::string::npos);
+    CHECK(run.err.find("data.mdb is truncated: it has 12288 bytes") != std::string::npos);
+  }
+  SECTION("cut inside the meta pages") {
+    std::filesystem::resize_file(data, 100);
+    auto run = run_cli({"inspect", dir.path}, scratch.path);
+    CHECK(run.status == 2);
+    CHECK(run.err.find("data.mdb") != std::string::npos);
+  }
 }

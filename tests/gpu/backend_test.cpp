@@ -7,8 +7,8 @@
 // for bit equal to the naive float loop in ascending k; softmax cross-entropy
 // within 1e-6 (relative, or absolute below 1) of hand-computed values; ReLU,
 // bias, bias gradient, axpy, scale, fill, copy and the optimizer updates bit
-// for bit (the optimizers against understudy::optimizer); the assembled MLP
-// within 1e-5 of understudy::mlp (relative to the largest magnitude).
+// for bit (the optimizers against understudy::actors::optimizer); the assembled MLP
+// within 1e-5 of understudy::actors::mlp (relative to the largest magnitude).
 
 #include "understudy/gpu/backend.hpp"
 
@@ -16,9 +16,9 @@
 #include <cmath>
 #include <limits>
 
-#include "gpu_test_util.hpp"
-#include "understudy/actors/mlp.hpp"
-#include "understudy/actors/optimizer.hpp"
+#include "support/gpu_test_util.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/actors/numerics/optimizer.hpp"
 #include "understudy/gpu/errors.hpp"
 
 using namespace gpu_test;
@@ -263,13 +263,13 @@ void check_softmax_xent(ug::backend& be) {
   }
 }
 
-/// Applies `steps` updates with understudy::optimizer and with the backend
+/// Applies `steps` updates with understudy::actors::optimizer and with the backend
 /// from the same start and gradients; they must agree bit for bit.
-void check_optimizer(ug::backend& be, const understudy::optimizer_config& cfg) {
+void check_optimizer(ug::backend& be, const understudy::actors::optimizer_config& cfg) {
   const size_t n = 4099;
   const int steps = 5;
   auto params = random_floats(n, 21);
-  understudy::optimizer ref{cfg, n};
+  understudy::actors::optimizer ref{cfg, n};
   auto ref_params = params;
   auto dp = to_device(be, params);
   device_buffer dm{be, n * 4};
@@ -281,15 +281,15 @@ void check_optimizer(ug::backend& be, const understudy::optimizer_config& cfg) {
     ref.step(ref_params.data(), grad.data());
     auto dg = to_device(be, grad);
     switch (cfg.kind) {
-      case understudy::optimizer_kind::sgd:
+      case understudy::actors::optimizer_kind::sgd:
         REQUIRE_FALSE(be.sgd_step(dp->f(), dg->f(), n, ug::sgd_params{cfg.lr, cfg.weight_decay}));
         break;
-      case understudy::optimizer_kind::momentum:
+      case understudy::actors::optimizer_kind::momentum:
         REQUIRE_FALSE(
             be.momentum_step(dp->f(), dg->f(), dm.f(), n,
                              ug::momentum_params{cfg.lr, cfg.momentum, cfg.weight_decay}));
         break;
-      case understudy::optimizer_kind::adam: {
+      case understudy::actors::optimizer_kind::adam: {
         ug::adam_params hp;
         hp.lr = cfg.lr;
         hp.beta1 = cfg.beta1;
@@ -304,32 +304,33 @@ void check_optimizer(ug::backend& be, const understudy::optimizer_config& cfg) {
     auto got = to_host(be, dp->f(), n);
     INFO("step " << s + 1);
     REQUIRE(std::memcmp(got.data(), ref_params.data(), n * 4) == 0);
-    if (cfg.kind != understudy::optimizer_kind::sgd)
+    if (cfg.kind != understudy::actors::optimizer_kind::sgd)
       REQUIRE(std::memcmp(to_host(be, dm.f(), n).data(), ref.state_m().data(), n * 4) == 0);
-    if (cfg.kind == understudy::optimizer_kind::adam)
+    if (cfg.kind == understudy::actors::optimizer_kind::adam)
       REQUIRE(std::memcmp(to_host(be, dv.f(), n).data(), ref.state_v().data(), n * 4) == 0);
   }
 }
 
 void check_optimizers(ug::backend& be) {
-  for (auto kind : {understudy::optimizer_kind::sgd, understudy::optimizer_kind::momentum,
-                    understudy::optimizer_kind::adam}) {
+  for (auto kind :
+       {understudy::actors::optimizer_kind::sgd, understudy::actors::optimizer_kind::momentum,
+        understudy::actors::optimizer_kind::adam}) {
     for (float wd : {0.0f, 0.01f}) {
-      understudy::optimizer_config cfg;
+      understudy::actors::optimizer_config cfg;
       cfg.kind = kind;
-      cfg.lr = kind == understudy::optimizer_kind::adam ? 0.003f : 0.05f;
+      cfg.lr = kind == understudy::actors::optimizer_kind::adam ? 0.003f : 0.05f;
       cfg.weight_decay = wd;
-      INFO(understudy::to_string(kind) << " weight_decay " << wd);
+      INFO(understudy::actors::to_string(kind) << " weight_decay " << wd);
       check_optimizer(be, cfg);
     }
   }
 }
 
-/// Runs understudy::mlp's forward and backward pass with backend operations.
+/// Runs understudy::actors::mlp's forward and backward pass with backend operations.
 /// Returns the mean loss; writes the gradient in the mlp's parameter layout.
-double mlp_on_backend(ug::backend& be, const understudy::mlp& net, const std::vector<float>& params,
-                      const std::vector<float>& inputs, const std::vector<uint32_t>& labels,
-                      std::vector<float>& grad) {
+double mlp_on_backend(ug::backend& be, const understudy::actors::mlp& net,
+                      const std::vector<float>& params, const std::vector<float>& inputs,
+                      const std::vector<uint32_t>& labels, std::vector<float>& grad) {
   const size_t batch = labels.size();
   const size_t layers = net.layer_count();
   auto dparams = to_device(be, params);
@@ -375,7 +376,7 @@ double mlp_on_backend(ug::backend& be, const understudy::mlp& net, const std::ve
 }
 
 void check_mlp(ug::backend& be) {
-  understudy::mlp net{{20, 16, 12, 5}};
+  understudy::actors::mlp net{{20, 16, 12, 5}};
   const size_t batch = 9;
   std::vector<float> params(net.parameter_count());
   net.init_parameter_range(params.data(), 0, params.size(), 42);
@@ -385,7 +386,7 @@ void check_mlp(ug::backend& be) {
   std::vector<uint32_t> labels(batch);
   for (size_t b = 0; b < batch; ++b)
     labels[b] = static_cast<uint32_t>(b % net.class_count());
-  understudy::batch_view view{inputs.data(), labels.data(), batch, net.input_dim()};
+  understudy::actors::batch_view view{inputs.data(), labels.data(), batch, net.input_dim()};
   std::vector<float> want_grad(params.size());
   const double want_loss = net.loss_and_gradient(params.data(), view, want_grad.data());
   std::vector<float> grad;
@@ -433,7 +434,7 @@ BACKEND_TEST("computes softmax cross-entropy and its gradient as hand-computed",
 BACKEND_TEST("applies sgd, momentum and adam bit for bit like the actors' optimizer",
              check_optimizers)
 
-BACKEND_TEST("runs the MLP's forward and backward pass like understudy::mlp", check_mlp)
+BACKEND_TEST("runs the MLP's forward and backward pass like understudy::actors::mlp", check_mlp)
 
 BACKEND_TEST("reports completion through when_done", check_completion)
 

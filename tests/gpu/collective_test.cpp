@@ -13,8 +13,8 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/scoped_actor.hpp>
 
-#include "../runtime/test_fixture.hpp"
-#include "gpu_test_util.hpp"
+#include "support/gpu_test_util.hpp"
+#include "support/test_fixture.hpp"
 #include "understudy/gpu/errors.hpp"
 #include "understudy/gpu/gpu_actor.hpp"
 

@@ -14,13 +14,13 @@
 #include <caf/scoped_actor.hpp>
 #include <catch2/catch.hpp>
 
-#include "../runtime/process_test_util.hpp"
-#include "../runtime/state_test_util.hpp"
+#include "support/process_test_util.hpp"
+#include "support/state_test_util.hpp"
 #include "understudy/gpu/collective.hpp"
 #include "understudy/gpu/device.hpp"
 #include "understudy/gpu/errors.hpp"
 #include "understudy/gpu/gpu_rank.hpp"
-#include "understudy/runtime/supervisor.hpp"
+#include "understudy/supervision/supervisor.hpp"
 
 namespace ug = understudy::gpu;
 

@@ -1,6 +1,6 @@
 #include "understudy/gpu/device.hpp"
 
-#include "gpu_test_util.hpp"
+#include "support/gpu_test_util.hpp"
 #include "understudy/gpu/backend.hpp"
 #include "understudy/gpu/errors.hpp"
 

@@ -19,13 +19,14 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/scoped_actor.hpp>
 
-#include "../runtime/state_fixture.hpp"
-#include "../runtime/state_test_util.hpp"
-#include "../runtime/test_fixture.hpp"
-#include "gpu_test_util.hpp"
-#include "understudy/actors/mlp.hpp"
-#include "understudy/actors/optimizer.hpp"
+#include "support/gpu_test_util.hpp"
+#include "support/state_fixture.hpp"
+#include "support/state_test_util.hpp"
+#include "support/test_fixture.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/actors/numerics/optimizer.hpp"
 #include "understudy/gpu/errors.hpp"
+#include "understudy/gpu/forwarding_backend.hpp"
 
 extern char** environ;
 
@@ -58,7 +59,8 @@ constexpr ug::buffer_id params_id = 1, grad_id = 2, velocity_id = 3, inputs_id =
                         loss_id = 6, act_base = 100, delta_base = 200;
 
 /// Allocates the buffers of `net`'s training step for `batch` samples and uploads `params`.
-ug::op_batch mlp_setup(const understudy::mlp& net, size_t batch, const std::vector<float>& params) {
+ug::op_batch mlp_setup(const understudy::actors::mlp& net, size_t batch,
+                       const std::vector<float>& params) {
   ug::op_batch b;
   const auto n = net.parameter_count();
   b.allocate(params_id, n);
@@ -78,7 +80,7 @@ ug::op_batch mlp_setup(const understudy::mlp& net, size_t batch, const std::vect
 
 /// One step: upload the batch, forward, loss, backward, momentum update;
 /// downloads the per-sample loss (0), the gradient (1) and the parameters (2).
-ug::op_batch mlp_step(const understudy::mlp& net, const std::vector<float>& inputs,
+ug::op_batch mlp_step(const understudy::actors::mlp& net, const std::vector<float>& inputs,
                       const std::vector<uint32_t>& labels, const ug::momentum_params& hp) {
   ug::op_batch b;
   const size_t batch = labels.size();
@@ -124,20 +126,20 @@ ug::op_batch mlp_step(const understudy::mlp& net, const std::vector<float>& inpu
 }
 
 /// Runs two MLP training steps through a GPU actor with `ask` and checks them
-/// against understudy::mlp (loss and gradient within 1e-5, relative to the
-/// largest magnitude) and understudy::optimizer applied to the actor's own
+/// against understudy::actors::mlp (loss and gradient within 1e-5, relative to the
+/// largest magnitude) and understudy::actors::optimizer applied to the actor's own
 /// gradient (parameters bit for bit).
 template <class Ask>
 void check_mlp_steps(Ask ask) {
-  understudy::mlp net{{20, 16, 12, 5}};
+  understudy::actors::mlp net{{20, 16, 12, 5}};
   const size_t batch = 9;
   std::vector<float> params(net.parameter_count());
   net.init_parameter_range(params.data(), 0, params.size(), 7);
-  understudy::optimizer_config cfg;
-  cfg.kind = understudy::optimizer_kind::momentum;
+  understudy::actors::optimizer_config cfg;
+  cfg.kind = understudy::actors::optimizer_kind::momentum;
   cfg.lr = 0.05f;
   cfg.momentum = 0.9f;
-  understudy::optimizer opt{cfg, params.size()};
+  understudy::actors::optimizer opt{cfg, params.size()};
   auto setup = ask(mlp_setup(net, batch, params));
   REQUIRE(setup.downloads.empty());
   for (int step = 0; step < 2; ++step) {
@@ -146,7 +148,7 @@ void check_mlp_steps(Ask ask) {
     std::vector<uint32_t> labels(batch);
     for (size_t i = 0; i < batch; ++i)
       labels[i] = static_cast<uint32_t>((i * 3 + step) % net.class_count());
-    understudy::batch_view view{inputs.data(), labels.data(), batch, net.input_dim()};
+    understudy::actors::batch_view view{inputs.data(), labels.data(), batch, net.input_dim()};
     std::vector<float> want_grad(params.size());
     const double want_loss = net.loss_and_gradient(params.data(), view, want_grad.data());
     auto res = ask(mlp_step(net, inputs, labels, {cfg.lr, cfg.momentum, 0.0f}));
@@ -172,9 +174,10 @@ void check_mlp_steps(Ask ask) {
 /// A CPU backend whose `inject_fault` fails the way CUDA does: the launch
 /// succeeds and the stream reports a sticky error at completion (`at_completion`),
 /// or the launch itself fails with a recoverable CUDA error.
-class faulty_backend final : public ug::backend {
+class faulty_backend final : public ug::forwarding_backend {
 public:
-  explicit faulty_backend(bool at_completion) : at_completion_(at_completion) {
+  explicit faulty_backend(bool at_completion)
+      : ug::forwarding_backend(ug::make_cpu_backend()), at_completion_(at_completion) {
     // nop
   }
 
@@ -193,54 +196,11 @@ public:
   ug::backend_kind kind() const noexcept override { return ug::backend_kind::cuda; }
   int device() const noexcept override { return 0; }
   std::string describe() const override { return "faulty"; }
-  caf::expected<void*> allocate(size_t bytes) override { return cpu_->allocate(bytes); }
-  void release(void* ptr) noexcept override { cpu_->release(ptr); }
-  caf::expected<void*> allocate_host(size_t bytes) override { return cpu_->allocate_host(bytes); }
-  void release_host(void* ptr) noexcept override { cpu_->release_host(ptr); }
-  caf::error upload(void* d, const void* s, size_t n) override { return cpu_->upload(d, s, n); }
-  caf::error download(void* d, const void* s, size_t n) override { return cpu_->download(d, s, n); }
-  caf::error copy(void* d, const void* s, size_t n) override { return cpu_->copy(d, s, n); }
-  caf::error fill(float* x, size_t n, float v) override { return cpu_->fill(x, n, v); }
-  caf::error gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a,
-                  size_t lda, const float* b, size_t ldb, float beta, float* c,
-                  size_t ldc) override {
-    return cpu_->gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-  caf::error add_bias(float* x, const float* b, size_t r, size_t c) override {
-    return cpu_->add_bias(x, b, r, c);
-  }
-  caf::error relu(const float* in, float* out, size_t n) override { return cpu_->relu(in, out, n); }
-  caf::error relu_grad(const float* p, const float* go, float* gi, size_t n) override {
-    return cpu_->relu_grad(p, go, gi, n);
-  }
-  caf::error bias_grad(const float* d, size_t r, size_t c, float* out) override {
-    return cpu_->bias_grad(d, r, c, out);
-  }
-  caf::error softmax_xent(const float* z, const uint32_t* y, size_t r, size_t c, float s,
-                          float* loss, float* grad) override {
-    return cpu_->softmax_xent(z, y, r, c, s, loss, grad);
-  }
-  caf::error axpy(size_t n, float a, const float* x, float* y) override {
-    return cpu_->axpy(n, a, x, y);
-  }
-  caf::error scale(size_t n, float a, float* x) override { return cpu_->scale(n, a, x); }
-  caf::error sgd_step(float* p, const float* g, size_t n, const ug::sgd_params& hp) override {
-    return cpu_->sgd_step(p, g, n, hp);
-  }
-  caf::error momentum_step(float* p, const float* g, float* m, size_t n,
-                           const ug::momentum_params& hp) override {
-    return cpu_->momentum_step(p, g, m, n, hp);
-  }
-  caf::error adam_step(float* p, const float* g, float* m, float* v, size_t n,
-                       const ug::adam_params& hp) override {
-    return cpu_->adam_step(p, g, m, v, n, hp);
-  }
   caf::error when_done(ug::completion_handler fn) override {
     fn(poisoned_ ? sticky() : caf::error{});
     return {};
   }
   caf::error check() override { return poisoned_ ? sticky() : caf::error{}; }
-  bool idle() override { return true; }
   caf::error synchronize() override { return check(); }
   caf::error inject_fault(ug::fault_kind) override {
     if (!at_completion_)
@@ -250,7 +210,6 @@ public:
   }
 
 private:
-  std::unique_ptr<ug::backend> cpu_ = ug::make_cpu_backend();
   bool at_completion_;
   bool poisoned_ = false;
 };

@@ -16,10 +16,10 @@
 
 #include <catch2/catch.hpp>
 
-#include "../runtime/state_test_util.hpp"
+#include "support/state_test_util.hpp"
 #include "understudy/actors/training.hpp"
+#include "understudy/core/errors.hpp"
 #include "understudy/gpu/device.hpp"
-#include "understudy/runtime/errors.hpp"
 
 extern char** environ;
 
@@ -207,24 +207,24 @@ TEST_CASE("gpu_mlp rejects faults it cannot inject", "[gpu_ops][gpu_mlp]") {
 
 TEST_CASE("parse_faults takes gpu faults only where there are gpus to fault",
           "[gpu_ops][gpu_mlp]") {
-  using understudy::fault_target;
-  auto faults = understudy::parse_faults("gpu:1@5,worker:0@7,trainer@9", 2, 0, 0, 10, 1, 2);
+  using understudy::actors::fault_target;
+  auto faults = understudy::actors::parse_faults("gpu:1@5,worker:0@7,trainer@9", 2, 0, 0, 10, 1, 2);
   REQUIRE(faults);
   REQUIRE(faults->size() == 3);
   REQUIRE(faults->at(0).target == fault_target::gpu);
   REQUIRE(faults->at(0).index == 1);
   REQUIRE(faults->at(0).step == 5);
-  REQUIRE(understudy::to_string(faults->at(0)) == "gpu:1@5");
-  auto missing = understudy::parse_faults("gpu:2@5", 2, 0, 0, 10, 1, 2);
+  REQUIRE(understudy::actors::to_string(faults->at(0)) == "gpu:1@5");
+  auto missing = understudy::actors::parse_faults("gpu:2@5", 2, 0, 0, 10, 1, 2);
   REQUIRE_FALSE(missing);
   REQUIRE(understudy::describe(missing.error()).find("there is no gpu 2 (the job has 2)") !=
           std::string::npos);
   // A training job without GPU actors knows no gpu target.
-  auto plain = understudy::parse_faults("gpu:0@5", 2, 2, 1, 10, 1);
+  auto plain = understudy::actors::parse_faults("gpu:0@5", 2, 2, 1, 10, 1);
   REQUIRE_FALSE(plain);
   REQUIRE(understudy::describe(plain.error()).find("unknown target 'gpu'") != std::string::npos);
   // Random faults draw only among the kinds the job has: here no shard or loader.
-  auto random = understudy::parse_faults("random:200", 3, 0, 0, 50, 7, 3);
+  auto random = understudy::actors::parse_faults("random:200", 3, 0, 0, 50, 7, 3);
   REQUIRE(random);
   bool gpu = false;
   for (const auto& f : *random) {
@@ -236,7 +236,7 @@ TEST_CASE("parse_faults takes gpu faults only where there are gpus to fault",
   }
   REQUIRE(gpu);
   // Without gpus, random faults are those of before (no gpu target drawn).
-  auto legacy = understudy::parse_faults("random:200", 3, 2, 1, 50, 7);
+  auto legacy = understudy::actors::parse_faults("random:200", 3, 2, 1, 50, 7);
   REQUIRE(legacy);
   for (const auto& f : *legacy)
     REQUIRE(f.target != fault_target::gpu);

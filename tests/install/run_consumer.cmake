@@ -1,14 +1,20 @@
-# Installs the build tree into a scratch prefix, then configures, builds and runs the consumer
-# project in tests/install/consumer against that prefix only. Any failing step fails the test.
+# Configures, builds and runs the consumer project in tests/install/consumer
+# against the installed prefix only (install_prefix.cmake made it). Any failing
+# step fails the test.
 #
 # Run with cmake -P and these variables:
-#   UNDERSTUDY_BUILD_DIR, UNDERSTUDY_BUILD_CONFIG, UNDERSTUDY_PREFIX,
+#   UNDERSTUDY_BUILD_CONFIG, UNDERSTUDY_PREFIX,
 #   CONSUMER_SOURCE_DIR, CONSUMER_BINARY_DIR, CONSUMER_GENERATOR,
-#   CONSUMER_CXX_COMPILER, CONSUMER_CXX_COMPILER_LAUNCHER (may be empty)
+#   CONSUMER_CXX_COMPILER, CONSUMER_CXX_COMPILER_LAUNCHER (may be empty),
+#   CONSUMER_COMPONENTS (comma-separated, e.g. "runtime,actors"),
+#   CONSUMER_HIDE_CUDA (comma-separated CUDA toolkit roots, e.g. "/usr/local/cuda";
+#     empty for none): the consumer is configured with those made unfindable
+#     (ignored prefixes and directories, no CUDACXX, CUDA_PATH, CUDA_HOME) and
+#     checks that the CUDA toolkit is indeed not found.
 cmake_minimum_required(VERSION 3.20)
 
-foreach(var UNDERSTUDY_BUILD_DIR UNDERSTUDY_PREFIX CONSUMER_SOURCE_DIR CONSUMER_BINARY_DIR
-            CONSUMER_GENERATOR CONSUMER_CXX_COMPILER)
+foreach(var UNDERSTUDY_PREFIX CONSUMER_SOURCE_DIR CONSUMER_BINARY_DIR CONSUMER_GENERATOR
+            CONSUMER_CXX_COMPILER CONSUMER_COMPONENTS)
   if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
     message(FATAL_ERROR "run_consumer.cmake: ${var} is not set")
   endif()
@@ -16,8 +22,13 @@ endforeach()
 if(NOT UNDERSTUDY_BUILD_CONFIG)
   set(UNDERSTUDY_BUILD_CONFIG Release)
 endif()
+if(NOT EXISTS "${UNDERSTUDY_PREFIX}")
+  message(FATAL_ERROR "run_consumer.cmake: ${UNDERSTUDY_PREFIX} is not installed")
+endif()
+string(REPLACE "," ";" components "${CONSUMER_COMPONENTS}")
+string(REPLACE "," ";" hidden_roots "${CONSUMER_HIDE_CUDA}")
 
-file(REMOVE_RECURSE "${UNDERSTUDY_PREFIX}" "${CONSUMER_BINARY_DIR}")
+file(REMOVE_RECURSE "${CONSUMER_BINARY_DIR}" "${CONSUMER_BINARY_DIR}-init.cmake")
 
 function(run_step description)
   message(STATUS "install consumer: ${description}")
@@ -27,13 +38,15 @@ function(run_step description)
   endif()
 endfunction()
 
-run_step("install ${UNDERSTUDY_BUILD_DIR} into ${UNDERSTUDY_PREFIX}"
-  "${CMAKE_COMMAND}" --install "${UNDERSTUDY_BUILD_DIR}"
-    --prefix "${UNDERSTUDY_PREFIX}" --config "${UNDERSTUDY_BUILD_CONFIG}")
-
+# Lists go through an initial cache file: on a command line their semicolons
+# would split the arguments.
+set(initial_cache "${CONSUMER_BINARY_DIR}-init.cmake")
+set(cache_lines
+  "set(CONSUMER_COMPONENTS \"${components}\" CACHE STRING \"\")\n")
 set(configure_args
   -S "${CONSUMER_SOURCE_DIR}" -B "${CONSUMER_BINARY_DIR}"
   -G "${CONSUMER_GENERATOR}"
+  -C "${initial_cache}"
   "-DCMAKE_PREFIX_PATH=${UNDERSTUDY_PREFIX}"
   "-DCMAKE_BUILD_TYPE=${UNDERSTUDY_BUILD_CONFIG}"
   "-DCMAKE_CXX_COMPILER=${CONSUMER_CXX_COMPILER}"
@@ -41,7 +54,31 @@ set(configure_args
 if(CONSUMER_CXX_COMPILER_LAUNCHER)
   list(APPEND configure_args "-DCMAKE_CXX_COMPILER_LAUNCHER=${CONSUMER_CXX_COMPILER_LAUNCHER}")
 endif()
-run_step("configure the consumer" "${CMAKE_COMMAND}" ${configure_args})
+set(environment "")
+if(hidden_roots)
+  # CMAKE_IGNORE_PREFIX_PATH hides the roots from prefix searches; FindCUDAToolkit
+  # also tries them directly (and nvcc on PATH), so their directories go into
+  # CMAKE_IGNORE_PATH (which matches whole directory names only) as well.
+  set(ignored_dirs "")
+  foreach(root IN LISTS hidden_roots)
+    list(APPEND ignored_dirs "${root}")
+    foreach(sub bin include lib lib64 lib64/stubs lib/stubs nvvm/bin
+                targets/x86_64-linux/include targets/x86_64-linux/lib
+                targets/x86_64-linux/lib/stubs targets/sbsa-linux/include
+                targets/sbsa-linux/lib targets/sbsa-linux/lib/stubs)
+      list(APPEND ignored_dirs "${root}/${sub}")
+    endforeach()
+  endforeach()
+  string(APPEND cache_lines
+    "set(CMAKE_IGNORE_PREFIX_PATH \"${hidden_roots}\" CACHE STRING \"\")\n"
+    "set(CMAKE_IGNORE_PATH \"${ignored_dirs}\" CACHE STRING \"\")\n"
+    "set(CONSUMER_EXPECT_NO_CUDA ON CACHE BOOL \"\")\n")
+  set(environment "${CMAKE_COMMAND}" -E env --unset=CUDACXX --unset=CUDA_PATH --unset=CUDA_HOME
+                  --unset=CUDAToolkit_ROOT --unset=NCCL_ROOT)
+endif()
+file(WRITE "${initial_cache}" "${cache_lines}")
+run_step("configure the consumer (components ${components})"
+  ${environment} "${CMAKE_COMMAND}" ${configure_args})
 
 file(STRINGS "${CONSUMER_BINARY_DIR}/CMakeCache.txt" found_dir REGEX "^understudy_DIR:")
 string(REGEX REPLACE "^understudy_DIR:[A-Z]+=" "" found_dir "${found_dir}")

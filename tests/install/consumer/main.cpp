@@ -2,7 +2,8 @@
 // embeds the runtime, starts a supervision tree with a persistent child (its
 // state type uses the installed Cap'n Proto schema), sees a crash repaired
 // with the checkpointed state restored, and shuts down. Exits non-zero if any
-// of that does not work. It also links the gpu component and lists devices.
+// of that does not work. It builds a model of the actors component and, built
+// with the gpu component (CONSUMER_WITH_GPU), lists devices.
 
 #include <chrono>
 #include <cstdlib>
@@ -13,11 +14,14 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
+#include <understudy/actors/numerics/mlp.hpp>
+#if defined(CONSUMER_WITH_GPU)
 #include <understudy/gpu/device.hpp>
-#include <understudy/runtime/persistent.hpp>
-#include <understudy/runtime/runtime.hpp>
-#include <understudy/runtime/version.hpp>
+#endif
+#include <understudy/core/version.hpp>
 #include <understudy/schema/state.capnp.h>
+#include <understudy/state/persistent.hpp>
+#include <understudy/state/runtime.hpp>
 
 struct counter {
   uint64_t value = 0;
@@ -69,9 +73,17 @@ caf::behavior echo(caf::event_based_actor*) {
 } // namespace
 
 int main() {
+#if defined(CONSUMER_WITH_GPU)
   // The gpu component links (with its CUDA backend where it was built with one);
   // no device is needed: the list is just empty then.
   std::cout << "devices: " << understudy::gpu::discover_devices().size() << '\n';
+#endif
+  // The actors component links: a 4-8-3 MLP has 4*8+8 + 8*3+3 parameters.
+  understudy::actors::mlp net{{4, 8, 3}};
+  if (net.parameter_count() != 67) {
+    std::cerr << "unexpected parameter count " << net.parameter_count() << '\n';
+    return 9;
+  }
   auto log = std::make_shared<understudy::event_log>();
   understudy::runtime_config cfg;
   cfg.events = log;

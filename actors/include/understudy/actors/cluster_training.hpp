@@ -7,18 +7,15 @@
 
 #include <caf/expected.hpp>
 
+#include "understudy/actors/job_config.hpp"
 #include "understudy/actors/training.hpp"
-#include "understudy/runtime/cluster.hpp"
-#include "understudy/runtime/node_config.hpp"
-#include "understudy/runtime/runtime.hpp"
+#include "understudy/cluster/cluster.hpp"
+#include "understudy/config/node_config.hpp"
+#include "understudy/state/runtime.hpp"
 
-namespace understudy {
+namespace understudy::actors {
 
-/// The `node_config_options::check_job` hook of the training component: the
-/// fault spec as parse_faults reads it.
-std::optional<job_problem> check_training_job(const job_spec& job);
-
-/// The training_config of `nc`'s [job]: loads its data file (relative to the
+/// The training_config of `nc`'s [job] (job_of): loads its data file (relative to the
 /// working directory), splits it by seed, builds the model. Errors name the
 /// config file and the line of the key at fault.
 caf::expected<training_config> make_training_config(const node_config& nc);
@@ -66,9 +63,15 @@ public:
 private:
   cluster_training(cluster_node& node, const node_config& nc, training_job job);
   cluster_node& node_;
-  job_spec spec_;
+  /// Where the actors of each role start and may restart ([job.<role>]).
+  struct role_placements {
+    placement_spec shard;
+    placement_spec loader;
+    placement_spec worker;
+  };
+  role_placements placements_;
   training_job job_;
   std::vector<std::string> candidates_;
 };
 
-} // namespace understudy
+} // namespace understudy::actors

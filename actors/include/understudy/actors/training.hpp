@@ -13,14 +13,14 @@
 #include <caf/fwd.hpp>
 #include <caf/meta/type_name.hpp>
 
-#include "understudy/actors/dataset.hpp"
-#include "understudy/actors/model.hpp"
-#include "understudy/actors/optimizer.hpp"
-#include "understudy/runtime/shared_value.hpp"
-#include "understudy/runtime/state_writer.hpp"
-#include "understudy/runtime/supervisor.hpp"
+#include "understudy/actors/numerics/dataset.hpp"
+#include "understudy/actors/numerics/model.hpp"
+#include "understudy/actors/numerics/optimizer.hpp"
+#include "understudy/core/shared_value.hpp"
+#include "understudy/state/state_writer.hpp"
+#include "understudy/supervision/supervisor.hpp"
 
-namespace understudy {
+namespace understudy::actors {
 
 // -- faults ----------------------------------------------------------------------
 
@@ -281,8 +281,9 @@ typename Inspector::result_type inspect(Inspector& f, served_batch& x) {
 using batch_ptr = shared_value<served_batch>;
 using slice_ptr = shared_value<std::vector<float>>;
 
-/// Registers the protocol's message types with `cfg`, for jobs whose actors run
-/// in several processes or on several nodes (every process must do it).
+/// Registers the protocol's message types and the training component's error
+/// categories (`data_errc`) with `cfg`, for jobs whose actors run in several
+/// processes or on several nodes (every process must do it).
 void register_training_types(caf::actor_system_config& cfg);
 
-} // namespace understudy
+} // namespace understudy::actors

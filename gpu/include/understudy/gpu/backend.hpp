@@ -40,20 +40,20 @@ enum class fault_kind : uint8_t {
 /// Returns "illegal_address".
 std::string to_string(fault_kind x);
 
-/// Hyperparameters of `backend::sgd_step` (see understudy::optimizer).
+/// Hyperparameters of `backend::sgd_step` (see understudy::actors::optimizer).
 struct sgd_params {
   float lr = 0.01f;
   float weight_decay = 0.0f;
 };
 
-/// Hyperparameters of `backend::momentum_step` (see understudy::optimizer).
+/// Hyperparameters of `backend::momentum_step` (see understudy::actors::optimizer).
 struct momentum_params {
   float lr = 0.01f;
   float momentum = 0.9f;
   float weight_decay = 0.0f;
 };
 
-/// Hyperparameters of `backend::adam_step` (see understudy::optimizer).
+/// Hyperparameters of `backend::adam_step` (see understudy::actors::optimizer).
 struct adam_params {
   float lr = 0.001f;
   float beta1 = 0.9f;
@@ -66,7 +66,7 @@ struct adam_params {
 
 /// Adam's bias corrections c1 = 1 - beta1^t and c2 = 1 - beta2^t, computed in
 /// double with beta^t by repeated squaring and rounded to float, exactly as
-/// understudy::optimizer does.
+/// understudy::actors::optimizer does.
 struct adam_corrections {
   float c1 = 1.0f;
   float c2 = 1.0f;
@@ -175,7 +175,7 @@ public:
 
   /// Softmax cross-entropy of `rows` x `classes` logits against `labels`
   /// (device memory, one uint32 per row): loss[r] = log(sum_j exp(z_j - max))
-  /// - (z_y - max), computed as understudy::mlp does (max subtracted, sums in
+  /// - (z_y - max), computed as understudy::actors::mlp does (max subtracted, sums in
   /// ascending j). If `grad` is not null it receives (softmax - onehot(y)) *
   /// `grad_scale` (use 1/rows for the mean loss); `grad` may be `logits`.
   /// A label not below `classes`: the CPU backend returns invalid_argument (no
@@ -190,9 +190,9 @@ public:
   virtual caf::error scale(size_t n, float alpha, float* x) = 0;
 
   // -- optimizer updates ----------------------------------------------------------------
-  // Element-wise, in float, in the order understudy::optimizer::step documents,
+  // Element-wise, in float, in the order understudy::actors::optimizer::step documents,
   // without FMA: the same inputs give bit-identical results on both backends
-  // and to understudy::optimizer.
+  // and to understudy::actors::optimizer.
 
   /// p -= lr * g', g' = g + weight_decay * p (only if weight_decay != 0).
   virtual caf::error sgd_step(float* p, const float* g, size_t n, const sgd_params& hp) = 0;

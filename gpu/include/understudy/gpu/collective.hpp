@@ -12,20 +12,19 @@
 #include <caf/fwd.hpp>
 #include <caf/timespan.hpp>
 
+#include "understudy/core/errors.hpp"
+#include "understudy/gpu/errors.hpp"
 #include "understudy/gpu/ops.hpp"
-#include "understudy/runtime/child_spec.hpp"
-#include "understudy/runtime/errors.hpp"
+#include "understudy/supervision/child_spec.hpp"
 
 namespace understudy::gpu {
 
 // -- errors -------------------------------------------------------------------------------
 
-/// Error category atom for `collective_errc`, as carried in `caf::error`.
-constexpr caf::atom_value collective_category = caf::atom("us_coll");
-
 /// Failures of a collective group. The context names the collective (its kind
 /// and number), the ranks concerned and, for a rank's or NCCL's failure, the
-/// original error.
+/// original error. `invalid_argument` gives up; the others resolve the
+/// restarted group (and ranks) again (`reconnect`).
 enum class collective_errc : uint8_t {
   /// Not an error.
   none = 0,
@@ -43,18 +42,32 @@ enum class collective_errc : uint8_t {
   nccl_error,
 };
 
-/// Returns the name of `x`, e.g. "deadline_exceeded".
-std::string to_string(collective_errc x);
+} // namespace understudy::gpu
 
-/// Classifies `x` by what the caller should do next: `invalid_argument` gives
-/// up; the others resolve the restarted group (and ranks) again (`reconnect`).
-next_step next_step_for(collective_errc x);
+namespace understudy {
 
-/// Wraps `x` into a `caf::error` with a context message describing the details.
-caf::error make_error(collective_errc x, std::string context);
+/// Declares `gpu::collective_errc`.
+template <>
+struct error_traits<gpu::collective_errc> {
+  using errc = gpu::collective_errc;
+  static constexpr caf::atom_value category = caf::atom("us_coll");
+  static constexpr error_value<errc> values[] = {
+      {errc::none, "none", "not an error", next_step::give_up},
+      {errc::deadline_exceeded, "deadline_exceeded",
+       "a collective did not finish within the group's deadline", next_step::reconnect},
+      {errc::rank_failed, "rank_failed", "a rank failed during a collective", next_step::reconnect},
+      {errc::invalid_argument, "invalid_argument", "the collective request is malformed",
+       next_step::give_up},
+      {errc::nccl_error, "nccl_error", "an NCCL call failed", next_step::reconnect},
+  };
+};
 
-/// Returns whether `err` is of category `collective_category` with code `x`.
-bool is(const caf::error& err, collective_errc x);
+} // namespace understudy
+
+namespace understudy::gpu {
+
+/// Error category atom for `collective_errc`, as carried in `caf::error`.
+constexpr caf::atom_value collective_category = error_traits<collective_errc>::category;
 
 /// Registers the `collective_errc` category (rendered by name) and the
 /// protocol's message types with `cfg`, so that they render readably and cross

@@ -12,12 +12,12 @@
 #include <caf/timespan.hpp>
 
 #include "understudy/gpu/gpu_actor.hpp"
-#include "understudy/runtime/child_spec.hpp"
-#include "understudy/runtime/process_host.hpp"
+#include "understudy/process/process_host.hpp"
+#include "understudy/supervision/child_spec.hpp"
 
 // A GPU actor in a process of its own, so that a sticky CUDA error, which
 // poisons the whole process, costs only that process. It runs on the runtime's
-// process host (understudy/runtime/process_host.hpp): the parent holds a
+// process host (understudy/process/process_host.hpp): the parent holds a
 // keeper that speaks the GPU actor's protocol and exits with a `process_errc`
 // error naming the child's exit status (`host_status::poisoned` after a sticky
 // CUDA error), so that a supervisor restarts it with a fresh process. The

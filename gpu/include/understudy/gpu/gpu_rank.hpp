@@ -12,8 +12,8 @@
 #include <caf/expected.hpp>
 
 #include "understudy/gpu/ops.hpp"
-#include "understudy/runtime/child_spec.hpp"
-#include "understudy/runtime/state_writer.hpp"
+#include "understudy/state/state_writer.hpp"
+#include "understudy/supervision/child_spec.hpp"
 
 namespace understudy::gpu {
 

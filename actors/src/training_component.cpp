@@ -1,0 +1,125 @@
+#include "understudy/actors/training_component.hpp"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+
+#include <caf/sec.hpp>
+
+#include "understudy/actors/cluster_training.hpp"
+#include "understudy/actors/job_config.hpp"
+#include "understudy/actors/training_metrics.hpp"
+#include "understudy/metrics/metrics.hpp"
+
+namespace understudy::actors {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+/// One node's share of the training job (see cluster_training).
+class training_part : public node_part {
+public:
+  training_part(std::unique_ptr<cluster_training> ct, std::unique_ptr<training_metrics> metrics)
+      : ct_(std::move(ct)), metrics_(std::move(metrics)) {}
+
+  std::string takeover_reason() const override { return "the trainer's node is lost"; }
+
+  void before_tree(leader_context& ctx) override {
+    auto& job = ct_->job();
+    const auto steps = job.config().steps;
+    const uint64_t every = std::max<uint64_t>(1, steps / 20);
+    started_ = clock_type::now();
+    auto* out = &ctx.out;
+    job.on_start([this, out](uint64_t committed) {
+      started_ = clock_type::now();
+      out->say(committed == 0 ? "job: fresh start"
+                              : "job: resuming from committed step " + std::to_string(committed));
+    });
+    job.on_progress([this, out, mp = metrics_.get(), steps, every,
+                     last = uint64_t{0}](const training_progress& p) mutable {
+      if (mp != nullptr)
+        mp->on_step(p.step);
+      if (p.step != steps && p.step / every == last / every)
+        return;
+      last = p.step;
+      double secs = std::chrono::duration<double>(clock_type::now() - started_).count();
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    "progress: step %" PRIu64 "/%" PRIu64
+                    " loss %.4f accuracy %.4f restarts %" PRIu64 " lost %" PRIu64 " (%.0f steps/s)",
+                    p.step, p.steps, p.loss, p.accuracy < 0 ? 0.0 : p.accuracy, p.restarts,
+                    p.lost_steps, secs > 0 ? static_cast<double>(p.step) / secs : 0.0);
+      out->say(buf);
+    });
+  }
+
+  std::optional<child_spec> make_child(const tree_child& c,
+                                       const std::shared_ptr<event_sink>& events) override {
+    if (c.type != "training_job")
+      return std::nullopt;
+    return supervisor_child(ct_->spec(events, c.name), c.restart);
+  }
+
+  bool has_end() const override { return true; }
+
+  std::optional<work_end> await_end(std::chrono::milliseconds timeout) override {
+    auto result = ct_->job().wait(timeout);
+    if (!result && result.error() == caf::sec::request_timeout)
+      return std::nullopt;
+    work_end end;
+    if (!result) {
+      end.error = std::move(result.error());
+      return end;
+    }
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64 " restarts=%" PRIu64
+                  " lost_steps=%" PRIu64,
+                  result->steps, result->accuracy, result->params_digest, result->restarts,
+                  result->lost_steps);
+    end.summary = buf;
+    return end;
+  }
+
+private:
+  std::unique_ptr<cluster_training> ct_;
+  /// The job's metrics, registered at zero on every node that serves metrics.
+  std::unique_ptr<training_metrics> metrics_;
+  clock_type::time_point started_ = clock_type::now();
+};
+
+class training_node_component : public node_component {
+public:
+  void prepare_loading(node_config_options& opts) const override {
+    opts.sections.push_back(job_section());
+  }
+
+  void register_types(caf::actor_system_config& cfg) const override {
+    register_training_types(cfg);
+  }
+
+  std::vector<std::string> leader_candidates(const node_config& nc) const override {
+    return actors::leader_candidates(nc);
+  }
+
+  caf::expected<std::unique_ptr<node_part>> attach(cluster_node& node, const node_config& nc,
+                                                   node_metrics* metrics) const override {
+    auto ct = cluster_training::create(node, nc);
+    if (!ct)
+      return ct.error();
+    std::unique_ptr<training_metrics> tm;
+    if (metrics != nullptr && job_of(nc) != nullptr)
+      tm = std::make_unique<training_metrics>(*metrics);
+    return std::unique_ptr<node_part>{
+        std::make_unique<training_part>(std::move(*ct), std::move(tm))};
+  }
+};
+
+} // namespace
+
+std::shared_ptr<const node_component> training_component() {
+  return std::make_shared<training_node_component>();
+}
+
+} // namespace understudy::actors

@@ -1,0 +1,56 @@
+// The node's agent: its behavior, made of the membership, spawning and replication handlers.
+
+#include "agent.hpp"
+
+#include <mutex>
+#include <string>
+
+#include <caf/event_based_actor.hpp>
+#include <caf/response_promise.hpp>
+#include <caf/typed_response_promise.hpp>
+
+namespace understudy::cluster_detail {
+
+caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
+  // The groups handle distinct atoms; membership also installs the down
+  // handler and starts the tick loop.
+  auto membership = membership_handlers(self, st);
+  auto spawning = spawning_handlers(self, st);
+  auto replication = replication_handlers(self, st);
+  return membership.or_else(spawning)
+      .or_else(replication)
+      .or_else(
+          [self, st](status_atom) -> caf::result<std::string> {
+            auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+            auto rp = self->make_response_promise<std::string>();
+            authenticate(
+                self, st, sender, "",
+                [st, rp](caf::error err) mutable {
+                  if (err)
+                    rp.deliver(std::move(err));
+                  else
+                    rp.deliver(render_status(*st));
+                },
+                true);
+            return rp;
+          },
+          [self, st](stop_atom) -> caf::result<void> {
+            auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+            auto rp = self->make_response_promise();
+            authenticate(self, st, sender, "", [st, rp](caf::error err) mutable {
+              if (err) {
+                rp.deliver(std::move(err));
+                return;
+              }
+              {
+                std::lock_guard<std::mutex> guard{st->mtx};
+                st->stop_requested = true;
+                st->cv.notify_all();
+              }
+              rp.deliver(caf::unit);
+            });
+            return rp;
+          });
+}
+
+} // namespace understudy::cluster_detail

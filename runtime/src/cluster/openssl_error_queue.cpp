@@ -1,0 +1,80 @@
+// The OpenSSL error-queue guard: this file defines SSL_read, SSL_write,
+// SSL_connect and SSL_accept, which take the place of OpenSSL's own in the
+// whole process. Why, and what that does to a program linking the runtime:
+// see "OpenSSL interposition" in understudy/cluster/security.hpp.
+
+#include <dlfcn.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "tls_peer_names.hpp"
+#include "understudy/cluster/security.hpp"
+
+namespace understudy {
+
+namespace {
+
+/// OpenSSL's own definition of `name`: the next one in symbol lookup after
+/// this program's. Its absence is a broken installation: aborts.
+template <class F>
+F openssl_next(const char* name) {
+  auto f = reinterpret_cast<F>(::dlsym(RTLD_NEXT, name));
+  if (f == nullptr) {
+    std::fprintf(stderr, "understudy: cannot find OpenSSL's %s: %s\n", name, ::dlerror());
+    std::abort();
+  }
+  return f;
+}
+
+/// Empties this thread's error queue, calls OpenSSL's `next`, and records the
+/// peer's certificate name once the handshake is done.
+template <class F, class... Ts>
+int call_ssl(F next, SSL* ssl, Ts... xs) {
+  ERR_clear_error();
+  auto ret = next(ssl, xs...);
+  detail::note_tls_peer(ssl);
+  return ret;
+}
+
+} // namespace
+
+} // namespace understudy
+
+extern "C" {
+
+// Each looks OpenSSL's function up once, on first use (a function-local
+// static: one pointer per process, as the symbol it replaces is one per process).
+
+int SSL_read(SSL* ssl, void* buf, int num) {
+  static auto next = understudy::openssl_next<int (*)(SSL*, void*, int)>("SSL_read");
+  return understudy::call_ssl(next, ssl, buf, num);
+}
+
+int SSL_write(SSL* ssl, const void* buf, int num) {
+  static auto next = understudy::openssl_next<int (*)(SSL*, const void*, int)>("SSL_write");
+  return understudy::call_ssl(next, ssl, buf, num);
+}
+
+int SSL_connect(SSL* ssl) {
+  static auto next = understudy::openssl_next<int (*)(SSL*)>("SSL_connect");
+  return understudy::call_ssl(next, ssl);
+}
+
+int SSL_accept(SSL* ssl) {
+  static auto next = understudy::openssl_next<int (*)(SSL*)>("SSL_accept");
+  return understudy::call_ssl(next, ssl);
+}
+
+} // extern "C"
+
+bool understudy::openssl_error_queue_guarded() {
+  using read_fn = int (*)(SSL*, void*, int);
+  using write_fn = int (*)(SSL*, const void*, int);
+  read_fn read = &SSL_read;
+  write_fn write = &SSL_write;
+  return ::dlsym(RTLD_DEFAULT, "SSL_read") == reinterpret_cast<void*>(read) &&
+         ::dlsym(RTLD_DEFAULT, "SSL_write") == reinterpret_cast<void*>(write);
+}

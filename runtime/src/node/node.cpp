@@ -1,0 +1,566 @@
+#include "understudy/node/node.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <thread>
+
+#include <caf/actor_system_config.hpp>
+
+#include "understudy/cluster/cluster.hpp"
+#include "understudy/cluster/etcd_coordinator.hpp"
+#include "understudy/cluster/security.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/metrics/metrics.hpp"
+#include "understudy/state/runtime.hpp"
+
+namespace understudy {
+
+// -- output, parts and components ------------------------------------------------------
+
+void node_output::say(const std::string& line) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  out_ << line << std::endl;
+}
+
+void node_output::warn(const std::string& line) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  err_ << line << '\n';
+  err_.flush();
+}
+
+node_part::~node_part() = default;
+
+std::string node_part::takeover_reason() const {
+  return "the leader's node is lost";
+}
+
+void node_part::before_tree(leader_context&) {}
+
+std::optional<child_spec> node_part::make_child(const tree_child&,
+                                                const std::shared_ptr<event_sink>&) {
+  return std::nullopt;
+}
+
+void node_part::after_tree(leader_context&, const supervisor_ref&) {}
+
+bool node_part::has_end() const {
+  return false;
+}
+
+std::optional<work_end> node_part::await_end(std::chrono::milliseconds) {
+  return std::nullopt;
+}
+
+void node_part::stop() {}
+
+node_component::~node_component() = default;
+
+void node_component::prepare_loading(node_config_options&) const {}
+
+void node_component::register_types(caf::actor_system_config&) const {}
+
+std::vector<std::string> node_component::leader_candidates(const node_config&) const {
+  return {};
+}
+
+caf::expected<node_config> load_config(const std::string& file, const node_components& components) {
+  node_config_options opts;
+  for (const auto& c : components)
+    c->prepare_loading(opts);
+  auto nc = load_node_config(file, opts);
+  if (!nc)
+    return nc;
+  if (auto used = use_launch_credentials(*nc, false); !used)
+    return used.error();
+  return nc;
+}
+
+std::string launch_data_dir(const node_config& nc) {
+  auto parent = std::filesystem::path(nc.nodes.front().state_dir).parent_path();
+  return parent.empty() ? std::string{"."} : parent.string();
+}
+
+std::string launch_credentials_dir(const node_config& nc) {
+  return launch_data_dir(nc) + "/certs";
+}
+
+caf::expected<bool> use_launch_credentials(node_config& nc, bool create) {
+  if (nc.cluster.security || nc.nodes.empty())
+    return false;
+  const auto dir = launch_credentials_dir(nc);
+  auto exists = [](const std::string& path) {
+    std::error_code ec;
+    return std::filesystem::exists(path, ec);
+  };
+  if (!create && !exists(dir + "/ca.pem"))
+    return false;
+  auto with = nc;
+  with.cluster.security =
+      security_spec{dir + "/ca.pem", dir + "/ca.key", dir + "/{node}.pem", dir + "/{node}.key"};
+  bool complete = exists(dir + "/ca.pem") && exists(dir + "/ca.key");
+  for (auto& n : with.nodes) {
+    n.cert = dir + "/" + n.name + ".pem";
+    n.key = dir + "/" + n.name + ".key";
+    complete = complete && exists(n.cert) && exists(n.key);
+  }
+  if (create && !complete)
+    if (auto made = create_cluster_certificates(with, true); !made)
+      return made.error();
+  // The notes that say it talks in the clear no longer hold.
+  auto& notes = with.notes;
+  notes.erase(std::remove_if(
+                  notes.begin(), notes.end(),
+                  [](const std::string& n) { return n.find("without TLS") != std::string::npos; }),
+              notes.end());
+  notes.push_back(nc.origin +
+                  ": no [cluster.security]: mutual TLS with the certificates that "
+                  "`understudy launch` made in " +
+                  dir);
+  nc = std::move(with);
+  return true;
+}
+
+std::vector<std::string> leader_candidates(const node_config& nc,
+                                           const node_components& components) {
+  for (const auto& c : components)
+    if (auto preferred = c->leader_candidates(nc); !preferred.empty())
+      return preferred;
+  return nc.preferred_nodes(nc.tree.placement);
+}
+
+// -- understudy node -------------------------------------------------------------------
+
+namespace {
+
+/// The leader's status text: the live tree with placement, incarnations and
+/// restarts, then the recent supervision events.
+std::string tree_status(const cluster_node& node, const supervisor_ref& root,
+                        const std::string& root_path, const event_log& recent) {
+  std::string out = "  supervision tree:\n";
+  std::function<void(const supervisor_ref&, const std::string&, int)> walk =
+      [&](const supervisor_ref& sup, const std::string& path, int depth) {
+        auto kids = sup.which_children(std::chrono::seconds(2));
+        if (!kids) {
+          out += std::string(depth * 2 + 4, ' ') + "(" + describe(kids.error()) + ")\n";
+          return;
+        }
+        for (const auto& c : *kids) {
+          auto where = node.node_of(c.handle);
+          out += std::string(depth * 2 + 4, ' ') + path + "/" + c.id + "  " + to_string(c.status) +
+                 ", incarnation " + std::to_string(c.incarnation) + ", restarts " +
+                 std::to_string(c.restarts) + (where.empty() ? "" : ", on " + where) + "\n";
+          if (c.kind == child_kind::supervisor)
+            if (auto sub = sup.nested(c.id, std::chrono::seconds(2)))
+              walk(*sub, path + "/" + c.id, depth + 1);
+        }
+      };
+  walk(root, root_path, 0);
+  auto events = recent.snapshot();
+  out += "  recent events:\n";
+  auto first = events.size() > 12 ? events.size() - 12 : 0;
+  for (size_t i = first; i < events.size(); ++i) {
+    const auto& ev = events[i];
+    out += "    " + to_string(ev.kind) + " " + ev.supervisor +
+           (ev.child.empty() ? "" : "/" + ev.child) + "#" + std::to_string(ev.incarnation) +
+           (ev.action.empty() ? "" : " " + ev.action) +
+           (ev.reason.empty() ? "" : " (" + ev.reason + ")") + "\n";
+  }
+  return out;
+}
+
+/// One run of a node: from loading its config to ending its process.
+class node_session {
+public:
+  node_session(const node_options& opts, node_output& out) : opts_(opts), out_(out) {
+    // A node writes to its launcher's pipe and to peers' sockets: a reader that
+    // went away is an EPIPE error, not the death of the node. Process-wide, as
+    // signal dispositions are.
+    ::signal(SIGPIPE, SIG_IGN);
+    // Signals go to one thread that asks the node to stop.
+    sigemptyset(&sigs_);
+    sigaddset(&sigs_, SIGINT);
+    sigaddset(&sigs_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs_, nullptr);
+  }
+
+  exit_code run() {
+    if (auto failed = start())
+      return *failed;
+    if (auto failed = attach())
+      finish(*failed);
+    lead(follow());
+  }
+
+private:
+  void fail(const std::string& what) { out_.warn(opts_.label + ": " + what); }
+  void say(const std::string& line) { out_.say(line); }
+  const std::string& me() const { return node_->self().name; }
+
+  /// Makes the coordinator where etcd endpoints are known (--coordination,
+  /// else [cluster.coordination]); a cluster of more than one node needs them.
+  std::optional<exit_code> make_coordinator() {
+    auto spec = nc_.cluster.coordination;
+    if (!opts_.coordination_endpoints.empty())
+      spec.endpoints = opts_.coordination_endpoints;
+    if (spec.endpoints.empty()) {
+      if (nc_.nodes.size() <= 1)
+        return std::nullopt;
+      fail(opts_.file + ": a cluster of " + std::to_string(nc_.nodes.size()) +
+           " nodes needs etcd: add [cluster.coordination] with its endpoints, or start the "
+           "cluster with `understudy launch`");
+      return exit_code::bad_config;
+    }
+    auto made = etcd_coordinator::create(spec, nc_.cluster.name, opts_.name);
+    if (!made) {
+      fail(describe(made.error()));
+      return exit_code::bad_config;
+    }
+    coordinator_ = std::move(*made);
+    return std::nullopt;
+  }
+
+  /// Loads the config and starts the runtime, the metrics and the cluster
+  /// node; the error's exit code if that fails.
+  std::optional<exit_code> start() {
+    auto nc = load_config(opts_.file, opts_.components);
+    if (!nc) {
+      fail(describe(nc.error()));
+      return exit_code::bad_config;
+    }
+    nc_ = std::move(*nc);
+    if (nc_.find_node(opts_.name) == nullptr) {
+      fail(opts_.file + ": no node named '" + opts_.name + "'");
+      return exit_code::bad_config;
+    }
+    for (const auto& note : nc_.notes)
+      out_.warn("note: " + note);
+    if (auto failed = make_coordinator())
+      return failed;
+    runtime_config rc;
+    caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
+    rc.configure = [this, &prepared](caf::actor_system_config& cfg) {
+      prepared = cluster_node::configure(cfg, nc_, opts_.name);
+      for (const auto& c : opts_.components)
+        c->register_types(cfg);
+    };
+    rt_ = std::make_unique<runtime>(rc);
+    if (!prepared) {
+      fail(describe(prepared.error()));
+      return exit_code::bad_config;
+    }
+    for (const auto& note : *prepared)
+      out_.warn("note: " + note);
+    start_metrics();
+    std::function<void(std::chrono::nanoseconds)> on_commit;
+    if (metrics_)
+      on_commit = [mp = metrics_.get()](std::chrono::nanoseconds d) {
+        mp->observe_commit_latency(d);
+      };
+    auto node = cluster_node::start(*rt_, nc_, opts_.name, nullptr, on_commit, coordinator_);
+    if (!node) {
+      fail(describe(node.error()));
+      return exit_code::bad_config;
+    }
+    node_ = std::move(*node);
+    waiter_ = std::thread{[this] {
+      int sig = 0;
+      if (sigwait(&sigs_, &sig) == 0 && sig != 0) {
+        signalled_ = true;
+        node_->request_stop();
+      }
+    }};
+    return std::nullopt;
+  }
+
+  /// Prometheus metrics where the config gives the node a metrics port. A
+  /// port that cannot be bound costs the metrics, not the node.
+  void start_metrics() {
+    const auto* spec = nc_.find_node(opts_.name);
+    if (spec->metrics_port == 0)
+      return;
+    metrics_config mc;
+    mc.node = spec->name;
+    mc.host = spec->host;
+    mc.port = spec->metrics_port;
+    if (auto m = node_metrics::start(mc))
+      metrics_ = std::move(*m);
+    else
+      out_.warn("warning: node " + spec->name + ": no metrics: " + describe(m.error()));
+  }
+
+  /// Announces the node, hooks its notes and peer changes, attaches the
+  /// components and sets the leader candidates.
+  std::optional<exit_code> attach() {
+    const auto& self = node_->self();
+    say("node " + self.name + ": listening on " + self.host + ":" + std::to_string(self.port) +
+        ", state in " + self.state_dir +
+        (self.buddy.empty() ? "" : ", replicating to " + self.buddy) + ", generation " +
+        std::to_string(node_->generation()));
+    auto* mp = metrics_.get();
+    if (mp != nullptr) {
+      auto store = node_->state_store().store;
+      mp->set_state_source([store] { return store->stats(); });
+      say("node " + self.name + ": metrics on " + mp->url());
+    }
+    node_->on_note(
+        [this, name = self.name](const std::string& text) { say("node " + name + ": " + text); });
+    node_->on_peer_change([this, name = self.name, mp](const peer_view& p) {
+      say("node " + name + ": peer " + p.name + " is " + to_string(p.state) +
+          (p.reason.empty() ? "" : " (" + p.reason + ")"));
+      if (mp != nullptr)
+        mp->set_peer_health(p.name, p.state == peer_state::alive       ? peer_health::alive
+                                    : p.state == peer_state::suspected ? peer_health::suspected
+                                                                       : peer_health::dead);
+    });
+    for (const auto& c : opts_.components) {
+      auto part = c->attach(*node_, nc_, mp);
+      if (!part) {
+        fail(describe(part.error()));
+        return exit_code::bad_config;
+      }
+      parts_.push_back(std::move(*part));
+    }
+    candidates_ = leader_candidates(nc_, opts_.components);
+    node_->set_leader_candidates(candidates_);
+    return std::nullopt;
+  }
+
+  /// Follows until this node leads: at once for the first candidate, or when
+  /// the leader dies and this node is next. Returns whether it took over from
+  /// a lost leader; ends the process when it must stop instead.
+  bool follow() {
+    const bool first = !candidates_.empty() && candidates_.front() == me();
+    bool waited = false;
+    bool followed = false;
+    for (;;) {
+      if (node_->await_leadership(std::chrono::seconds(1))) {
+        if (first && !waited) {
+          // A cold start: wait for every node (a node that restarts while
+          // another leads hears so from its peers meanwhile).
+          waited = true;
+          await_cold_start();
+        }
+        if (node_->claim_leadership())
+          return !first || followed;
+        continue;
+      }
+      followed = true;
+      if (!node_->await_stop_request(std::chrono::milliseconds(0)))
+        continue;
+      if (node_->fenced()) {
+        say("node " + me() + ": fenced: the cluster declared this node dead; exiting");
+        finish(exit_code::fenced);
+      }
+      say("node " + me() + ": stopping");
+      finish(exit_code::ok);
+    }
+  }
+
+  /// Waits for every peer before the first leader starts the tree; ends the
+  /// process if they stay unreachable while this node still leads.
+  void await_cold_start() {
+    auto wait_for = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        nc_.cluster.failure_detection.connection_timeout) *
+                    5;
+    if (node_->await_peers(std::max(wait_for, std::chrono::milliseconds(10000))) ||
+        node_->leader() != me())
+      return;
+    std::string missing;
+    for (auto& p : node_->peers())
+      if (p.state != peer_state::alive)
+        missing += " " + p.name;
+    fail("nodes not reachable:" + missing);
+    finish(exit_code::bad_config);
+  }
+
+  /// The sink of the tree's events: recent events for the status report and,
+  /// with metrics, the supervision metrics (and failovers counted).
+  std::shared_ptr<event_sink> tree_sink(const std::shared_ptr<event_log>& recent) {
+    auto* mp = metrics_.get();
+    if (mp == nullptr)
+      return recent;
+    node_->on_peer_change([mp](const peer_view& p) {
+      if (p.state == peer_state::dead)
+        mp->on_failover(p.name); // the leader restarts its actors elsewhere
+    });
+    return std::make_shared<fanout_sink>(
+        std::vector<std::shared_ptr<event_sink>>{recent, mp->sink()});
+  }
+
+  /// Runs the tree the config declares until the work ends or the node must
+  /// stop; ends the process.
+  [[noreturn]] void lead(bool took_over) {
+    if (took_over)
+      say("node " + me() + ": taking over the job's tree (" +
+          (parts_.empty() ? node_part{}.takeover_reason() : parts_.front()->takeover_reason()) +
+          ")");
+    leader_context ctx{*node_, *rt_, out_, metrics_.get(), took_over};
+    for (auto& p : parts_)
+      p->before_tree(ctx);
+    auto recent = std::make_shared<event_log>(64);
+    auto sink = tree_sink(recent);
+    // A supervisor a component builds keeps its own sink (e.g. to count
+    // restarts): it logs too.
+    std::shared_ptr<event_sink> built_sink = sink;
+    if (auto log = rt_->log_sink())
+      built_sink =
+          std::make_shared<fanout_sink>(std::vector<std::shared_ptr<event_sink>>{sink, log});
+    auto declared = node_->tree(nc_.tree, sink, [this, built_sink](const tree_child& c) {
+      for (auto& p : parts_)
+        if (auto made = p->make_child(c, built_sink))
+          return made;
+      return std::optional<child_spec>{};
+    });
+    if (!declared) {
+      fail("cannot start the tree: " + describe(declared.error()));
+      node_->stop_peers();
+      finish(exit_code::bad_config);
+    }
+    const auto root_path = "/" + declared->name;
+    auto tree = rt_->start(std::move(*declared));
+    if (!tree) {
+      fail("cannot start the job: " + describe(tree.error()));
+      node_->stop_peers();
+      finish(exit_code::job_failed);
+    }
+    node_->set_status_provider([nodep = node_.get(), root = *tree, recent, root_path] {
+      return tree_status(*nodep, root, root_path, *recent);
+    });
+    for (auto& p : parts_)
+      p->after_tree(ctx, *tree);
+    auto end = await_work();
+    finish(conclude(end, *tree));
+  }
+
+  /// Waits for the first part whose work ends, or for a stop request (none).
+  std::optional<work_end> await_work() {
+    auto worker = std::find_if(parts_.begin(), parts_.end(), [](auto& p) { return p->has_end(); });
+    for (;;) {
+      if (worker == parts_.end()) {
+        if (node_->await_stop_request(std::chrono::seconds(1)))
+          return std::nullopt;
+        continue;
+      }
+      if (auto end = (*worker)->await_end(std::chrono::milliseconds(200)))
+        return end;
+      if (node_->await_stop_request(std::chrono::milliseconds(0)))
+        return std::nullopt;
+    }
+  }
+
+  /// Reports how the leader's work ended and stops the tree and the peers;
+  /// returns the exit code.
+  exit_code conclude(const std::optional<work_end>& end, const supervisor_ref& tree) {
+    if (node_->fenced()) {
+      // Declared dead while it ran the tree (a pause past the deadline): its
+      // successor runs the job; this node's view of it is void, and so is its
+      // tree's work: no orderly stop.
+      say("node " + me() +
+          ": fenced: the cluster declared this node dead and another node runs "
+          "the job; exiting");
+      return exit_code::fenced;
+    }
+    auto code = exit_code::ok;
+    if (end && !end->error) {
+      say("final: " + end->summary);
+    } else if (end) {
+      fail("the job failed: " + describe(end->error));
+      code = exit_code::job_failed;
+    } else {
+      bool unfinished =
+          std::any_of(parts_.begin(), parts_.end(), [](auto& p) { return p->has_end(); });
+      say("node " + me() + (unfinished ? ": stopping (job not finished)" : ": stopping"));
+    }
+    for (auto& p : parts_)
+      p->stop();
+    // The tree first, so that its actors on other nodes stop as its children
+    // (not as the victims of their nodes ending), then the other nodes.
+    rt_->stop(tree, std::chrono::seconds(10));
+    node_->stop_peers();
+    return code;
+  }
+
+  /// Ends the process with `code` (see run_node: no teardown of the actor
+  /// system, which would wait for actors referenced from the network).
+  [[noreturn]] void finish(exit_code code) {
+    // An orderly end leaves the cluster at once (its peers see it go rather
+    // than reporting it dead); a fenced node's session is already gone.
+    if (node_ && code != exit_code::fenced && !node_->fenced())
+      node_->leave(std::chrono::milliseconds(500));
+    if (!signalled_) {
+      // Wake the signal thread so that it can be joined.
+      signalled_ = true;
+      ::kill(::getpid(), SIGTERM);
+    }
+    waiter_.join();
+    std::cout.flush();
+    std::cerr.flush();
+    std::_Exit(to_int(code));
+  }
+
+  const node_options& opts_;
+  node_output& out_;
+  sigset_t sigs_;
+  node_config nc_;
+  /// The cluster's arbiter (null for a node alone without etcd endpoints).
+  std::shared_ptr<coordinator> coordinator_;
+  std::unique_ptr<runtime> rt_;
+  std::unique_ptr<node_metrics> metrics_;
+  std::shared_ptr<cluster_node> node_;
+  std::vector<std::unique_ptr<node_part>> parts_;
+  std::vector<std::string> candidates_;
+  std::atomic<bool> signalled_{false};
+  std::thread waiter_;
+};
+
+} // namespace
+
+exit_code run_node(const node_options& opts, node_output& out) {
+  node_session session{opts, out};
+  return session.run();
+}
+
+// -- understudy status ---------------------------------------------------------------
+
+exit_code run_status(const status_options& opts, std::ostream& out, std::ostream& err) {
+  auto nc = load_config(opts.file, opts.components);
+  if (!nc) {
+    err << opts.label << ": " << describe(nc.error()) << '\n';
+    return exit_code::bad_config;
+  }
+  // The status reader's credential: nodes answer its status requests and
+  // nothing else.
+  runtime_config rc;
+  rc.log_events = false;
+  caf::error prepared;
+  rc.configure = [&](caf::actor_system_config& cfg) {
+    prepared = prepare_status_reader_config(cfg, *nc);
+  };
+  runtime rt{rc};
+  if (prepared) {
+    err << opts.label << ": " << describe(prepared) << '\n';
+    return exit_code::bad_config;
+  }
+  size_t unreachable = 0;
+  for (const auto& n : nc->nodes) {
+    auto text = cluster_node::query_status(rt.system(), n.host, n.port,
+                                           nc->cluster.failure_detection.connection_timeout);
+    if (!text) {
+      ++unreachable;
+      out << "node " << n.name << " at " << n.host << ":" << n.port << ": unreachable ("
+          << describe(text.error()) << ")\n";
+      continue;
+    }
+    out << *text;
+  }
+  return unreachable == nc->nodes.size() ? exit_code::failure : exit_code::ok;
+}
+
+} // namespace understudy

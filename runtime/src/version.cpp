@@ -1,9 +1,0 @@
-#include "understudy/runtime/version.hpp"
-
-namespace understudy {
-
-std::string_view version() noexcept {
-  return version_string;
-}
-
-} // namespace understudy

@@ -1,0 +1,402 @@
+// A node's agent against hostile peers: forged and malformed messages sent to a real node on
+// loopback from a second actor system, the way any local process can. Each is refused with a
+// cluster_errc error, logged through the node's note callback, and the node goes on, with
+// its stored versions unchanged.
+
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/deserializer.hpp>
+#include <caf/io/middleman.hpp>
+#include <caf/meta/type_name.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/serializer.hpp>
+#include <catch2/catch.hpp>
+
+#include "support/state_test_util.hpp"
+#include "support/temp_dir.hpp"
+#include "understudy/cluster/cluster.hpp"
+#include "understudy/cluster/errors.hpp"
+#include "understudy/cluster/memory_coordinator.hpp"
+#include "understudy/cluster/security.hpp"
+#include "understudy/config/node_config.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/state/runtime.hpp"
+
+using namespace understudy;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// What a forged replica declares: one checkpoint at `path` and `step` with one tensor that
+/// claims `declared` bytes and carries `carried` of them.
+struct forged_batch {
+  std::string path = "/job/shard-0";
+  uint64_t step = 1;
+  uint64_t declared = 0;
+  uint64_t carried = 0;
+  /// The tensor's one chunk checksum as sent.
+  uint64_t chunk_sum = 0;
+};
+
+caf::error inspect(caf::serializer& f, forged_batch& x) {
+  size_t n = 1;
+  size_t tensors = 1;
+  uint64_t schema_id = 0;
+  uint32_t schema_version = 0;
+  uint64_t incarnation = 1;
+  std::vector<uint64_t> payload;
+  std::string name = "w";
+  uint8_t type = 0;
+  std::vector<uint64_t> shape{x.declared};
+  std::vector<char> bytes(x.carried, 'x');
+  if (auto err = f.begin_sequence(n))
+    return err;
+  uint64_t chunk = uint64_t{8} << 20;
+  if (auto err = f(x.path, x.step, schema_id, schema_version, incarnation, payload, chunk))
+    return err;
+  if (auto err = f.begin_sequence(tensors))
+    return err;
+  if (auto err = f(name, type, shape, x.declared))
+    return err;
+  if (!bytes.empty())
+    if (auto err = f.apply_raw(bytes.size(), bytes.data()))
+      return err;
+  std::vector<uint64_t> sums{x.chunk_sum};
+  if (auto err = f(sums))
+    return err;
+  if (auto err = f.end_sequence())
+    return err;
+  uint64_t record_sum = 0;
+  if (auto err = f(record_sum))
+    return err;
+  return f.end_sequence();
+}
+
+caf::error inspect(caf::deserializer&, forged_batch&) {
+  return caf::make_error(caf::sec::runtime_error, "forged batches are only sent");
+}
+
+template <class Inspector>
+std::enable_if_t<!std::is_base_of<caf::serializer, Inspector>::value &&
+                     !std::is_base_of<caf::deserializer, Inspector>::value,
+                 typename Inspector::result_type>
+inspect(Inspector& f, forged_batch& x) {
+  return f(caf::meta::type_name("forged_batch"), x.step);
+}
+
+/// A port on 127.0.0.1 free a moment ago (bound by the kernel, then released).
+uint16_t free_port() {
+  caf::actor_system_config cfg;
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  auto a = sys.spawn([]() -> caf::behavior { return {[](int) {}}; });
+  auto port = sys.middleman().publish(a, 0, "127.0.0.1", true);
+  REQUIRE(port);
+  auto p = *port;
+  sys.middleman().unpublish(a, p);
+  caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  return p;
+}
+
+/// Node n1 of a two-node loopback cluster without security, started in this process,
+/// recording its notes.
+struct plain_node {
+  test::temp_dir dir{"hostile"};
+  node_config nc;
+  std::unique_ptr<runtime> rt;
+  std::shared_ptr<cluster_node> node;
+  std::mutex mtx;
+  std::vector<std::string> notes;
+
+  plain_node() {
+    std::string text = "[cluster]\nname = \"h\"\nstate_root = \"" + dir.path + "/state\"\n";
+    for (const char* n : {"n1", "n2"})
+      text += std::string{"[[node]]\nname = \""} + n +
+              "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(free_port()) + "\n";
+    auto path = dir.path + "/cluster.toml";
+    std::ofstream{path} << text;
+    auto loaded = load_node_config(path);
+    REQUIRE(loaded);
+    nc = std::move(*loaded);
+    runtime_config rc;
+    rc.log_events = false;
+    caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
+    rc.configure = [&](caf::actor_system_config& cfg) {
+      prepared = cluster_node::configure(cfg, nc, "n1");
+    };
+    rt = std::make_unique<runtime>(rc);
+    REQUIRE(prepared);
+    // The node alone in an in-process coordination service: the hostile peers never join it.
+    auto started = cluster_node::start(
+        *rt, nc, "n1", nullptr, {},
+        memory_coordinator::make(std::make_shared<memory_coordination_service>()));
+    REQUIRE(started);
+    node = std::move(*started);
+    node->on_note([this](const std::string& text) {
+      std::lock_guard<std::mutex> guard{mtx};
+      notes.push_back(text);
+    });
+  }
+  ~plain_node() { node.reset(); }
+
+  std::string all_notes() {
+    std::lock_guard<std::mutex> guard{mtx};
+    std::string out;
+    for (auto& n : notes)
+      out += n + "\n";
+    return out;
+  }
+
+  /// The node still answers: its status names it.
+  bool alive(caf::actor_system& from, const caf::actor& agent) {
+    bool ok = false;
+    caf::scoped_actor self{from};
+    self->request(agent, 10s, caf::atom("us_nstat"))
+        .receive([&](const std::string& text) { ok = text.find("n1") != std::string::npos; },
+                 [&](caf::error&) {});
+    return ok;
+  }
+};
+
+/// A local process with the plain middleman and the forged batch type, registered under the
+/// name of the real one so that the node reads it as a checkpoint batch.
+struct forger {
+  caf::actor_system_config conf;
+  std::unique_ptr<caf::actor_system> sys;
+  forger() {
+    conf.load<caf::io::middleman>();
+    conf.add_message_type<forged_batch>("understudy::checkpoint_batch");
+    sys = std::make_unique<caf::actor_system>(conf);
+  }
+  caf::actor connect(uint16_t port) {
+    auto agent = connect_to_peer(*sys, "127.0.0.1", port, 10s);
+    REQUIRE(agent);
+    return *agent;
+  }
+};
+
+/// A local process with the plain middleman and the real checkpoint batch type.
+struct replicator {
+  caf::actor_system_config conf;
+  std::unique_ptr<caf::actor_system> sys;
+  replicator() {
+    conf.load<caf::io::middleman>();
+    conf.add_message_type<checkpoint_batch>("understudy::checkpoint_batch");
+    sys = std::make_unique<caf::actor_system>(conf);
+  }
+  caf::actor connect(uint16_t port) {
+    auto agent = connect_to_peer(*sys, "127.0.0.1", port, 10s);
+    REQUIRE(agent);
+    return *agent;
+  }
+};
+
+/// A checkpoint of `path` at `step` with one tensor of 64 bytes of `fill`.
+checkpoint_ptr make_checkpoint(const std::string& path, uint64_t step, char fill) {
+  auto cp = std::make_shared<checkpoint>();
+  cp->path = path;
+  cp->step = step;
+  cp->incarnation = 1;
+  cp->payload = test::tensor_state_payload(step);
+  auto bytes = std::make_shared<std::vector<std::byte>>(64, static_cast<std::byte>(fill));
+  tensor_data t;
+  t.name = "w";
+  t.type = element_type::f32;
+  t.shape = {16};
+  t.data = bytes->data();
+  t.size = bytes->size();
+  t.owner = bytes;
+  cp->tensors.push_back(std::move(t));
+  return cp;
+}
+
+/// Every stored version of `path` as (step, first tensor byte, header checksum-verified).
+std::vector<std::pair<uint64_t, int>> stored(const state_store& store, const std::string& path) {
+  std::vector<std::pair<uint64_t, int>> out;
+  auto versions = store.versions(path);
+  REQUIRE(versions);
+  for (const auto& v : *versions) {
+    int first = -1;
+    auto err = store.read(path, v.step, [&](const record_view& r) -> caf::error {
+      std::vector<std::byte> bytes(r.info().tensors.at(0).size);
+      if (auto e = r.copy_tensor(0, bytes.data(), bytes.size()))
+        return e;
+      first = static_cast<int>(bytes.at(0));
+      return {};
+    });
+    CHECK_FALSE(err);
+    out.emplace_back(v.step, first);
+  }
+  return out;
+}
+
+/// Sends (replica, from, gen, epoch, batch) and returns the answer.
+template <class Batch>
+caf::expected<uint64_t> send_replica(caf::actor_system& sys, const caf::actor& agent,
+                                     const std::string& from, Batch batch, uint64_t epoch = 1) {
+  caf::expected<uint64_t> out{uint64_t{0}};
+  caf::scoped_actor self{sys};
+  self->request(agent, 10s, caf::atom("us_nrepl"), from, uint64_t{1}, epoch, std::move(batch))
+      .receive([&](uint64_t n) { out = n; }, [&](caf::error& err) { out = std::move(err); });
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("a replica whose tensor declares 2^62 bytes is refused and the node goes on",
+          "[cluster][hostile]") {
+  plain_node n;
+  forger f;
+  auto agent = f.connect(n.node->self().port);
+  forged_batch huge;
+  huge.declared = uint64_t{1} << 62;
+  huge.carried = 16;
+  auto res = send_replica(*f.sys, agent, "n2", huge);
+  REQUIRE_FALSE(res);
+  CHECK(is(res.error(), cluster_errc::malformed_message));
+  CHECK_THAT(describe(res.error()), Catch::Contains("4611686018427387904 bytes"));
+  CHECK_THAT(n.all_notes(),
+             Catch::Contains("refuses a replica") && Catch::Contains("4611686018427387904 bytes"));
+  CHECK(n.alive(*f.sys, agent));
+  // Nothing was stored.
+  auto paths = n.node->state_store().store->paths();
+  REQUIRE(paths);
+  CHECK(paths->empty());
+  // A tensor that declares more bytes than the message carries, within the bound, too.
+  forged_batch short_one;
+  short_one.declared = 1 << 20;
+  short_one.carried = 8;
+  auto res2 = send_replica(*f.sys, agent, "n2", short_one);
+  REQUIRE_FALSE(res2);
+  CHECK(is(res2.error(), cluster_errc::malformed_message));
+  CHECK(n.alive(*f.sys, agent));
+}
+
+TEST_CASE("a replica whose bytes do not match its checksums is refused and nothing is stored",
+          "[cluster][hostile]") {
+  plain_node n;
+  forger f;
+  auto agent = f.connect(n.node->self().port);
+  forged_batch changed;
+  changed.declared = 16;
+  changed.carried = 16;
+  changed.chunk_sum = 12345; // not the XXH3 of the 16 bytes sent
+  auto res = send_replica(*f.sys, agent, "n2", changed);
+  REQUIRE_FALSE(res);
+  CHECK(is(res.error(), cluster_errc::replica_refused));
+  CHECK_THAT(describe(res.error()), Catch::Contains("chunk 0: checksum mismatch"));
+  CHECK_THAT(n.all_notes(),
+             Catch::Contains("refuses a replica") && Catch::Contains("checksum mismatch"));
+  auto paths = n.node->state_store().store->paths();
+  REQUIRE(paths);
+  CHECK(paths->empty());
+  CHECK(n.alive(*f.sys, agent));
+}
+
+TEST_CASE("a replica at a lower step deletes no stored version", "[cluster][hostile][state]") {
+  plain_node n;
+  auto& store = *n.node->state_store().store;
+  // Versions 5 and 6 written locally.
+  auto v5 = make_checkpoint("/job/shard-0", 5, 'a');
+  auto v6 = make_checkpoint("/job/shard-0", 6, 'b');
+  std::vector<caf::error> results;
+  REQUIRE_FALSE(store.commit({v5.get(), v6.get()}, results));
+  using versions = std::vector<std::pair<uint64_t, int>>;
+  REQUIRE(stored(store, "/job/shard-0") == versions{{5, 'a'}, {6, 'b'}});
+  replicator r;
+  auto agent = r.connect(n.node->self().port);
+  checkpoint_batch old;
+  old.items.push_back(make_checkpoint("/job/shard-0", 2, 'z'));
+  auto res = send_replica(*r.sys, agent, "n2", old);
+  INFO((res ? std::string{} : describe(res.error())));
+  REQUIRE(res);
+  // Versions 5 and 6 stay: a replica never rolls an actor back.
+  CHECK(stored(store, "/job/shard-0") == versions{{2, 'z'}, {5, 'a'}, {6, 'b'}});
+  // A local write at a lower step still removes the newer versions (a rollback).
+  auto v3 = make_checkpoint("/job/shard-0", 3, 'c');
+  REQUIRE_FALSE(store.commit({v3.get()}, results));
+  CHECK(stored(store, "/job/shard-0") == versions{{2, 'z'}, {3, 'c'}});
+}
+
+TEST_CASE("a replica never replaces a stored version with other contents",
+          "[cluster][hostile][state]") {
+  plain_node n;
+  auto& store = *n.node->state_store().store;
+  auto v6 = make_checkpoint("/job/shard-0", 6, 'b');
+  std::vector<caf::error> results;
+  REQUIRE_FALSE(store.commit({v6.get()}, results));
+  using versions = std::vector<std::pair<uint64_t, int>>;
+  auto created = store.versions("/job/shard-0")->at(0).created;
+  replicator r;
+  auto agent = r.connect(n.node->self().port);
+  checkpoint_batch other;
+  other.items.push_back(make_checkpoint("/job/shard-0", 6, 'x'));
+  auto res = send_replica(*r.sys, agent, "n2", other);
+  REQUIRE_FALSE(res);
+  CHECK(is(res.error(), state_errc::version_conflict));
+  CHECK_THAT(n.all_notes(),
+             Catch::Contains("refuses a replica") && Catch::Contains("/job/shard-0@6"));
+  CHECK(stored(store, "/job/shard-0") == versions{{6, 'b'}});
+  // The same contents again are accepted and leave the stored version as it was.
+  checkpoint_batch same;
+  same.items.push_back(make_checkpoint("/job/shard-0", 6, 'b'));
+  auto again = send_replica(*r.sys, agent, "n2", same);
+  INFO((again ? std::string{} : describe(again.error())));
+  REQUIRE(again);
+  CHECK(stored(store, "/job/shard-0") == versions{{6, 'b'}});
+  CHECK(store.versions("/job/shard-0")->at(0).created == created);
+}
+
+TEST_CASE(
+    "a replica from a lower epoch than one stored from its sender is refused and changes "
+    "nothing",
+    "[cluster][hostile][state][replication]") {
+  plain_node n;
+  auto& store = *n.node->state_store().store;
+  replicator r;
+  auto agent = r.connect(n.node->self().port);
+  checkpoint_batch first;
+  first.items.push_back(make_checkpoint("/job/shard-0", 5, 'a'));
+  auto res = send_replica(*r.sys, agent, "n2", first, 5);
+  INFO((res ? std::string{} : describe(res.error())));
+  REQUIRE(res);
+  CHECK(*store.replica_epoch("n2") == 5);
+  // n2 as it was before it was replaced: an older epoch, a newer step.
+  checkpoint_batch stale;
+  stale.items.push_back(make_checkpoint("/job/shard-0", 6, 'z'));
+  auto refused = send_replica(*r.sys, agent, "n2", stale, 4);
+  REQUIRE_FALSE(refused);
+  CHECK(is(refused.error(), state_errc::stale_epoch));
+  CHECK_THAT(describe(refused.error()), Catch::Contains("epoch 4, lower than epoch 5"));
+  CHECK_THAT(n.all_notes(), Catch::Contains("refuses a replica") && Catch::Contains("epoch 4"));
+  using versions = std::vector<std::pair<uint64_t, int>>;
+  CHECK(stored(store, "/job/shard-0") == versions{{5, 'a'}});
+  CHECK(*store.replica_epoch("n2") == 5);
+  CHECK(n.alive(*r.sys, agent));
+}
+
+TEST_CASE("a checkpoint whose buddy is not alive is not acknowledged: the put fails naming it",
+          "[cluster][replication]") {
+  // n1's buddy n2 was never started, and no other node is down its chain.
+  plain_node n;
+  auto p = n.node->state_store();
+  caf::scoped_actor self{n.rt->system()};
+  auto cp = make_checkpoint("/job/shard-0", 3, 'a');
+  caf::error err;
+  self->request(p.writer, 30s, put_state_atom::value, cp)
+      .receive([](uint64_t) {}, [&](caf::error& e) { err = std::move(e); });
+  REQUIRE(err);
+  CHECK(is(err, state_errc::not_replicated));
+  CHECK_THAT(describe(err), Catch::Contains("/job/shard-0@3") && Catch::Contains("no_live_node") &&
+                                Catch::Contains("not on its replica") &&
+                                Catch::Contains("buddy chain (n2) has no live node"));
+}

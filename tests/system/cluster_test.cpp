@@ -1,0 +1,288 @@
+// Cluster: real node processes on loopback, started by `understudy launch`.
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+#include "support/cluster_test_util.hpp"
+#include "support/temp_dir.hpp"
+#include "understudy/actors/cluster_training.hpp"
+#include "understudy/state/runtime.hpp"
+
+using namespace understudy;
+using namespace understudy::actors;
+
+using test::temp_dir;
+using namespace understudy::testing;
+
+TEST_CASE(
+    "a cluster job ends with the fault-free digest after a node is killed and another "
+    "frozen past its deadline",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 300);
+  node_config_options opts;
+  opts.sections.push_back(job_section());
+  auto nc = load_node_config(file, opts);
+  REQUIRE(nc);
+  auto expected = fault_free_digest(*nc, dir.path + "/single");
+  int status = 0;
+  auto out = run_cli("launch " + file + " --kill n2@60 --freeze n3@150:2s", status);
+  INFO(out);
+  CHECK(status == 0);
+  // The leader's result: every step, the digest of the run without faults.
+  std::smatch m;
+  REQUIRE(
+      std::regex_search(out, m, std::regex{R"(final: steps=(\d+) .*params_digest=([0-9a-f]+))"}));
+  CHECK(m[1] == "300");
+  CHECK(m[2] == hex(expected));
+  // n2 was killed; n3 was declared dead and fenced, its actors restarted
+  // elsewhere; the spare and the leader were never fenced.
+  CHECK(out.find("chaos: SIGKILL n2") != std::string::npos);
+  // The file has no [cluster.security]: the launch made certificates, and
+  // every node talks mutual TLS with them.
+  CHECK_THAT(out, Catch::Contains("launch: mutual TLS with the certificates in " + dir.path +
+                                  "/state/certs"));
+  for (const char* n : {"n1", "n2", "n3", "s1"})
+    CHECK_THAT(out, Catch::Contains(std::string{"["} + n + "] note: node '" + n +
+                                    "': mutual TLS with certificate"));
+  CHECK(out.find("chaos: SIGSTOP n3") != std::string::npos);
+  CHECK(std::regex_search(out, std::regex{R"(\[n1\] node n1: peer n3 is dead)"}));
+  CHECK(out.find("launch: node s1 exited with status 0") != std::string::npos);
+  CHECK(out.find("node s1: fenced") == std::string::npos);
+  CHECK(out.find("node n1: fenced") == std::string::npos);
+  // A crash restarts only the crashed actor: worker-0 restarted in place.
+  CHECK(out.find("child_restarted /root/job/workers/worker-0#2") != std::string::npos);
+}
+
+TEST_CASE(
+    "when the leader's node is killed the next candidate runs the tree and the digest is "
+    "unchanged",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 300);
+  // n3 is frozen too, while n2 leads: n2 moves n3's actors as n1 did.
+  auto out = launch_expecting(file, dir.path, "--kill n1@100 --freeze n3@200:2s", 300, "n2");
+  INFO(out);
+  CHECK(out.find("chaos: SIGKILL n1") != std::string::npos);
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
+  // n1's stateful actors went to the spare first ("spread": spares first),
+  // with their checkpoints copied from n1's buddy n2, which held the replicas.
+  CHECK_THAT(out,
+             Catch::Contains("[n2] node n2: moved /root/job/shards/shard-0 from n1 (lost) to s1, "
+                             "3 checkpoint versions copied from n2"));
+  CHECK_THAT(out,
+             Catch::Contains("[n2] node n2: moved /root/job/loaders/loader-0 from n1 (lost) to s1, "
+                             "3 checkpoint versions copied from n2"));
+  // It resumes from what the shards and loaders have on disk (replicas of n1's
+  // included), not from the start.
+  std::smatch m;
+  REQUIRE(
+      std::regex_search(out, m, std::regex{R"(\[n2\] job: resuming from committed step (\d+))"}));
+  CHECK(std::stoull(m[1]) >= 95);
+  CHECK(std::regex_search(out, std::regex{R"(\[n2\] node n2: peer n3 is dead)"}));
+  // n3 and s1 followed n2: neither started a tree of its own.
+  CHECK(out.find("[n3] node n3: taking over") == std::string::npos);
+  CHECK(out.find("[s1] node s1: taking over") == std::string::npos);
+  CHECK(out.find("node n2: fenced") == std::string::npos);
+}
+
+TEST_CASE(
+    "a leader frozen past its deadline is replaced and fenced and its return changes "
+    "nothing",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 2000);
+  auto out = launch_expecting(file, dir.path, "--freeze n1@100:2s", 2000, "n2");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
+  // n1 came back while n2 ran the job: it learnt that it was fenced, started
+  // nothing (its late spawn requests and replicas were refused) and exited 3.
+  CHECK_THAT(out, Catch::Contains("chaos: SIGCONT n1"));
+  CHECK_THAT(out, Catch::Contains("[n1] node n1: fenced"));
+  CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 3"));
+  CHECK(out.find("[n1] final:") == std::string::npos);
+}
+
+TEST_CASE(
+    "isolated workers run in processes of their own and a process that aborts is restarted "
+    "without harm to its node",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 300, "process = \"isolated\"\n");
+  // worker:0@30 aborts worker-0's process (SIGABRT), as a native crash would.
+  auto out = launch_expecting(file, dir.path, "", 300, "n1");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("[n1] isolated worker: injected fault worker:0@30: aborting"));
+  // The incarnation that reached step 30 (the first, unless a start under
+  // load failed and was retried) crashed of the abort, and the next one went
+  // on past step 30: the fault fired once.
+  std::regex aborted{
+      R"(child_exited /root/job/workers/worker-0#(\d+) action=restart reason="crashed: )"
+      R"(/root/job/workers/worker-0 \(isolated, on n1\) \(pid \d+\) was killed by signal 6)"};
+  std::smatch m;
+  REQUIRE(std::regex_search(out, m, aborted));
+  auto next = std::to_string(std::stoi(m[1]) + 1);
+  CHECK_THAT(out, Catch::Contains("child_restarted /root/job/workers/worker-0#" + next));
+  CHECK(std::distance(std::sregex_iterator{out.begin(), out.end(), aborted},
+                      std::sregex_iterator{}) == 1);
+  CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 0"));
+}
+
+TEST_CASE(
+    "over mutual TLS a cluster survives its leader's SIGKILL and a frozen node with the "
+    "fault-free digest",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 300, "process = \"isolated\"\n");
+  text.replace(text.find("[cluster.failure_detection]"), 0,
+               "[cluster.security]\ndir = \"" + dir.path + "/certs\"\n\n");
+  std::ofstream{file} << text;
+  int status = 0;
+  auto certs = run_cli("certs " + file, status);
+  INFO(certs);
+  REQUIRE(status == 0);
+  // A killed node's connection fails with an OpenSSL error; CAF's TLS
+  // transport must not let it take the other nodes' connections down.
+  auto out = launch_expecting(file, dir.path, "--kill n1@100 --freeze n3@200:2s", 300, "n2");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("mutual TLS"));
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
+  CHECK(std::regex_search(out, std::regex{R"(\[n2\] node n2: peer n3 is dead)"}));
+  // Only n1 and n3 were lost while the job ran: n2 and s1, which were never
+  // killed or frozen, kept their connection until the final line.
+  auto before = out.substr(0, out.find("final:"));
+  CHECK(before.find("node n2: peer s1 is dead") == std::string::npos);
+  CHECK(before.find("node s1: peer n2 is dead") == std::string::npos);
+}
+
+TEST_CASE("the leader runs the tree the config declares, the job nested where [tree] puts it",
+          "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 300);
+  text.replace(text.find("[job]\n"), 0,
+               "[tree]\nname = \"top\"\nstrategy = \"one_for_all\"\n"
+               "intensity = { max_restarts = 3, period = \"10s\" }\n\n"
+               "[[tree.child]]\nname = \"group\"\ntype = \"supervisor\"\n\n"
+               "[[tree.child.child]]\nname = \"digits\"\ntype = \"training_job\"\n"
+               "restart = \"transient\"\n\n");
+  std::ofstream{file} << text;
+  auto out = launch_expecting(file, dir.path, "", 300, "n1");
+  INFO(out);
+  // The job's actors live under the declared supervisors: worker-0's crash
+  // (worker:0@30) restarts it at /top/group/digits/workers/worker-0.
+  CHECK_THAT(out, Catch::Contains("child_restarted /top/group/digits/workers/worker-0#2"));
+  CHECK_THAT(out, Catch::Contains("supervisor_started /top/group "));
+}
+
+TEST_CASE(
+    "after its buddy is killed a leader replicates further down the chain, so its "
+    "freezing loses nothing",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 1200);
+  auto at = text.find("placement = [\"n1\", \"n2\"]");
+  REQUIRE(at != std::string::npos);
+  text.replace(at, std::string{"placement = [\"n1\", \"n2\"]"}.size(),
+               "placement = [\"n1\", \"n2\", \"n3\"]");
+  std::ofstream{file} << text;
+  // n2 (n1's buddy) dies; n1 then copies its commits to n3, n2's buddy. When
+  // n1 (the leader) freezes, n3 takes over and finds n1's actors' newest
+  // checkpoints on itself.
+  auto out = launch_expecting(file, dir.path, "--kill n2@60 --freeze n1@150:2s", 1200, "n3");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("[n3] node n3: taking over the job's tree"));
+  CHECK_THAT(out, Catch::Contains("[n3] node n3: moved /root/job/shards/shard-0 from n1 (lost) to "
+                                  "s1, 3 checkpoint versions copied from n3"));
+  CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 3"));
+}
+
+TEST_CASE("isolating shards, loaders or the trainer is refused naming the table", "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 100);
+  text.replace(text.find("[job.shard]\nplacement = \"spread\"\n"),
+               std::string{"[job.shard]\nplacement = \"spread\"\n"}.size(),
+               "[job.shard]\nplacement = \"spread\"\nprocess = \"isolated\"\n");
+  std::ofstream{file} << text;
+  node_config_options opts;
+  opts.sections.push_back(job_section());
+  auto nc = load_node_config(file, opts);
+  REQUIRE_FALSE(nc);
+  CHECK_THAT(describe(nc.error()), Catch::Contains("cluster.toml:") &&
+                                       Catch::Contains("[job.shard] process = \"isolated\" is "
+                                                       "not supported"));
+}
+
+TEST_CASE("a node refuses to start with a config naming no such node", "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 100);
+  int status = 0;
+  auto out = run_cli("node " + file + " --name n9", status);
+  CHECK(WEXITSTATUS(status) == 2);
+  CHECK_THAT(out, Catch::Contains("no node named 'n9'"));
+}
+
+TEST_CASE("understudy status prints each node's peers and the leader's live tree with placement",
+          "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 600);
+  std::string cmd = std::string{"timeout 180 "} + UNDERSTUDY_CLI_PATH + " launch " + file + " 2>&1";
+  FILE* launch = ::popen(cmd.c_str(), "r");
+  REQUIRE(launch != nullptr);
+  // Wait until the job runs: the leader reports progress.
+  std::string seen;
+  char line[4096];
+  while (std::fgets(line, sizeof line, launch) != nullptr) {
+    seen += line;
+    if (std::string{line}.find("progress: step") != std::string::npos)
+      break;
+  }
+  int status = 0;
+  auto out = run_cli("status " + file, status);
+  // Let the job finish.
+  while (std::fgets(line, sizeof line, launch) != nullptr)
+    seen += line;
+  ::pclose(launch);
+  INFO(out << "\n---- launch output\n" << seen);
+  CHECK(status == 0);
+  CHECK_THAT(out, Catch::Contains("node n1 (active) at 127.0.0.1"));
+  CHECK_THAT(out, Catch::Contains("node s1 (spare)"));
+  CHECK_THAT(out, Catch::Contains("peer n2: alive"));
+  CHECK(std::regex_search(
+      out, std::regex{R"(/root/job/shards/shard-0  running, incarnation 1, restarts \d+, on n1)"}));
+  CHECK(std::regex_search(
+      out,
+      std::regex{R"(/root/job/shards/shard-1  running, incarnation \d+, restarts \d+, on n2)"}));
+  CHECK_THAT(out, Catch::Contains("recent events:"));
+  CHECK_THAT(seen, Catch::Contains("final: steps=600"));
+}
+
+TEST_CASE("understudy status says which nodes cannot be reached", "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 100);
+  int status = 0;
+  auto out = run_cli("status " + file, status);
+  CHECK(WEXITSTATUS(status) == 1);
+  CHECK_THAT(out, Catch::Contains("node n1 at 127.0.0.1"));
+  CHECK_THAT(out, Catch::Contains("unreachable"));
+}
