@@ -12,6 +12,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/defaults.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
@@ -67,6 +68,13 @@ std::string render_status(const cluster_node::state& st) {
 
 } // namespace cluster_detail
 
+namespace {
+
+/// The fewest scheduler threads of a cluster node (see configure()).
+constexpr size_t min_scheduler_threads = 8;
+
+} // namespace
+
 caf::expected<std::vector<std::string>> cluster_node::configure(caf::actor_system_config& cfg,
                                                                 const node_config& nc,
                                                                 const std::string& name) {
@@ -81,6 +89,11 @@ caf::expected<std::vector<std::string>> cluster_node::configure(caf::actor_syste
   const auto& fd = nc.cluster.failure_detection;
   cfg.set("middleman.connection-timeout", caf::timespan{fd.deadline + 2 * fd.heartbeat_interval});
   cfg.add_message_type<checkpoint_batch>("understudy::checkpoint_batch");
+  // Supervisors block a scheduler thread while placed() waits for a remote
+  // spawn or the coordinator's verdict; the agent and the children need the
+  // others.
+  auto threads = caf::get_or(cfg, "scheduler.max-threads", caf::defaults::scheduler::max_threads);
+  cfg.set("scheduler.max-threads", std::max<size_t>(threads, min_scheduler_threads));
   register_cluster_error_categories(cfg);
   // The node hosts isolated children in processes of their own.
   register_process_types(cfg);
@@ -181,9 +194,13 @@ caf::expected<std::shared_ptr<cluster_node>> cluster_node::start(
   st->core = std::make_unique<cluster_detail::membership_core>(ms);
   st->core->joined(joined->first, joined->second);
   auto& sys = rt.system();
-  // On a thread of its own: a supervisor that waits in placed() for the
-  // coordinator's verdict must not starve the agent that brings it.
-  st->agent = sys.spawn<caf::detached>(cluster_detail::agent_actor, st);
+  // A scheduled actor, not a detached one: CAF 0.17 ends a detached actor's
+  // thread only once the actor is destroyed, and the BASP layer can hold a
+  // reference to an actor that remote nodes saw past the system's shutdown,
+  // so a detached agent sometimes kept the process from exiting. Supervisors
+  // that wait in placed() cannot starve it: configure() gives the scheduler
+  // more threads than such waits can take at once.
+  st->agent = sys.spawn(cluster_detail::agent_actor, st);
   state_store_config sc;
   sc.directory = me->state_dir;
   state_writer_config wc;

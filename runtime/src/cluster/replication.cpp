@@ -190,7 +190,7 @@ void store_replica(caf::event_based_actor* self, const state_ptr& st, const std:
 }
 
 /// Copies every version held here of the actors at or under `path` to node
-/// `to`, from a detached actor.
+/// `to`, from an actor of its own.
 void transfer(caf::event_based_actor* self, const state_ptr& st, const std::string& path,
               const std::string& to, caf::typed_response_promise<uint64_t> rp) {
   caf::actor target;
@@ -207,8 +207,10 @@ void transfer(caf::event_based_actor* self, const state_ptr& st, const std::stri
     return;
   }
   // Reading and sending may take long for a large state: not on the
-  // agent, whose heartbeats must go on.
-  self->spawn<caf::detached>([st, path, target, rp](caf::event_based_actor* w) mutable {
+  // agent, whose heartbeats must go on. A scheduled actor, not a detached
+  // one: it talks to a remote node, and a detached actor that remote nodes
+  // saw can keep CAF 0.17 from ending its thread at shutdown (see start()).
+  self->spawn([st, path, target, rp](caf::event_based_actor* w) mutable {
     auto batch = export_versions(*st->p.store, path);
     if (!batch) {
       rp.deliver(batch.error());

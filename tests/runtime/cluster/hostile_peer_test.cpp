@@ -400,3 +400,17 @@ TEST_CASE("a checkpoint whose buddy is not alive is not acknowledged: the put fa
                                 Catch::Contains("not on its replica") &&
                                 Catch::Contains("buddy chain (n2) has no live node"));
 }
+
+TEST_CASE("a node that other processes connected to shuts down without waiting on them",
+          "[cluster][shutdown]") {
+  // A detached agent used to keep its thread, and so the actor system's
+  // destructor, waiting for a reference that CAF's network layer kept to it
+  // after a remote process had seen it: about one shutdown in thirty hung.
+  for (int round = 0; round < 40; ++round) {
+    INFO("round " << round);
+    plain_node n;
+    forger f;
+    auto agent = f.connect(n.node->self().port);
+    CHECK(n.alive(*f.sys, agent));
+  }
+}
