@@ -286,3 +286,28 @@ TEST_CASE("understudy status says which nodes cannot be reached", "[cluster]") {
   CHECK_THAT(out, Catch::Contains("node n1 at 127.0.0.1"));
   CHECK_THAT(out, Catch::Contains("unreachable"));
 }
+
+TEST_CASE(
+    "a stateful actor whose node and buddy are both killed is not started fresh: the job "
+    "fails naming it",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 2000);
+  // n2's checkpoints are on n2 and on its buddy n3: killed together, they
+  // take every copy with them.
+  int status = 0;
+  auto out = run_cli("launch " + file + " --kill n2@100 --kill n3@100", status);
+  INFO(out);
+  CHECK(status != 0);
+  CHECK(std::regex_search(
+      out, std::regex{R"(cannot start /root/job/(shards|loaders)/\w+-\d: its checkpoints are on )"
+                      R"(n2 and its buddy n3, and neither is alive; it is not started without )"
+                      R"(them)"}));
+  // No result at all rather than a wrong one: the leader's tree gives up,
+  // and the leader says so and exits as a failed job (4) at once.
+  CHECK(out.find("final:") == std::string::npos);
+  CHECK_THAT(out, Catch::Contains("[n1] understudy node: the job failed: ") &&
+                      Catch::Contains("the tree /root ended before the work did"));
+  CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 4"));
+}

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <mutex>
 #include <thread>
 
 #include <caf/actor_system_config.hpp>
@@ -433,25 +434,56 @@ private:
     node_->set_status_provider([nodep = node_.get(), root = *tree, recent, root_path] {
       return tree_status(*nodep, root, root_path, *recent);
     });
+    // The root supervisor ends on its own only when its restarts could not
+    // keep the tree up (its intensity exceeded, a child that cannot start):
+    // then the work cannot end either, and the node says so and exits.
+    auto root_exit = std::make_shared<tree_exit>();
+    tree->handle()->attach_functor([root_exit](const caf::error& reason) {
+      std::lock_guard<std::mutex> guard{root_exit->mtx};
+      root_exit->reason = reason;
+      root_exit->ended = true;
+    });
     for (auto& p : parts_)
       p->after_tree(ctx, *tree);
-    auto end = await_work();
+    auto end = await_work(*root_exit, root_path);
     finish(conclude(end, *tree));
   }
 
-  /// Waits for the first part whose work ends, or for a stop request (none).
-  std::optional<work_end> await_work() {
+  /// How the root supervisor of the leader's tree ended, once it has.
+  struct tree_exit {
+    std::mutex mtx;
+    bool ended = false;
+    caf::error reason;
+  };
+
+  /// Waits for the first part whose work ends, for a stop request (none), or
+  /// for the tree to end without the work (a failed end naming why).
+  std::optional<work_end> await_work(tree_exit& root_exit, const std::string& root_path) {
     auto worker = std::find_if(parts_.begin(), parts_.end(), [](auto& p) { return p->has_end(); });
+    auto tree_ended = [&]() -> std::optional<work_end> {
+      std::lock_guard<std::mutex> guard{root_exit.mtx};
+      if (!root_exit.ended)
+        return std::nullopt;
+      auto what = "the tree " + root_path + " ended before the work did";
+      return work_end{root_exit.reason
+                          ? with_context(root_exit.reason, what)
+                          : make_error(supervision_errc::start_failed, what + " (no reason given)"),
+                      ""};
+    };
     for (;;) {
       if (worker == parts_.end()) {
         if (node_->await_stop_request(std::chrono::seconds(1)))
           return std::nullopt;
+        if (auto end = tree_ended())
+          return end;
         continue;
       }
       if (auto end = (*worker)->await_end(std::chrono::milliseconds(200)))
         return end;
       if (node_->await_stop_request(std::chrono::milliseconds(0)))
         return std::nullopt;
+      if (auto end = tree_ended())
+        return end;
     }
   }
 
