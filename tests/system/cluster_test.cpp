@@ -300,14 +300,24 @@ TEST_CASE(
   auto out = run_cli("launch " + file + " --kill n2@100 --kill n3@100", status);
   INFO(out);
   CHECK(status != 0);
-  CHECK(std::regex_search(
+  // Either no live node holds any copy, and the child is refused; or, when n2
+  // replicated its first commits further down its chain while n3 was not
+  // connected yet, the leader holds copies of an early step only, and the
+  // trainer cannot roll every participant back that far. Both end the job
+  // with an error naming the lost state.
+  bool refused = std::regex_search(
       out, std::regex{R"(cannot start /root/job/(shards|loaders)/\w+-\d: its checkpoints are on )"
                       R"(n2 and its buddy n3, and neither is alive; it is not started without )"
-                      R"(them)"}));
-  // No result at all rather than a wrong one: the leader's tree gives up,
-  // and the leader says so and exits as a failed job (4) at once.
+                      R"(them)"});
+  bool too_old = std::regex_search(
+      out, std::regex{R"(the job failed: not_found: /root/job/\w+/\w+-\d: no checkpoint of )"
+                      R"(committed step \d+)"});
+  CHECK((refused || too_old));
+  if (refused)
+    CHECK_THAT(out, Catch::Contains("the tree /root ended before the work did"));
+  // No result at all rather than a wrong one: the leader says the job failed
+  // and exits as a failed job (4) at once.
   CHECK(out.find("final:") == std::string::npos);
-  CHECK_THAT(out, Catch::Contains("[n1] understudy node: the job failed: ") &&
-                      Catch::Contains("the tree /root ended before the work did"));
+  CHECK_THAT(out, Catch::Contains("[n1] understudy node: the job failed: "));
   CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 4"));
 }
