@@ -17,6 +17,7 @@
 #include <caf/scoped_actor.hpp>
 #include <catch2/catch.hpp>
 
+#include "support/free_port.hpp"
 #include "support/temp_dir.hpp"
 #include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/job_config.hpp"
@@ -30,24 +31,7 @@
 
 using namespace understudy;
 using namespace std::chrono_literals;
-
-namespace {
-
-/// A port on 127.0.0.1 free a moment ago (bound by the kernel, then released).
-uint16_t free_port() {
-  caf::actor_system_config cfg;
-  cfg.load<caf::io::middleman>();
-  caf::actor_system sys{cfg};
-  auto a = sys.spawn([]() -> caf::behavior { return {[](int) {}}; });
-  auto port = sys.middleman().publish(a, 0, "127.0.0.1", true);
-  REQUIRE(port);
-  auto p = *port;
-  sys.middleman().unpublish(a, p);
-  caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  return p;
-}
-
-} // namespace
+using test::free_port;
 
 TEST_CASE("a spawn request with an out-of-range index is refused and the node goes on",
           "[cluster][hostile]") {

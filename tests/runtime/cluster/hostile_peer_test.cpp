@@ -21,6 +21,7 @@
 #include <caf/serializer.hpp>
 #include <catch2/catch.hpp>
 
+#include "support/free_port.hpp"
 #include "support/state_test_util.hpp"
 #include "support/temp_dir.hpp"
 #include "understudy/cluster/cluster.hpp"
@@ -33,6 +34,7 @@
 
 using namespace understudy;
 using namespace std::chrono_literals;
+using test::free_port;
 
 namespace {
 
@@ -91,20 +93,6 @@ std::enable_if_t<!std::is_base_of<caf::serializer, Inspector>::value &&
                  typename Inspector::result_type>
 inspect(Inspector& f, forged_batch& x) {
   return f(caf::meta::type_name("forged_batch"), x.step);
-}
-
-/// A port on 127.0.0.1 free a moment ago (bound by the kernel, then released).
-uint16_t free_port() {
-  caf::actor_system_config cfg;
-  cfg.load<caf::io::middleman>();
-  caf::actor_system sys{cfg};
-  auto a = sys.spawn([]() -> caf::behavior { return {[](int) {}}; });
-  auto port = sys.middleman().publish(a, 0, "127.0.0.1", true);
-  REQUIRE(port);
-  auto p = *port;
-  sys.middleman().unpublish(a, p);
-  caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  return p;
 }
 
 /// Node n1 of a two-node loopback cluster without security, started in this process,
