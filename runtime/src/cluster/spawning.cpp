@@ -21,6 +21,10 @@ namespace understudy::cluster_detail {
 
 namespace {
 
+/// The most spawn requests that wait for a factory at once: a peer that asks
+/// for types this node never registers cannot grow the queue without bound.
+constexpr size_t max_pending_spawns = 256;
+
 /// A spawn request that came before the node registered the factory.
 struct pending_spawn {
   std::string type;
@@ -122,12 +126,23 @@ caf::message_handler spawning_handlers(caf::event_based_actor* self, const state
             ps.rp.deliver(std::move(err));
             return;
           }
+          if (pending->size() >= max_pending_spawns) {
+            ps.rp.deliver(
+                make_error(cluster_errc::no_factory,
+                           "node " + st->self.name + " refuses to start " + ps.path + " (type '" +
+                               ps.type + "'): " + std::to_string(pending->size()) +
+                               " spawn requests already wait for factories it has not registered"));
+            return;
+          }
           pending->push_back(std::move(ps));
           run_spawn(self, st, *pending);
         });
         return rp;
       },
-      [self, st, pending](factory_atom) { run_spawn(self, st, *pending); },
+      [self, st, pending](factory_atom) {
+        if (from_here(self)) // only cluster_node::add_factory says so
+          run_spawn(self, st, *pending);
+      },
   };
 }
 

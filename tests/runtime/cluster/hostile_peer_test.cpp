@@ -389,6 +389,31 @@ TEST_CASE("a checkpoint whose buddy is not alive is not acknowledged: the put fa
                                 Catch::Contains("buddy chain (n2) has no live node"));
 }
 
+TEST_CASE("spawn requests for a type the node never registers wait in a bounded queue",
+          "[cluster][hostile]") {
+  plain_node n;
+  replicator r;
+  auto agent = r.connect(n.node->self().port);
+  caf::scoped_actor self{*r.sys};
+  auto spawn = [&](int i) {
+    return caf::make_message(caf::atom("us_nspawn"), std::string{"no-such-type"},
+                             "c" + std::to_string(i), "/job/c" + std::to_string(i), uint64_t{1},
+                             caf::actor{}, uint64_t{0}, caf::message{});
+  };
+  // 256 wait for a factory that never comes (their answers never arrive).
+  for (int i = 0; i < 256; ++i)
+    self->send(agent, spawn(i));
+  // The next one is refused at once, naming why; the node goes on.
+  caf::error err;
+  self->request(agent, 10s, spawn(256))
+      .receive([](const caf::actor&) {}, [&](caf::error& e) { err = std::move(e); });
+  REQUIRE(err);
+  CHECK(is(err, cluster_errc::no_factory));
+  CHECK_THAT(describe(err), Catch::Contains("refuses to start /job/c256") &&
+                                Catch::Contains("256 spawn requests already wait"));
+  CHECK(n.alive(*r.sys, agent));
+}
+
 TEST_CASE("a node that other processes connected to shuts down without waiting on them",
           "[cluster][shutdown]") {
   // A detached agent used to keep its thread, and so the actor system's
