@@ -6,6 +6,7 @@
 // every state change with the time it was told, which is what a supervisor acting on
 // the change would see.
 
+#include <curl/curl.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -121,6 +122,7 @@ public:
       error = describe(coord.error());
       return nullptr;
     }
+    obs->coord_ = *coord;
     auto node = cluster_node::start(*obs->rt_, obs->nc_, "obs", nullptr, {}, *coord);
     if (!node) {
       error = describe(node.error());
@@ -143,6 +145,9 @@ public:
     node_.reset();
     rt_.reset();
   }
+
+  /// HTTP requests the observer's coordinator has sent to etcd so far.
+  uint64_t etcd_requests() const { return coord_->requests_sent(); }
 
   /// The number of transitions so far: later calls look at those after it.
   size_t mark() {
@@ -181,6 +186,7 @@ public:
   }
 
 private:
+  std::shared_ptr<etcd_coordinator> coord_;
   observer() = default;
   std::shared_ptr<journal> journal_ = std::make_shared<journal>();
   node_config nc_;
@@ -261,6 +267,36 @@ std::string reasons_of(const std::vector<detection>& ds) {
 }
 
 /// A figure in milliseconds without a baseline.
+/// Requests per second one plain libcurl client gets answered by the etcd at `url`:
+/// serial range reads of one key over one kept-alive connection, for `span`.
+double raw_etcd_requests_per_s(const std::string& url, std::chrono::milliseconds span) {
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr)
+    return 0;
+  std::string sink;
+  const std::string body = R"({"key":"cmF3"})"; // "raw"
+  curl_easy_setopt(curl, CURLOPT_URL, (url + "/v3/kv/range").c_str());
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(
+      curl, CURLOPT_WRITEFUNCTION, +[](char* data, size_t size, size_t n, void* out) {
+        static_cast<std::string*>(out)->append(data, size * n);
+        return size * n;
+      });
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
+  size_t done = 0;
+  auto start = std::chrono::steady_clock::now();
+  auto end = start + span;
+  while (std::chrono::steady_clock::now() < end) {
+    sink.clear();
+    if (curl_easy_perform(curl) != CURLE_OK)
+      break;
+    ++done;
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  curl_easy_cleanup(curl);
+  return secs > 0 ? static_cast<double>(done) / secs : 0;
+}
+
 bench::figure ms_figure(std::string name, double value) {
   bench::figure f;
   f.name = std::move(name);
@@ -295,6 +331,31 @@ group_result measure_detection(const options& opts, watchdog& dog, bool kill, bo
   if (!obs) {
     out.error = "observer: " + error;
     return out;
+  }
+  {
+    // Steady state: what one node asks of etcd while nothing fails (its
+    // session's renewals and its watch), against what etcd answers one
+    // plain client asking as fast as it can.
+    dog.arm("measuring etcd requests at steady state", std::chrono::seconds(30));
+    const auto span = std::chrono::seconds(opts.quick ? 3 : 10);
+    auto before = obs->etcd_requests();
+    auto t0 = std::chrono::steady_clock::now();
+    std::this_thread::sleep_for(span);
+    auto n = obs->etcd_requests() - before;
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    bench::figure f;
+    f.name = "etcd_requests_per_node_per_s";
+    f.unit = "req/s";
+    f.value = static_cast<double>(n) / secs;
+    f.decimals = 2;
+    f.baseline = raw_etcd_requests_per_s(etcd->client_url(), std::chrono::seconds(1));
+    f.has_baseline = f.baseline > 0;
+    f.notes.push_back(std::to_string(n) + " requests in " + bench::fixed(secs, 1) +
+                      " s from one idle node (session renewals and its watch; a committed "
+                      "step asks nothing of etcd); baseline: serial range reads of one plain "
+                      "libcurl client against the same etcd, so the ratio is the share of one "
+                      "client's rate that a node uses");
+    out.figures.push_back(f);
   }
   for (int sig : {SIGKILL, SIGSTOP}) {
     if ((sig == SIGKILL && !kill) || (sig == SIGSTOP && !stop))

@@ -276,8 +276,9 @@ group_result measure_failover(const options& opts, watchdog& dog) {
   f.value = bench::median(failover);
   f.has_baseline = false;
   f.decimals = 1;
-  f.target = "<= 2000 ms";
-  f.met = f.value <= 2000;
+  // The coordination issue's target: the median, with etcd's transaction in the path.
+  f.target = "<= 50 ms";
+  f.met = f.value <= 50;
   f.notes.push_back(std::to_string(failover.size()) + " runs of `understudy launch --kill n2@" +
                     std::to_string(kill_step) + "` (4 nodes, " + std::to_string(actors) +
                     " actors on n2): SIGKILL to the last of its actors serving on another " +

@@ -153,6 +153,8 @@ struct etcd_coordinator::impl {
 
   /// The endpoint tried first; moves on when one cannot be reached.
   std::atomic<size_t> endpoint{0};
+  /// HTTP requests sent to etcd (each attempt, and each watch stream opened).
+  std::atomic<uint64_t> requests{0};
 
   // The worker: its queue and its client.
   std::mutex mtx;
@@ -252,6 +254,7 @@ struct etcd_coordinator::impl {
       const size_t index = (endpoint.load() + attempt) % n;
       const auto& url = spec.endpoints[index];
       std::string line;
+      requests.fetch_add(1, std::memory_order_relaxed);
       auto res = http.request(url + path, text, left, [&line](std::string_view data) {
         // Streaming endpoints (lease keepalive) answer one JSON object a
         // line; the first is the answer.
@@ -603,6 +606,7 @@ struct etcd_coordinator::impl {
       };
       // The stream ends now and then, so that a connection lost silently
       // (a partition) is noticed: it reconnects and reads again.
+      requests.fetch_add(1, std::memory_order_relaxed);
       stream_http.request(spec.endpoints[endpoint.load() % spec.endpoints.size()] + "/v3/watch",
                           body.dump(),
                           std::max(spec.session_ttl * 5, std::chrono::milliseconds(5000)), on_data);
@@ -699,6 +703,10 @@ caf::error etcd_coordinator::begin_cold_start() {
       impl_->call(http, "/v3/kv/deleterange",
                   json{{"key", detail::base64_encode(impl_->led_key())}}, impl_->op_deadline());
   return answer ? caf::error{} : answer.error();
+}
+
+uint64_t etcd_coordinator::requests_sent() const {
+  return impl_->requests.load(std::memory_order_relaxed);
 }
 
 const std::string& etcd_coordinator::key_root() const {

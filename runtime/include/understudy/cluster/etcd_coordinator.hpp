@@ -31,6 +31,7 @@
 // create): invalid_config.
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -73,6 +74,11 @@ public:
 
   /// The key prefix of this cluster, "PREFIX/CLUSTER/".
   const std::string& key_root() const;
+
+  /// HTTP requests this coordinator has sent to etcd so far: each attempt of
+  /// a call (a retry on another endpoint counts again) and each watch stream
+  /// it opened.
+  uint64_t requests_sent() const;
 
   struct impl;
 
