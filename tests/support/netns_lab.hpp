@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -51,7 +52,7 @@ public:
     return ok;
   }
 
-  netns_lab() : tag_(std::to_string(::getpid() % 100000)) {
+  netns_lab() : tag_(next_tag()) {
     // A /24 per test process, in 10.200.0.0/16 .. 10.249.0.0/16.
     auto n = static_cast<unsigned>(::getpid());
     subnet_ = "10." + std::to_string(200 + n % 50) + "." + std::to_string((n / 50) % 250) + ".";
@@ -82,6 +83,8 @@ public:
     h.ip = subnet_ + std::to_string(index);
     h.link = "usv" + tag_ + "x" + std::to_string(index);
     auto inner = "usi" + tag_ + "x" + std::to_string(index);
+    // Recorded first, so that the destructor removes what a failed step left.
+    hosts_[name] = h;
     must("ip netns add " + h.ns);
     must("ip link add " + h.link + " type veth peer name " + inner);
     must("ip link set " + inner + " netns " + h.ns);
@@ -95,7 +98,7 @@ public:
          " nft add chain inet lab out '{ type filter hook output priority 0 ; }'");
     must("ip netns exec " + h.ns +
          " nft add chain inet lab in '{ type filter hook input priority 0 ; }'");
-    return hosts_[name] = h;
+    return hosts_[name];
   }
 
   const host& at(const std::string& name) const { return hosts_.at(name); }
@@ -164,6 +167,15 @@ public:
   static int run(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
 
 private:
+  /// This lab's part of every name: the process (5 digits) and a letter per lab in it,
+  /// because the kernel removes a deleted namespace's links after a while, and the next
+  /// lab in the same test process must not collide with them (names stay within 15
+  /// characters: "usv" + tag + "x" + index).
+  static std::string next_tag() {
+    static std::atomic<unsigned> labs{0};
+    return std::to_string(::getpid() % 100000) + static_cast<char>('a' + labs++ % 26);
+  }
+
   static void must(const std::string& cmd) {
     if (run(cmd) != 0)
       throw std::runtime_error("netns_lab: failed: " + cmd);

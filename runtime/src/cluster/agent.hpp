@@ -48,6 +48,16 @@ void authenticate(caf::event_based_actor* self, const state_ptr& st, const caf::
                   const std::string& claimed, std::function<void(caf::error)> k,
                   bool reader_ok = false);
 
+/// A node name a message claims, as the node's errors and notes show it: a
+/// name from the network is cut to 64 characters (with its size), so that a
+/// huge one is not echoed back or logged whole.
+inline std::string shown(const std::string& name) {
+  constexpr size_t limit = 64;
+  if (name.size() <= limit)
+    return name;
+  return name.substr(0, limit) + "... (" + std::to_string(name.size()) + " bytes)";
+}
+
 /// Whether the agent's current message comes from this process (its own actors).
 inline bool from_here(caf::event_based_actor* self) {
   auto sender = self->current_sender();

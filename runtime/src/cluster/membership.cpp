@@ -263,9 +263,9 @@ caf::error judge_peer(const state_ptr& st, const std::string& name, bool reader_
                           " has no certificate of a node of the cluster (it "
                           "names " +
                           named + "): refused");
-  return make_error(cluster_errc::identity_mismatch, "the peer at " + where + " says it is node " +
-                                                         name + " but its certificate names " +
-                                                         named + ": refused");
+  return make_error(cluster_errc::identity_mismatch,
+                    "the peer at " + where + " says it is node " + shown(name) +
+                        " but its certificate names " + named + ": refused");
 }
 
 /// Over TLS, checks that the certificate the peer `who` presented names the
@@ -323,10 +323,11 @@ void authenticate(caf::event_based_actor* self, const state_ptr& st, const caf::
   };
   const bool tls = st->cfg.cluster.security && self->home_system().has_openssl_manager();
   if (tls && !sender) {
-    refused(make_error(cluster_errc::identity_mismatch,
-                       "an anonymous message" +
-                           (claimed.empty() ? std::string{} : " said to be from " + claimed) +
-                           " has no connection to verify: refused"));
+    refused(
+        make_error(cluster_errc::identity_mismatch,
+                   "an anonymous message" +
+                       (claimed.empty() ? std::string{} : " said to be from " + shown(claimed)) +
+                       " has no connection to verify: refused"));
     return;
   }
   check_peer(self, st, sender, claimed, std::move(refused), reader_ok);
@@ -368,9 +369,10 @@ caf::result<std::string, uint64_t, std::string> on_hello(caf::event_based_actor*
                                                          const std::string& name, uint64_t epoch) {
   auto sender = caf::actor_cast<caf::actor>(self->current_sender());
   if (!st->knows(name))
-    return make_error(cluster_errc::unknown_node,
-                      "unknown peer '" + name + "': node " + st->self.name + " of cluster '" +
-                          st->cfg.cluster.name + "' has no such node in " + st->cfg.origin);
+    return make_error(cluster_errc::unknown_node, "unknown peer '" + shown(name) + "': node " +
+                                                      st->self.name + " of cluster '" +
+                                                      st->cfg.cluster.name +
+                                                      "' has no such node in " + st->cfg.origin);
   auto rp = self->make_response_promise<std::string, uint64_t, std::string>();
   check_peer(self, st, sender, name, [self, st, rp, name, epoch, sender](caf::error err) mutable {
     if (err) {

@@ -155,15 +155,15 @@ void store_replica(caf::event_based_actor* self, const state_ptr& st, const std:
   if (!batch.problem.empty()) {
     auto err =
         make_error(batch.corrupt ? cluster_errc::replica_refused : cluster_errc::malformed_message,
-                   "node " + st->self.name + " refuses a replica said to be from " + from + ": " +
-                       batch.problem);
+                   "node " + st->self.name + " refuses a replica said to be from " + shown(from) +
+                       ": " + batch.problem);
     st->announce(describe(err));
     rp.deliver(std::move(err));
     return;
   }
   // An unknown node, a fenced epoch or one older than the newest incarnation known.
   if (!st->core->accepts(from, gen)) {
-    rp.deliver(make_error(cluster_errc::fenced, "replica from " + from + " epoch " +
+    rp.deliver(make_error(cluster_errc::fenced, "replica from " + shown(from) + " epoch " +
                                                     std::to_string(gen) +
                                                     " refused: the node is fenced or replaced"));
     return;
@@ -184,7 +184,7 @@ void store_replica(caf::event_based_actor* self, const state_ptr& st, const std:
             [rp, st, from](caf::error& err) mutable {
               if (is(err, state_errc::version_conflict) || is(err, state_errc::stale_epoch))
                 st->announce("node " + st->self.name + " refuses a replica said to be from " +
-                             from + ": " + describe(err));
+                             shown(from) + ": " + describe(err));
               rp.deliver(std::move(err));
             });
 }

@@ -414,6 +414,36 @@ TEST_CASE("spawn requests for a type the node never registers wait in a bounded 
   CHECK(n.alive(*r.sys, agent));
 }
 
+TEST_CASE("a hello or a replica that claims a huge node name is refused without echoing it",
+          "[cluster][hostile]") {
+  plain_node n;
+  replicator r;
+  auto agent = r.connect(n.node->self().port);
+  caf::scoped_actor self{*r.sys};
+  const std::string huge(1 << 20, 'n');
+  caf::error hello_err;
+  self->request(agent, 10s, caf::atom("us_nhello"), huge, uint64_t{1}, std::string{})
+      .receive([](const std::string&, uint64_t, const std::string&) {},
+               [&](caf::error& e) { hello_err = std::move(e); });
+  REQUIRE(hello_err);
+  CHECK(is(hello_err, cluster_errc::unknown_node));
+  CHECK_THAT(describe(hello_err), Catch::Contains("... (1048576 bytes)"));
+  CHECK(describe(hello_err).size() < 1024);
+  checkpoint_batch batch;
+  batch.items.push_back(make_checkpoint("/job/shard-0", 1, 'a'));
+  auto res = send_replica(*r.sys, agent, huge, batch);
+  REQUIRE_FALSE(res);
+  CHECK(is(res.error(), cluster_errc::fenced));
+  CHECK(describe(res.error()).size() < 1024);
+  // A heartbeat from it changes nothing; the node goes on, nothing stored.
+  self->send(agent, caf::atom("us_nbeat"), huge, uint64_t{1}, huge);
+  CHECK(n.alive(*r.sys, agent));
+  CHECK(n.all_notes().size() < 4096);
+  auto paths = n.node->state_store().store->paths();
+  REQUIRE(paths);
+  CHECK(paths->empty());
+}
+
 TEST_CASE("a node that other processes connected to shuts down without waiting on them",
           "[cluster][shutdown]") {
   // A detached agent used to keep its thread, and so the actor system's
