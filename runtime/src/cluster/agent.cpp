@@ -4,6 +4,7 @@
 
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <caf/event_based_actor.hpp>
 #include <caf/response_promise.hpp>
@@ -32,6 +33,25 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
                     rp.deliver(render_status(*st));
                 },
                 true);
+            return rp;
+          },
+          [self, st](mesh_atom) -> caf::result<std::vector<std::string>> {
+            auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+            auto rp = self->make_response_promise<std::vector<std::string>>();
+            authenticate(self, st, sender, "", [st, rp](caf::error err) mutable {
+              if (err) {
+                rp.deliver(std::move(err));
+                return;
+              }
+              std::vector<std::string> unconnected;
+              {
+                std::lock_guard<std::mutex> guard{st->mtx};
+                for (auto& [name, e] : st->peers)
+                  if (e.state != peer_state::dead && !(e.agent && st->up_locked(name)))
+                    unconnected.push_back(name);
+              }
+              rp.deliver(std::move(unconnected));
+            });
             return rp;
           },
           [self, st](stop_atom) -> caf::result<void> {

@@ -55,6 +55,9 @@ using transfer_atom = caf::atom_constant<caf::atom("us_nxfer")>;
 using holds_atom = caf::atom_constant<caf::atom("us_nholds")>;
 /// (status) -> std::string: the node's status report.
 using status_atom = caf::atom_constant<caf::atom("us_nstat")>;
+/// (mesh) -> std::vector<std::string>: the peers this node has no connection to
+/// (those declared dead aside); a leader asks before it starts the tree.
+using mesh_atom = caf::atom_constant<caf::atom("us_nmesh")>;
 /// (stop): the peer asks this node's process to end.
 using stop_atom = caf::atom_constant<caf::atom("us_nstop")>;
 /// Local: the connector reached a peer: (up, name, agent).

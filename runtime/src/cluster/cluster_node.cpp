@@ -280,6 +280,51 @@ bool cluster_node::await_peers(std::chrono::milliseconds timeout) const {
   });
 }
 
+std::vector<std::string> cluster_node::await_mesh(std::chrono::milliseconds timeout) const {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  caf::scoped_actor self{st_->rt->system()};
+  for (;;) {
+    std::vector<std::pair<std::string, caf::actor>> ask;
+    std::vector<std::string> missing;
+    {
+      std::lock_guard<std::mutex> guard{st_->mtx};
+      for (auto& [name, e] : st_->peers) {
+        if (e.state == peer_state::dead)
+          continue;
+        if (e.agent && st_->up_locked(name))
+          ask.emplace_back(name, e.agent);
+        else
+          missing.push_back(st_->self.name + "-" + name);
+      }
+    }
+    for (auto& [name, agent] : ask) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        missing.push_back(name + "-?");
+        continue;
+      }
+      bool answered = false;
+      self->request(agent, left, cluster_detail::mesh_atom::value)
+          .receive(
+              [&, peer = name](const std::vector<std::string>& unconnected) {
+                answered = true;
+                for (auto& u : unconnected)
+                  missing.push_back(peer + "-" + u);
+              },
+              [](caf::error&) {});
+      if (!answered)
+        missing.push_back(name + "-?");
+    }
+    if (missing.empty() || std::chrono::steady_clock::now() >= deadline)
+      return missing;
+    // Peers connect to each other on their own (every 100 ms while one is
+    // missing): ask again shortly, or at once when a peer of this node changes.
+    std::unique_lock<std::mutex> guard{st_->mtx};
+    st_->cv.wait_for(guard, std::chrono::milliseconds(20));
+  }
+}
+
 void cluster_node::stop_peers() {
   std::vector<caf::actor> to;
   {

@@ -370,8 +370,21 @@ private:
     auto wait_for = std::chrono::duration_cast<std::chrono::milliseconds>(
                         nc_.cluster.failure_detection.connection_timeout) *
                     5;
-    if (node_->await_peers(std::max(wait_for, std::chrono::milliseconds(10000))) ||
-        node_->leader() != me())
+    if (node_->await_peers(std::max(wait_for, std::chrono::milliseconds(10000)))) {
+      // Then until the peers are connected to each other too: actors the
+      // tree places on two of them talk directly, and a message sent while
+      // their connection comes up could be lost (the step waiting for it
+      // would never end).
+      auto missing = node_->await_mesh(std::max(wait_for, std::chrono::milliseconds(10000)));
+      if (!missing.empty()) {
+        std::string links;
+        for (auto& l : missing)
+          links += " " + l;
+        say("node " + me() + ": starting the tree although these links are not up:" + links);
+      }
+      return;
+    }
+    if (node_->leader() != me())
       return;
     std::string missing;
     for (auto& p : node_->peers())

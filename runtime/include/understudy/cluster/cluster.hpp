@@ -217,6 +217,14 @@ public:
   /// are. Not from an actor handler.
   bool await_peers(std::chrono::milliseconds timeout) const;
 
+  /// Blocks until every connected peer says it is connected to every node that
+  /// is not dead, or `timeout` passes; returns the links still missing then, as
+  /// "A-B" (none: the mesh is complete). A leader asks before it starts the
+  /// tree: actors on two nodes that are not connected yet talk through a third,
+  /// and a message in flight when their own connection comes up can be lost.
+  /// Not from an actor handler.
+  std::vector<std::string> await_mesh(std::chrono::milliseconds timeout) const;
+
   /// Asks every connected peer to stop its process (`understudy node` exits)
   /// and waits for their answers (up to 1 s each). Not from an actor handler.
   void stop_peers();
