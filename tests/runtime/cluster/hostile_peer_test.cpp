@@ -444,6 +444,23 @@ TEST_CASE("a hello or a replica that claims a huge node name is refused without 
   CHECK(paths->empty());
 }
 
+TEST_CASE("a node says which peers it is not connected to, and its mesh wait names the links",
+          "[cluster]") {
+  plain_node n;
+  // n2 never starts: n1's own link to it is missing, after the wait's bound.
+  auto missing = n.node->await_mesh(50ms);
+  CHECK(missing == std::vector<std::string>{"n1-n2"});
+  // Asked over the network, n1 names n2 as a peer it has no connection to.
+  replicator r;
+  auto agent = r.connect(n.node->self().port);
+  caf::scoped_actor self{*r.sys};
+  std::vector<std::string> unconnected;
+  self->request(agent, 10s, caf::atom("us_nmesh"))
+      .receive([&](const std::vector<std::string>& names) { unconnected = names; },
+               [](caf::error&) {});
+  CHECK(unconnected == std::vector<std::string>{"n2"});
+}
+
 TEST_CASE("a node that other processes connected to shuts down without waiting on them",
           "[cluster][shutdown]") {
   // A detached agent used to keep its thread, and so the actor system's
