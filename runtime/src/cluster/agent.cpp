@@ -47,7 +47,7 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
               {
                 std::lock_guard<std::mutex> guard{st->mtx};
                 for (auto& [name, e] : st->peers)
-                  if (e.state != peer_state::dead && !(e.agent && st->up_locked(name)))
+                  if (e.state != peer_state::dead && !st->connected_locked(name))
                     unconnected.push_back(name);
               }
               rp.deliver(std::move(unconnected));

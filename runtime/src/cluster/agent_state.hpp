@@ -174,6 +174,13 @@ struct cluster_node::state {
     return {e.spec.name, e.state, e.detector.phi(clock_type::now()), e.generation, {}};
   }
 
+  /// Whether this node has a connection to peer `name` that counts: its agent is known and the
+  /// peer is up. Called with mtx held.
+  bool connected_locked(const std::string& name) const {
+    auto i = peers.find(name);
+    return i != peers.end() && i->second.agent && up_locked(name);
+  }
+
   /// Whether peer `name` counts as up: alive or suspected (not yet declared dead). Called with
   /// mtx held.
   bool up_locked(const std::string& name) const {

@@ -291,7 +291,7 @@ std::vector<std::string> cluster_node::await_mesh(std::chrono::milliseconds time
       for (auto& [name, e] : st_->peers) {
         if (e.state == peer_state::dead)
           continue;
-        if (e.agent && st_->up_locked(name))
+        if (st_->connected_locked(name))
           ask.emplace_back(name, e.agent);
         else
           missing.push_back(st_->self.name + "-" + name);

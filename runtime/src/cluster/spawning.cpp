@@ -126,16 +126,19 @@ caf::message_handler spawning_handlers(caf::event_based_actor* self, const state
             ps.rp.deliver(std::move(err));
             return;
           }
-          if (pending->size() >= max_pending_spawns) {
-            ps.rp.deliver(
-                make_error(cluster_errc::no_factory,
-                           "node " + st->self.name + " refuses to start " + ps.path + " (type '" +
-                               ps.type + "'): " + std::to_string(pending->size()) +
-                               " spawn requests already wait for factories it has not registered"));
-            return;
-          }
           pending->push_back(std::move(ps));
           run_spawn(self, st, *pending);
+          // A request whose factory is registered has started; one that must
+          // wait is the newest still pending, refused if the queue is full.
+          if (pending->size() > max_pending_spawns) {
+            auto& last = pending->back();
+            last.rp.deliver(
+                make_error(cluster_errc::no_factory,
+                           "node " + st->self.name + " refuses to start " + last.path + " (type '" +
+                               last.type + "'): " + std::to_string(max_pending_spawns) +
+                               " spawn requests already wait for factories it has not registered"));
+            pending->pop_back();
+          }
         });
         return rp;
       },

@@ -212,7 +212,10 @@ TEST_CASE("a renewed session outlives its time to live", "[cluster][coordination
     return;
   view_log log; // outlives the coordinators it watches
   auto a = fx.make("a", 1s);
+  CHECK(a->requests_sent() == 0); // made, not yet asked anything
   REQUIRE(join(*a, "a"));
+  auto after_join = a->requests_sent();
+  CHECK(after_join > 0);
   // Renew well past the TTL: every renewal waits on etcd's answer, no sleeps.
   const auto until = steady::now() + 2500ms;
   int renewals = 0;
@@ -222,6 +225,8 @@ TEST_CASE("a renewed session outlives its time to live", "[cluster][coordination
     ++renewals;
   }
   CHECK(renewals > 3);
+  // Each renewal is counted (a renewal is one or more requests).
+  CHECK(a->requests_sent() >= after_join + static_cast<uint64_t>(renewals));
   log.watch(*a);
   CHECK(log.await([](const coordination_view& x) { return x.members.count("a") == 1; }));
 }

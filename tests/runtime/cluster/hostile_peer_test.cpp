@@ -411,6 +411,21 @@ TEST_CASE("spawn requests for a type the node never registers wait in a bounded 
   CHECK(is(err, cluster_errc::no_factory));
   CHECK_THAT(describe(err), Catch::Contains("refuses to start /job/c256") &&
                                 Catch::Contains("256 spawn requests already wait"));
+  // A request for a type the node does register is not held back by the full
+  // queue: it goes on to the supervisor check (this one names no supervisor).
+  n.node->add_factory("known",
+                      [](child_context&, const caf::message&) -> caf::expected<caf::actor> {
+                        return caf::make_error(caf::sec::runtime_error, "not reached");
+                      });
+  caf::error known_err;
+  self->request(agent, 10s,
+                caf::make_message(caf::atom("us_nspawn"), std::string{"known"}, std::string{"k"},
+                                  std::string{"/job/k"}, uint64_t{1}, caf::actor{}, uint64_t{0},
+                                  caf::message{}))
+      .receive([](const caf::actor&) {}, [&](caf::error& e) { known_err = std::move(e); });
+  REQUIRE(known_err);
+  CHECK(is(known_err, cluster_errc::fenced));
+  CHECK_THAT(describe(known_err), Catch::Contains("its supervisor's node is fenced or unknown"));
   CHECK(n.alive(*r.sys, agent));
 }
 
@@ -459,6 +474,21 @@ TEST_CASE("a node says which peers it is not connected to, and its mesh wait nam
       .receive([&](const std::vector<std::string>& names) { unconnected = names; },
                [](caf::error&) {});
   CHECK(unconnected == std::vector<std::string>{"n2"});
+}
+
+TEST_CASE("a cluster node's scheduler has at least 8 threads and keeps a larger setting",
+          "[cluster]") {
+  // Supervisors block a thread while placed() waits; the agent, a scheduled
+  // actor, needs one of the others.
+  plain_node n;
+  caf::actor_system_config small;
+  small.set("scheduler.max-threads", size_t{2});
+  REQUIRE(cluster_node::configure(small, n.nc, "n1"));
+  CHECK(caf::get_or(small, "scheduler.max-threads", size_t{0}) == 8);
+  caf::actor_system_config large;
+  large.set("scheduler.max-threads", size_t{24});
+  REQUIRE(cluster_node::configure(large, n.nc, "n1"));
+  CHECK(caf::get_or(large, "scheduler.max-threads", size_t{0}) == 24);
 }
 
 TEST_CASE("a node that other processes connected to shuts down without waiting on them",
