@@ -7,6 +7,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/exit_reason.hpp>
+#include <caf/send.hpp>
 
 #include "supervisor_actor.hpp"
 #include "understudy/core/errors.hpp"
@@ -108,8 +109,87 @@ caf::error supervisor_actor::start_incarnation(child_rec& rec) {
   if (!*res)
     return make_error(supervision_errc::start_failed,
                       rec.spec.id + ": start function returned no actor");
+  adopt(rec, inc, std::move(*res));
+  return caf::none;
+}
+
+bool supervisor_actor::begin_async_start(child_rec& rec) {
+  auto path = child_path(rec.spec);
+  auto inc = rec.incarnation + 1;
+  auto self = caf::actor_cast<caf::actor>(this);
+  child_context ctx{system(),    rec.spec.id, path, inc, rec.args, child_token{self, rec.slot, inc},
+                    spec_.events};
+  rec.pending_inc = inc;
+  rec.ready_early = false;
+  rec.status = child_status::starting;
+  rec.killed_after_timeout = false;
+  start_callback done = [self, slot = rec.slot, inc](caf::expected<caf::actor> res) {
+    auto out = std::make_shared<start_outcome>();
+    if (res)
+      out->handle = std::move(*res);
+    else
+      out->err = std::move(res.error());
+    caf::anon_send(self, start_done_atom::value, slot, inc, std::move(out));
+  };
+  try {
+    rec.spec.start_async(ctx, std::move(done));
+  } catch (const std::exception& e) {
+    rec.pending_inc = 0;
+    on_start_failed(&rec, make_error(supervision_errc::start_failed,
+                                     rec.spec.id + ": start function threw: " + e.what()));
+    return false;
+  }
+  return true;
+}
+
+start_outcome::~start_outcome() {
+  if (!adopted && handle)
+    caf::anon_send_exit(handle, caf::exit_reason::kill);
+}
+
+bool supervisor_actor::on_start_done(uint64_t slot, uint64_t inc, start_outcome& out) {
+  auto& handle = out.handle;
+  auto& err = out.err;
+  auto* rec = find_slot(slot);
+  if (rec == nullptr || rec->pending_inc == 0 || rec->pending_inc != inc)
+    return false;
+  rec->pending_inc = 0;
+  if (rec->status == child_status::stopping) {
+    // Stopped (with its siblings, or with the supervisor) while it started.
+    if (!handle) {
+      on_stopped(rec, err);
+      return false;
+    }
+    // The incarnation is not wanted any more, but it is stopped as any other
+    // (its shutdown spec) and the stop goes on only once it is down: the
+    // children that started before it stop after it.
+    rec->incarnation = inc;
+    rec->handle = std::move(handle);
+    rec->addr = rec->handle.address();
+    by_addr_[rec->addr] = rec;
+    monitor(rec->handle);
+    stop_incarnation(*rec);
+    return true;
+  }
+  if (rec->status != child_status::starting)
+    return false;
+  if (!handle) {
+    on_start_failed(rec, make_error(supervision_errc::start_failed,
+                                    rec->spec.id + ": start function returned " +
+                                        (err ? describe(err) : std::string{"no actor"})));
+    return false;
+  }
+  bool ready = rec->ready_early;
+  rec->ready_early = false;
+  adopt(*rec, inc, std::move(handle));
+  if (ready)
+    on_ready(slot, inc);
+  return true;
+}
+
+void supervisor_actor::adopt(child_rec& rec, uint64_t inc, caf::actor handle) {
   rec.incarnation = inc;
-  rec.handle = std::move(*res);
+  rec.handle = std::move(handle);
   rec.addr = rec.handle.address();
   rec.status = child_status::starting;
   rec.killed_after_timeout = false;
@@ -134,11 +214,12 @@ caf::error supervisor_actor::start_incarnation(child_rec& rec) {
               });
   }
   serve_waiters(&rec);
-  return caf::none;
 }
 
 void supervisor_actor::stop_incarnation(child_rec& rec) {
   rec.status = child_status::stopping;
+  if (!rec.handle)
+    return; // Its asynchronous start is still at work: on_start_done ends the stop.
   switch (rec.spec.shutdown.mode) {
     case shutdown_mode::brutal_kill:
       send_exit(rec.handle, caf::exit_reason::kill);
@@ -156,6 +237,10 @@ void supervisor_actor::stop_incarnation(child_rec& rec) {
 
 void supervisor_actor::on_ready(uint64_t slot, uint64_t inc) {
   auto* rec = find_slot(slot);
+  if (rec != nullptr && rec->pending_inc != 0 && rec->pending_inc == inc) {
+    rec->ready_early = true; // Announced before its start function handed it over.
+    return;
+  }
   if (rec == nullptr || rec->incarnation != inc || rec->status != child_status::starting)
     return;
   rec->status = child_status::running;

@@ -29,8 +29,11 @@ caf::error validate_child_spec(const child_spec& spec) {
   if (spec.id.find('/') != std::string::npos)
     return make_error(supervision_errc::invalid_child_spec,
                       spec.id + ": a child id must not contain '/'");
-  if (!spec.start)
+  if (!spec.start && !spec.start_async)
     return make_error(supervision_errc::invalid_child_spec, spec.id + ": no start function");
+  if (spec.start && spec.start_async)
+    return make_error(supervision_errc::invalid_child_spec,
+                      spec.id + ": both a start function and an asynchronous one; set one");
   if (spec.shutdown.mode == shutdown_mode::timeout)
     if (auto err = validate_timespan("shutdown timeout", spec.id, spec.shutdown.timeout, false))
       return err;

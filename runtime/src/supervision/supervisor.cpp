@@ -48,6 +48,10 @@ caf::behavior supervisor_actor::make_behavior() {
       [this](terminate_child_atom, const std::string& id) { return terminate_child(id); },
       [this](delete_child_atom, const std::string& id) { return delete_child(id); },
       [this](ready_atom, uint64_t slot, uint64_t inc) { on_ready(slot, inc); },
+      [this](start_done_atom, uint64_t slot, uint64_t inc, const start_outcome_ptr& out) {
+        if (out)
+          out->adopted = on_start_done(slot, inc, *out);
+      },
       [this](progress_atom, uint64_t slot, uint64_t inc) {
         auto* rec = find_slot(slot);
         if (rec != nullptr && rec->incarnation == inc)

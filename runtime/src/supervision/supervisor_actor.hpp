@@ -33,6 +33,23 @@ using restart_timer_atom = caf::atom_constant<caf::atom("us_rtimer")>;
 using shutdown_timer_atom = caf::atom_constant<caf::atom("us_stimer")>;
 using liveness_timer_atom = caf::atom_constant<caf::atom("us_ltimer")>;
 using start_timer_atom = caf::atom_constant<caf::atom("us_sttimer")>;
+/// An asynchronous start's outcome (start_callback): slot, incarnation, outcome.
+using start_done_atom = caf::atom_constant<caf::atom("us_stdone")>;
+
+/// What an asynchronous start produced. An actor that its supervisor does
+/// not adopt is killed when the last reference goes: also when the message
+/// carrying it is dropped because the supervisor has ended.
+struct start_outcome {
+  caf::actor handle;
+  caf::error err;
+  bool adopted = false;
+  start_outcome() = default;
+  start_outcome(const start_outcome&) = delete;
+  start_outcome& operator=(const start_outcome&) = delete;
+  ~start_outcome();
+};
+
+using start_outcome_ptr = std::shared_ptr<start_outcome>;
 
 struct resolve_waiter {
   uint64_t min_incarnation;
@@ -62,11 +79,16 @@ struct child_rec {
   time_point last_progress{};
   uint32_t backoff_attempt = 0;
   std::vector<resolve_waiter> waiters;
+  /// The incarnation an asynchronous start is working on (0: none). The
+  /// child is `starting` (or `stopping`, if stopped meanwhile) without a handle.
+  uint64_t pending_inc = 0;
+  /// The pending incarnation announced itself before its start completed.
+  bool ready_early = false;
   /// Whether the child's handle may be handed out (serving, or started without
   /// an explicit readiness announcement).
   bool resolvable() const {
-    return status == child_status::running ||
-           (status == child_status::starting && !spec.announces_ready);
+    return handle && (status == child_status::running ||
+                      (status == child_status::starting && !spec.announces_ready));
   }
 };
 
@@ -186,6 +208,17 @@ private:
   /// it to serve. Returns an error if there is no new incarnation.
   caf::error start_incarnation(child_rec& rec);
 
+  /// Calls the asynchronous start function of `rec` (its outcome arrives as
+  /// on_start_done); returns false if it failed at once (on_start_failed ran).
+  bool begin_async_start(child_rec& rec);
+
+  /// An asynchronous start's outcome; returns whether the incarnation was adopted.
+  bool on_start_done(uint64_t slot, uint64_t inc, start_outcome& out);
+
+  /// Makes `handle` incarnation `inc` of `rec`: monitors it and begins waiting
+  /// for it to serve.
+  void adopt(child_rec& rec, uint64_t inc, caf::actor handle);
+
   void stop_incarnation(child_rec& rec);
 
   void on_ready(uint64_t slot, uint64_t inc);
@@ -270,3 +303,5 @@ private:
 };
 
 } // namespace understudy::supervision_detail
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(understudy::supervision_detail::start_outcome_ptr)

@@ -126,6 +126,10 @@ bool supervisor_actor::begin_step(job& j, job::step& s) {
       if (rec == nullptr || rec->status == child_status::running ||
           rec->status == child_status::starting)
         return true; // Removed (temporary sibling) or already up.
+      if (rec->spec.start_async) {
+        begin_async_start(*rec);
+        return false; // Resumed by on_start_done and on_ready, or replaced by on_start_failed.
+      }
       if (auto err = start_incarnation(*rec)) {
         on_start_failed(rec, err);
         return false; // on_start_failed replaced or finished the job.

@@ -729,3 +729,178 @@ TEST_CASE("invalid specs are refused before anything starts, naming the problem"
   permanent_significant.children[0].significant = true;
   check(permanent_significant, supervision_errc::invalid_child_spec, "significant");
 }
+
+// -- asynchronous starts ------------------------------------------------------------
+
+namespace {
+
+/// A child whose start completes only when the test says so: each start is
+/// parked with its callback (as a start that waits on another node does).
+struct parked_starts {
+  struct start {
+    std::string id;
+    uint64_t incarnation;
+    child_token token;
+    start_callback done;
+  };
+  std::vector<start> parked;
+
+  child_spec spec(const std::string& id) {
+    child_spec cs;
+    cs.id = id;
+    cs.start_async = [this, id](child_context& ctx, start_callback done) {
+      parked.push_back({id, ctx.incarnation, ctx.token, std::move(done)});
+    };
+    return cs;
+  }
+
+  /// Completes the oldest parked start with a new test child.
+  void complete(caf::actor_system& sys, const test::journal& j) {
+    REQUIRE_FALSE(parked.empty());
+    auto s = std::move(parked.front());
+    parked.erase(parked.begin());
+    test::child_opts opts;
+    opts.token = s.token;
+    s.done(caf::actor{sys.spawn(test::test_child, s.id, j, opts)});
+  }
+
+  void fail(const std::string& why) {
+    REQUIRE_FALSE(parked.empty());
+    auto s = std::move(parked.front());
+    parked.erase(parked.begin());
+    s.done(caf::make_error(caf::sec::runtime_error, why));
+  }
+};
+
+} // namespace
+
+TEST_CASE("while an asynchronous start is at work the supervisor handles its other children",
+          "[runtime][supervisor][async]") {
+  fixture f;
+  parked_starts p;
+  supervisor_spec spec;
+  spec.strategy = restart_strategy::one_for_one;
+  spec.intensity = {10, std::chrono::seconds(5)};
+  spec.children = {child("a", f.j), p.spec("remote"), child("c", f.j)};
+  auto sup = f.spawn(spec);
+  // The start of "remote" is parked: the supervisor answers, shows it as
+  // starting without a handle, and restarts "a" when it crashes.
+  REQUIRE(p.parked.size() == 1);
+  auto remote = f.info(sup, "remote");
+  CHECK(remote.status == child_status::starting);
+  CHECK_FALSE(remote.handle);
+  f.self->send(f.handle(sup, "a"), test::crash_atom::value);
+  f.run();
+  CHECK(f.count(event_kind::child_exited, "a") == 1);
+  CHECK(f.info(sup, "c").status == child_status::stopped); // Not started yet: in order.
+  // Completing the start brings "remote" up, then the initial start goes on
+  // with "c", then the restart of "a" runs.
+  p.complete(f.sys, f.j);
+  f.run();
+  CHECK(f.info(sup, "remote").status == child_status::running);
+  CHECK(f.info(sup, "remote").incarnation == 1);
+  CHECK(f.info(sup, "c").status == child_status::running);
+  CHECK(f.info(sup, "a").status == child_status::running);
+  CHECK(f.info(sup, "a").incarnation == 2);
+  CHECK(std::count(f.j->begin(), f.j->end(), "start:a") == 2);
+  CHECK_FALSE(f.exited(sup));
+  // A crash of the remote child restarts it through another asynchronous start.
+  f.self->send(f.handle(sup, "remote"), test::crash_atom::value);
+  f.run();
+  REQUIRE(p.parked.size() == 1);
+  CHECK(p.parked.front().incarnation == 2);
+  p.complete(f.sys, f.j);
+  f.run();
+  CHECK(f.info(sup, "remote").status == child_status::running);
+  CHECK(f.info(sup, "remote").incarnation == 2);
+  CHECK(f.count(event_kind::child_restarted, "remote") == 1);
+}
+
+TEST_CASE("an asynchronous start that fails fails the start like a failing start function",
+          "[runtime][supervisor][async]") {
+  fixture f;
+  parked_starts p;
+  supervisor_spec spec;
+  spec.children = {child("a", f.j), p.spec("remote")};
+  auto sup = f.spawn(spec);
+  p.fail("no live node holds its checkpoints");
+  f.run();
+  caf::error reason;
+  REQUIRE(f.exited(sup, &reason));
+  CHECK(is(reason, supervision_errc::start_failed));
+  auto text = describe(reason);
+  CHECK(text.find("remote") != std::string::npos);
+  CHECK(text.find("no live node holds its checkpoints") != std::string::npos);
+  CHECK(*f.j == std::vector<std::string>{"start:a", "stop:a"});
+}
+
+TEST_CASE("a supervisor stopped during an asynchronous start kills what the start brings later",
+          "[runtime][supervisor][async]") {
+  fixture f;
+  parked_starts p;
+  supervisor_spec spec;
+  spec.children = {child("a", f.j), p.spec("remote")};
+  auto sup = f.spawn(spec);
+  REQUIRE(p.parked.size() == 1);
+  f.self->send_exit(sup, caf::exit_reason::user_shutdown);
+  f.run();
+  // It waits for the start in flight before it stops the others.
+  CHECK_FALSE(f.exited(sup));
+  CHECK(f.info(sup, "remote").status == child_status::stopping);
+  p.complete(f.sys, f.j);
+  f.run();
+  CHECK(f.exited(sup));
+  CHECK(*f.j == std::vector<std::string>{"start:a", "start:remote", "stop:remote", "stop:a"});
+}
+
+TEST_CASE("an actor handed over after its supervisor ended is killed",
+          "[runtime][supervisor][async]") {
+  fixture f;
+  parked_starts p;
+  supervisor_spec spec;
+  spec.children = {p.spec("remote")};
+  auto sup = f.spawn(spec);
+  REQUIRE(p.parked.size() == 1);
+  f.self->send_exit(sup, caf::exit_reason::kill);
+  f.run();
+  REQUIRE(f.exited(sup));
+  p.complete(f.sys, f.j);
+  f.run();
+  CHECK(*f.j == std::vector<std::string>{"start:remote", "stop:remote"});
+}
+
+TEST_CASE("a child that announces itself before its asynchronous start completes is serving",
+          "[runtime][supervisor][async]") {
+  fixture f;
+  parked_starts p;
+  auto cs = p.spec("remote");
+  cs.announces_ready = true;
+  supervisor_spec spec;
+  spec.children = {cs};
+  auto sup = f.spawn(spec);
+  REQUIRE(p.parked.size() == 1);
+  // The new incarnation announces itself at once, before the start function's
+  // answer reaches the supervisor (a remote actor's readiness can overtake it).
+  announce_ready(p.parked.front().token);
+  f.run();
+  CHECK(f.info(sup, "remote").status == child_status::starting);
+  p.complete(f.sys, f.j);
+  f.run();
+  CHECK(f.info(sup, "remote").status == child_status::running);
+  auto ready = f.ask_ok(sup, await_ready_atom::value);
+  CHECK_FALSE(ready);
+}
+
+TEST_CASE("a child spec with both a start function and an asynchronous one is refused",
+          "[runtime][supervisor][async]") {
+  fixture f;
+  parked_starts p;
+  auto cs = p.spec("both");
+  cs.start = child("x", f.j).start;
+  supervisor_spec spec;
+  spec.children = {cs};
+  auto sup = understudy::spawn_supervisor(f.sys, spec);
+  REQUIRE_FALSE(sup);
+  CHECK(describe(sup.error()).find("both a start function and an asynchronous one") !=
+        std::string::npos);
+}

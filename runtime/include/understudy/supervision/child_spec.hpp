@@ -67,6 +67,23 @@ struct child_context {
 /// fails the start. Runs on the supervisor's thread: it must not block.
 using start_function = std::function<caf::expected<caf::actor>(child_context&)>;
 
+/// Hands the outcome of an asynchronous start to the supervisor: the new
+/// incarnation, or the error that fails the start. Call it exactly once, from
+/// any thread; it does not block. When the supervisor no longer wants the
+/// incarnation (it stopped the child, or ended, meanwhile), the actor handed
+/// over is killed.
+using start_callback = std::function<void(caf::expected<caf::actor>)>;
+
+/// Starts one incarnation without holding up the supervisor: begins the work
+/// elsewhere (e.g. on a blocking actor of its own) and returns at once; that
+/// work calls `done` once. Meanwhile the supervisor goes on handling its
+/// other children's exits and answering requests (`which_children` shows the
+/// child as starting, without a handle). For starts that wait on other nodes,
+/// e.g. cluster_node::placed. `ctx` is valid only during the call: copy what
+/// the work needs. A child's `start_timeout` counts from when `done` hands
+/// the incarnation over.
+using async_start_function = std::function<void(child_context& ctx, start_callback done)>;
+
 /// Whether a child is a worker or a supervisor (which changes defaults only).
 enum class child_kind : uint8_t { worker, supervisor };
 
@@ -74,8 +91,10 @@ enum class child_kind : uint8_t { worker, supervisor };
 struct child_spec {
   /// Unique among the supervisor's children; part of the child's path.
   std::string id;
-  /// Creates a new incarnation.
+  /// Creates a new incarnation. A spec sets this or start_async, not both.
   start_function start;
+  /// Creates a new incarnation asynchronously (see async_start_function).
+  async_start_function start_async;
   restart_type restart = restart_type::permanent;
   shutdown_spec shutdown = shutdown_spec::after(std::chrono::seconds(5));
   child_kind kind = child_kind::worker;
