@@ -11,6 +11,7 @@
 
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/cluster/errors.hpp"
+#include "understudy/cluster/security.hpp"
 #include "understudy/core/errors.hpp"
 #include "understudy/process/process_host.hpp"
 
@@ -90,8 +91,13 @@ caf::expected<caf::actor> start_isolated_worker(child_context& ctx, training_job
              {"path", ctx.path},
              {"incarnation", std::to_string(ctx.incarnation)},
              {"fired", join_indices(job.fired_faults())},
-             {"fault_log", log}};
+             {"fault_log", log},
+             {"node", node.name}};
   ps.start_timeout = std::chrono::seconds(30);
+  // A node with [cluster.security] talks to its workers' processes over
+  // mutual TLS too (the child holds the node's own certificate): no other
+  // local process can reach them.
+  ps.tls = ctx.system.has_openssl_manager();
   return spawn_process_actor(ctx.system, ps);
 }
 
@@ -137,13 +143,20 @@ std::optional<int> host_isolated_training_actor() {
   });
   auto id = role->get("id");
   auto path = role->get("path");
+  auto node = role->get("node");
+  if (nc->cluster.security)
+    if (auto err = check_node_certificate(*nc, node))
+      return fail(describe(err));
   return run_actor_host(
       *role,
-      [interval = nc->cluster.failure_detection.heartbeat_interval](caf::actor_system_config& cfg) {
+      [&nc, &node](caf::actor_system_config& cfg) {
         // The node closes connections that stay silent past its deadline:
         // this process beats like a node, also while its worker waits.
-        cfg.set("middleman.heartbeat-interval", caf::timespan{interval});
+        cfg.set("middleman.heartbeat-interval",
+                caf::timespan{nc->cluster.failure_detection.heartbeat_interval});
         register_training_types(cfg);
+        // Mutual TLS with the node when it has security (checked above).
+        (void)prepare_hosted_process_tls(cfg, *nc, node);
       },
       [&](caf::actor_system& sys) -> caf::expected<caf::actor> {
         caf::message no_args;
@@ -261,8 +274,9 @@ supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events, std::
                                                    : pl.worker;
     auto home = index < p.start.size() ? p.start[index] : node->self().name;
     // Workers keep no state: they move without copying any.
-    local.start = node->placed(type_of(role), caf::make_message(static_cast<uint64_t>(index)), home,
-                               p.failover, role != fault_target::worker);
+    local.start = {};
+    local.start_async = node->placed(type_of(role), caf::make_message(static_cast<uint64_t>(index)),
+                                     home, p.failover, role != fault_target::worker);
     return local;
   };
   return job_.spec(std::move(name), std::move(events), placer);

@@ -68,13 +68,6 @@ std::string render_status(const cluster_node::state& st) {
 
 } // namespace cluster_detail
 
-namespace {
-
-/// The fewest scheduler threads of a cluster node (see configure()).
-constexpr size_t min_scheduler_threads = 8;
-
-} // namespace
-
 caf::expected<std::vector<std::string>> cluster_node::configure(caf::actor_system_config& cfg,
                                                                 const node_config& nc,
                                                                 const std::string& name) {
@@ -89,11 +82,6 @@ caf::expected<std::vector<std::string>> cluster_node::configure(caf::actor_syste
   const auto& fd = nc.cluster.failure_detection;
   cfg.set("middleman.connection-timeout", caf::timespan{fd.deadline + 2 * fd.heartbeat_interval});
   cfg.add_message_type<checkpoint_batch>("understudy::checkpoint_batch");
-  // Supervisors block a scheduler thread while placed() waits for a remote
-  // spawn or the coordinator's verdict; the agent and the children need the
-  // others.
-  auto threads = caf::get_or(cfg, "scheduler.max-threads", caf::defaults::scheduler::max_threads);
-  cfg.set("scheduler.max-threads", std::max<size_t>(threads, min_scheduler_threads));
   register_cluster_error_categories(cfg);
   // The node hosts isolated children in processes of their own.
   register_process_types(cfg);
@@ -197,9 +185,8 @@ caf::expected<std::shared_ptr<cluster_node>> cluster_node::start(
   // A scheduled actor, not a detached one: CAF 0.17 ends a detached actor's
   // thread only once the actor is destroyed, and the BASP layer can hold a
   // reference to an actor that remote nodes saw past the system's shutdown,
-  // so a detached agent sometimes kept the process from exiting. Supervisors
-  // that wait in placed() cannot starve it: configure() gives the scheduler
-  // more threads than such waits can take at once.
+  // so a detached agent sometimes kept the process from exiting. Nothing that
+  // waits runs on the scheduler: placed() waits on blocking actors of its own.
   st->agent = sys.spawn(cluster_detail::agent_actor, st);
   state_store_config sc;
   sc.directory = me->state_dir;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <caf/actor_system.hpp>
+#include <caf/blocking_actor.hpp>
 #include <caf/io/middleman.hpp>
 #include <caf/io/middleman_actor.hpp>
 #include <caf/openssl/manager.hpp>
@@ -51,9 +52,16 @@ public:
         stateful_(stateful),
         last_(std::make_shared<std::string>(home)) {}
 
-  caf::expected<caf::actor> operator()(child_context& ctx) const;
+  /// The asynchronous start function: runs the placement on a blocking
+  /// actor of its own, so that the supervisor never waits on other nodes or
+  /// the coordinator, and hands the outcome to `done`.
+  void operator()(child_context& ctx, start_callback done) const;
 
 private:
+  /// Places one incarnation: waits as long as its placement needs (on the
+  /// placement's own thread), then starts it here or on a peer.
+  caf::expected<caf::actor> place(child_context& ctx) const;
+
   /// An error if this node may not start anything (the coordinator fenced it).
   caf::error await_permission(const child_context& ctx) const;
 
@@ -259,7 +267,33 @@ caf::error placement::await_verdict(const child_context& ctx) const {
                         "declared it dead");
 }
 
-caf::expected<caf::actor> placement::operator()(child_context& ctx) const {
+void placement::operator()(child_context& ctx, start_callback done) const {
+  // The context refers to the supervisor's state: copy what the placement uses.
+  struct request {
+    std::string id;
+    std::string path;
+    uint64_t incarnation;
+    caf::message args;
+    child_token token;
+    std::shared_ptr<event_sink> events;
+  };
+  auto req = std::make_shared<request>(
+      request{ctx.id, ctx.path, ctx.incarnation, ctx.args, ctx.token, ctx.events});
+  ctx.system.spawn([p = *this, req, done = std::move(done)](caf::blocking_actor* self) {
+    child_context c{self->system(), req->id,    req->path,  req->incarnation,
+                    req->args,      req->token, req->events};
+    caf::expected<caf::actor> out{caf::actor{}};
+    try {
+      out = p.place(c);
+    } catch (const std::exception& e) {
+      out = make_error(cluster_errc::no_live_node,
+                       "placing " + req->path + " failed: " + std::string{e.what()});
+    }
+    done(std::move(out));
+  });
+}
+
+caf::expected<caf::actor> placement::place(child_context& ctx) const {
   const auto& st = st_;
   if (auto err = await_permission(ctx))
     return err;
@@ -350,8 +384,8 @@ caf::expected<caf::actor> placement::operator()(child_context& ctx) const {
 
 } // namespace cluster_detail
 
-start_function cluster_node::placed(std::string type, caf::message args, std::string home,
-                                    std::vector<std::string> failover, bool stateful) {
+async_start_function cluster_node::placed(std::string type, caf::message args, std::string home,
+                                          std::vector<std::string> failover, bool stateful) {
   return cluster_detail::placement(st_, std::move(type), std::move(args), home, std::move(failover),
                                    stateful);
 }
@@ -383,7 +417,7 @@ caf::expected<supervisor_spec> cluster_node::tree(
       } else {
         cs.id = c.name;
         auto home = c.placement.start.empty() ? st_->self.name : c.placement.start.front();
-        cs.start = placed(c.type, caf::message{}, home, c.placement.failover, true);
+        cs.start_async = placed(c.type, caf::message{}, home, c.placement.failover, true);
       }
       cs.id = c.name;
       cs.restart = c.restart;

@@ -476,21 +476,6 @@ TEST_CASE("a node says which peers it is not connected to, and its mesh wait nam
   CHECK(unconnected == std::vector<std::string>{"n2"});
 }
 
-TEST_CASE("a cluster node's scheduler has at least 8 threads and keeps a larger setting",
-          "[cluster]") {
-  // Supervisors block a thread while placed() waits; the agent, a scheduled
-  // actor, needs one of the others.
-  plain_node n;
-  caf::actor_system_config small;
-  small.set("scheduler.max-threads", size_t{2});
-  REQUIRE(cluster_node::configure(small, n.nc, "n1"));
-  CHECK(caf::get_or(small, "scheduler.max-threads", size_t{0}) == 8);
-  caf::actor_system_config large;
-  large.set("scheduler.max-threads", size_t{24});
-  REQUIRE(cluster_node::configure(large, n.nc, "n1"));
-  CHECK(caf::get_or(large, "scheduler.max-threads", size_t{0}) == 24);
-}
-
 TEST_CASE("a node that other processes connected to shuts down without waiting on them",
           "[cluster][shutdown]") {
   // A detached agent used to keep its thread, and so the actor system's

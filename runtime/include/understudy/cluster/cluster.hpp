@@ -163,10 +163,10 @@ public:
 
   /// Tells `f` what the node does on its own account, as a line of text: e.g.
   /// "moved /job/shards/shard-0 from n1 (lost) to s1, 3 checkpoint versions
-  /// copied from n2, started in 2.1 ms" (on the supervisor's thread).
+  /// copied from n2, started in 2.1 ms" (on the placement's thread).
   void on_note(std::function<void(const std::string&)> f);
 
-  /// A start function for a child that runs on one of the cluster's nodes
+  /// An asynchronous start function for a child that runs on one of the cluster's nodes
   /// (this node through the factory of `type`, another node through its
   /// agent): on `home` first, then again where it ran last while that node
   /// lives. When that node is lost, on the first live node of `failover` (the
@@ -174,11 +174,14 @@ public:
   /// on the first live node down its buddy chain. A `stateful` child moves
   /// with its checkpoints: the live node that holds them (where it ran last,
   /// else down the buddy chain) copies them durably to its new node first; it
-  /// is never started where its checkpoints are not. Starting on another node
-  /// waits for its agent's answer (up to the connection timeout, longer while
-  /// checkpoints are copied).
-  start_function placed(std::string type, caf::message args, std::string home,
-                        std::vector<std::string> failover = {}, bool stateful = true);
+  /// is never started where its checkpoints are not. The placement runs on a
+  /// blocking actor of its own, never on the supervisor: waiting for the
+  /// coordinator's verdict on a lost node, asking peers which holds the newest
+  /// checkpoints, copying them and the agent's answer to the spawn (up to the
+  /// connection timeout, longer while checkpoints are copied) leave the
+  /// supervisor free to handle its other children and to answer requests.
+  async_start_function placed(std::string type, caf::message args, std::string home,
+                              std::vector<std::string> failover = {}, bool stateful = true);
 
   /// Builds the supervision tree a node config declares (`root`, its [tree])
   /// for the leader to run: every supervisor with its strategy, intensity and
