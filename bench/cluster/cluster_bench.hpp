@@ -151,6 +151,10 @@ struct group_result {
 /// observer node in this process. `kill` and `stop` select which.
 group_result measure_detection(const options& opts, watchdog& dog, bool kill, bool stop);
 
+/// A leader whose etcd stops answering: how long it keeps acting (must be less
+/// than its lease).
+group_result measure_partitioned_leader(const options& opts, watchdog& dog);
+
 /// Figure 3: suspicions and deaths declared while both cores are loaded.
 group_result measure_false_suspicions(const options& opts, watchdog& dog);
 

@@ -24,6 +24,7 @@
 #include "understudy/actors/training.hpp"
 #include "understudy/cluster/cluster.hpp"
 #include "understudy/cluster/etcd_coordinator.hpp"
+#include "understudy/cluster/security.hpp"
 #include "understudy/core/errors.hpp"
 #include "understudy/node/local_etcd.hpp"
 #include "understudy/state/runtime.hpp"
@@ -62,6 +63,8 @@ std::unique_ptr<local_etcd> start_etcd(const std::string& dir, std::string& erro
 std::string detection_config(const std::string& dir, const std::vector<std::string>& peers,
                              const std::vector<uint16_t>& ports, const std::string& etcd_url) {
   std::string text = "[cluster]\nname = \"bench\"\n\n";
+  // Nodes of several talk mutual TLS only (`understudy node` refuses otherwise).
+  text += "[cluster.security]\ndir = \"" + dir + "/certs\"\n\n";
   text += failure_detection_toml;
   text += "[cluster.coordination]\nendpoints = [\"" + etcd_url + "\"]\n\n";
   std::vector<std::string> names{"obs"};
@@ -73,6 +76,27 @@ std::string detection_config(const std::string& dir, const std::vector<std::stri
   text += "[job]\nlayers = [64, 32, 10]\ndata = \"" UNDERSTUDY_DIGITS_PATH
           "\"\n\n[job.trainer]\nplacement = [\"obs\"]\n";
   return text;
+}
+
+/// Writes the cluster config `text` to `path` and makes its CA and node certificates; false
+/// and `error` if that fails.
+bool write_cluster_config(const std::string& path, const std::string& text, std::string& error) {
+  if (!write_file(path, text)) {
+    error = "cannot write " + path;
+    return false;
+  }
+  node_config_options nopts;
+  nopts.sections.push_back(job_section());
+  auto nc = load_node_config(path, nopts);
+  if (!nc) {
+    error = describe(nc.error());
+    return false;
+  }
+  if (auto made = create_cluster_certificates(*nc, true); !made) {
+    error = "certificates: " + describe(made.error());
+    return false;
+  }
+  return true;
 }
 
 /// A change of a peer's state as the observer's listener was told it.
@@ -145,6 +169,20 @@ public:
     node_.reset();
     rt_.reset();
   }
+
+  /// Makes the observer the leader (its only candidate) and claims it; false if
+  /// etcd did not grant it within `timeout`.
+  bool lead(std::chrono::milliseconds timeout) {
+    node_->set_leader_candidates({"obs"});
+    return node_->await_leadership(timeout) && node_->claim_leadership();
+  }
+
+  /// Whether the observer was fenced (it stopped acting: as the leader, it
+  /// stopped driving the job).
+  bool fenced() const { return node_->fenced(); }
+
+  /// The coordination session's time to live (a leader's lease).
+  std::chrono::milliseconds session_ttl() const { return nc_.cluster.coordination.session_ttl; }
 
   /// HTTP requests the observer's coordinator has sent to etcd so far.
   uint64_t etcd_requests() const { return coord_->requests_sent(); }
@@ -321,10 +359,9 @@ group_result measure_detection(const options& opts, watchdog& dog, bool kill, bo
   if (!etcd)
     return out;
   auto config = dir.path + "/detect.toml";
-  if (!write_file(config, detection_config(dir.path, {"peer"}, ports, etcd->client_url()))) {
-    out.error = "cannot write " + config;
+  if (!write_cluster_config(config, detection_config(dir.path, {"peer"}, ports, etcd->client_url()),
+                            out.error))
     return out;
-  }
   dog.arm("starting the observer node", std::chrono::seconds(30));
   std::string error;
   auto obs = observer::start(config, error);
@@ -416,6 +453,70 @@ group_result measure_detection(const options& opts, watchdog& dog, bool kill, bo
   return out;
 }
 
+group_result measure_partitioned_leader(const options& opts, watchdog& dog) {
+  group_result out;
+  std::vector<double> acting;
+  std::chrono::milliseconds ttl{0};
+  for (size_t run = 0; run < opts.runs; ++run) {
+    scratch_dir dir{"partition"};
+    auto ports = free_ports(1);
+    if (dir.path.empty() || ports.empty()) {
+      out.error = "no scratch directory or no free ports";
+      return out;
+    }
+    dog.arm("starting a leader, run " + std::to_string(run + 1), std::chrono::seconds(60));
+    auto etcd = start_etcd(dir.path, out.error);
+    if (!etcd)
+      return out;
+    auto config = dir.path + "/partition.toml";
+    if (!write_cluster_config(config, detection_config(dir.path, {}, ports, etcd->client_url()),
+                              out.error))
+      return out;
+    std::string error;
+    auto obs = observer::start(config, error);
+    if (!obs) {
+      out.error = "leader: " + error;
+      return out;
+    }
+    if (!obs->lead(std::chrono::seconds(10))) {
+      out.error = "etcd did not make the node the leader within 10 s";
+      return out;
+    }
+    ttl = obs->session_ttl();
+    // The leader loses etcd (frozen, so no request of its own fails fast):
+    // it must stop acting before its lease can expire.
+    dog.arm("a leader cut off from etcd, run " + std::to_string(run + 1),
+            std::chrono::duration_cast<std::chrono::seconds>(ttl * 3) + std::chrono::seconds(5));
+    auto t0 = clock_type::now();
+    ::kill(etcd->pid(), SIGSTOP);
+    while (!obs->fenced() && clock_type::now() - t0 < ttl * 2)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    auto t1 = clock_type::now();
+    bool fenced = obs->fenced();
+    ::kill(etcd->pid(), SIGCONT);
+    if (!fenced) {
+      out.error = "a leader cut off from etcd still acted after twice its lease";
+      return out;
+    }
+    acting.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    dog.arm("stopping the leader", std::chrono::seconds(30));
+    obs.reset();
+    etcd->stop();
+  }
+  dog.disarm();
+  auto med = ms_figure("partitioned_leader_acting_median", bench::median(acting));
+  auto ttl_ms = static_cast<double>(ttl.count());
+  med.target = "<= lease (" + bench::fixed(ttl_ms, 0) + " ms)";
+  med.met = bench::percentile(acting, 1.0) <= ttl_ms;
+  med.notes.push_back(std::to_string(acting.size()) +
+                      " runs, a fresh etcd and leader each: etcd SIGSTOPped under a leader, "
+                      "time until the leader fenced itself (stopped driving the job): " +
+                      bench::spread(acting, 1) +
+                      " ms; met when even the slowest run stopped within the lease");
+  out.figures.push_back(med);
+  return out;
+}
+
 group_result measure_false_suspicions(const options& opts, watchdog& dog) {
   group_result out;
   scratch_dir dir{"load"};
@@ -428,10 +529,9 @@ group_result measure_false_suspicions(const options& opts, watchdog& dog) {
   if (!etcd)
     return out;
   auto config = dir.path + "/load.toml";
-  if (!write_file(config, detection_config(dir.path, {"p1", "p2"}, ports, etcd->client_url()))) {
-    out.error = "cannot write " + config;
+  if (!write_cluster_config(
+          config, detection_config(dir.path, {"p1", "p2"}, ports, etcd->client_url()), out.error))
     return out;
-  }
   dog.arm("starting the loaded cluster", std::chrono::seconds(60));
   std::string error;
   auto obs = observer::start(config, error);

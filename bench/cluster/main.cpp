@@ -5,7 +5,9 @@
 //    observer's on_peer_change listener reports it dead. A fresh peer each run.
 // 2. detect_sigstop_*: the same with SIGSTOP (100 ms heartbeats, 1 s deadline); also
 //    when phi-accrual first suspected it. The stopped process is SIGKILLed afterwards.
-// 3. false_suspicions_loaded: observer + 2 peer processes while one spinning thread
+// 3. partitioned_leader_acting_*: an in-process leader whose etcd is SIGSTOPped; time until
+//    it fences itself (stops driving the job), against its lease. A fresh etcd each run.
+// 3b. false_suspicions_loaded: observer + 2 peer processes while one spinning thread
 //    per core loads the machine; every suspected/dead transition any node reports.
 // 4. failover_node_death_to_serving: `understudy launch --kill n2@STEP` on a 4-node
 //    training cluster; SIGKILL to the last of n2's actors serving on another node.
@@ -45,7 +47,7 @@ int main(int argc, char** argv) {
           "  --failover-runs N   `understudy launch` runs of the failover figure (default %zu)\n"
           "  --load-seconds N    length of the loaded run (default %zu)\n"
           "  --rounds N          rounds of the throughput comparison (default %zu)\n"
-          "  --only GROUPS       comma-separated: kill,stop,load,failover,throughput\n",
+          "  --only GROUPS       comma-separated: kill,stop,partition,load,failover,throughput\n",
           argv[0], opts.runs, opts.failover_runs, opts.load_seconds, opts.rounds))
     return *status;
   if (opts.quick) {
@@ -69,6 +71,8 @@ int main(int argc, char** argv) {
   };
   if (opts.wants("kill") || opts.wants("stop"))
     add("detection", measure_detection(opts, dog, opts.wants("kill"), opts.wants("stop")));
+  if (opts.wants("partition"))
+    add("partitioned leader", measure_partitioned_leader(opts, dog));
   if (opts.wants("load"))
     add("false suspicions", measure_false_suspicions(opts, dog));
   if (opts.wants("failover"))

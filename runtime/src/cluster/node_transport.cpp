@@ -29,6 +29,27 @@ using detail::strip_brackets;
 
 // -- preparing a node -------------------------------------------------------------------------
 
+namespace {
+
+/// Loads CAF's openssl module into `cfg` with this certificate, key and CA
+/// file. CAF's openssl module reads these members; with any of them set it
+/// requires a certificate from every peer and verifies it against the CA file
+/// alone (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT).
+void load_tls(caf::actor_system_config& cfg, const std::string& cert, const std::string& key,
+              const std::string& ca) {
+  cfg.set("openssl.certificate", cert);
+  cfg.set("openssl.key", key);
+  cfg.set("openssl.cafile", ca);
+  cfg.openssl_certificate = cert;
+  cfg.openssl_key = key;
+  cfg.openssl_cafile = ca;
+  cfg.openssl_capath.clear();
+  cfg.openssl_passphrase.clear();
+  cfg.load<caf::openssl::manager>();
+}
+
+} // namespace
+
 caf::expected<std::vector<std::string>> prepare_node_system_config(caf::actor_system_config& cfg,
                                                                    const node_config& config,
                                                                    std::string_view node) {
@@ -65,18 +86,7 @@ caf::expected<std::vector<std::string>> prepare_node_system_config(caf::actor_sy
     return notes;
   }
   const auto& sec = *config.cluster.security;
-  // CAF's openssl module reads these members; with any of them set it
-  // requires a certificate from every peer and verifies it against the CA
-  // file alone (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT).
-  cfg.set("openssl.certificate", n->cert);
-  cfg.set("openssl.key", n->key);
-  cfg.set("openssl.cafile", sec.ca);
-  cfg.openssl_certificate = n->cert;
-  cfg.openssl_key = n->key;
-  cfg.openssl_cafile = sec.ca;
-  cfg.openssl_capath.clear();
-  cfg.openssl_passphrase.clear();
-  cfg.load<caf::openssl::manager>();
+  load_tls(cfg, n->cert, n->key, sec.ca);
   notes.push_back("node '" + n->name + "': mutual TLS with certificate " + n->cert +
                   ", peers must hold a certificate of CA " + sec.ca);
   // Also links openssl_error_queue.cpp into a program built on a static runtime.
@@ -101,17 +111,22 @@ caf::error prepare_status_reader_config(caf::actor_system_config& cfg, const nod
                             " is missing (certificates made before it existed: make them again "
                             "with `understudy certs --force`)");
   }
-  const auto& sec = *config.cluster.security;
-  cfg.set("openssl.certificate", cert);
-  cfg.set("openssl.key", key);
-  cfg.set("openssl.cafile", sec.ca);
-  cfg.openssl_certificate = cert;
-  cfg.openssl_key = key;
-  cfg.openssl_cafile = sec.ca;
-  cfg.openssl_capath.clear();
-  cfg.openssl_passphrase.clear();
-  cfg.load<caf::openssl::manager>();
+  load_tls(cfg, cert, key, config.cluster.security->ca);
   return {};
+}
+
+caf::expected<bool> prepare_hosted_process_tls(caf::actor_system_config& cfg,
+                                               const node_config& config, std::string_view node) {
+  const auto* n = config.find_node(node);
+  if (n == nullptr)
+    return make_error(security_errc::unknown_node,
+                      config.origin + ": has no node '" + std::string{node} + "'");
+  if (!config.cluster.security)
+    return false;
+  if (auto err = check_node_certificate(config, node))
+    return err;
+  load_tls(cfg, n->cert, n->key, config.cluster.security->ca);
+  return true;
 }
 
 // -- publishing and connecting ----------------------------------------------------------------

@@ -31,6 +31,8 @@
 #include <caf/make_message.hpp>
 #include <caf/message.hpp>
 #include <caf/message_view.hpp>
+#include <caf/openssl/manager.hpp>
+#include <caf/openssl/publish.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/skip.hpp>
@@ -242,7 +244,8 @@ private:
   void connect(uint16_t port) {
     if (connected_ || exited_)
       return;
-    auto mm = self_->system().middleman().actor_handle();
+    auto mm = spec_.tls ? self_->system().openssl_manager().actor_handle()
+                        : self_->system().middleman().actor_handle();
     self_->request(mm, caf::infinite, caf::connect_atom::value, std::string{"127.0.0.1"}, port)
         .then(
             [this](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>&) {
@@ -399,6 +402,11 @@ caf::expected<caf::actor> spawn_process_actor(caf::actor_system& sys, process_sp
   if (!sys.has_middleman())
     return make_error(process_errc::no_middleman,
                       spec.name + ": the actor system has no middleman (load caf::io::middleman)");
+  if (spec.tls && !sys.has_openssl_manager())
+    return make_error(process_errc::no_middleman,
+                      spec.name +
+                          ": TLS to the child needs CAF's openssl module in the actor "
+                          "system (load caf::openssl::manager)");
   auto cp = std::make_shared<child_process>();
   auto hdl = sys.spawn(keeper_behavior, spec, cp);
   caf::weak_actor_ptr weak = hdl->ctrl();
@@ -473,7 +481,9 @@ int run_actor_host(const actor_host_role& role,
   auto hosted = make(sys);
   if (!hosted)
     fail("cannot start the hosted actor: " + sys.render(hosted.error()));
-  auto port = sys.middleman().publish(*hosted, 0, "127.0.0.1");
+  // Over TLS when `configure` loaded CAF's openssl module (process_spec::tls).
+  auto port = sys.has_openssl_manager() ? caf::openssl::publish(*hosted, 0, "127.0.0.1")
+                                        : sys.middleman().publish(*hosted, 0, "127.0.0.1");
   if (!port)
     fail("cannot publish the hosted actor on 127.0.0.1: " + sys.render(port.error()));
   caf::error reason;

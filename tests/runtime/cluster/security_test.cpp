@@ -29,6 +29,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -49,6 +50,7 @@
 #include "understudy/cluster/memory_coordinator.hpp"
 #include "understudy/config/node_config.hpp"
 #include "understudy/core/errors.hpp"
+#include "understudy/process/process_host.hpp"
 #include "understudy/state/runtime.hpp"
 #include "understudy/state/state_writer.hpp"
 
@@ -812,4 +814,121 @@ TEST_CASE("the status reader's certificate reads a node's status and nothing els
       .receive([] {}, [&](caf::error& err) { stop_err = std::move(err); });
   CHECK(is(stop_err, cluster_errc::identity_mismatch));
   CHECK_FALSE((*node)->await_stop_request(0ms));
+}
+
+// -- processes a node hosts ----------------------------------------------------------------
+
+namespace {
+
+using tls_child_ports_atom = caf::atom_constant<caf::atom("tc_ports")>;
+
+/// The TCP ports this process listens on, comma-separated: its sockets
+/// (/proc/self/fd) that /proc/self/net/tcp lists in state LISTEN.
+std::string listening_ports() {
+  std::set<std::string> inodes;
+  for (const auto& e : fs::directory_iterator{"/proc/self/fd"}) {
+    std::error_code ec;
+    auto target = fs::read_symlink(e.path(), ec).string();
+    if (!ec && target.rfind("socket:[", 0) == 0)
+      inodes.insert(target.substr(8, target.size() - 9));
+  }
+  std::ifstream in{"/proc/self/net/tcp"};
+  std::string line;
+  std::getline(in, line); // The header.
+  std::string out;
+  while (std::getline(in, line)) {
+    std::istringstream fields{line};
+    std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
+    fields >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+    if (state != "0A" || inodes.count(inode) == 0)
+      continue;
+    auto port = std::stoul(local.substr(local.find(':') + 1), nullptr, 16);
+    out += (out.empty() ? "" : ",") + std::to_string(port);
+  }
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("tls process host child", "[.][tls_process_host_child]") {
+  // Run by the test below in a child process: hosts an actor the way an
+  // isolated worker's process does, with the node's credentials.
+  auto role = actor_host_role_from_env();
+  REQUIRE(role);
+  auto nc = load_node_config(role->get("config"));
+  REQUIRE(nc);
+  auto node = role->get("node");
+  auto configure = [&](caf::actor_system_config& cfg) {
+    (void)prepare_hosted_process_tls(cfg, *nc, node);
+  };
+  auto make = [](caf::actor_system& sys) -> caf::expected<caf::actor> {
+    return caf::actor{sys.spawn([]() -> caf::behavior {
+      return {
+          [](int x) { return x + 1; },
+          [](tls_child_ports_atom) { return listening_ports(); },
+      };
+    })};
+  };
+  std::_Exit(run_actor_host(*role, configure, make, nullptr));
+}
+
+TEST_CASE("a process a node hosts talks to it over mutual TLS and to no other local process",
+          "[security][process_host]") {
+  certified_clusters c;
+  node_system parent{c.cluster, "n1"};
+  process_spec ps;
+  ps.name = "tls-child";
+  ps.args = {"[tls_process_host_child]", "-o", "/dev/null"};
+  ps.role = {{"config", c.dir.path + "/cluster.toml"}, {"node", "n1"}};
+  ps.tls = true;
+  auto keeper = spawn_process_actor(*parent.sys, ps);
+  REQUIRE(keeper);
+  parent.actors.push_back(*keeper);
+  caf::scoped_actor self{*parent.sys};
+  int answer = 0;
+  std::string ports;
+  std::string why;
+  self->request(*keeper, 60s, 41)
+      .receive([&](int x) { answer = x; }, [&](caf::error& err) { why = describe(err); });
+  INFO(why);
+  CHECK(answer == 42);
+  self->request(*keeper, 10s, tls_child_ports_atom::value)
+      .receive([&](std::string& p) { ports = p; }, [&](caf::error& err) { why = describe(err); });
+  INFO("the child listens on " << ports);
+  REQUIRE_FALSE(ports.empty());
+  REQUIRE(ports.find(',') == std::string::npos);
+  auto port = static_cast<uint16_t>(std::stoul(ports));
+  SECTION("a local process over plain TCP is refused") {
+    plain_system peer;
+    CHECK(refused_in_handshake(connect_to_peer(*peer.sys, "127.0.0.1", port, 10s)));
+  }
+  SECTION("a local process with a certificate of another CA is refused") {
+    node_system rogue{c.other, "n2"};
+    CHECK(refused_in_handshake(connect_to_peer(*rogue.sys, "127.0.0.1", port, 10s)));
+  }
+  // The node's own connection still works.
+  answer = 0;
+  self->request(*keeper, 10s, 1).receive([&](int x) { answer = x; }, [](caf::error&) {});
+  CHECK(answer == 2);
+}
+
+TEST_CASE("a node without security gives its hosted processes no TLS, and TLS needs the module",
+          "[security][process_host]") {
+  certified_clusters c;
+  auto plain = write_config(c.dir.path, "plain.toml", "", false);
+  caf::actor_system_config cfg;
+  auto loaded = prepare_hosted_process_tls(cfg, plain, "n1");
+  REQUIRE(loaded);
+  CHECK_FALSE(*loaded);
+  auto secured = prepare_hosted_process_tls(cfg, c.cluster, "n1");
+  REQUIRE(secured);
+  CHECK(*secured);
+  CHECK_FALSE(prepare_hosted_process_tls(cfg, c.cluster, "n9"));
+  plain_system parent;
+  process_spec ps;
+  ps.name = "tls-child";
+  ps.tls = true;
+  auto keeper = spawn_process_actor(*parent.sys, ps);
+  REQUIRE_FALSE(keeper);
+  CHECK(describe(keeper.error()).find("openssl") != std::string::npos);
 }

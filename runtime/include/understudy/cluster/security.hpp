@@ -178,6 +178,18 @@ caf::expected<std::vector<std::string>> prepare_node_system_config(caf::actor_sy
 /// `understudy certs --force`).
 caf::error prepare_status_reader_config(caf::actor_system_config& cfg, const node_config& config);
 
+/// Prepares `cfg` of a process that node `node` hosts (an isolated worker,
+/// see process_spec::tls) for mutual TLS with it: with [cluster.security],
+/// loads CAF's openssl module with the node's own certificate and key and the
+/// cluster's CA file, so that only holders of a certificate of the cluster's
+/// CA (the node itself) can connect to the actor it publishes; returns true.
+/// Without security it loads nothing and returns false (the node itself talks
+/// plain TCP on loopback then). Call it after the middleman is loaded (as
+/// run_actor_host's `configure` runs). Errors: `unknown_node`, those of
+/// `check_node_certificate`.
+caf::expected<bool> prepare_hosted_process_tls(caf::actor_system_config& cfg,
+                                               const node_config& config, std::string_view node);
+
 /// Publishes `whom` at `host`:`port`, binding that address only (never all
 /// interfaces), with `SO_REUSEADDR` so that a restarted node gets its port
 /// back. Uses TLS when `sys` has CAF's openssl module loaded

@@ -124,6 +124,13 @@ struct process_spec {
   /// Once the connection to the child is lost, it has this long to exit
   /// before it is killed (SIGKILL).
   caf::timespan exit_timeout = std::chrono::seconds(5);
+  /// Connect to the child over mutual TLS with the parent's openssl module
+  /// (CAF's, loaded into the parent's actor system), so that no other local
+  /// process can talk to its actor. The child's `configure` (run_actor_host)
+  /// must load the openssl module with credentials the parent accepts and that
+  /// accept the parent's (e.g. prepare_hosted_process_tls); it then publishes
+  /// over TLS. Without it the child publishes plain TCP on loopback.
+  bool tls = false;
 };
 
 /// Starts a process for `spec` and returns at once the keeper: a local actor
@@ -140,7 +147,8 @@ struct process_spec {
 /// remote actor, a request that the child's actor had taken when the process
 /// died may go unanswered: monitor (or link to) the keeper.
 ///
-/// Errors: `no_middleman` if `sys` was built without CAF's middleman.
+/// Errors: `no_middleman` if `sys` was built without CAF's middleman, or
+/// without its openssl module for a spec with `tls`.
 caf::expected<caf::actor> spawn_process_actor(caf::actor_system& sys, process_spec spec);
 
 // -- the child's side -----------------------------------------------------------------
