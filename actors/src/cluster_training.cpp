@@ -12,6 +12,7 @@
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/cluster/errors.hpp"
 #include "understudy/cluster/security.hpp"
+#include "understudy/node/node.hpp"
 #include "understudy/core/errors.hpp"
 #include "understudy/process/process_host.hpp"
 
@@ -114,6 +115,10 @@ std::optional<int> host_isolated_training_actor() {
   auto nc = load_node_config(role->get("config"), job_config_options());
   if (!nc)
     return fail(describe(nc.error()));
+  // As the node read it: a file without [cluster.security] whose launch made
+  // certificates uses them (its node talks to this process over TLS then).
+  if (auto used = use_launch_credentials(*nc, false); !used)
+    return fail(describe(used.error()));
   auto tc = make_training_config(*nc);
   if (!tc)
     return fail(describe(tc.error()));

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -14,6 +15,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/after.hpp>
 #include <caf/deserializer.hpp>
 #include <caf/io/middleman.hpp>
 #include <caf/meta/type_name.hpp>
@@ -31,6 +33,7 @@
 #include "understudy/config/node_config.hpp"
 #include "understudy/core/errors.hpp"
 #include "understudy/state/runtime.hpp"
+#include "understudy/supervision/supervisor.hpp"
 
 using namespace understudy;
 using namespace std::chrono_literals;
@@ -99,6 +102,8 @@ inspect(Inspector& f, forged_batch& x) {
 /// recording its notes.
 struct plain_node {
   test::temp_dir dir{"hostile"};
+  std::shared_ptr<memory_coordination_service> service =
+      std::make_shared<memory_coordination_service>();
   node_config nc;
   std::unique_ptr<runtime> rt;
   std::shared_ptr<cluster_node> node;
@@ -124,9 +129,8 @@ struct plain_node {
     rt = std::make_unique<runtime>(rc);
     REQUIRE(prepared);
     // The node alone in an in-process coordination service: the hostile peers never join it.
-    auto started = cluster_node::start(
-        *rt, nc, "n1", nullptr, {},
-        memory_coordinator::make(std::make_shared<memory_coordination_service>()));
+    auto started =
+        cluster_node::start(*rt, nc, "n1", nullptr, {}, memory_coordinator::make(service));
     REQUIRE(started);
     node = std::move(*started);
     node->on_note([this](const std::string& text) {
@@ -488,4 +492,51 @@ TEST_CASE("a node that other processes connected to shuts down without waiting o
     auto agent = f.connect(n.node->self().port);
     CHECK(n.alive(*f.sys, agent));
   }
+}
+
+TEST_CASE("a supervisor answers while a placement waits, and the placement's error fails the start",
+          "[cluster][placement]") {
+  plain_node n;
+  // Another member of the coordination service declares n1 dead: n1 is fenced,
+  // and a placement on a fenced node holds for a connection timeout (so that
+  // its supervisor does not spin through restarts) before it fails.
+  auto other = memory_coordinator::make(n.service);
+  std::promise<bool> declared;
+  other->join("n2", [&](caf::expected<uint64_t> epoch) {
+    REQUIRE(epoch);
+    other->declare_dead("n1", n.node->generation(),
+                        [&](caf::expected<bool> done) { declared.set_value(done && *done); });
+  });
+  REQUIRE(declared.get_future().get());
+  REQUIRE(n.node->await_stop_request(10s));
+  REQUIRE(n.node->fenced());
+  supervisor_spec spec;
+  spec.name = "root";
+  child_spec placed;
+  placed.id = "placed";
+  placed.start_async = n.node->placed("counter", caf::message{}, "n1");
+  spec.children = {placed};
+  auto& sys = n.rt->system();
+  auto sup = spawn_supervisor(sys, spec);
+  REQUIRE(sup);
+  caf::scoped_actor self{sys};
+  self->monitor(*sup);
+  // Answered while the placement waits: the child is starting, without a
+  // handle. A supervisor that waited in the start function would answer only
+  // after the start failed, when it has ended.
+  std::vector<child_info> kids;
+  std::string why;
+  self->request(*sup, 30s, which_children_atom::value)
+      .receive([&](std::vector<child_info>& xs) { kids = std::move(xs); },
+               [&](caf::error& err) { why = describe(err); });
+  INFO(why);
+  REQUIRE(kids.size() == 1);
+  CHECK(kids[0].status == child_status::starting);
+  CHECK_FALSE(kids[0].handle);
+  // Then the placement's error fails the supervisor's start, naming why.
+  caf::error reason;
+  self->receive([&](caf::down_msg& dm) { reason = dm.reason; },
+                caf::after(std::chrono::seconds(60)) >> [] { FAIL("the start never ended"); });
+  CHECK(is(reason, supervision_errc::start_failed));
+  CHECK_THAT(describe(reason), Catch::Contains("fenced"));
 }
