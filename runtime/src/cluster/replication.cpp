@@ -201,9 +201,9 @@ void transfer(caf::event_based_actor* self, const state_ptr& st, const std::stri
       target = i->second.agent;
   }
   if (!target) {
-    rp.deliver(make_error(
-        cluster_errc::peer_unreachable,
-        "node " + st->self.name + " cannot copy " + path + " to " + to + ": no connection to it"));
+    rp.deliver(make_error(cluster_errc::peer_unreachable,
+                          "node " + st->self.name + " cannot copy " + shown(path) + " to " +
+                              shown(to) + ": no connection to it"));
     return;
   }
   // Reading and sending may take long for a large state: not on the

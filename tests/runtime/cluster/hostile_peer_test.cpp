@@ -540,3 +540,32 @@ TEST_CASE("a supervisor answers while a placement waits, and the placement's err
   CHECK(is(reason, supervision_errc::start_failed));
   CHECK_THAT(describe(reason), Catch::Contains("fenced"));
 }
+
+TEST_CASE("holds and transfer requests with huge paths or an unknown target change nothing",
+          "[cluster][hostile]") {
+  plain_node n;
+  replicator r;
+  auto agent = r.connect(n.node->self().port);
+  caf::scoped_actor self{*r.sys};
+  const std::string huge(1 << 20, 'p');
+  // holds: nothing is held under a path nobody stored.
+  uint64_t held = 99;
+  self->request(agent, 10s, caf::atom("us_nholds"), "/" + huge)
+      .receive([&](uint64_t step) { held = step; }, [](caf::error&) {});
+  CHECK(held == 0);
+  // transfer to a node this node has no connection to (a huge name, or one
+  // of its peers that never joined): refused, the error short.
+  for (const auto& to : {huge, std::string{"n2"}}) {
+    caf::error err;
+    self->request(agent, 10s, caf::atom("us_nxfer"), "/" + huge, to)
+        .receive([](uint64_t) {}, [&](caf::error& e) { err = std::move(e); });
+    REQUIRE(err);
+    CHECK(is(err, cluster_errc::peer_unreachable));
+    CHECK(describe(err).size() < 1024);
+  }
+  CHECK(n.alive(*r.sys, agent));
+  CHECK(n.all_notes().size() < 4096);
+  auto paths = n.node->state_store().store->paths();
+  REQUIRE(paths);
+  CHECK(paths->empty());
+}
