@@ -270,6 +270,15 @@ private:
                   });
             },
             [this, port](caf::error& err) {
+              // CAF's middleman can close a connection whose handshake is
+              // still under way when its heartbeat tick comes (the
+              // connection was never seen: connection_timeout), more often
+              // over TLS: try again while the child lives.
+              if (++connect_attempts_ < max_connect_attempts && !exited_) {
+                self_->delayed_send(self_, std::chrono::milliseconds(20), proc_port_atom::value,
+                                    port);
+                return;
+              }
               cp_->kill_now();
               self_->quit(make_error(
                   process_errc::start_failed,
@@ -342,6 +351,9 @@ private:
   std::shared_ptr<child_process> cp_;
   caf::actor remote_;
   bool connected_ = false;
+  /// Connection attempts to the child's port so far (see connect()).
+  int connect_attempts_ = 0;
+  static constexpr int max_connect_attempts = 5;
   bool remote_down_ = false;
   bool exited_ = false;
   bool lost_ = false;

@@ -36,6 +36,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/after.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/io/middleman.hpp>
@@ -885,11 +886,15 @@ TEST_CASE("a process a node hosts talks to it over mutual TLS and to no other lo
   REQUIRE(keeper);
   parent.actors.push_back(*keeper);
   caf::scoped_actor self{*parent.sys};
+  self->monitor(*keeper);
   int answer = 0;
   std::string ports;
   std::string why;
   self->request(*keeper, 60s, 41)
       .receive([&](int x) { answer = x; }, [&](caf::error& err) { why = describe(err); });
+  if (answer != 42)
+    self->receive([&](caf::down_msg& dm) { why += "; the keeper ended: " + describe(dm.reason); },
+                  caf::after(std::chrono::seconds(10)) >> [] {});
   INFO(why);
   CHECK(answer == 42);
   self->request(*keeper, 10s, tls_child_ports_atom::value)
