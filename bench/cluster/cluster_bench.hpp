@@ -158,6 +158,9 @@ group_result measure_partitioned_leader(const options& opts, watchdog& dog);
 /// Figure 3: suspicions and deaths declared while both cores are loaded.
 group_result measure_false_suspicions(const options& opts, watchdog& dog);
 
+/// etcd's calls per training step while a launched job runs without faults.
+group_result measure_steady_etcd(const options& opts, watchdog& dog);
+
 /// Figure 4: node death to all its actors serving elsewhere, from `understudy launch`.
 group_result measure_failover(const options& opts, watchdog& dog);
 

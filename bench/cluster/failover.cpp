@@ -13,6 +13,7 @@
 // (The lines' own timestamps have millisecond resolution and the wall clock; arrival
 // stamps share one steady clock, and the pipe hop costs well under a millisecond.)
 
+#include <curl/curl.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
@@ -20,7 +21,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <optional>
 #include <regex>
 
 #include "cluster_bench.hpp"
@@ -34,7 +37,8 @@ constexpr uint64_t kill_step = 60;
 
 /// As tests/cluster's config: n1 leads (hosts the trainer), n2 is killed, its buddy
 /// n3 takes over its checkpoints' copies, s1 is a spare.
-std::string failover_config(const std::string& dir, const std::vector<uint16_t>& ports) {
+std::string failover_config(const std::string& dir, const std::vector<uint16_t>& ports,
+                            uint64_t steps = job_steps) {
   std::string text =
       "[cluster]\nname = \"bench\"\n\n[cluster.failure_detection]\n"
       "heartbeat_interval = \"100ms\"\ndeadline = \"1s\"\nconnection_timeout = \"2s\"\n\n";
@@ -45,7 +49,7 @@ std::string failover_config(const std::string& dir, const std::vector<uint16_t>&
             dir + "/state/" + names[i] + "\"\n" + (i == 3 ? "role = \"spare\"\n" : "") + "\n";
   text += "[job]\nlayers = [64, 32, 10]\ndata = \"" UNDERSTUDY_DIGITS_PATH
           "\"\nworkers = 3\nshards = 3\nloaders = 3\nbatch = 16\nsteps = " +
-          std::to_string(job_steps) +
+          std::to_string(steps) +
           "\nseed = 5\ncheckpoint_every = 5\neval_every = 0\nlr = 0.1\n\n"
           "[job.shard]\nplacement = \"spread\"\n[job.loader]\nplacement = \"spread\"\n"
           "[job.worker]\nplacement = \"spread\"\n[job.trainer]\nplacement = [\"n1\", \"n2\"]\n";
@@ -240,7 +244,179 @@ std::optional<failover_run> launch_once(const std::string& dir, size_t run, std:
   return out;
 }
 
+/// The sum over every label set of `metric` in the Prometheus text that etcd at `url`
+/// serves on /metrics; nullopt if it cannot be read.
+std::optional<double> etcd_metric_sum(const std::string& url, const std::string& metric) {
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr)
+    return std::nullopt;
+  std::string body;
+  curl_easy_setopt(curl, CURLOPT_URL, (url + "/metrics").c_str());
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 5000L);
+  curl_easy_setopt(
+      curl, CURLOPT_WRITEFUNCTION, +[](char* data, size_t size, size_t n, void* out) {
+        static_cast<std::string*>(out)->append(data, size * n);
+        return size * n;
+      });
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+  auto rc = curl_easy_perform(curl);
+  curl_easy_cleanup(curl);
+  if (rc != CURLE_OK)
+    return std::nullopt;
+  // Sample lines are "NAME VALUE" or "NAME{LABELS} VALUE".
+  double sum = 0;
+  bool any = false;
+  size_t pos = 0;
+  while (pos < body.size()) {
+    auto end = body.find('\n', pos);
+    if (end == std::string::npos)
+      end = body.size();
+    std::string line = body.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.compare(0, metric.size(), metric) != 0 || line.size() <= metric.size() ||
+        (line[metric.size()] != ' ' && line[metric.size()] != '{'))
+      continue;
+    auto sp = line.rfind(' ');
+    if (sp == std::string::npos)
+      continue;
+    sum += std::strtod(line.c_str() + sp + 1, nullptr);
+    any = true;
+  }
+  if (!any)
+    return std::nullopt;
+  return sum;
+}
+
+/// What etcd served while a fault-free job ran between two of its progress lines.
+struct steady_run {
+  uint64_t steps = 0;
+  double seconds = 0;
+  double rpcs = 0;
+  double proposals = 0;
+};
+
+/// A fault-free `understudy launch` of the 4-node job: etcd's RPCs (every gRPC call,
+/// the JSON gateway's included) and raft proposals between the leader's first
+/// progress line and one at least half the job later.
+std::optional<steady_run> steady_once(const std::string& dir, std::string& error) {
+  constexpr uint64_t steps = 1200;
+  auto ports = free_ports(4);
+  if (ports.empty()) {
+    error = "no free ports";
+    return std::nullopt;
+  }
+  auto run_dir = dir + "/steady";
+  auto config = run_dir + ".toml";
+  if (!write_file(config, failover_config(run_dir, ports, steps))) {
+    error = "cannot write " + config;
+    return std::nullopt;
+  }
+  auto launcher = child_process::spawn({UNDERSTUDY_CLI_PATH, "launch", config}, "", SIGTERM, error);
+  if (!launcher)
+    return std::nullopt;
+  static const std::regex etcd_re{R"(launch: coordination: local etcd at (\S+))"};
+  static const std::regex progress_re{R"(^\[n1\] progress: step (\d+)/)"};
+  std::string url;
+  struct sample {
+    uint64_t step;
+    clock_type::time_point at;
+    double rpcs;
+    double proposals;
+  };
+  std::optional<sample> first, last;
+  std::vector<stamped_line> seen;
+  std::string pending;
+  char buf[8192];
+  auto deadline = clock_type::now() + std::chrono::seconds(90);
+  bool done = false;
+  while (!done && clock_type::now() < deadline) {
+    pollfd pfd{launcher->output_fd(), POLLIN, 0};
+    auto r = ::poll(&pfd, 1, 200);
+    if (r < 0 && errno != EINTR)
+      break;
+    if (r <= 0)
+      continue;
+    auto n = ::read(launcher->output_fd(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    pending.append(buf, static_cast<size_t>(n));
+    size_t pos;
+    while ((pos = pending.find('\n')) != std::string::npos) {
+      seen.push_back({pending.substr(0, pos), clock_type::now()});
+      pending.erase(0, pos + 1);
+      const auto& text = seen.back().text;
+      std::smatch m;
+      if (url.empty() && std::regex_search(text, m, etcd_re))
+        url = m[1].str();
+      if (!url.empty() && std::regex_search(text, m, progress_re)) {
+        auto rpcs = etcd_metric_sum(url, "grpc_server_started_total");
+        auto props = etcd_metric_sum(url, "etcd_server_proposals_committed_total");
+        if (rpcs && props) {
+          sample s{std::stoull(m[1].str()), seen.back().at, *rpcs, *props};
+          if (!first)
+            first = s;
+          else
+            last = s;
+          if (last && last->step - first->step >= steps / 2)
+            done = true;
+        }
+      }
+      if (text.find("] final:") != std::string::npos)
+        done = true;
+    }
+  }
+  launcher->kill_group();
+  if (!first || !last) {
+    error = "steady run: " +
+            std::string{url.empty() ? "the launcher named no local etcd"
+                                    : "no two progress lines with etcd's metrics"} +
+            "; the launcher's last lines:\n" + last_lines(seen);
+    return std::nullopt;
+  }
+  steady_run out;
+  out.steps = last->step - first->step;
+  out.seconds = std::chrono::duration<double>(last->at - first->at).count();
+  out.rpcs = last->rpcs - first->rpcs;
+  out.proposals = last->proposals - first->proposals;
+  return out;
+}
+
 } // namespace
+
+group_result measure_steady_etcd(const options&, watchdog& dog) {
+  group_result out;
+  scratch_dir dir{"steady"};
+  if (dir.path.empty()) {
+    out.error = "no scratch directory";
+    return out;
+  }
+  dog.arm("steady run", std::chrono::seconds(120));
+  auto r = steady_once(dir.path, out.error);
+  dog.disarm();
+  if (!r)
+    return out;
+  bench::figure per_step;
+  per_step.name = "etcd_rpcs_per_step";
+  per_step.unit = "req/step";
+  per_step.value = r->steps > 0 ? r->rpcs / static_cast<double>(r->steps) : 0;
+  per_step.has_baseline = false;
+  per_step.decimals = 3;
+  per_step.notes.push_back(
+      "a fault-free `understudy launch` (4 nodes, a checkpoint every 5 steps, every one "
+      "replicated): etcd's gRPC calls (grpc_server_started_total, the JSON gateway's "
+      "included) over " +
+      std::to_string(r->steps) + " steps in " + bench::fixed(r->seconds, 1) +
+      " s: " + bench::fixed(r->rpcs, 0) + " calls, " + bench::fixed(r->rpcs / r->seconds, 1) +
+      " per second for the whole cluster, " +
+      bench::fixed(r->rpcs * 5 / static_cast<double>(r->steps), 3) +
+      " per committed checkpoint; raft proposals (writes): " + bench::fixed(r->proposals, 0) +
+      ". Commits ask etcd nothing: these are the nodes' session renewals and watches, which "
+      "go with time, not with steps");
+  out.figures.push_back(per_step);
+  return out;
+}
 
 group_result measure_failover(const options& opts, watchdog& dog) {
   group_result out;

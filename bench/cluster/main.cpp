@@ -9,6 +9,8 @@
 //    it fences itself (stops driving the job), against its lease. A fresh etcd each run.
 // 3b. false_suspicions_loaded: observer + 2 peer processes while one spinning thread
 //    per core loads the machine; every suspected/dead transition any node reports.
+// 3c. etcd_rpcs_per_step: a fault-free `understudy launch`; etcd's own metrics (gRPC calls,
+//    raft proposals) scraped at two of the leader's progress lines.
 // 4. failover_node_death_to_serving: `understudy launch --kill n2@STEP` on a 4-node
 //    training cluster; SIGKILL to the last of n2's actors serving on another node.
 // 5. throughput_*: messages between two actor systems over loopback: understudy nodes
@@ -47,7 +49,8 @@ int main(int argc, char** argv) {
           "  --failover-runs N   `understudy launch` runs of the failover figure (default %zu)\n"
           "  --load-seconds N    length of the loaded run (default %zu)\n"
           "  --rounds N          rounds of the throughput comparison (default %zu)\n"
-          "  --only GROUPS       comma-separated: kill,stop,partition,load,failover,throughput\n",
+          "  --only GROUPS       comma-separated: "
+          "kill,stop,partition,load,steady,failover,throughput\n",
           argv[0], opts.runs, opts.failover_runs, opts.load_seconds, opts.rounds))
     return *status;
   if (opts.quick) {
@@ -75,6 +78,8 @@ int main(int argc, char** argv) {
     add("partitioned leader", measure_partitioned_leader(opts, dog));
   if (opts.wants("load"))
     add("false suspicions", measure_false_suspicions(opts, dog));
+  if (opts.wants("steady"))
+    add("steady state", measure_steady_etcd(opts, dog));
   if (opts.wants("failover"))
     add("failover", measure_failover(opts, dog));
   if (opts.wants("throughput"))

@@ -6,7 +6,8 @@
 // order:
 //   raw   CAF alone: default actor_system_config with the middleman, middleman().publish
 //         and middleman().remote_actor; no understudy code (the baseline).
-//   plain understudy nodes without [cluster.security]: runtimes whose configure calls
+//   plain understudy nodes without [cluster.security] (each a cluster of one: a cluster of
+//         several talks TLS only): runtimes whose configure calls
 //         cluster_node::configure (heartbeats and connection timeout on), publish_at and
 //         connect_to_peer.
 //   tls   the same with [cluster.security]: certificates from create_cluster_certificates,
@@ -156,13 +157,13 @@ struct raw_connection : connection {
   }
 };
 
-/// Two understudy nodes ("a" serves, "b" connects) of `nc`, as `understudy node` builds
-/// them.
+/// Two understudy nodes ("a" of `server_nc` serves, "b" of `client_nc` connects), as
+/// `understudy node` builds them.
 struct node_connection : connection {
   std::unique_ptr<runtime> server_rt, client_rt;
 
-  bool open(const node_config& nc, std::string& error) {
-    auto make = [&](const char* name) -> std::unique_ptr<runtime> {
+  bool open(const node_config& server_nc, const node_config& client_nc, std::string& error) {
+    auto make = [&](const node_config& nc, const char* name) -> std::unique_ptr<runtime> {
       runtime_config rc;
       rc.log_events = false;
       caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
@@ -176,8 +177,8 @@ struct node_connection : connection {
       }
       return rt;
     };
-    server_rt = make("a");
-    client_rt = server_rt ? make("b") : nullptr;
+    server_rt = make(server_nc, "a");
+    client_rt = server_rt ? make(client_nc, "b") : nullptr;
     if (!client_rt)
       return false;
     sink = server_rt->system().spawn(sink_actor);
@@ -205,15 +206,20 @@ struct node_connection : connection {
   }
 };
 
-/// Two loopback nodes "a" and "b"; with `cert_dir`, a [cluster.security] section.
+/// Two loopback nodes "a" and "b"; with `cert_dir`, a [cluster.security] section. With
+/// `only`, that node alone: a cluster of several nodes talks TLS only, so the plain side is
+/// two clusters of one.
 std::string pair_config(const std::string& dir, const std::string& cert_dir,
-                        const std::vector<uint16_t>& ports) {
+                        const std::vector<uint16_t>& ports, const std::string& only = "") {
   std::string text = "[cluster]\nname = \"bench\"\nstate_root = \"" + dir + "/state\"\n";
   if (!cert_dir.empty())
     text += "[cluster.security]\ndir = \"" + cert_dir + "\"\n";
-  text += "[[node]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(ports[0]) +
-          "\n[[node]]\nname = \"b\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(ports[1]) +
-          "\n";
+  if (only != "b")
+    text +=
+        "[[node]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(ports[0]) + "\n";
+  if (only != "a")
+    text +=
+        "[[node]]\nname = \"b\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(ports[1]) + "\n";
   return text;
 }
 
@@ -242,10 +248,14 @@ group_result measure_throughput(const options& opts, watchdog& dog) {
     return out;
   }
   std::string error;
-  auto plain_nc = load_pair(dir.path + "/plain.toml", pair_config(dir.path, "", ports), error);
-  auto tls_nc = plain_nc ? load_pair(dir.path + "/tls.toml",
-                                     pair_config(dir.path, dir.path + "/certs", ports), error)
-                         : std::nullopt;
+  auto plain_a =
+      load_pair(dir.path + "/plain-a.toml", pair_config(dir.path, "", ports, "a"), error);
+  auto plain_b =
+      plain_a ? load_pair(dir.path + "/plain-b.toml", pair_config(dir.path, "", ports, "b"), error)
+              : std::nullopt;
+  auto tls_nc = plain_b ? load_pair(dir.path + "/tls.toml",
+                                    pair_config(dir.path, dir.path + "/certs", ports), error)
+                        : std::nullopt;
   if (!tls_nc) {
     out.error = error;
     return out;
@@ -275,7 +285,7 @@ group_result measure_throughput(const options& opts, watchdog& dog) {
       conn = std::move(c);
     } else {
       auto c = std::make_unique<node_connection>();
-      ok = c->open(side == "tls" ? *tls_nc : *plain_nc, error);
+      ok = side == "tls" ? c->open(*tls_nc, *tls_nc, error) : c->open(*plain_a, *plain_b, error);
       conn = std::move(c);
     }
     if (!ok) {

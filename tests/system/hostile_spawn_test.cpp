@@ -14,6 +14,7 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/io/middleman.hpp>
 #include <caf/make_message.hpp>
+#include <caf/openssl/manager.hpp>
 #include <caf/scoped_actor.hpp>
 #include <catch2/catch.hpp>
 
@@ -36,7 +37,8 @@ using test::free_port;
 TEST_CASE("a spawn request with an out-of-range index is refused and the node goes on",
           "[cluster][hostile]") {
   test::temp_dir dir{"hostile-spawn"};
-  std::string text = "[cluster]\nname = \"h\"\nstate_root = \"" + dir.path + "/state\"\n";
+  std::string text = "[cluster]\nname = \"h\"\nstate_root = \"" + dir.path +
+                     "/state\"\n[cluster.security]\ndir = \"" + dir.path + "/certs\"\n";
   for (const char* n : {"n1", "n2"})
     text += std::string{"[[node]]\nname = \""} + n +
             "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(free_port()) + "\n";
@@ -47,6 +49,7 @@ TEST_CASE("a spawn request with an out-of-range index is refused and the node go
   auto nc = load_node_config(path, actors::job_config_options());
   INFO((nc ? std::string{} : describe(nc.error())));
   REQUIRE(nc);
+  REQUIRE(create_cluster_certificates(*nc, false));
   runtime_config rc;
   rc.log_events = false;
   caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
@@ -68,9 +71,14 @@ TEST_CASE("a spawn request with an out-of-range index is refused and the node go
   auto ct = actors::cluster_training::create(**node, *nc);
   INFO((ct ? std::string{} : describe(ct.error())));
   REQUIRE(ct);
-  // Without security any local process can say it is n2 and then ask for actors.
+  // A process that holds n2's certificate says it is n2 and then asks for actors.
   caf::actor_system_config conf;
   conf.load<caf::io::middleman>();
+  const auto* n2 = nc->find_node("n2");
+  conf.openssl_certificate = n2->cert;
+  conf.openssl_key = n2->key;
+  conf.openssl_cafile = nc->cluster.security->ca;
+  conf.load<caf::openssl::manager>();
   caf::actor_system rogue{conf};
   auto agent = connect_to_peer(rogue, "127.0.0.1", (*node)->self().port, 10s);
   REQUIRE(agent);

@@ -68,6 +68,15 @@ caf::expected<std::vector<std::string>> prepare_node_system_config(caf::actor_sy
       notes.push_back("node '" + n->name + "': its key " + n->key +
                       " is readable by others (mode " + mode + "); chmod 600 it");
     }
+  } else if (config.nodes.size() > 1) {
+    // Without TLS a node cannot tell who sent a message: any local process
+    // could connect to its port and say it is any node.
+    return make_error(security_errc::no_security,
+                      config.origin + ": a cluster of " + std::to_string(config.nodes.size()) +
+                          " nodes talks mutual TLS only, and it has no [cluster.security]: add "
+                          "it and make the certificates with `understudy certs " +
+                          config.origin +
+                          "`, or start the cluster with `understudy launch`, which makes them");
   } else if (!is_loopback(n->host)) {
     return make_error(security_errc::insecure_address,
                       config.origin + ": node '" + n->name + "' is on " + n->host +
@@ -82,7 +91,8 @@ caf::expected<std::vector<std::string>> prepare_node_system_config(caf::actor_sy
   cfg.set("middleman.enable-automatic-connections", false);
   if (!config.cluster.security) {
     notes.push_back(config.origin + ": no security settings ([cluster.security]): node '" +
-                    n->name + "' talks plain TCP, which is allowed on loopback only");
+                    n->name +
+                    "', a cluster of one, talks plain TCP, which is allowed on loopback only");
     return notes;
   }
   const auto& sec = *config.cluster.security;

@@ -326,7 +326,17 @@ void parser::check_nodes() {
         return;
       }
     }
-    note(0, "no [cluster.security]: nodes talk without TLS, which is allowed on loopback only");
+    // (`understudy launch` makes certificates for a file without the section,
+    // and drops this note.)
+    if (nodes.size() > 1)
+      note(0,
+           "no [cluster.security]: without TLS a cluster of several nodes does not start; "
+           "`understudy launch` makes certificates for it, or add the section and run "
+           "`understudy certs`");
+    else
+      note(0,
+           "no [cluster.security]: the node talks without TLS, which is allowed on "
+           "loopback only");
     return;
   }
   const auto& sec = *cfg_.cluster.security;

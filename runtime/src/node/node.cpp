@@ -244,15 +244,6 @@ private:
       out_.warn("note: " + note);
     if (auto failed = make_coordinator())
       return failed;
-    // Nodes of a cluster talk mutual TLS only: without it any local process
-    // could connect to a node's port and say it is any node.
-    if (nc_.nodes.size() > 1 && !nc_.cluster.security) {
-      fail(opts_.file + ": a cluster of " + std::to_string(nc_.nodes.size()) +
-           " nodes talks mutual TLS only, and the file has no [cluster.security]: add it and "
-           "make the certificates with `understudy certs " +
-           opts_.file + "`, or start the cluster with `understudy launch`, which makes them");
-      return exit_code::bad_config;
-    }
     runtime_config rc;
     caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
     rc.configure = [this, &prepared](caf::actor_system_config& cfg) {

@@ -1,6 +1,7 @@
 // A node's agent against hostile peers: forged and malformed messages sent to a real node on
-// loopback from a second actor system, the way any local process can. Each is refused with a
-// cluster_errc error, logged through the node's note callback, and the node goes on, with
+// loopback from a second actor system that holds a valid certificate of another node of the
+// cluster (a process without one cannot connect at all: security_test). Each is refused with
+// a cluster_errc error, logged through the node's note callback, and the node goes on, with
 // its stored versions unchanged.
 
 #include <chrono>
@@ -19,6 +20,7 @@
 #include <caf/deserializer.hpp>
 #include <caf/io/middleman.hpp>
 #include <caf/meta/type_name.hpp>
+#include <caf/openssl/manager.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/serializer.hpp>
 #include <catch2/catch.hpp>
@@ -98,9 +100,9 @@ inspect(Inspector& f, forged_batch& x) {
   return f(caf::meta::type_name("forged_batch"), x.step);
 }
 
-/// Node n1 of a two-node loopback cluster without security, started in this process,
-/// recording its notes.
-struct plain_node {
+/// Node n1 of a two-node loopback cluster with mutual TLS (certificates made for it),
+/// started in this process, recording its notes.
+struct target_node {
   test::temp_dir dir{"hostile"};
   std::shared_ptr<memory_coordination_service> service =
       std::make_shared<memory_coordination_service>();
@@ -110,8 +112,9 @@ struct plain_node {
   std::mutex mtx;
   std::vector<std::string> notes;
 
-  plain_node() {
-    std::string text = "[cluster]\nname = \"h\"\nstate_root = \"" + dir.path + "/state\"\n";
+  target_node() {
+    std::string text = "[cluster]\nname = \"h\"\nstate_root = \"" + dir.path +
+                       "/state\"\n[cluster.security]\ndir = \"" + dir.path + "/certs\"\n";
     for (const char* n : {"n1", "n2"})
       text += std::string{"[[node]]\nname = \""} + n +
               "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(free_port()) + "\n";
@@ -120,6 +123,7 @@ struct plain_node {
     auto loaded = load_node_config(path);
     REQUIRE(loaded);
     nc = std::move(*loaded);
+    REQUIRE(create_cluster_certificates(nc, false));
     runtime_config rc;
     rc.log_events = false;
     caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
@@ -138,7 +142,7 @@ struct plain_node {
       notes.push_back(text);
     });
   }
-  ~plain_node() { node.reset(); }
+  ~target_node() { node.reset(); }
 
   std::string all_notes() {
     std::lock_guard<std::mutex> guard{mtx};
@@ -159,13 +163,25 @@ struct plain_node {
   }
 };
 
-/// A local process with the plain middleman and the forged batch type, registered under the
-/// name of the real one so that the node reads it as a checkpoint batch.
+/// Loads CAF's middleman and its openssl module with the certificate of node `as` of `nc`:
+/// a local process holding that node's certificate (the hostile peers below).
+void load_node_credentials(caf::actor_system_config& conf, const node_config& nc, const char* as) {
+  const auto* n = nc.find_node(as);
+  REQUIRE(n != nullptr);
+  conf.load<caf::io::middleman>();
+  conf.openssl_certificate = n->cert;
+  conf.openssl_key = n->key;
+  conf.openssl_cafile = nc.cluster.security->ca;
+  conf.load<caf::openssl::manager>();
+}
+
+/// A local process with node n2's certificate and the forged batch type, registered under
+/// the name of the real one so that the node reads it as a checkpoint batch.
 struct forger {
   caf::actor_system_config conf;
   std::unique_ptr<caf::actor_system> sys;
-  forger() {
-    conf.load<caf::io::middleman>();
+  explicit forger(const node_config& nc) {
+    load_node_credentials(conf, nc, "n2");
     conf.add_message_type<forged_batch>("understudy::checkpoint_batch");
     sys = std::make_unique<caf::actor_system>(conf);
   }
@@ -176,12 +192,12 @@ struct forger {
   }
 };
 
-/// A local process with the plain middleman and the real checkpoint batch type.
+/// A local process with node n2's certificate and the real checkpoint batch type.
 struct replicator {
   caf::actor_system_config conf;
   std::unique_ptr<caf::actor_system> sys;
-  replicator() {
-    conf.load<caf::io::middleman>();
+  explicit replicator(const node_config& nc) {
+    load_node_credentials(conf, nc, "n2");
     conf.add_message_type<checkpoint_batch>("understudy::checkpoint_batch");
     sys = std::make_unique<caf::actor_system>(conf);
   }
@@ -246,8 +262,8 @@ caf::expected<uint64_t> send_replica(caf::actor_system& sys, const caf::actor& a
 
 TEST_CASE("a replica whose tensor declares 2^62 bytes is refused and the node goes on",
           "[cluster][hostile]") {
-  plain_node n;
-  forger f;
+  target_node n;
+  forger f{n.nc};
   auto agent = f.connect(n.node->self().port);
   forged_batch huge;
   huge.declared = uint64_t{1} << 62;
@@ -275,8 +291,8 @@ TEST_CASE("a replica whose tensor declares 2^62 bytes is refused and the node go
 
 TEST_CASE("a replica whose bytes do not match its checksums is refused and nothing is stored",
           "[cluster][hostile]") {
-  plain_node n;
-  forger f;
+  target_node n;
+  forger f{n.nc};
   auto agent = f.connect(n.node->self().port);
   forged_batch changed;
   changed.declared = 16;
@@ -295,7 +311,7 @@ TEST_CASE("a replica whose bytes do not match its checksums is refused and nothi
 }
 
 TEST_CASE("a replica at a lower step deletes no stored version", "[cluster][hostile][state]") {
-  plain_node n;
+  target_node n;
   auto& store = *n.node->state_store().store;
   // Versions 5 and 6 written locally.
   auto v5 = make_checkpoint("/job/shard-0", 5, 'a');
@@ -304,7 +320,7 @@ TEST_CASE("a replica at a lower step deletes no stored version", "[cluster][host
   REQUIRE_FALSE(store.commit({v5.get(), v6.get()}, results));
   using versions = std::vector<std::pair<uint64_t, int>>;
   REQUIRE(stored(store, "/job/shard-0") == versions{{5, 'a'}, {6, 'b'}});
-  replicator r;
+  replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
   checkpoint_batch old;
   old.items.push_back(make_checkpoint("/job/shard-0", 2, 'z'));
@@ -321,14 +337,14 @@ TEST_CASE("a replica at a lower step deletes no stored version", "[cluster][host
 
 TEST_CASE("a replica never replaces a stored version with other contents",
           "[cluster][hostile][state]") {
-  plain_node n;
+  target_node n;
   auto& store = *n.node->state_store().store;
   auto v6 = make_checkpoint("/job/shard-0", 6, 'b');
   std::vector<caf::error> results;
   REQUIRE_FALSE(store.commit({v6.get()}, results));
   using versions = std::vector<std::pair<uint64_t, int>>;
   auto created = store.versions("/job/shard-0")->at(0).created;
-  replicator r;
+  replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
   checkpoint_batch other;
   other.items.push_back(make_checkpoint("/job/shard-0", 6, 'x'));
@@ -352,9 +368,9 @@ TEST_CASE(
     "a replica from a lower epoch than one stored from its sender is refused and changes "
     "nothing",
     "[cluster][hostile][state][replication]") {
-  plain_node n;
+  target_node n;
   auto& store = *n.node->state_store().store;
-  replicator r;
+  replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
   checkpoint_batch first;
   first.items.push_back(make_checkpoint("/job/shard-0", 5, 'a'));
@@ -379,7 +395,7 @@ TEST_CASE(
 TEST_CASE("a checkpoint whose buddy is not alive is not acknowledged: the put fails naming it",
           "[cluster][replication]") {
   // n1's buddy n2 was never started, and no other node is down its chain.
-  plain_node n;
+  target_node n;
   auto p = n.node->state_store();
   caf::scoped_actor self{n.rt->system()};
   auto cp = make_checkpoint("/job/shard-0", 3, 'a');
@@ -395,8 +411,8 @@ TEST_CASE("a checkpoint whose buddy is not alive is not acknowledged: the put fa
 
 TEST_CASE("spawn requests for a type the node never registers wait in a bounded queue",
           "[cluster][hostile]") {
-  plain_node n;
-  replicator r;
+  target_node n;
+  replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
   caf::scoped_actor self{*r.sys};
   auto spawn = [&](int i) {
@@ -435,8 +451,8 @@ TEST_CASE("spawn requests for a type the node never registers wait in a bounded 
 
 TEST_CASE("a hello or a replica that claims a huge node name is refused without echoing it",
           "[cluster][hostile]") {
-  plain_node n;
-  replicator r;
+  target_node n;
+  replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
   caf::scoped_actor self{*r.sys};
   const std::string huge(1 << 20, 'n');
@@ -445,6 +461,7 @@ TEST_CASE("a hello or a replica that claims a huge node name is refused without 
       .receive([](const std::string&, uint64_t, const std::string&) {},
                [&](caf::error& e) { hello_err = std::move(e); });
   REQUIRE(hello_err);
+  // No node of the cluster has that name (checked before the certificate).
   CHECK(is(hello_err, cluster_errc::unknown_node));
   CHECK_THAT(describe(hello_err), Catch::Contains("... (1048576 bytes)"));
   CHECK(describe(hello_err).size() < 1024);
@@ -452,7 +469,8 @@ TEST_CASE("a hello or a replica that claims a huge node name is refused without 
   batch.items.push_back(make_checkpoint("/job/shard-0", 1, 'a'));
   auto res = send_replica(*r.sys, agent, huge, batch);
   REQUIRE_FALSE(res);
-  CHECK(is(res.error(), cluster_errc::fenced));
+  // n2's certificate does not name it.
+  CHECK(is(res.error(), cluster_errc::identity_mismatch));
   CHECK(describe(res.error()).size() < 1024);
   // A heartbeat from it changes nothing; the node goes on, nothing stored.
   self->send(agent, caf::atom("us_nbeat"), huge, uint64_t{1}, huge);
@@ -465,12 +483,12 @@ TEST_CASE("a hello or a replica that claims a huge node name is refused without 
 
 TEST_CASE("a node says which peers it is not connected to, and its mesh wait names the links",
           "[cluster]") {
-  plain_node n;
+  target_node n;
   // n2 never starts: n1's own link to it is missing, after the wait's bound.
   auto missing = n.node->await_mesh(50ms);
   CHECK(missing == std::vector<std::string>{"n1-n2"});
   // Asked over the network, n1 names n2 as a peer it has no connection to.
-  replicator r;
+  replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
   caf::scoped_actor self{*r.sys};
   std::vector<std::string> unconnected;
@@ -487,8 +505,8 @@ TEST_CASE("a node that other processes connected to shuts down without waiting o
   // after a remote process had seen it: about one shutdown in thirty hung.
   for (int round = 0; round < 40; ++round) {
     INFO("round " << round);
-    plain_node n;
-    forger f;
+    target_node n;
+    forger f{n.nc};
     auto agent = f.connect(n.node->self().port);
     CHECK(n.alive(*f.sys, agent));
   }
@@ -496,7 +514,7 @@ TEST_CASE("a node that other processes connected to shuts down without waiting o
 
 TEST_CASE("a supervisor answers while a placement waits, and the placement's error fails the start",
           "[cluster][placement]") {
-  plain_node n;
+  target_node n;
   // Another member of the coordination service declares n1 dead: n1 is fenced,
   // and a placement on a fenced node holds for a connection timeout (so that
   // its supervisor does not spin through restarts) before it fails.
@@ -543,8 +561,8 @@ TEST_CASE("a supervisor answers while a placement waits, and the placement's err
 
 TEST_CASE("holds and transfer requests with huge paths or an unknown target change nothing",
           "[cluster][hostile]") {
-  plain_node n;
-  replicator r;
+  target_node n;
+  replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
   caf::scoped_actor self{*r.sys};
   const std::string huge(1 << 20, 'p');

@@ -490,17 +490,28 @@ TEST_CASE("preparing a node turns on heartbeats and mutual TLS with the cluster 
   CHECK(is(prepare_node_system_config(conf, c.cluster, "n9").error(), security_errc::unknown_node));
 }
 
-TEST_CASE("preparing a node without security says it talks plain TCP on loopback only",
-          "[security]") {
+TEST_CASE(
+    "a cluster of several nodes without security is refused; a node alone talks plain TCP "
+    "on loopback only",
+    "[security]") {
   scratch_dir dir;
   auto cfg = write_config(dir.path, "plain.toml", "", false);
   caf::actor_system_config conf;
-  auto notes = prepare_node_system_config(conf, cfg, "n2");
+  auto refused = prepare_node_system_config(conf, cfg, "n2");
+  REQUIRE_FALSE(refused);
+  CHECK(is(refused.error(), security_errc::no_security));
+  CHECK_THAT(describe(refused.error()), Catch::Contains("a cluster of 2 nodes talks mutual TLS "
+                                                        "only") &&
+                                            Catch::Contains("understudy certs"));
+  // A cluster of one node has no peer to authenticate.
+  cfg.nodes.pop_back();
+  caf::actor_system_config alone;
+  auto notes = prepare_node_system_config(alone, cfg, "n1");
   REQUIRE(notes);
   REQUIRE(notes->size() == 1);
   CHECK_THAT(notes->front(), Catch::Contains("plain TCP") && Catch::Contains("loopback only"));
-  CHECK(conf.openssl_certificate.empty());
-  CHECK(caf::get_or(conf, "middleman.heartbeat-interval", caf::timespan{0}) ==
+  CHECK(alone.openssl_certificate.empty());
+  CHECK(caf::get_or(alone, "middleman.heartbeat-interval", caf::timespan{0}) ==
         caf::timespan{100ms});
   // A node off loopback without security is refused here too (the parser refuses it first).
   cfg.nodes[0].host = "10.1.2.3";

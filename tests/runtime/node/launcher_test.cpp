@@ -365,3 +365,25 @@ TEST_CASE("a node of several without etcd endpoints refuses to start, saying wha
   CHECK_THAT(output, Catch::Contains("needs etcd: add [cluster.coordination]") &&
                          Catch::Contains("understudy launch"));
 }
+
+TEST_CASE("a node of several without [cluster.security] refuses to start, saying what to do",
+          "[launcher][security]") {
+  test::temp_dir dir{"launcher"};
+  auto file = two_node_config(dir.path);
+  // etcd endpoints given (never reached): the node stops at its transport, before it joins.
+  std::string command = std::string{UNDERSTUDY_CLI_PATH} + " node " + file +
+                        " --name n1 --coordination http://127.0.0.1:1 2>&1";
+  auto* p = ::popen(command.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string output;
+  char buf[512];
+  while (auto n = std::fread(buf, 1, sizeof buf, p))
+    output.append(buf, n);
+  int status = ::pclose(p);
+  INFO(output);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 2); // exit_code::bad_config
+  CHECK_THAT(output, Catch::Contains("talks mutual TLS only") &&
+                         Catch::Contains("understudy certs") &&
+                         Catch::Contains("understudy launch"));
+}

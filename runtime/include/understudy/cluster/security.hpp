@@ -153,19 +153,18 @@ caf::expected<certificate_info> read_certificate(const std::string& path);
 caf::error check_node_certificate(const node_config& config, std::string_view node);
 
 /// Prepares `cfg`, before the actor system is built from it, for node `node`
-/// of `config`: loads CAF's middleman (do not load it again) and, when the
-/// config has `[cluster.security]`, CAF's openssl module with the node's
-/// certificate and key and the cluster's CA file, so that every connection
-/// made through `publish_at` and `connect_to_peer` uses mutual TLS and a peer
-/// without a certificate of the cluster's CA is refused. The node's
-/// certificate is checked first (`check_node_certificate`). It always turns on
-/// the middleman's heartbeats (`failure_detection.heartbeat_interval`) and its
+/// of `config`: loads CAF's middleman (do not load it again) and, with
+/// `[cluster.security]` (required for a cluster of several nodes), CAF's openssl module with the
+/// node's certificate and key and the cluster's CA file, so that every connection made through
+/// `publish_at` and `connect_to_peer` uses mutual TLS and a peer without a certificate of the
+/// cluster's CA is refused. The node's certificate is checked first (`check_node_certificate`). It
+/// always turns on the middleman's heartbeats (`failure_detection.heartbeat_interval`) and its
 /// connection timeout (`failure_detection.connection_timeout`: a connection
 /// silent for that long is closed) and keeps automatic connections off (they
 /// would bypass TLS). Returns notes worth a log line (e.g. that the node talks
 /// in the clear, allowed on loopback only). Errors: those of
-/// `check_node_certificate`, `unknown_node`, `insecure_address` (no security
-/// and a host off loopback).
+/// `check_node_certificate`, `unknown_node`, `no_security` (several nodes and no
+/// security), `insecure_address` (no security and a host off loopback).
 caf::expected<std::vector<std::string>> prepare_node_system_config(caf::actor_system_config& cfg,
                                                                    const node_config& config,
                                                                    std::string_view node);
