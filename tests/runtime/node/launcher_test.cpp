@@ -347,11 +347,10 @@ TEST_CASE("a launched single node, or a file naming etcd, gets no local etcd",
   CHECK_THAT(launcher.output, Catch::Contains("] args: [/bin/sh]"));
 }
 
-TEST_CASE("a node of several without etcd endpoints refuses to start, saying what to do",
-          "[launcher][coordination]") {
-  test::temp_dir dir{"launcher"};
-  auto file = two_node_config(dir.path);
-  std::string command = std::string{UNDERSTUDY_CLI_PATH} + " node " + file + " --name n1 2>&1";
+/// Runs `understudy node ARGS` and returns its exit status (-1 if it did not exit) and its
+/// output, stdout and stderr together.
+std::pair<int, std::string> run_node_command(const std::string& args) {
+  std::string command = std::string{UNDERSTUDY_CLI_PATH} + " node " + args + " 2>&1";
   auto* p = ::popen(command.c_str(), "r");
   REQUIRE(p != nullptr);
   std::string output;
@@ -359,9 +358,15 @@ TEST_CASE("a node of several without etcd endpoints refuses to start, saying wha
   while (auto n = std::fread(buf, 1, sizeof buf, p))
     output.append(buf, n);
   int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+TEST_CASE("a node of several without etcd endpoints refuses to start, saying what to do",
+          "[launcher][coordination]") {
+  test::temp_dir dir{"launcher"};
+  auto [status, output] = run_node_command(two_node_config(dir.path) + " --name n1");
   INFO(output);
-  REQUIRE(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 2); // exit_code::bad_config
+  CHECK(status == 2); // exit_code::bad_config
   CHECK_THAT(output, Catch::Contains("needs etcd: add [cluster.coordination]") &&
                          Catch::Contains("understudy launch"));
 }
@@ -369,20 +374,11 @@ TEST_CASE("a node of several without etcd endpoints refuses to start, saying wha
 TEST_CASE("a node of several without [cluster.security] refuses to start, saying what to do",
           "[launcher][security]") {
   test::temp_dir dir{"launcher"};
-  auto file = two_node_config(dir.path);
   // etcd endpoints given (never reached): the node stops at its transport, before it joins.
-  std::string command = std::string{UNDERSTUDY_CLI_PATH} + " node " + file +
-                        " --name n1 --coordination http://127.0.0.1:1 2>&1";
-  auto* p = ::popen(command.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string output;
-  char buf[512];
-  while (auto n = std::fread(buf, 1, sizeof buf, p))
-    output.append(buf, n);
-  int status = ::pclose(p);
+  auto [status, output] =
+      run_node_command(two_node_config(dir.path) + " --name n1 --coordination http://127.0.0.1:1");
   INFO(output);
-  REQUIRE(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 2); // exit_code::bad_config
+  CHECK(status == 2); // exit_code::bad_config
   CHECK_THAT(output, Catch::Contains("talks mutual TLS only") &&
                          Catch::Contains("understudy certs") &&
                          Catch::Contains("understudy launch"));
