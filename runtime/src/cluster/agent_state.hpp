@@ -132,6 +132,11 @@ struct cluster_node::state {
   /// each peer process's connection, by node id, as CAF's openssl manager
   /// reported them (asked once per connection; see check_peer).
   std::map<caf::node_id, std::pair<std::optional<std::string>, std::string>> tls_names;
+  /// Identity checks waiting for a lookup of their peer's certificate name that
+  /// is under way, in the order their messages arrived (the agent's thread only).
+  std::map<caf::node_id, std::vector<std::function<void(const std::optional<std::string>&,
+                                                        const std::string&, const caf::error&)>>>
+      tls_waiting;
   /// Hear what the node does on its own account (e.g. an actor it moved).
   std::vector<std::function<void(const std::string&)>> note_listeners;
 

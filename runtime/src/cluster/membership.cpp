@@ -292,20 +292,47 @@ void check_peer(caf::event_based_actor* self, const state_ptr& st, const caf::ac
     k(judge_peer(st, name, reader_ok, known->first, known->second));
     return;
   }
+  // The messages of one peer are judged in the order they arrived: while a
+  // lookup of its certificate is under way, later ones wait behind it (had
+  // they been judged from the cache the first answer fills, they would
+  // overtake the earlier ones).
+  auto judge = [st, name, reader_ok, k](const std::optional<std::string>& cn,
+                                        const std::string& where, const caf::error& err) {
+    if (err)
+      k(err);
+    else
+      k(judge_peer(st, name, reader_ok, cn, where));
+  };
+  {
+    std::lock_guard<std::mutex> guard{st->mtx};
+    auto& waiting = st->tls_waiting[peer];
+    waiting.push_back(std::move(judge));
+    if (waiting.size() > 1)
+      return; // A lookup is under way.
+  }
+  auto finish = [st, peer](const std::optional<std::string>& cn, const std::string& where,
+                           const caf::error& err) {
+    decltype(st->tls_waiting)::mapped_type waiting;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      if (cn)
+        st->tls_names[peer] = {cn, where};
+      auto i = st->tls_waiting.find(peer);
+      if (i != st->tls_waiting.end()) {
+        waiting = std::move(i->second);
+        st->tls_waiting.erase(i);
+      }
+    }
+    for (auto& w : waiting)
+      w(cn, where, err);
+  };
   auto mm = self->home_system().openssl_manager().actor_handle();
   self->request(mm, st->fd().connection_timeout, caf::get_atom::value, peer)
       .then(
-          [st, name, k, reader_ok, peer](const caf::node_id&, const std::string& host,
-                                         uint16_t port) {
-            auto cn = tls_peer_name(host, port);
-            auto where = host + ":" + std::to_string(port);
-            if (cn) {
-              std::lock_guard<std::mutex> guard{st->mtx};
-              st->tls_names[peer] = {cn, where};
-            }
-            k(judge_peer(st, name, reader_ok, cn, where));
+          [finish](const caf::node_id&, const std::string& host, uint16_t port) {
+            finish(tls_peer_name(host, port), host + ":" + std::to_string(port), caf::error{});
           },
-          [k](caf::error& err) { k(std::move(err)); });
+          [finish](caf::error& err) { finish(std::nullopt, std::string{}, err); });
 }
 
 } // namespace

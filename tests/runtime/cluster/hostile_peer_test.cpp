@@ -4,6 +4,12 @@
 // a cluster_errc error, logged through the node's note callback, and the node goes on, with
 // its stored versions unchanged.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdint>
 #include <fstream>
@@ -112,7 +118,8 @@ struct target_node {
   std::mutex mtx;
   std::vector<std::string> notes;
 
-  target_node() {
+  /// `n2_port`: where n2 is said to listen (by default 1, where nothing does).
+  explicit target_node(uint16_t n2_port = 1) {
     std::string text = "[cluster]\nname = \"h\"\nstate_root = \"" + dir.path +
                        "/state\"\n[cluster.security]\ndir = \"" + dir.path + "/certs\"\n";
     // n2 never runs: its port is 1, where nothing listens, so n1's attempts to reach it
@@ -120,7 +127,7 @@ struct target_node {
     // port that some other process took meanwhile could hold it in a handshake).
     for (const char* n : {"n1", "n2"})
       text += std::string{"[[node]]\nname = \""} + n + "\"\nhost = \"127.0.0.1\"\nport = " +
-              std::to_string(std::string{n} == "n1" ? free_port() : 1) + "\n";
+              std::to_string(std::string{n} == "n1" ? free_port() : n2_port) + "\n";
     auto path = dir.path + "/cluster.toml";
     std::ofstream{path} << text;
     auto loaded = load_node_config(path);
@@ -431,6 +438,7 @@ TEST_CASE("spawn requests for a type the node never registers wait in a bounded 
   self->request(agent, 10s, spawn(256))
       .receive([](const caf::actor&) {}, [&](caf::error& e) { err = std::move(e); });
   REQUIRE(err);
+  INFO("the node's notes: " << n.all_notes().substr(0, 3000));
   CHECK(is(err, cluster_errc::no_factory));
   CHECK_THAT(describe(err), Catch::Contains("refuses to start /job/c256") &&
                                 Catch::Contains("256 spawn requests already wait"));
@@ -589,4 +597,41 @@ TEST_CASE("holds and transfer requests with huge paths or an unknown target chan
   auto paths = n.node->state_store().store->paths();
   REQUIRE(paths);
   CHECK(paths->empty());
+}
+
+TEST_CASE("a peer address that accepts but never completes TLS does not stall identity checks",
+          "[cluster][security]") {
+  // Something listens on n2's port and never answers: n1's connector reaches it
+  // and waits in its TLS handshake.
+  int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(lfd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(lfd, 8) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  std::vector<int> accepted;
+  {
+    target_node n{ntohs(addr.sin_port)};
+    pollfd pfd{lfd, POLLIN, 0};
+    REQUIRE(::poll(&pfd, 1, 20000) == 1);
+    accepted.push_back(::accept(lfd, nullptr, nullptr));
+    // A holder of n2's certificate is still heard: its identity is checked
+    // without waiting for the handshake that hangs.
+    replicator r{n.nc};
+    auto agent = r.connect(n.node->self().port);
+    CHECK(n.alive(*r.sys, agent));
+    uint64_t held = 99;
+    caf::scoped_actor self{*r.sys};
+    self->request(agent, 10s, caf::atom("us_nholds"), std::string{"/job"})
+        .receive([&](uint64_t step) { held = step; }, [](caf::error&) {});
+    CHECK(held == 0);
+    // Let the hanging handshake end before the node stops.
+    for (int fd : accepted)
+      ::close(fd);
+    accepted.clear();
+  }
+  ::close(lfd);
 }
