@@ -12,8 +12,8 @@
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/cluster/errors.hpp"
 #include "understudy/cluster/security.hpp"
-#include "understudy/node/node.hpp"
 #include "understudy/core/errors.hpp"
+#include "understudy/node/node.hpp"
 #include "understudy/process/process_host.hpp"
 
 namespace understudy::actors {

@@ -163,11 +163,7 @@ bool supervisor_actor::on_start_done(uint64_t slot, uint64_t inc, start_outcome&
     // The incarnation is not wanted any more, but it is stopped as any other
     // (its shutdown spec) and the stop goes on only once it is down: the
     // children that started before it stop after it.
-    rec->incarnation = inc;
-    rec->handle = std::move(handle);
-    rec->addr = rec->handle.address();
-    by_addr_[rec->addr] = rec;
-    monitor(rec->handle);
+    attach(*rec, inc, std::move(handle));
     stop_incarnation(*rec);
     return true;
   }
@@ -187,17 +183,21 @@ bool supervisor_actor::on_start_done(uint64_t slot, uint64_t inc, start_outcome&
   return true;
 }
 
-void supervisor_actor::adopt(child_rec& rec, uint64_t inc, caf::actor handle) {
+void supervisor_actor::attach(child_rec& rec, uint64_t inc, caf::actor handle) {
   rec.incarnation = inc;
   rec.handle = std::move(handle);
   rec.addr = rec.handle.address();
-  rec.status = child_status::starting;
   rec.killed_after_timeout = false;
   by_addr_[rec.addr] = &rec;
   // Monitor, not link: a child killed with exit_reason::kill must not take
   // the supervisor down (CAF treats kill as fatal for linked actors). on_exit
   // takes care of the other direction.
   monitor(rec.handle);
+}
+
+void supervisor_actor::adopt(child_rec& rec, uint64_t inc, caf::actor handle) {
+  attach(rec, inc, std::move(handle));
+  rec.status = child_status::starting;
   if (rec.spec.start_timeout.count() > 0)
     delayed_send(caf::actor_cast<caf::actor>(this), rec.spec.start_timeout, start_timer_atom::value,
                  rec.slot, inc);

@@ -215,8 +215,10 @@ private:
   /// An asynchronous start's outcome; returns whether the incarnation was adopted.
   bool on_start_done(uint64_t slot, uint64_t inc, start_outcome& out);
 
-  /// Makes `handle` incarnation `inc` of `rec`: monitors it and begins waiting
-  /// for it to serve.
+  /// Makes `handle` incarnation `inc` of `rec` and monitors it.
+  void attach(child_rec& rec, uint64_t inc, caf::actor handle);
+
+  /// attach(), then begins waiting for the new incarnation to serve.
   void adopt(child_rec& rec, uint64_t inc, caf::actor handle);
 
   void stop_incarnation(child_rec& rec);
