@@ -278,6 +278,8 @@ struct shard_actor {
         [this](push_atom, uint64_t step, uint64_t att, size_t rank, std::vector<float>& grad,
                float loss) {
           s->maybe_crash(fault_target::shard, k, step);
+          if (s->maybe_hang(self, fault_target::shard, k, step))
+            return;
           if (att != attempt || !synced || step != st->value().step + 1 || rank >= pending.size() ||
               grad.size() != sum.size()) {
             ++stats.stale;
@@ -303,6 +305,7 @@ struct shard_actor {
         },
         [this](probe_atom) { return st->newest_durable_step(); },
         [this](stats_atom) { return stats; },
+        [](alive_atom) { return alive_atom::value; },
     };
   }
 };
@@ -434,6 +437,8 @@ struct loader_actor {
     return {
         [this](batch_atom, uint64_t step, size_t rank) -> caf::result<batch_ptr> {
           s->maybe_crash(fault_target::loader, l, step);
+          if (s->maybe_hang(self, fault_target::loader, l, step))
+            return caf::delegated<batch_ptr>{};
           if (!synced || step <= base_step || rank % s->cfg.loaders != l || rank >= s->cfg.workers)
             return make_error(caf::sec::invalid_argument,
                               "loader-" + std::to_string(l) + ": no batch for step " +
@@ -482,6 +487,7 @@ struct loader_actor {
         [this](stats_atom) {
           return loader_stats{cache.size(), max_cached()};
         },
+        [](alive_atom) { return alive_atom::value; },
     };
   }
 };
@@ -502,6 +508,8 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
       [=](train_step_atom, uint64_t step, uint64_t attempt, const caf::actor& loader,
           const std::vector<caf::actor>& shards) {
         s->maybe_crash(fault_target::worker, rank, step);
+        if (s->maybe_hang(self, fault_target::worker, rank, step))
+          return;
         self->request(loader, caf::infinite, batch_atom::value, step, rank)
             .then(
                 [=](const batch_ptr& b) {
@@ -540,6 +548,7 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
                 // A loader that died or moved on: the trainer recovers the step.
                 [](caf::error&) {});
       },
+      [](alive_atom) { return alive_atom::value; },
   };
 }
 

@@ -1,7 +1,10 @@
 // The trainer: drives synchronous steps, commits them, evaluates, recovers.
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <deque>
 #include <limits>
 #include <map>
 #include <memory>
@@ -64,6 +67,15 @@ namespace {
 using shared_ptr_t = std::shared_ptr<training_job::shared>;
 
 enum role : size_t { shards_role, loaders_role, workers_role };
+
+/// The trainer's own timer for step deadlines (see training_config::hang_floor).
+using deadline_atom = caf::atom_constant<caf::atom("us_dline")>;
+
+using steady = std::chrono::steady_clock;
+
+/// Steps timed for the deadline, and how many must be before it leaves the ceiling.
+constexpr size_t timed_steps = 32;
+constexpr size_t timed_before_deadline = 8;
 const char* const role_names[] = {"shards", "loaders", "workers"};
 
 /// A participant that does not answer a recovery request within this long is
@@ -107,6 +119,15 @@ struct trainer_actor {
     size_t loaders = 0; // loaders whose cursor after the step is durable
   };
   std::map<uint64_t, commit_acks> commits;
+  /// Liveness: a counter of progress (steps applied or committed, recoveries
+  /// ended) and when it last moved; the durations of the last steps; whether
+  /// the deadline ticks run and whether a liveness round runs.
+  uint64_t progress = 0;
+  steady::time_point progress_at = steady::now();
+  steady::time_point step_started = steady::now();
+  std::deque<steady::duration> step_times;
+  bool ticking = false;
+  bool asking = false;
 
   trainer_actor(caf::event_based_actor* self, shared_ptr_t s,
                 std::shared_ptr<persistent<trainer_state>> st, caf::actor job, uint64_t incarnation)
@@ -219,6 +240,11 @@ struct trainer_actor {
     h.resume = [this](uint64_t) {
       cur = 0;
       commits.clear();
+      moved();
+      if (!ticking) {
+        ticking = true;
+        self->delayed_send(self, tick_interval(), deadline_atom::value);
+      }
       next();
     };
     h.failed = [this](caf::error err) { fail(std::move(err)); };
@@ -323,6 +349,7 @@ struct trainer_actor {
     s->maybe_crash(fault_target::trainer, 0, step);
     cur = step;
     applied = 0;
+    step_started = steady::now();
     auto shards = shard_handles();
     for (size_t w = 0; w < s->cfg.workers; ++w)
       self->send(worker(w), train_step_atom::value, step, attempt(), loader(s->loader_of(w)),
@@ -354,6 +381,10 @@ struct trainer_actor {
     cur = 0;
     done = step;
     last_loss = loss;
+    step_times.push_back(steady::now() - step_started);
+    if (step_times.size() > timed_steps)
+      step_times.pop_front();
+    moved();
     if (auto i = commits.find(step); i != commits.end()) {
       i->second.applied = true;
       maybe_commit(step);
@@ -391,6 +422,7 @@ struct trainer_actor {
       return;
     commits.erase(i);
     committed = step;
+    moved();
     rp->committed();
     st->value().step = step;
     bool last = step == s->cfg.steps;
@@ -403,6 +435,84 @@ struct trainer_actor {
     report(step);
     if (!last)
       next();
+  }
+
+  // -- liveness ------------------------------------------------------------------
+
+  void moved() {
+    ++progress;
+    progress_at = steady::now();
+  }
+
+  /// How long the job may go without progress before the trainer asks who
+  /// still answers, and how long it then waits for each answer.
+  caf::timespan deadline() const {
+    const auto& cfg = s->cfg;
+    if (step_times.size() < timed_before_deadline)
+      return cfg.hang_ceiling;
+    auto slowest = *std::max_element(step_times.begin(), step_times.end());
+    auto scaled = std::chrono::duration_cast<caf::timespan>(slowest * cfg.hang_factor);
+    return std::clamp<caf::timespan>(scaled, cfg.hang_floor, cfg.hang_ceiling);
+  }
+
+  /// How often the trainer looks for a missed deadline: half the floor.
+  caf::timespan tick_interval() const {
+    return std::chrono::duration_cast<caf::timespan>(s->cfg.hang_floor) / 2;
+  }
+
+  /// Every tick: if nothing moved for a deadline while a step or a commit is
+  /// outstanding, asks every participant whether it answers.
+  void on_deadline() {
+    if (finished)
+      return;
+    self->delayed_send(self, tick_interval(), deadline_atom::value);
+    bool waiting = cur != 0 || !commits.empty();
+    if (rp && !rp->recovering() && !asking && waiting && steady::now() - progress_at >= deadline())
+      ask_alive();
+  }
+
+  /// A liveness round: a participant that does not answer within the deadline
+  /// while the job still has not moved is hung. It is killed: its supervisor
+  /// restarts it, its down message starts a recovery, the step is redone.
+  void ask_alive() {
+    asking = true;
+    auto att = attempt();
+    auto seen = progress;
+    auto n = s->cfg.shards + s->cfg.loaders + s->cfg.workers;
+    auto left = std::make_shared<size_t>(n);
+    auto answered = [this, left] {
+      if (--*left == 0)
+        asking = false;
+    };
+    for (size_t i = 0; i < n; ++i) {
+      auto hdl = rp->handle(i);
+      if (!hdl) {
+        answered();
+        continue;
+      }
+      self->request(hdl, deadline(), alive_atom::value)
+          .then([answered](alive_atom) { answered(); },
+                [this, answered, att, seen, i, hdl](caf::error& err) {
+                  answered();
+                  if (err != caf::sec::request_timeout || finished || att != attempt() ||
+                      progress != seen)
+                    return;
+                  auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      steady::now() - progress_at);
+                  ++s->hangs;
+                  auto longest = s->longest_hang_detection_ms.load();
+                  while (waited.count() > longest &&
+                         !s->longest_hang_detection_ms.compare_exchange_weak(longest,
+                                                                             waited.count())) {
+                  }
+                  std::fprintf(stderr,
+                               "trainer: %s did not answer for %lld ms while step %llu waited: "
+                               "killed as hung\n",
+                               rp->id(i).c_str(), static_cast<long long>(waited.count()),
+                               static_cast<unsigned long long>(cur != 0 ? cur : done + 1));
+                  self->send_exit(hdl, caf::exit_reason::kill);
+                });
+    }
   }
 
   bool eval_due(uint64_t step) const {
@@ -456,6 +566,8 @@ struct trainer_actor {
       r.restarts = s->restarts.load();
       r.lost_steps = s->lost_steps.load();
       r.resumed_from = s->resumed_from;
+      r.hangs = s->hangs.load();
+      r.longest_hang_detection = std::chrono::milliseconds{s->longest_hang_detection_ms.load()};
       r.params = std::move(params);
       auto& v = st->value();
       v.accuracy = r.accuracy;
@@ -480,6 +592,7 @@ struct trainer_actor {
           on_applied(k, step, att, l);
         },
         [this](stored_atom, size_t, uint64_t step, uint64_t att) { on_stored(step, att); },
+        [this](deadline_atom) { on_deadline(); },
     };
   }
 };

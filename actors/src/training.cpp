@@ -33,9 +33,10 @@ std::string to_string(fault_target x) {
 }
 
 std::string to_string(const fault& f) {
+  std::string kind = f.kind == fault_kind::hang ? "hang:" : "";
   if (f.target == fault_target::trainer)
-    return "trainer@" + std::to_string(f.step);
-  return to_string(f.target) + ":" + std::to_string(f.index) + "@" + std::to_string(f.step);
+    return kind + "trainer@" + std::to_string(f.step);
+  return kind + to_string(f.target) + ":" + std::to_string(f.index) + "@" + std::to_string(f.step);
 }
 
 namespace {
@@ -70,7 +71,7 @@ caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t w
     auto bad = [&](const std::string& why) {
       return bad_config("fault '" + item + "': " + why +
                         " (expected worker:I@S, shard:I@S, loader:I@S, trainer@S" +
-                        std::string{gpus > 0 ? ", gpu:I@S" : ""} + " or random:K)");
+                        std::string{gpus > 0 ? ", gpu:I@S" : ""} + ", hang:ROLE:I@S or random:K)");
     };
     if (item.rfind("random:", 0) == 0) {
       uint64_t k = 0;
@@ -104,12 +105,20 @@ caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t w
       }
       continue;
     }
-    auto at = item.find('@');
+    fault f;
+    std::string body = item;
+    if (body.rfind("hang:", 0) == 0) {
+      f.kind = fault_kind::hang;
+      body = body.substr(5);
+      if (body.rfind("worker:", 0) != 0 && body.rfind("shard:", 0) != 0 &&
+          body.rfind("loader:", 0) != 0)
+        return bad("only a worker, shard or loader can hang (hang:ROLE:I@S)");
+    }
+    auto at = body.find('@');
     if (at == std::string::npos)
       return bad("missing @STEP");
-    auto target = item.substr(0, at);
-    fault f;
-    if (!parse_u64(item.substr(at + 1), f.step) || f.step == 0 || f.step > steps)
+    auto target = body.substr(0, at);
+    if (!parse_u64(body.substr(at + 1), f.step) || f.step == 0 || f.step > steps)
       return bad("step must be a number from 1 to " + std::to_string(steps));
     size_t count = 1;
     std::string name = target;
@@ -185,6 +194,15 @@ caf::error validate(const training_config& cfg) {
     return bad_config("training: checkpoint_every must be at least 1");
   if (cfg.prefetch > 64)
     return bad_config("training: prefetch must be at most 64");
+  if (cfg.hang_floor.count() < 10 || cfg.hang_ceiling < cfg.hang_floor ||
+      cfg.hang_ceiling > std::chrono::hours(24))
+    return bad_config(
+        "training: hang_floor must be at least 10 ms and hang_ceiling from "
+        "hang_floor to 24 h (got " +
+        std::to_string(cfg.hang_floor.count()) + " ms and " +
+        std::to_string(cfg.hang_ceiling.count()) + " ms)");
+  if (!(cfg.hang_factor >= 1.0 && cfg.hang_factor <= 1000.0))
+    return bad_config("training: hang_factor must be from 1 to 1000");
   if (auto err = validate(cfg.optimizer))
     return err;
   for (const auto& f : cfg.faults) {

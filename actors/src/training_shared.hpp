@@ -13,10 +13,15 @@
 
 #include <caf/actor_addr.hpp>
 #include <caf/actor_cast.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/skip.hpp>
 
 #include "understudy/actors/training.hpp"
 
 namespace understudy::actors {
+
+/// The one message a hung actor's behavior names (none is ever sent).
+using hung_atom = caf::atom_constant<caf::atom("us_hung")>;
 
 struct training_job::shared {
   training_config cfg;
@@ -37,6 +42,10 @@ struct training_job::shared {
 
   /// The committed step the job started from.
   std::atomic<uint64_t> resumed_from{0};
+
+  /// Actors killed as hung, and the longest detection (ms; see training_result).
+  std::atomic<uint64_t> hangs{0};
+  std::atomic<int64_t> longest_hang_detection_ms{0};
 
   std::function<void(const training_progress&)> progress;
   std::function<void(uint64_t)> started;
@@ -61,11 +70,12 @@ struct training_job::shared {
     return {caf::actor_cast<caf::actor>(job_sup_), trainer_slot_, trainer_incarnation_};
   }
 
-  /// Fires the (first unfired) fault for (target, index, step): true once.
-  bool fire(fault_target target, size_t index, uint64_t step) {
+  /// Fires the (first unfired) fault of `kind` for (target, index, step): true once.
+  bool fire(fault_target target, size_t index, uint64_t step, fault_kind kind = fault_kind::crash) {
     for (size_t i = 0; i < cfg.faults.size(); ++i) {
       const auto& f = cfg.faults[i];
-      if (f.target == target && f.index == index && f.step == step && !fired[i].exchange(true)) {
+      if (f.kind == kind && f.target == target && f.index == index && f.step == step &&
+          !fired[i].exchange(true)) {
         if (on_fire)
           on_fire(i);
         return true;
@@ -78,6 +88,17 @@ struct training_job::shared {
   void maybe_crash(fault_target target, size_t index, uint64_t step) {
     if (fire(target, index, step))
       throw std::runtime_error("injected fault " + to_string(fault{target, index, step}));
+  }
+
+  /// If a hang is due: `self` stops answering (every later message stays
+  /// unanswered in its mailbox; only a kill ends it) and the caller must
+  /// return at once, answering nothing. True then.
+  bool maybe_hang(caf::event_based_actor* self, fault_target target, size_t index, uint64_t step) {
+    if (!fire(target, index, step, fault_kind::hang))
+      return false;
+    self->set_default_handler(caf::skip);
+    self->become(caf::behavior{[](hung_atom) {}});
+    return true;
   }
 
   void finish(caf::expected<training_result> r) {

@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
   app.add_option("--data", data_path, "digits CSV (gzip or plain): 64 pixels 0..16, then the label")
       ->default_str("examples/data/digits.csv.gz");
   app.add_option("--fault", fault_spec,
-                 "crash actors: worker:I@S,shard:I@S,loader:I@S,trainer@S or random:K");
+                 "crash actors: worker:I@S,shard:I@S,loader:I@S,trainer@S or random:K; "
+                 "hang:ROLE:I@S makes one stop answering");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -188,6 +189,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "digits_mlp: the job failed: %s\n", rt.render(result.error()).c_str());
     return 1;
   }
+  if (result->hangs > 0)
+    std::printf("hangs: %" PRIu64
+                " actors stopped answering and were killed; the longest took %lld "
+                "ms to find\n",
+                result->hangs, static_cast<long long>(result->longest_hang_detection.count()));
   std::printf("final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
               " restarts=%" PRIu64 " lost_steps=%" PRIu64 "\n",
               result->steps, result->accuracy, result->params_digest, result->restarts,

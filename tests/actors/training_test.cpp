@@ -149,6 +149,35 @@ TEST_CASE("each crash loses only the step in flight although commits overlap the
   CHECK(faulty.params_digest == clean.params_digest);
 }
 
+TEST_CASE(
+    "an actor that stops answering is found by the step deadline, killed and replaced, "
+    "and the job ends with the fault-free parameters",
+    "[training]") {
+  auto cfg = small_job(5);
+  cfg.hang_floor = std::chrono::milliseconds(100);
+  state_dir clean_dir;
+  auto clean = run_job(cfg, clean_dir.path);
+  CHECK(clean.hangs == 0);
+  // One hang of each role that can hang: no crash, no exit; only the deadline
+  // can end them (a hang that nothing detects stalls the job past wait()'s limit).
+  auto faults = parse_faults("hang:worker:1@15,hang:shard:0@30,hang:loader:1@45", cfg.workers,
+                             cfg.shards, cfg.loaders, cfg.steps, 1);
+  REQUIRE(faults);
+  cfg.faults = *faults;
+  state_dir faulty_dir;
+  auto log = std::make_shared<event_log>();
+  auto faulty = run_job(cfg, faulty_dir.path, log);
+  CHECK(faulty.hangs == 3);
+  CHECK(faulty.restarts == 3);
+  CHECK(log->count(event_kind::child_restarted) == 3);
+  CHECK(faulty.params_digest == clean.params_digest);
+  CHECK(faulty.steps == cfg.steps);
+  // Found after the deadline (the floor here: this job's steps take far less)
+  // and the time its liveness question waits: at least one floor, within the ceiling.
+  CHECK(faulty.longest_hang_detection >= cfg.hang_floor);
+  CHECK(faulty.longest_hang_detection < cfg.hang_ceiling);
+}
+
 TEST_CASE("a job resumes from its last committed step and ends as an uninterrupted one",
           "[training]") {
   auto cfg = small_job(7);
@@ -345,6 +374,14 @@ TEST_CASE("fault specs are parsed and bad ones named", "[training]") {
   REQUIRE(ok->size() == 4);
   CHECK(to_string((*ok)[0]) == "worker:1@120");
   CHECK(to_string((*ok)[3]) == "trainer@600");
+  auto hang = parse_faults("hang:shard:1@7,worker:0@8", 2, 2, 1, 100, 1);
+  REQUIRE(hang);
+  REQUIRE(hang->size() == 2);
+  CHECK((*hang)[0].kind == fault_kind::hang);
+  CHECK((*hang)[0].target == fault_target::shard);
+  CHECK((*hang)[0].index == 1);
+  CHECK(to_string((*hang)[0]) == "hang:shard:1@7");
+  CHECK((*hang)[1].kind == fault_kind::crash);
   auto r1 = parse_faults("random:7", 2, 2, 1, 100, 9);
   auto r2 = parse_faults("random:7", 2, 2, 1, 100, 9);
   REQUIRE(r1);
@@ -358,7 +395,10 @@ TEST_CASE("fault specs are parsed and bad ones named", "[training]") {
                                                         {"shard:0@0", "step must be"},
                                                         {"loader:x@3", "malformed index"},
                                                         {"trainer:1@3", "no index"},
-                                                        {"random:0", "K must be"}}) {
+                                                        {"random:0", "K must be"},
+                                                        {"hang:trainer@3", "only a worker"},
+                                                        {"hang:worker:5@3", "no worker 5"},
+                                                        {"hang:worker:0", "missing @STEP"}}) {
     auto r = parse_faults(spec, 2, 2, 1, 100, 1);
     INFO(spec);
     REQUIRE_FALSE(r);
@@ -391,6 +431,10 @@ TEST_CASE("impossible job configurations are refused with the reason", "[trainin
         c.faults = {fault{fault_target::shard, 5, 3}};
       },
       "fault shard:5@3");
+  check([](training_config& c) { c.hang_floor = std::chrono::milliseconds(1); }, "hang_floor");
+  check([](training_config& c) { c.hang_ceiling = c.hang_floor - std::chrono::milliseconds(1); },
+        "hang_ceiling");
+  check([](training_config& c) { c.hang_factor = 0.5; }, "hang_factor");
   CHECK_FALSE(validate(base));
 }
 

@@ -32,19 +32,28 @@ enum class fault_target : uint8_t { worker, shard, loader, trainer, gpu };
 /// Returns "worker", "shard", "loader", "trainer" or "gpu".
 std::string to_string(fault_target x);
 
-/// One injected crash: actor `target` number `index` (0 for the trainer) throws
-/// when it starts working on step `step`. Each fault fires once.
+/// What an injected fault does: `crash` throws (the actor exits with an
+/// error); `hang` makes the actor stop answering without exiting: it keeps
+/// every later message unanswered in its mailbox, as a stuck collective or a
+/// deadlocked reader would, until the trainer's step deadline finds it.
+enum class fault_kind : uint8_t { crash, hang };
+
+/// One injected fault: actor `target` number `index` (0 for the trainer)
+/// crashes or hangs when it starts working on step `step`. Each fault fires once.
 struct fault {
   fault_target target = fault_target::worker;
   size_t index = 0;
   uint64_t step = 0;
+  fault_kind kind = fault_kind::crash;
 };
 
-/// Renders `f` as in a fault spec, e.g. "worker:1@120" or "trainer@600".
+/// Renders `f` as in a fault spec, e.g. "worker:1@120", "trainer@600" or
+/// "hang:shard:0@40".
 std::string to_string(const fault& f);
 
 /// Parses a fault spec: a comma-separated list of `worker:I@S`, `shard:I@S`,
-/// `loader:I@S`, `trainer@S`, `gpu:I@S` (only with `gpus` > 0), or `random:K` (K faults
+/// `loader:I@S`, `trainer@S`, `gpu:I@S` (only with `gpus` > 0), `hang:ROLE:I@S`
+/// (ROLE worker, shard or loader: the actor stops answering), or `random:K` (K crashes
 /// of any kind at steps in [1, steps], drawn from `seed`; with `gpus` > 0 of the
 /// kinds whose count is not 0, GPU faults included). Indices must name existing actors and steps
 /// lie in [1, steps]. Errors name the offending entry. An empty spec is no fault.
@@ -93,6 +102,15 @@ struct training_config {
   role_policy loader_policy;
   role_policy shard_policy;
   role_policy trainer_policy;
+  /// Step deadlines: a step not applied by every shard within
+  /// clamp(hang_factor x the slowest of the last 32 steps, hang_floor,
+  /// hang_ceiling) makes the trainer ask every shard, loader and worker
+  /// whether it still answers, allowing the same time again; one that does
+  /// not is killed as hung (its supervisor restarts it and the step is redone).
+  /// Until 8 steps have been timed, the deadline is hang_ceiling.
+  std::chrono::milliseconds hang_floor{250};
+  std::chrono::milliseconds hang_ceiling{10000};
+  double hang_factor = 4.0;
 };
 
 /// Checks `cfg`: model and data present and matching, counts >= 1, at most one
@@ -128,6 +146,10 @@ struct training_result {
   uint64_t lost_steps = 0;
   /// The committed step the job resumed from (0: a fresh start).
   uint64_t resumed_from = 0;
+  /// Actors killed because they stopped answering, and the longest time from
+  /// the start of the step they hung in to their kill.
+  uint64_t hangs = 0;
+  std::chrono::milliseconds longest_hang_detection{0};
   std::vector<float> params;
 };
 
@@ -214,7 +236,10 @@ using commit_atom = caf::atom_constant<caf::atom("us_commit")>;
 using stored_atom = caf::atom_constant<caf::atom("us_stored")>;
 using probe_atom = caf::atom_constant<caf::atom("us_probe")>;
 using stats_atom = caf::atom_constant<caf::atom("us_stats")>;
+using alive_atom = caf::atom_constant<caf::atom("us_alive")>;
 
+// any:     (alive_atom) -> alive_atom: the trainer's liveness question when a
+//          step misses its deadline (an actor that does not answer is hung)
 // worker:  (train_step_atom, step, attempt, loader, std::vector<caf::actor> shards)
 //          fetches its batch, pulls every slice, pushes every gradient slice.
 // loader:  (batch_atom, step, rank) -> batch_ptr
