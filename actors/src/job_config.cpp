@@ -158,6 +158,18 @@ caf::expected<std::any> parse_job(config_table& r) {
   hyper("epsilon", oc.epsilon, 0, true, inf, false, "above 0");
   hyper("weight_decay", oc.weight_decay, 0, false, inf, false, "at least 0");
   j.faults = r.str("faults", false, true).value_or("");
+  // Step deadlines (training_config::hang_floor); checked together by validate().
+  auto millis = [](caf::timespan t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t);
+  };
+  if (auto x = r.duration("hang_floor", true))
+    tc.hang_floor = millis(*x);
+  if (auto x = r.duration("hang_ceiling", true))
+    tc.hang_ceiling = millis(*x);
+  if (auto x = r.real("hang_factor"))
+    tc.hang_factor = *x;
+  if (auto [key, err] = check_liveness(tc); err)
+    r.fail(config_errc::invalid_job, r.line_of(key), describe(err));
   if (r.failed())
     return std::any{};
   check_counts(r, j);
@@ -221,7 +233,8 @@ std::vector<config_key> job_keys() {
        {"eval_every", "integer"}, {"prefetch", "integer"},    {"optimizer", "string"},
        {"lr", "float"},           {"momentum", "float"},      {"beta1", "float"},
        {"beta2", "float"},        {"epsilon", "float"},       {"weight_decay", "float"},
-       {"faults", "string"},      {"worker", "table"},        {"shard", "table"},
+       {"faults", "string"},      {"hang_floor", "duration"}, {"hang_ceiling", "duration"},
+       {"hang_factor", "float"},  {"worker", "table"},        {"shard", "table"},
        {"loader", "table"},       {"trainer", "table"}});
   add("job.<role>", {{"strategy", "string"},
                      {"intensity", "table"},

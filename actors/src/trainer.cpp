@@ -505,14 +505,32 @@ struct trainer_actor {
                          !s->longest_hang_detection_ms.compare_exchange_weak(longest,
                                                                              waited.count())) {
                   }
-                  std::fprintf(stderr,
-                               "trainer: %s did not answer for %lld ms while step %llu waited: "
-                               "killed as hung\n",
-                               rp->id(i).c_str(), static_cast<long long>(waited.count()),
-                               static_cast<unsigned long long>(cur != 0 ? cur : done + 1));
+                  report_hang(i, waited);
                   self->send_exit(hdl, caf::exit_reason::kill);
                 });
     }
+  }
+
+  /// A hang_detected event for participant `i`, as a supervisor records one
+  /// for a child that misses its own liveness deadline.
+  void report_hang(size_t i, std::chrono::milliseconds waited) {
+    auto sink = s->events.lock();
+    if (!sink)
+      return;
+    supervision_event ev;
+    ev.kind = event_kind::hang_detected;
+    const char* role = i < s->cfg.shards                    ? role_names[shards_role]
+                       : i < s->cfg.shards + s->cfg.loaders ? role_names[loaders_role]
+                                                            : role_names[workers_role];
+    ev.supervisor = s->job_path + "/" + role;
+    ev.child = rp->id(i);
+    ev.reason = "did not answer for " + std::to_string(waited.count()) + " ms while step " +
+                std::to_string(cur != 0 ? cur : done + 1) + " waited";
+    ev.action = "kill";
+    ev.duration = waited;
+    ev.time = steady::now();
+    ev.wall_time = std::chrono::system_clock::now();
+    sink->on_event(ev);
   }
 
   bool eval_due(uint64_t step) const {
@@ -616,7 +634,7 @@ child_spec make_trainer_spec(shared_ptr_t s) {
   // Capture the parent and incarnation of each start.
   auto inner = spec.start;
   spec.start = [s, inner](child_context& ctx) -> caf::expected<caf::actor> {
-    s->set_trainer_token(ctx.token);
+    s->set_trainer_token(ctx.token, ctx.path);
     return inner(ctx);
   };
   spec.restart = restart_type::transient;

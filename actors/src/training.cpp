@@ -160,6 +160,21 @@ caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t w
   return out;
 }
 
+std::pair<const char*, caf::error> check_liveness(const training_config& cfg) {
+  if (cfg.hang_floor < std::chrono::milliseconds(10))
+    return {"hang_floor", bad_config("training: hang_floor must be at least 10 ms, not " +
+                                     std::to_string(cfg.hang_floor.count()) + " ms")};
+  if (cfg.hang_ceiling < cfg.hang_floor || cfg.hang_ceiling > std::chrono::hours(24))
+    return {"hang_ceiling",
+            bad_config("training: hang_ceiling must be from hang_floor (" +
+                       std::to_string(cfg.hang_floor.count()) + " ms) to 24 h, not " +
+                       std::to_string(cfg.hang_ceiling.count()) + " ms")};
+  if (!(cfg.hang_factor >= 1.0 && cfg.hang_factor <= 1000.0))
+    return {"hang_factor", bad_config("training: hang_factor must be from 1 to 1000, not " +
+                                      std::to_string(cfg.hang_factor))};
+  return {"", caf::error{}};
+}
+
 caf::error validate(const training_config& cfg) {
   if (!cfg.net)
     return bad_config("training: no model");
@@ -194,15 +209,8 @@ caf::error validate(const training_config& cfg) {
     return bad_config("training: checkpoint_every must be at least 1");
   if (cfg.prefetch > 64)
     return bad_config("training: prefetch must be at most 64");
-  if (cfg.hang_floor.count() < 10 || cfg.hang_ceiling < cfg.hang_floor ||
-      cfg.hang_ceiling > std::chrono::hours(24))
-    return bad_config(
-        "training: hang_floor must be at least 10 ms and hang_ceiling from "
-        "hang_floor to 24 h (got " +
-        std::to_string(cfg.hang_floor.count()) + " ms and " +
-        std::to_string(cfg.hang_ceiling.count()) + " ms)");
-  if (!(cfg.hang_factor >= 1.0 && cfg.hang_factor <= 1000.0))
-    return bad_config("training: hang_factor must be from 1 to 1000");
+  if (auto err = check_liveness(cfg).second)
+    return err;
   if (auto err = validate(cfg.optimizer))
     return err;
   for (const auto& f : cfg.faults) {
@@ -385,6 +393,7 @@ supervisor_spec training_job::spec(
         std::vector<std::shared_ptr<event_sink>>{counter, std::move(events)});
   else
     job.events = counter;
+  s_->events = job.events;
   return job;
 }
 

@@ -43,6 +43,12 @@ struct training_job::shared {
   /// The committed step the job started from.
   std::atomic<uint64_t> resumed_from{0};
 
+  /// The job's event sink (set by training_job::spec; weak: the sink's
+  /// counter holds this object) and the job's path in the tree (set when the
+  /// trainer starts): where the trainer reports the hangs it finds.
+  std::weak_ptr<event_sink> events;
+  std::string job_path;
+
   /// Actors killed as hung, and the longest detection (ms; see training_result).
   std::atomic<uint64_t> hangs{0};
   std::atomic<int64_t> longest_hang_detection_ms{0};
@@ -59,8 +65,10 @@ struct training_job::shared {
   /// The trainer's token (its parent, slot and incarnation), set by its start function.
   /// Kept as an address: a strong handle here would keep the supervisor, which
   /// holds this state, alive forever.
-  void set_trainer_token(const child_token& token) {
+  void set_trainer_token(const child_token& token, const std::string& trainer_path) {
     std::lock_guard<std::mutex> guard{mtx};
+    // The trainer's parent is the job: "/job/trainer" -> "/job".
+    job_path = trainer_path.substr(0, trainer_path.rfind('/'));
     job_sup_ = token.supervisor.address();
     trainer_slot_ = token.slot;
     trainer_incarnation_ = token.incarnation;

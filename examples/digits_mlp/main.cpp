@@ -167,6 +167,8 @@ int main(int argc, char** argv) {
     if (ev.kind == event_kind::child_exited && ev.reason != "normal") {
       (*crashes)[who] = ev.time;
       printer.note("crash: " + who + ": " + ev.reason);
+    } else if (ev.kind == event_kind::hang_detected) {
+      printer.note("hang: " + who + " " + ev.reason + ": killed");
     } else if (ev.kind == event_kind::child_restarted) {
       printer.note("restart: " + who + " incarnation " + std::to_string(ev.incarnation));
     } else if (ev.kind == event_kind::state_fallback || ev.kind == event_kind::intensity_exceeded ||

@@ -168,6 +168,9 @@ TEST_CASE("a minimal [job] keeps the training component's defaults", "[config][j
   CHECK(j->training.optimizer.kind == tc.optimizer.kind);
   CHECK(j->training.optimizer.lr == tc.optimizer.lr);
   CHECK(j->training.faults.empty());
+  CHECK(j->training.hang_floor == tc.hang_floor);
+  CHECK(j->training.hang_ceiling == tc.hang_ceiling);
+  CHECK(j->training.hang_factor == tc.hang_factor);
   CHECK(j->data_scale == Approx(csv_options{}.scale));
   CHECK(j->layers == std::vector<size_t>{4, 3});
   CHECK(j->data == "d.csv");
@@ -264,6 +267,14 @@ TEST_CASE("bad [job] sections are rejected with file, line and problem", "[confi
       {"a fault naming no actor (the training component's check)",
        base + job + lines({"faults = \"worker:5@10\""}), config_errc::invalid_job,
        "bad.toml:12: invalid_argument: fault 'worker:5@10'"},
+      {"a step deadline floor too short to mean anything",
+       base + job + lines({"hang_floor = \"5ms\""}), config_errc::invalid_job,
+       "bad.toml:12: invalid_argument: training: hang_floor must be at least 10 ms, not 5 ms"},
+      {"a step deadline ceiling below its floor",
+       base + job + lines({"hang_floor = \"2s\"", "hang_ceiling = \"1s\""}),
+       config_errc::invalid_job, "bad.toml:13: invalid_argument: training: hang_ceiling must be"},
+      {"a step deadline factor below one", base + job + lines({"hang_factor = 0.5"}),
+       config_errc::invalid_job, "bad.toml:12: invalid_argument: training: hang_factor must be"},
       {"an isolated shard (its actors write the node's state store)",
        base + job + lines({"[job.shard]", "process = \"isolated\""}), config_errc::invalid_job,
        "bad.toml:12: [job.shard] process = \"isolated\" is not supported"},
@@ -440,5 +451,6 @@ TEST_CASE("the full example in docs/config.md is a valid config", "[config][job]
   CHECK(job_of(*cfg)->worker_placement.start ==
         std::vector<std::string>{"gpu1", "gpu2", "gpu1", "gpu2"});
   CHECK(job_of(*cfg)->training.optimizer.kind == optimizer_kind::adam);
+  CHECK(job_of(*cfg)->training.hang_floor == std::chrono::milliseconds(500));
   CHECK(cfg->tree.children[1].placement.process == process_mode::isolated);
 }

@@ -168,6 +168,12 @@ TEST_CASE(
   auto log = std::make_shared<event_log>();
   auto faulty = run_job(cfg, faulty_dir.path, log);
   CHECK(faulty.hangs == 3);
+  CHECK(log->count(event_kind::hang_detected) == 3);
+  for (const auto& ev : log->snapshot())
+    if (ev.kind == event_kind::hang_detected)
+      CHECK((ev.supervisor + "/" + ev.child == "/job/workers/worker-1" ||
+             ev.supervisor + "/" + ev.child == "/job/shards/shard-0" ||
+             ev.supervisor + "/" + ev.child == "/job/loaders/loader-1"));
   CHECK(faulty.restarts == 3);
   CHECK(log->count(event_kind::child_restarted) == 3);
   CHECK(faulty.params_digest == clean.params_digest);

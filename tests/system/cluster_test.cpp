@@ -117,6 +117,37 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "a hung isolated worker and a hung shard on other nodes are found by the step deadline, "
+    "killed and replaced, and the digest is unchanged",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 300, "process = \"isolated\"\n");
+  auto at = text.find("faults = \"worker:0@30\"");
+  REQUIRE(at != std::string::npos);
+  text.replace(at, std::string{"faults = \"worker:0@30\""}.size(),
+               "faults = \"hang:worker:1@60,hang:shard:2@120\"");
+  std::ofstream{file} << text;
+  // Neither exits: only the leader's trainer, asking who still answers over
+  // the network, can find them.
+  auto out = launch_expecting(file, dir.path, "", 300, "n1");
+  INFO(out);
+  std::smatch m;
+  for (const char* who : {"workers/worker-1", "shards/shard-2"}) {
+    std::regex found{std::string{R"(\[n1\] .*hang_detected /root/job/)"} + who +
+                     R"(#\d+ action=kill waited=\d+\.\dus reason="did not answer for (\d+) ms)"};
+    REQUIRE(std::regex_search(out, m, found));
+    // The floor (250 ms) and the wait for an answer, far below the 10 s ceiling.
+    CHECK(std::stoul(m[1]) >= 250);
+    CHECK(std::stoul(m[1]) < 10000);
+  }
+  // The worker's process was killed with it and a fresh one went on past step 60.
+  CHECK(std::regex_search(out, std::regex{R"(child_restarted /root/job/workers/worker-1#\d+)"}));
+  CHECK(std::regex_search(out, std::regex{R"(child_restarted /root/job/shards/shard-2#\d+)"}));
+  CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 0"));
+}
+
+TEST_CASE(
     "isolated workers run in processes of their own and a process that aborts is restarted "
     "without harm to its node",
     "[cluster]") {

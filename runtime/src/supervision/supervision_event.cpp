@@ -58,6 +58,7 @@ std::string to_string(const supervision_event& ev) {
     char buf[64];
     std::snprintf(buf, sizeof(buf), " %s=%.1fus",
                   ev.kind == event_kind::child_restarted ? "recovery"
+                  : ev.kind == event_kind::hang_detected ? "waited"
                   : ev.kind == event_kind::state_restored ||
                           ev.kind == event_kind::state_fallback ||
                           ev.kind == event_kind::state_fresh

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <caf/atom.hpp>
@@ -118,6 +119,10 @@ struct training_config {
 /// training samples, batch >= 1, steps >= 1, checkpoint_every >= 1, optimizer
 /// valid, faults naming existing actors. Returns the first problem.
 caf::error validate(const training_config& cfg);
+
+/// The part of `validate` about hang_floor, hang_ceiling and hang_factor: the
+/// first key out of range and its error, or an empty error.
+std::pair<const char*, caf::error> check_liveness(const training_config& cfg);
 
 /// A hash of the fields marked (*) in training_config.
 uint64_t fingerprint(const training_config& cfg);

@@ -67,6 +67,8 @@ struct supervision_event {
   std::string action;
   /// For child_restarted: time from the crash being observed to the new
   /// incarnation serving. For the backoff of a pending restart: the delay.
+  /// For hang_detected reported by a training job's trainer: how long the job
+  /// waited without progress before the kill.
   caf::timespan duration{0};
   /// For state_restored and state_fallback: the step that was loaded.
   std::optional<uint64_t> state_step;
