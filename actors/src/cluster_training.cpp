@@ -137,14 +137,14 @@ std::optional<int> host_isolated_training_actor() {
   }
   // An injected crash crashes the whole process, as a native crash would;
   // the log tells the node that it fired, so that its successor goes on (and
-  // does not hang again at the same step after a hang).
+  // does not hang or slow down again at the same step).
   job->on_fault([log = role->get("fault_log"), faults = job->config().faults](size_t i) {
     if (FILE* f = std::fopen(log.c_str(), "a")) {
       std::fprintf(f, "%zu\n", i);
       std::fclose(f);
     }
-    // A hang is the actor's own (it stops answering, the node's trainer kills it).
-    if (faults[i].kind == fault_kind::hang)
+    // A hang or a slowdown is the actor's own (the node's trainer finds it).
+    if (faults[i].kind != fault_kind::crash)
       return;
     std::fprintf(stderr, "isolated worker: injected fault %s: aborting the process\n",
                  to_string(faults[i]).c_str());

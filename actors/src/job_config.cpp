@@ -168,6 +168,11 @@ caf::expected<std::any> parse_job(config_table& r) {
     tc.hang_ceiling = millis(*x);
   if (auto x = r.real("hang_factor"))
     tc.hang_factor = *x;
+  if (auto x = r.real("straggler_ratio"))
+    tc.straggler_ratio = *x;
+  count64("straggler_steps", tc.straggler_steps, 1);
+  if (auto x = r.duration("straggler_lag", false))
+    tc.straggler_lag = millis(*x);
   if (auto [key, err] = check_liveness(tc); err)
     r.fail(config_errc::invalid_job, r.line_of(key), describe(err));
   if (r.failed())
@@ -225,17 +230,38 @@ std::vector<config_key> job_keys() {
     for (const auto& [name, type] : entries)
       keys.push_back(config_key{section, name, type});
   };
-  add("job",
-      {{"model", "string"},       {"layers", "integer list"}, {"data", "string"},
-       {"data_scale", "float"},   {"test_fraction", "float"}, {"workers", "integer"},
-       {"shards", "integer"},     {"loaders", "integer"},     {"batch", "integer"},
-       {"steps", "integer"},      {"seed", "integer"},        {"checkpoint_every", "integer"},
-       {"eval_every", "integer"}, {"prefetch", "integer"},    {"optimizer", "string"},
-       {"lr", "float"},           {"momentum", "float"},      {"beta1", "float"},
-       {"beta2", "float"},        {"epsilon", "float"},       {"weight_decay", "float"},
-       {"faults", "string"},      {"hang_floor", "duration"}, {"hang_ceiling", "duration"},
-       {"hang_factor", "float"},  {"worker", "table"},        {"shard", "table"},
-       {"loader", "table"},       {"trainer", "table"}});
+  add("job", {{"model", "string"},
+              {"layers", "integer list"},
+              {"data", "string"},
+              {"data_scale", "float"},
+              {"test_fraction", "float"},
+              {"workers", "integer"},
+              {"shards", "integer"},
+              {"loaders", "integer"},
+              {"batch", "integer"},
+              {"steps", "integer"},
+              {"seed", "integer"},
+              {"checkpoint_every", "integer"},
+              {"eval_every", "integer"},
+              {"prefetch", "integer"},
+              {"optimizer", "string"},
+              {"lr", "float"},
+              {"momentum", "float"},
+              {"beta1", "float"},
+              {"beta2", "float"},
+              {"epsilon", "float"},
+              {"weight_decay", "float"},
+              {"faults", "string"},
+              {"hang_floor", "duration"},
+              {"hang_ceiling", "duration"},
+              {"hang_factor", "float"},
+              {"straggler_ratio", "float"},
+              {"straggler_steps", "integer"},
+              {"straggler_lag", "duration"},
+              {"worker", "table"},
+              {"shard", "table"},
+              {"loader", "table"},
+              {"trainer", "table"}});
   add("job.<role>", {{"strategy", "string"},
                      {"intensity", "table"},
                      {"backoff", "table"},

@@ -497,6 +497,9 @@ struct loader_actor {
 struct worker_state {
   std::vector<float> params;
   std::vector<float> grad;
+  /// Above 1 after a slow fault fired: this incarnation's steps take that
+  /// many times as long.
+  double slow = 1;
 };
 
 caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size_t rank) {
@@ -510,6 +513,10 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
         s->maybe_crash(fault_target::worker, rank, step);
         if (s->maybe_hang(self, fault_target::worker, rank, step))
           return;
+        if (auto factor = s->maybe_slow(fault_target::worker, rank, step))
+          ws->slow = *factor;
+        auto began = std::chrono::steady_clock::now();
+        auto trainer = caf::actor_cast<caf::actor>(self->current_sender());
         self->request(loader, caf::infinite, batch_atom::value, step, rank)
             .then(
                 [=](const batch_ptr& b) {
@@ -535,11 +542,32 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
                                               s->cfg.net->input_dim()};
                               float loss = s->cfg.net->loss_and_gradient(ws->params.data(), view,
                                                                          ws->grad.data());
+                              // A slow incarnation delivers late (at least 10 ms per
+                              // unit of slowdown, whatever its own time).
+                              caf::timespan delay{0};
+                              if (ws->slow > 1) {
+                                auto took = std::max<caf::timespan>(
+                                    std::chrono::steady_clock::now() - began,
+                                    std::chrono::milliseconds(10));
+                                delay = std::chrono::duration_cast<caf::timespan>(took *
+                                                                                  (ws->slow - 1));
+                              }
                               for (size_t j = 0; j < shards.size(); ++j) {
                                 auto first = ws->grad.begin() + s->shard_first[j];
                                 std::vector<float> g(first, first + s->shard_count[j]);
-                                self->send(shards[j], push_atom::value, step, attempt, rank,
-                                           std::move(g), loss);
+                                if (delay.count() > 0)
+                                  self->delayed_send(shards[j], delay, push_atom::value, step,
+                                                     attempt, rank, std::move(g), loss);
+                                else
+                                  self->send(shards[j], push_atom::value, step, attempt, rank,
+                                             std::move(g), loss);
+                              }
+                              if (trainer) {
+                                if (delay.count() > 0)
+                                  self->delayed_send(trainer, delay, pushed_atom::value, step,
+                                                     attempt, rank);
+                                else
+                                  self->send(trainer, pushed_atom::value, step, attempt, rank);
                               }
                             },
                             [=](caf::error&) { --*left; });

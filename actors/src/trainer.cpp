@@ -127,6 +127,11 @@ struct trainer_actor {
   steady::time_point step_started = steady::now();
   std::deque<steady::duration> step_times;
   bool ticking = false;
+  /// Stragglers: when each worker delivered the step in flight (since the
+  /// step started; nullopt: not yet), and each worker's run of late steps.
+  std::vector<std::optional<steady::duration>> delivered;
+  std::vector<uint64_t> late_steps;
+  double slowest_ratio = 0;
   bool asking = false;
 
   trainer_actor(caf::event_based_actor* self, shared_ptr_t s,
@@ -350,6 +355,7 @@ struct trainer_actor {
     cur = step;
     applied = 0;
     step_started = steady::now();
+    delivered.assign(s->cfg.workers, std::nullopt);
     auto shards = shard_handles();
     for (size_t w = 0; w < s->cfg.workers; ++w)
       self->send(worker(w), train_step_atom::value, step, attempt(), loader(s->loader_of(w)),
@@ -385,6 +391,7 @@ struct trainer_actor {
     if (step_times.size() > timed_steps)
       step_times.pop_front();
     moved();
+    judge_stragglers();
     if (auto i = commits.find(step); i != commits.end()) {
       i->second.applied = true;
       maybe_commit(step);
@@ -491,41 +498,99 @@ struct trainer_actor {
         continue;
       }
       self->request(hdl, deadline(), alive_atom::value)
-          .then([answered](alive_atom) { answered(); },
-                [this, answered, att, seen, i, hdl](caf::error& err) {
-                  answered();
-                  if (err != caf::sec::request_timeout || finished || att != attempt() ||
-                      progress != seen)
-                    return;
-                  auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      steady::now() - progress_at);
-                  ++s->hangs;
-                  auto longest = s->longest_hang_detection_ms.load();
-                  while (waited.count() > longest &&
-                         !s->longest_hang_detection_ms.compare_exchange_weak(longest,
-                                                                             waited.count())) {
-                  }
-                  report_hang(i, waited);
-                  self->send_exit(hdl, caf::exit_reason::kill);
-                });
+          .then(
+              [answered](alive_atom) { answered(); },
+              [this, answered, att, seen, i, hdl](caf::error& err) {
+                answered();
+                if (err != caf::sec::request_timeout || finished || att != attempt() ||
+                    progress != seen)
+                  return;
+                auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() -
+                                                                                    progress_at);
+                ++s->hangs;
+                auto longest = s->longest_hang_detection_ms.load();
+                while (
+                    waited.count() > longest &&
+                    !s->longest_hang_detection_ms.compare_exchange_weak(longest, waited.count())) {
+                }
+                report(i, event_kind::hang_detected,
+                       "did not answer for " + std::to_string(waited.count()) + " ms while step " +
+                           std::to_string(cur != 0 ? cur : done + 1) + " waited",
+                       waited);
+                self->send_exit(hdl, caf::exit_reason::kill);
+              });
     }
   }
 
-  /// A hang_detected event for participant `i`, as a supervisor records one
-  /// for a child that misses its own liveness deadline.
-  void report_hang(size_t i, std::chrono::milliseconds waited) {
+  void on_pushed(uint64_t step, uint64_t att, size_t rank) {
+    if (!rp || att != attempt() || step != cur || rank >= delivered.size())
+      return;
+    delivered[rank] = steady::now() - step_started;
+  }
+
+  /// After a step every worker delivered: each worker's time over the median;
+  /// one late beyond straggler_ratio and straggler_lag for straggler_steps steps
+  /// in a row is restarted.
+  void judge_stragglers() {
+    const auto& cfg = s->cfg;
+    if (delivered.size() != cfg.workers || cfg.workers < 2)
+      return;
+    std::vector<steady::duration> times;
+    for (const auto& d : delivered) {
+      if (!d)
+        return;
+      times.push_back(*d);
+    }
+    // The lower median: with two workers, the faster one is the yardstick.
+    auto sorted = times;
+    auto mid = (sorted.size() - 1) / 2;
+    std::nth_element(sorted.begin(), sorted.begin() + static_cast<long>(mid), sorted.end());
+    auto median = std::max<steady::duration>(sorted[mid], std::chrono::microseconds(1));
+    late_steps.resize(cfg.workers, 0);
+    double slowest = 0;
+    for (size_t w = 0; w < cfg.workers; ++w) {
+      double ratio = std::chrono::duration<double>(times[w]).count() /
+                     std::chrono::duration<double>(median).count();
+      slowest = std::max(slowest, ratio);
+      bool late = cfg.straggler_ratio > 0 && ratio > cfg.straggler_ratio &&
+                  times[w] - median >= cfg.straggler_lag;
+      late_steps[w] = late ? late_steps[w] + 1 : 0;
+    }
+    slowest_ratio = slowest;
+    for (size_t w = 0; w < cfg.workers; ++w) {
+      if (late_steps[w] < cfg.straggler_steps)
+        continue;
+      late_steps[w] = 0;
+      ++s->stragglers;
+      auto i = worker_index(w);
+      auto us = [](steady::duration d) {
+        return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(d).count());
+      };
+      char ratio[32];
+      std::snprintf(ratio, sizeof ratio, "%g", cfg.straggler_ratio);
+      report(i, event_kind::straggler_detected,
+             "more than " + std::string{ratio} + "x the workers' median time late for " +
+                 std::to_string(cfg.straggler_steps) + " steps in a row (last step: " +
+                 us(times[w]) + " us against " + us(median) + " us)",
+             std::chrono::duration_cast<std::chrono::milliseconds>(times[w]));
+      self->send_exit(rp->handle(i), caf::exit_reason::kill);
+    }
+  }
+
+  /// A hang_detected or straggler_detected event for participant `i`, as a
+  /// supervisor records one for a child that misses its own liveness deadline.
+  void report(size_t i, event_kind kind, std::string reason, std::chrono::milliseconds waited) {
     auto sink = s->events.lock();
     if (!sink)
       return;
     supervision_event ev;
-    ev.kind = event_kind::hang_detected;
+    ev.kind = kind;
     const char* role = i < s->cfg.shards                    ? role_names[shards_role]
                        : i < s->cfg.shards + s->cfg.loaders ? role_names[loaders_role]
                                                             : role_names[workers_role];
     ev.supervisor = s->job_path + "/" + role;
     ev.child = rp->id(i);
-    ev.reason = "did not answer for " + std::to_string(waited.count()) + " ms while step " +
-                std::to_string(cur != 0 ? cur : done + 1) + " waited";
+    ev.reason = std::move(reason);
     ev.action = "kill";
     ev.duration = waited;
     ev.time = steady::now();
@@ -552,6 +617,7 @@ struct trainer_actor {
     p.accuracy = std::isnan(acc) ? -1.0 : acc;
     p.restarts = s->restarts.load();
     p.lost_steps = s->lost_steps.load();
+    p.slowest_worker_ratio = slowest_ratio;
     s->progress(p);
   }
 
@@ -586,6 +652,7 @@ struct trainer_actor {
       r.resumed_from = s->resumed_from;
       r.hangs = s->hangs.load();
       r.longest_hang_detection = std::chrono::milliseconds{s->longest_hang_detection_ms.load()};
+      r.stragglers = s->stragglers.load();
       r.params = std::move(params);
       auto& v = st->value();
       v.accuracy = r.accuracy;
@@ -611,6 +678,9 @@ struct trainer_actor {
         },
         [this](stored_atom, size_t, uint64_t step, uint64_t att) { on_stored(step, att); },
         [this](deadline_atom) { on_deadline(); },
+        [this](pushed_atom, uint64_t step, uint64_t att, size_t rank) {
+          on_pushed(step, att, rank);
+        },
     };
   }
 };

@@ -4,6 +4,8 @@
 
 #include <xxhash.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -33,10 +35,19 @@ std::string to_string(fault_target x) {
 }
 
 std::string to_string(const fault& f) {
-  std::string kind = f.kind == fault_kind::hang ? "hang:" : "";
+  std::string kind = f.kind == fault_kind::hang   ? "hang:"
+                     : f.kind == fault_kind::slow ? "slow:"
+                                                  : "";
   if (f.target == fault_target::trainer)
     return kind + "trainer@" + std::to_string(f.step);
-  return kind + to_string(f.target) + ":" + std::to_string(f.index) + "@" + std::to_string(f.step);
+  auto out =
+      kind + to_string(f.target) + ":" + std::to_string(f.index) + "@" + std::to_string(f.step);
+  if (f.kind == fault_kind::slow) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, ":%g", f.factor);
+    out += buf;
+  }
+  return out;
 }
 
 namespace {
@@ -113,6 +124,22 @@ caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t w
       if (body.rfind("worker:", 0) != 0 && body.rfind("shard:", 0) != 0 &&
           body.rfind("loader:", 0) != 0)
         return bad("only a worker, shard or loader can hang (hang:ROLE:I@S)");
+    } else if (body.rfind("slow:", 0) == 0) {
+      f.kind = fault_kind::slow;
+      body = body.substr(5);
+      if (body.rfind("worker:", 0) != 0)
+        return bad("only a worker can be slow (slow:worker:I@S:F)");
+      auto colon = body.rfind(':');
+      auto at = body.find('@');
+      if (at == std::string::npos || colon < at)
+        return bad("missing :FACTOR (slow:worker:I@S:F)");
+      auto text = body.substr(colon + 1);
+      char* end = nullptr;
+      f.factor = std::strtod(text.c_str(), &end);
+      if (text.empty() || end != text.c_str() + text.size() || !(f.factor >= 1.5) ||
+          !(f.factor <= 1000))
+        return bad("FACTOR must be a number from 1.5 to 1000");
+      body = body.substr(0, colon);
     }
     auto at = body.find('@');
     if (at == std::string::npos)
@@ -172,6 +199,14 @@ std::pair<const char*, caf::error> check_liveness(const training_config& cfg) {
   if (!(cfg.hang_factor >= 1.0 && cfg.hang_factor <= 1000.0))
     return {"hang_factor", bad_config("training: hang_factor must be from 1 to 1000, not " +
                                       std::to_string(cfg.hang_factor))};
+  if (!(cfg.straggler_ratio == 0 || (cfg.straggler_ratio >= 1.5 && cfg.straggler_ratio <= 1000.0)))
+    return {"straggler_ratio",
+            bad_config("training: straggler_ratio must be 0 (off) or from 1.5 to 1000, not " +
+                       std::to_string(cfg.straggler_ratio))};
+  if (cfg.straggler_steps < 1 || cfg.straggler_steps > 1000000)
+    return {"straggler_steps", bad_config("training: straggler_steps must be from 1 to 1000000")};
+  if (cfg.straggler_lag < std::chrono::milliseconds(0) || cfg.straggler_lag > std::chrono::hours(1))
+    return {"straggler_lag", bad_config("training: straggler_lag must be from 0 to 1 h")};
   return {"", caf::error{}};
 }
 

@@ -38,8 +38,10 @@ public:
     });
     job.on_progress([this, out, mp = metrics_.get(), steps, every,
                      last = uint64_t{0}](const training_progress& p) mutable {
-      if (mp != nullptr)
+      if (mp != nullptr) {
         mp->on_step(p.step);
+        mp->on_worker_ratio(p.slowest_worker_ratio);
+      }
       if (p.step != steps && p.step / every == last / every)
         return;
       last = p.step;

@@ -11,6 +11,7 @@ struct training_metrics::state {
   std::shared_ptr<metric_counter> steps;
   std::shared_ptr<metric_gauge> step;
   std::shared_ptr<metric_gauge> step_rate;
+  std::shared_ptr<metric_gauge> slowest_worker;
 
   std::mutex mtx;
   uint64_t high_step = 0;
@@ -55,6 +56,9 @@ training_metrics::training_metrics(node_metrics& metrics,
   st_->step = metrics.add_gauge("understudy_training_step", "The last committed training step");
   st_->step_rate = metrics.add_gauge("understudy_training_step_rate",
                                      "Training steps committed per second over the rate window");
+  st_->slowest_worker = metrics.add_gauge(
+      "understudy_training_slowest_worker_ratio",
+      "The slowest worker's time to deliver its gradients over the workers' median, last step");
   // Weak: the metrics keep their hooks, and the state keeps the metrics' registry.
   metrics.on_scrape([weak = std::weak_ptr<state>{st_}] {
     if (auto st = weak.lock())
@@ -64,6 +68,10 @@ training_metrics::training_metrics(node_metrics& metrics,
 
 void training_metrics::on_step(uint64_t committed_step, std::chrono::steady_clock::time_point now) {
   st_->on_step(committed_step, now);
+}
+
+void training_metrics::on_worker_ratio(double slowest) {
+  st_->slowest_worker->set(slowest);
 }
 
 } // namespace understudy::actors

@@ -52,6 +52,8 @@ struct training_job::shared {
   /// Actors killed as hung, and the longest detection (ms; see training_result).
   std::atomic<uint64_t> hangs{0};
   std::atomic<int64_t> longest_hang_detection_ms{0};
+  /// Workers restarted as stragglers.
+  std::atomic<uint64_t> stragglers{0};
 
   std::function<void(const training_progress&)> progress;
   std::function<void(uint64_t)> started;
@@ -78,18 +80,31 @@ struct training_job::shared {
     return {caf::actor_cast<caf::actor>(job_sup_), trainer_slot_, trainer_incarnation_};
   }
 
-  /// Fires the (first unfired) fault of `kind` for (target, index, step): true once.
-  bool fire(fault_target target, size_t index, uint64_t step, fault_kind kind = fault_kind::crash) {
+  /// Fires the (first unfired) fault of `kind` for (target, index, step): its
+  /// index in cfg.faults, once.
+  std::optional<size_t> fire_index(fault_target target, size_t index, uint64_t step,
+                                   fault_kind kind) {
     for (size_t i = 0; i < cfg.faults.size(); ++i) {
       const auto& f = cfg.faults[i];
       if (f.kind == kind && f.target == target && f.index == index && f.step == step &&
           !fired[i].exchange(true)) {
         if (on_fire)
           on_fire(i);
-        return true;
+        return i;
       }
     }
-    return false;
+    return std::nullopt;
+  }
+
+  bool fire(fault_target target, size_t index, uint64_t step, fault_kind kind = fault_kind::crash) {
+    return fire_index(target, index, step, kind).has_value();
+  }
+
+  /// The slowdown factor of a slow fault due for (target, index, step), once.
+  std::optional<double> maybe_slow(fault_target target, size_t index, uint64_t step) {
+    if (auto i = fire_index(target, index, step, fault_kind::slow))
+      return cfg.faults[*i].factor;
+    return std::nullopt;
   }
 
   /// Throws the injected crash if a fault is due.

@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
       ->default_str("examples/data/digits.csv.gz");
   app.add_option("--fault", fault_spec,
                  "crash actors: worker:I@S,shard:I@S,loader:I@S,trainer@S or random:K; "
-                 "hang:ROLE:I@S makes one stop answering");
+                 "hang:ROLE:I@S makes one stop answering, slow:worker:I@S:F slows one F times");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -169,6 +169,8 @@ int main(int argc, char** argv) {
       printer.note("crash: " + who + ": " + ev.reason);
     } else if (ev.kind == event_kind::hang_detected) {
       printer.note("hang: " + who + " " + ev.reason + ": killed");
+    } else if (ev.kind == event_kind::straggler_detected) {
+      printer.note("straggler: " + who + " " + ev.reason + ": restarted");
     } else if (ev.kind == event_kind::child_restarted) {
       printer.note("restart: " + who + " incarnation " + std::to_string(ev.incarnation));
     } else if (ev.kind == event_kind::state_fallback || ev.kind == event_kind::intensity_exceeded ||
@@ -191,6 +193,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "digits_mlp: the job failed: %s\n", rt.render(result.error()).c_str());
     return 1;
   }
+  if (result->stragglers > 0)
+    std::printf("stragglers: %" PRIu64 " workers restarted for staying behind the others\n",
+                result->stragglers);
   if (result->hangs > 0)
     std::printf("hangs: %" PRIu64
                 " actors stopped answering and were killed; the longest took %lld "

@@ -24,6 +24,10 @@ TEST_CASE("training metrics exist at zero before the first step", "[metrics][tra
   CHECK(value_of(xs, "understudy_training_steps_total", {{"node", "n1"}}) == 0);
   CHECK(value_of(xs, "understudy_training_step", {{"node", "n1"}}) == 0);
   CHECK(value_of(xs, "understudy_training_step_rate", {{"node", "n1"}}) == 0);
+  CHECK(value_of(xs, "understudy_training_slowest_worker_ratio", {{"node", "n1"}}) == 0);
+  tm.on_worker_ratio(4.5);
+  CHECK(value_of(parse_exposition(fetch_metrics(m->port())),
+                 "understudy_training_slowest_worker_ratio") == Approx(4.5));
   auto t0 = std::chrono::steady_clock::now() - 2s;
   tm.on_step(10, t0);
   tm.on_step(20, t0 + 1s);

@@ -184,6 +184,38 @@ TEST_CASE(
   CHECK(faulty.longest_hang_detection < cfg.hang_ceiling);
 }
 
+TEST_CASE(
+    "a worker that stays far behind the others is restarted as a straggler, and the job "
+    "ends with the fault-free parameters",
+    "[training]") {
+  auto cfg = small_job(6);
+  cfg.straggler_steps = 5;
+  state_dir clean_dir;
+  auto clean = run_job(cfg, clean_dir.path);
+  CHECK(clean.stragglers == 0);
+  // From step 10, worker-1's incarnation takes 5 times as long (at least 40 ms
+  // more per step): after 5 such steps in a row it is restarted, and its new
+  // incarnation is as fast as the others.
+  auto faults =
+      parse_faults("slow:worker:1@10:5", cfg.workers, cfg.shards, cfg.loaders, cfg.steps, 1);
+  REQUIRE(faults);
+  cfg.faults = *faults;
+  state_dir faulty_dir;
+  auto log = std::make_shared<event_log>();
+  auto faulty = run_job(cfg, faulty_dir.path, log);
+  CHECK(faulty.stragglers == 1);
+  CHECK(faulty.restarts == 1);
+  CHECK(faulty.hangs == 0);
+  REQUIRE(log->count(event_kind::straggler_detected) == 1);
+  for (const auto& ev : log->snapshot())
+    if (ev.kind == event_kind::straggler_detected) {
+      CHECK(ev.supervisor + "/" + ev.child == "/job/workers/worker-1");
+      CHECK(ev.duration >= std::chrono::milliseconds(40));
+    }
+  CHECK(faulty.params_digest == clean.params_digest);
+  CHECK(faulty.steps == cfg.steps);
+}
+
 TEST_CASE("a job resumes from its last committed step and ends as an uninterrupted one",
           "[training]") {
   auto cfg = small_job(7);
@@ -388,6 +420,12 @@ TEST_CASE("fault specs are parsed and bad ones named", "[training]") {
   CHECK((*hang)[0].index == 1);
   CHECK(to_string((*hang)[0]) == "hang:shard:1@7");
   CHECK((*hang)[1].kind == fault_kind::crash);
+  auto slow = parse_faults("slow:worker:1@7:2.5", 2, 2, 1, 100, 1);
+  REQUIRE(slow);
+  REQUIRE(slow->size() == 1);
+  CHECK((*slow)[0].kind == fault_kind::slow);
+  CHECK((*slow)[0].factor == 2.5);
+  CHECK(to_string((*slow)[0]) == "slow:worker:1@7:2.5");
   auto r1 = parse_faults("random:7", 2, 2, 1, 100, 9);
   auto r2 = parse_faults("random:7", 2, 2, 1, 100, 9);
   REQUIRE(r1);
@@ -404,7 +442,12 @@ TEST_CASE("fault specs are parsed and bad ones named", "[training]") {
                                                         {"random:0", "K must be"},
                                                         {"hang:trainer@3", "only a worker"},
                                                         {"hang:worker:5@3", "no worker 5"},
-                                                        {"hang:worker:0", "missing @STEP"}}) {
+                                                        {"hang:worker:0", "missing @STEP"},
+                                                        {"slow:shard:0@3:2", "only a worker"},
+                                                        {"slow:worker:0@3", "missing :FACTOR"},
+                                                        {"slow:worker:0@3:1", "FACTOR must"},
+                                                        {"slow:worker:0@3:x", "FACTOR must"},
+                                                        {"slow:worker:4@3:2", "no worker 4"}}) {
     auto r = parse_faults(spec, 2, 2, 1, 100, 1);
     INFO(spec);
     REQUIRE_FALSE(r);
@@ -441,6 +484,8 @@ TEST_CASE("impossible job configurations are refused with the reason", "[trainin
   check([](training_config& c) { c.hang_ceiling = c.hang_floor - std::chrono::milliseconds(1); },
         "hang_ceiling");
   check([](training_config& c) { c.hang_factor = 0.5; }, "hang_factor");
+  check([](training_config& c) { c.straggler_ratio = 1.2; }, "straggler_ratio");
+  check([](training_config& c) { c.straggler_steps = 0; }, "straggler_steps");
   CHECK_FALSE(validate(base));
 }
 

@@ -109,6 +109,9 @@ struct metrics_state {
                               "supervisor's action (restart, ignore, remove, escalate)")),
         hangs(family<Counter>(prometheus::BuildCounter(), "understudy_hangs_detected_total",
                               "Children killed for missing their liveness deadline")),
+        stragglers(family<Counter>(prometheus::BuildCounter(),
+                                   "understudy_stragglers_restarted_total",
+                                   "Training workers restarted for staying far behind the others")),
         start_failures(family<Counter>(prometheus::BuildCounter(),
                                        "understudy_start_failures_total",
                                        "Failed start or restart attempts, by child path")),
@@ -179,6 +182,9 @@ struct metrics_state {
       case event_kind::hang_detected:
         hangs.Add({{"child", child_path(ev)}}).Increment();
         break;
+      case event_kind::straggler_detected:
+        stragglers.Add({{"child", child_path(ev)}}).Increment();
+        break;
       case event_kind::start_failed:
         start_failures.Add({{"child", child_path(ev)}}).Increment();
         break;
@@ -235,6 +241,7 @@ struct metrics_state {
   Family<Counter>& restarts;
   Family<Counter>& exits;
   Family<Counter>& hangs;
+  Family<Counter>& stragglers;
   Family<Counter>& start_failures;
   Family<Counter>& escalations;
   Histogram& recovery;

@@ -20,6 +20,8 @@ std::string to_string(event_kind x) {
       return "start_failed";
     case event_kind::hang_detected:
       return "hang_detected";
+    case event_kind::straggler_detected:
+      return "straggler_detected";
     case event_kind::shutdown_timeout:
       return "shutdown_timeout";
     case event_kind::child_stopped:
@@ -57,8 +59,9 @@ std::string to_string(const supervision_event& ev) {
   if (ev.duration.count() > 0) {
     char buf[64];
     std::snprintf(buf, sizeof(buf), " %s=%.1fus",
-                  ev.kind == event_kind::child_restarted ? "recovery"
-                  : ev.kind == event_kind::hang_detected ? "waited"
+                  ev.kind == event_kind::child_restarted      ? "recovery"
+                  : ev.kind == event_kind::hang_detected      ? "waited"
+                  : ev.kind == event_kind::straggler_detected ? "delivered_after"
                   : ev.kind == event_kind::state_restored ||
                           ev.kind == event_kind::state_fallback ||
                           ev.kind == event_kind::state_fresh
@@ -154,6 +157,7 @@ public:
         break;
       case event_kind::start_failed:
       case event_kind::hang_detected:
+      case event_kind::straggler_detected:
       case event_kind::state_fallback:
       case event_kind::shutdown_timeout:
         level = spdlog::level::warn;

@@ -36,8 +36,12 @@ std::string to_string(fault_target x);
 /// What an injected fault does: `crash` throws (the actor exits with an
 /// error); `hang` makes the actor stop answering without exiting: it keeps
 /// every later message unanswered in its mailbox, as a stuck collective or a
-/// deadlocked reader would, until the trainer's step deadline finds it.
-enum class fault_kind : uint8_t { crash, hang };
+/// deadlocked reader would, until the trainer's step deadline finds it;
+/// `slow` (workers only) makes every later step of that worker incarnation
+/// take `factor` times as long, at least (factor - 1) x 10 ms longer, as a
+/// degraded device or a noisy neighbour would, until the trainer restarts it
+/// as a straggler.
+enum class fault_kind : uint8_t { crash, hang, slow };
 
 /// One injected fault: actor `target` number `index` (0 for the trainer)
 /// crashes or hangs when it starts working on step `step`. Each fault fires once.
@@ -46,15 +50,18 @@ struct fault {
   size_t index = 0;
   uint64_t step = 0;
   fault_kind kind = fault_kind::crash;
+  /// For `slow`: how many times slower (above 1).
+  double factor = 1;
 };
 
-/// Renders `f` as in a fault spec, e.g. "worker:1@120", "trainer@600" or
-/// "hang:shard:0@40".
+/// Renders `f` as in a fault spec, e.g. "worker:1@120", "trainer@600",
+/// "hang:shard:0@40" or "slow:worker:1@50:10".
 std::string to_string(const fault& f);
 
 /// Parses a fault spec: a comma-separated list of `worker:I@S`, `shard:I@S`,
 /// `loader:I@S`, `trainer@S`, `gpu:I@S` (only with `gpus` > 0), `hang:ROLE:I@S`
-/// (ROLE worker, shard or loader: the actor stops answering), or `random:K` (K crashes
+/// (ROLE worker, shard or loader: the actor stops answering), `slow:worker:I@S:F`
+/// (F from 1.5 to 1000: that worker's steps take F times as long), or `random:K` (K crashes
 /// of any kind at steps in [1, steps], drawn from `seed`; with `gpus` > 0 of the
 /// kinds whose count is not 0, GPU faults included). Indices must name existing actors and steps
 /// lie in [1, steps]. Errors name the offending entry. An empty spec is no fault.
@@ -112,6 +119,14 @@ struct training_config {
   std::chrono::milliseconds hang_floor{250};
   std::chrono::milliseconds hang_ceiling{10000};
   double hang_factor = 4.0;
+  /// Stragglers: a worker whose gradients arrive more than straggler_ratio
+  /// times the workers' median time after the step started, and at least
+  /// straggler_lag later than that median, for straggler_steps steps in a row,
+  /// is restarted (killed; its supervisor starts it afresh, the step is redone).
+  /// straggler_ratio 0 turns this off.
+  double straggler_ratio = 3.0;
+  uint64_t straggler_steps = 20;
+  std::chrono::milliseconds straggler_lag{20};
 };
 
 /// Checks `cfg`: model and data present and matching, counts >= 1, at most one
@@ -137,6 +152,10 @@ struct training_progress {
   double accuracy = -1;
   uint64_t restarts = 0;
   uint64_t lost_steps = 0;
+  /// The slowest worker's time to deliver its gradients in the last step that
+  /// every worker delivered, over the workers' median (1: none is behind; 0:
+  /// not measured yet).
+  double slowest_worker_ratio = 0;
 };
 
 /// The outcome of a job.
@@ -155,6 +174,8 @@ struct training_result {
   /// the start of the step they hung in to their kill.
   uint64_t hangs = 0;
   std::chrono::milliseconds longest_hang_detection{0};
+  /// Workers restarted as stragglers.
+  uint64_t stragglers = 0;
   std::vector<float> params;
 };
 
@@ -242,11 +263,13 @@ using stored_atom = caf::atom_constant<caf::atom("us_stored")>;
 using probe_atom = caf::atom_constant<caf::atom("us_probe")>;
 using stats_atom = caf::atom_constant<caf::atom("us_stats")>;
 using alive_atom = caf::atom_constant<caf::atom("us_alive")>;
+using pushed_atom = caf::atom_constant<caf::atom("us_pushed")>;
 
 // any:     (alive_atom) -> alive_atom: the trainer's liveness question when a
 //          step misses its deadline (an actor that does not answer is hung)
 // worker:  (train_step_atom, step, attempt, loader, std::vector<caf::actor> shards)
-//          fetches its batch, pulls every slice, pushes every gradient slice.
+//          fetches its batch, pulls every slice, pushes every gradient slice,
+//          then tells the sender (pushed_atom, step, attempt, rank).
 // loader:  (batch_atom, step, rank) -> batch_ptr
 //          (rewind_atom, step, attempt) -> step: the cursor after `step`
 //          (commit_atom, step) -> step once the cursor after `step` is durable

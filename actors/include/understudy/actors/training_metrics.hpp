@@ -12,7 +12,8 @@ namespace understudy::actors {
 /// (the highest committed step; steps redone after a rollback count once),
 /// `understudy_training_step` (the last committed step) and
 /// `understudy_training_step_rate` (steps committed per second over the rate
-/// window, 0 when none was).
+/// window, 0 when none was) and `understudy_training_slowest_worker_ratio`
+/// (training_progress::slowest_worker_ratio: a straggler's score).
 ///
 /// Build one per node that runs a job, next to its node_metrics; it registers
 /// the metrics at zero at once. Threads: on_step is thread-safe (a mutex), so
@@ -30,6 +31,9 @@ public:
   /// over the rate window. `now` is for tests.
   void on_step(uint64_t committed_step,
                std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
+
+  /// Sets the slowest worker's ratio to the workers' median (thread-safe).
+  void on_worker_ratio(double slowest);
 
 private:
   struct state;

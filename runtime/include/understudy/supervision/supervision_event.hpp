@@ -27,6 +27,9 @@ enum class event_kind : uint8_t {
   start_failed,
   /// A child missed its liveness deadline and was killed.
   hang_detected,
+  /// A worker of a training job stayed far behind the others and was killed
+  /// to be restarted (reported by the job's trainer).
+  straggler_detected,
   /// A child ignored its shutdown request and was killed when its timeout passed.
   shutdown_timeout,
   /// A child was stopped by its supervisor (shutdown, terminate_child, group restart).
@@ -68,7 +71,8 @@ struct supervision_event {
   /// For child_restarted: time from the crash being observed to the new
   /// incarnation serving. For the backoff of a pending restart: the delay.
   /// For hang_detected reported by a training job's trainer: how long the job
-  /// waited without progress before the kill.
+  /// waited without progress before the kill; for straggler_detected: the
+  /// straggler's time to deliver its last step.
   caf::timespan duration{0};
   /// For state_restored and state_fallback: the step that was loaded.
   std::optional<uint64_t> state_step;
