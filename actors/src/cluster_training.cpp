@@ -143,7 +143,7 @@ std::optional<int> host_isolated_training_actor() {
       std::fprintf(f, "%zu\n", i);
       std::fclose(f);
     }
-    // A hang or a slowdown is the actor's own (the node's trainer finds it).
+    // A hang, a slowdown or a loss is the actor's own (the node's trainer finds it).
     if (faults[i].kind != fault_kind::crash)
       return;
     std::fprintf(stderr, "isolated worker: injected fault %s: aborting the process\n",

@@ -515,6 +515,8 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
           return;
         if (auto factor = s->maybe_slow(fault_target::worker, rank, step))
           ws->slow = *factor;
+        // A lost step: the gradients never arrive, the worker goes on answering.
+        bool lose = s->fire(fault_target::worker, rank, step, fault_kind::lose);
         auto began = std::chrono::steady_clock::now();
         auto trainer = caf::actor_cast<caf::actor>(self->current_sender());
         self->request(loader, caf::infinite, batch_atom::value, step, rank)
@@ -552,7 +554,7 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
                                 delay = std::chrono::duration_cast<caf::timespan>(took *
                                                                                   (ws->slow - 1));
                               }
-                              for (size_t j = 0; j < shards.size(); ++j) {
+                              for (size_t j = 0; j < shards.size() && !lose; ++j) {
                                 auto first = ws->grad.begin() + s->shard_first[j];
                                 std::vector<float> g(first, first + s->shard_count[j]);
                                 if (delay.count() > 0)

@@ -131,6 +131,9 @@ struct trainer_actor {
   /// step started; nullopt: not yet), and each worker's run of late steps.
   std::vector<std::optional<steady::duration>> delivered;
   std::vector<uint64_t> late_steps;
+  /// Liveness rounds in a row that found everyone answering while the job did
+  /// not move (a lost message): each doubles the deadline until a step is applied.
+  unsigned stalls_in_a_row = 0;
   double slowest_ratio = 0;
   bool asking = false;
 
@@ -390,6 +393,7 @@ struct trainer_actor {
     step_times.push_back(steady::now() - step_started);
     if (step_times.size() > timed_steps)
       step_times.pop_front();
+    stalls_in_a_row = 0;
     moved();
     judge_stragglers();
     if (auto i = commits.find(step); i != commits.end()) {
@@ -459,6 +463,7 @@ struct trainer_actor {
       return cfg.hang_ceiling;
     auto slowest = *std::max_element(step_times.begin(), step_times.end());
     auto scaled = std::chrono::duration_cast<caf::timespan>(slowest * cfg.hang_factor);
+    scaled *= int64_t{1} << std::min(stalls_in_a_row, 16u);
     return std::clamp<caf::timespan>(scaled, cfg.hang_floor, cfg.hang_ceiling);
   }
 
@@ -487,9 +492,27 @@ struct trainer_actor {
     auto seen = progress;
     auto n = s->cfg.shards + s->cfg.loaders + s->cfg.workers;
     auto left = std::make_shared<size_t>(n);
-    auto answered = [this, left] {
-      if (--*left == 0)
-        asking = false;
+    auto killed = std::make_shared<bool>(false);
+    // Everyone answered and still nothing moved: a message of the step was
+    // lost (a connection that broke and came back, a node that joined). The
+    // step is redone from the committed one under a new attempt.
+    auto answered = [this, left, killed, att, seen] {
+      if (--*left != 0)
+        return;
+      asking = false;
+      if (*killed || finished || att != attempt() || progress != seen || rp->recovering())
+        return;
+      ++stalls_in_a_row;
+      ++s->stalls;
+      std::fprintf(stderr,
+                   "trainer: step %llu did not move for %lld ms although every participant "
+                   "answers: a message was lost; redoing it from committed step %llu\n",
+                   static_cast<unsigned long long>(cur != 0 ? cur : done + 1),
+                   static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              steady::now() - progress_at)
+                                              .count()),
+                   static_cast<unsigned long long>(committed));
+      rp->recover();
     };
     for (size_t i = 0; i < n; ++i) {
       auto hdl = rp->handle(i);
@@ -500,11 +523,15 @@ struct trainer_actor {
       self->request(hdl, deadline(), alive_atom::value)
           .then(
               [answered](alive_atom) { answered(); },
-              [this, answered, att, seen, i, hdl](caf::error& err) {
-                answered();
+              [this, answered, killed, att, seen, i, hdl](caf::error& err) {
                 if (err != caf::sec::request_timeout || finished || att != attempt() ||
-                    progress != seen)
+                    progress != seen) {
+                  *killed = true; // gone or moved: not a lost message
+                  answered();
                   return;
+                }
+                *killed = true;
+                answered();
                 auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() -
                                                                                     progress_at);
                 ++s->hangs;
@@ -653,6 +680,7 @@ struct trainer_actor {
       r.hangs = s->hangs.load();
       r.longest_hang_detection = std::chrono::milliseconds{s->longest_hang_detection_ms.load()};
       r.stragglers = s->stragglers.load();
+      r.stalls = s->stalls.load();
       r.params = std::move(params);
       auto& v = st->value();
       v.accuracy = r.accuracy;

@@ -37,6 +37,7 @@ std::string to_string(fault_target x) {
 std::string to_string(const fault& f) {
   std::string kind = f.kind == fault_kind::hang   ? "hang:"
                      : f.kind == fault_kind::slow ? "slow:"
+                     : f.kind == fault_kind::lose ? "lose:"
                                                   : "";
   if (f.target == fault_target::trainer)
     return kind + "trainer@" + std::to_string(f.step);
@@ -124,6 +125,11 @@ caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t w
       if (body.rfind("worker:", 0) != 0 && body.rfind("shard:", 0) != 0 &&
           body.rfind("loader:", 0) != 0)
         return bad("only a worker, shard or loader can hang (hang:ROLE:I@S)");
+    } else if (body.rfind("lose:", 0) == 0) {
+      f.kind = fault_kind::lose;
+      body = body.substr(5);
+      if (body.rfind("worker:", 0) != 0)
+        return bad("only a worker's gradients can be lost (lose:worker:I@S)");
     } else if (body.rfind("slow:", 0) == 0) {
       f.kind = fault_kind::slow;
       body = body.substr(5);

@@ -52,8 +52,9 @@ struct training_job::shared {
   /// Actors killed as hung, and the longest detection (ms; see training_result).
   std::atomic<uint64_t> hangs{0};
   std::atomic<int64_t> longest_hang_detection_ms{0};
-  /// Workers restarted as stragglers.
+  /// Workers restarted as stragglers; steps redone after a lost message.
   std::atomic<uint64_t> stragglers{0};
+  std::atomic<uint64_t> stalls{0};
 
   std::function<void(const training_progress&)> progress;
   std::function<void(uint64_t)> started;

@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
       ->default_str("examples/data/digits.csv.gz");
   app.add_option("--fault", fault_spec,
                  "crash actors: worker:I@S,shard:I@S,loader:I@S,trainer@S or random:K; "
-                 "hang:ROLE:I@S makes one stop answering, slow:worker:I@S:F slows one F times");
+                 "hang:ROLE:I@S makes one stop answering, slow:worker:I@S:F slows one F times, "
+                 "lose:worker:I@S loses its gradients");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -193,6 +194,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "digits_mlp: the job failed: %s\n", rt.render(result.error()).c_str());
     return 1;
   }
+  if (result->stalls > 0)
+    std::printf("stalls: %" PRIu64 " steps redone after a lost message\n", result->stalls);
   if (result->stragglers > 0)
     std::printf("stragglers: %" PRIu64 " workers restarted for staying behind the others\n",
                 result->stragglers);

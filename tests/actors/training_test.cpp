@@ -216,6 +216,27 @@ TEST_CASE(
   CHECK(faulty.steps == cfg.steps);
 }
 
+TEST_CASE("a step whose gradients were lost in transit is redone when every actor still answers",
+          "[training]") {
+  auto cfg = small_job(8);
+  cfg.hang_floor = std::chrono::milliseconds(100);
+  state_dir clean_dir;
+  auto clean = run_job(cfg, clean_dir.path);
+  CHECK(clean.stalls == 0);
+  auto faults = parse_faults("lose:worker:2@20,lose:worker:0@40", cfg.workers, cfg.shards,
+                             cfg.loaders, cfg.steps, 1);
+  REQUIRE(faults);
+  cfg.faults = *faults;
+  state_dir faulty_dir;
+  auto faulty = run_job(cfg, faulty_dir.path);
+  // Nobody is hung or restarted: the step is redone, and the result is the same.
+  CHECK(faulty.stalls == 2);
+  CHECK(faulty.hangs == 0);
+  CHECK(faulty.restarts == 0);
+  CHECK(faulty.params_digest == clean.params_digest);
+  CHECK(faulty.steps == cfg.steps);
+}
+
 TEST_CASE("a job resumes from its last committed step and ends as an uninterrupted one",
           "[training]") {
   auto cfg = small_job(7);
@@ -426,6 +447,10 @@ TEST_CASE("fault specs are parsed and bad ones named", "[training]") {
   CHECK((*slow)[0].kind == fault_kind::slow);
   CHECK((*slow)[0].factor == 2.5);
   CHECK(to_string((*slow)[0]) == "slow:worker:1@7:2.5");
+  auto lose = parse_faults("lose:worker:0@9", 2, 2, 1, 100, 1);
+  REQUIRE(lose);
+  CHECK((*lose)[0].kind == fault_kind::lose);
+  CHECK(to_string((*lose)[0]) == "lose:worker:0@9");
   auto r1 = parse_faults("random:7", 2, 2, 1, 100, 9);
   auto r2 = parse_faults("random:7", 2, 2, 1, 100, 9);
   REQUIRE(r1);
@@ -447,7 +472,8 @@ TEST_CASE("fault specs are parsed and bad ones named", "[training]") {
                                                         {"slow:worker:0@3", "missing :FACTOR"},
                                                         {"slow:worker:0@3:1", "FACTOR must"},
                                                         {"slow:worker:0@3:x", "FACTOR must"},
-                                                        {"slow:worker:4@3:2", "no worker 4"}}) {
+                                                        {"slow:worker:4@3:2", "no worker 4"},
+                                                        {"lose:loader:0@3", "only a worker"}}) {
     auto r = parse_faults(spec, 2, 2, 1, 100, 1);
     INFO(spec);
     REQUIRE_FALSE(r);

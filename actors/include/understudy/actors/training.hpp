@@ -40,8 +40,9 @@ std::string to_string(fault_target x);
 /// `slow` (workers only) makes every later step of that worker incarnation
 /// take `factor` times as long, at least (factor - 1) x 10 ms longer, as a
 /// degraded device or a noisy neighbour would, until the trainer restarts it
-/// as a straggler.
-enum class fault_kind : uint8_t { crash, hang, slow };
+/// as a straggler; `lose` (workers only) loses that worker's gradients of the
+/// step in transit while the worker goes on answering.
+enum class fault_kind : uint8_t { crash, hang, slow, lose };
 
 /// One injected fault: actor `target` number `index` (0 for the trainer)
 /// crashes or hangs when it starts working on step `step`. Each fault fires once.
@@ -61,7 +62,8 @@ std::string to_string(const fault& f);
 /// Parses a fault spec: a comma-separated list of `worker:I@S`, `shard:I@S`,
 /// `loader:I@S`, `trainer@S`, `gpu:I@S` (only with `gpus` > 0), `hang:ROLE:I@S`
 /// (ROLE worker, shard or loader: the actor stops answering), `slow:worker:I@S:F`
-/// (F from 1.5 to 1000: that worker's steps take F times as long), or `random:K` (K crashes
+/// (F from 1.5 to 1000: that worker's steps take F times as long), `lose:worker:I@S`
+/// (that worker's gradients of step S are lost in transit), or `random:K` (K crashes
 /// of any kind at steps in [1, steps], drawn from `seed`; with `gpus` > 0 of the
 /// kinds whose count is not 0, GPU faults included). Indices must name existing actors and steps
 /// lie in [1, steps]. Errors name the offending entry. An empty spec is no fault.
@@ -115,7 +117,10 @@ struct training_config {
   /// hang_ceiling) makes the trainer ask every shard, loader and worker
   /// whether it still answers, allowing the same time again; one that does
   /// not is killed as hung (its supervisor restarts it and the step is redone).
-  /// Until 8 steps have been timed, the deadline is hang_ceiling.
+  /// If every one answers and the job still has not moved, a message was lost:
+  /// the step is redone from the committed one, and the deadline doubles until
+  /// a step is applied again. Until 8 steps have been timed, the deadline is
+  /// hang_ceiling.
   std::chrono::milliseconds hang_floor{250};
   std::chrono::milliseconds hang_ceiling{10000};
   double hang_factor = 4.0;
@@ -176,6 +181,9 @@ struct training_result {
   std::chrono::milliseconds longest_hang_detection{0};
   /// Workers restarted as stragglers.
   uint64_t stragglers = 0;
+  /// Liveness rounds that found every participant answering while the job did
+  /// not move (a lost message): each redid the step from the committed one.
+  uint64_t stalls = 0;
   std::vector<float> params;
 };
 
