@@ -189,6 +189,16 @@ caf::expected<training_config> make_training_config(const node_config& nc) {
     return job_error(nc, j, "data", describe(data.error()));
   auto [train, test] = split(*data, j.test_fraction, j.training.seed);
   training_config tc = j.training;
+  // In a cluster of several nodes a whole node's pause is the failure
+  // detector's to judge (by its deadline), not a hang: unless [job] sets
+  // hang_floor, the step deadline starts past the detector's.
+  if (nc.nodes.size() > 1 && j.lines.count("hang_floor") == 0) {
+    const auto& fd = nc.cluster.failure_detection;
+    auto past = std::chrono::duration_cast<std::chrono::milliseconds>(fd.deadline +
+                                                                      2 * fd.heartbeat_interval);
+    tc.hang_floor = std::max(tc.hang_floor, past);
+    tc.hang_ceiling = std::max(tc.hang_ceiling, tc.hang_floor);
+  }
   tc.net = std::make_shared<mlp>(j.layers);
   tc.train = std::make_shared<dataset>(std::move(train));
   tc.test = std::make_shared<dataset>(std::move(test));

@@ -148,6 +148,15 @@ TEST_CASE("the example job is a valid training_config for the training component
   CHECK(tc->net->parameter_count() == 64 * 128 + 128 + 128 * 10 + 10);
   CHECK(tc->faults.size() == 2);
   CHECK_FALSE(validate(*tc));
+  // Several nodes, [job] without hang_floor: the step deadline starts past the
+  // failure detector's (1 s + 2 heartbeats of 100 ms), so that a paused node
+  // is the detector's to judge; set in [job], the floor is the file's.
+  CHECK(tc->hang_floor == std::chrono::milliseconds(1200));
+  job_of(*cfg)->training.hang_floor = std::chrono::milliseconds(300);
+  job_of(*cfg)->lines["hang_floor"] = 1;
+  auto set = make_training_config(*cfg);
+  REQUIRE(set);
+  CHECK(set->hang_floor == std::chrono::milliseconds(300));
 }
 
 TEST_CASE("a minimal [job] keeps the training component's defaults", "[config][job]") {
