@@ -104,6 +104,19 @@ training_result run_job(const training_config& cfg, const std::string& dir,
   return std::move(*result);
 }
 
+/// Runs `cfg` without faults, then with the faults of `spec`: (clean, faulty).
+std::pair<training_result, training_result> clean_and_faulty(
+    training_config cfg, const std::string& spec, std::shared_ptr<event_sink> events = nullptr) {
+  state_dir clean_dir;
+  auto clean = run_job(cfg, clean_dir.path);
+  auto faults = parse_faults(spec, cfg.workers, cfg.shards, cfg.loaders, cfg.steps, 1);
+  REQUIRE(faults);
+  cfg.faults = *faults;
+  state_dir faulty_dir;
+  auto faulty = run_job(cfg, faulty_dir.path, std::move(events));
+  return {std::move(clean), std::move(faulty)};
+}
+
 } // namespace
 
 TEST_CASE("random crashes of any role end with the fault-free parameters", "[training]") {
@@ -155,18 +168,12 @@ TEST_CASE(
     "[training]") {
   auto cfg = small_job(5);
   cfg.hang_floor = std::chrono::milliseconds(100);
-  state_dir clean_dir;
-  auto clean = run_job(cfg, clean_dir.path);
-  CHECK(clean.hangs == 0);
   // One hang of each role that can hang: no crash, no exit; only the deadline
   // can end them (a hang that nothing detects stalls the job past wait()'s limit).
-  auto faults = parse_faults("hang:worker:1@15,hang:shard:0@30,hang:loader:1@45", cfg.workers,
-                             cfg.shards, cfg.loaders, cfg.steps, 1);
-  REQUIRE(faults);
-  cfg.faults = *faults;
-  state_dir faulty_dir;
   auto log = std::make_shared<event_log>();
-  auto faulty = run_job(cfg, faulty_dir.path, log);
+  auto [clean, faulty] =
+      clean_and_faulty(cfg, "hang:worker:1@15,hang:shard:0@30,hang:loader:1@45", log);
+  CHECK(clean.hangs == 0);
   CHECK(faulty.hangs == 3);
   CHECK(log->count(event_kind::hang_detected) == 3);
   for (const auto& ev : log->snapshot())
@@ -190,19 +197,12 @@ TEST_CASE(
     "[training]") {
   auto cfg = small_job(6);
   cfg.straggler_steps = 5;
-  state_dir clean_dir;
-  auto clean = run_job(cfg, clean_dir.path);
-  CHECK(clean.stragglers == 0);
   // From step 10, worker-1's incarnation takes 5 times as long (at least 40 ms
   // more per step): after 5 such steps in a row it is restarted, and its new
   // incarnation is as fast as the others.
-  auto faults =
-      parse_faults("slow:worker:1@10:5", cfg.workers, cfg.shards, cfg.loaders, cfg.steps, 1);
-  REQUIRE(faults);
-  cfg.faults = *faults;
-  state_dir faulty_dir;
   auto log = std::make_shared<event_log>();
-  auto faulty = run_job(cfg, faulty_dir.path, log);
+  auto [clean, faulty] = clean_and_faulty(cfg, "slow:worker:1@10:5", log);
+  CHECK(clean.stragglers == 0);
   CHECK(faulty.stragglers == 1);
   CHECK(faulty.restarts == 1);
   CHECK(faulty.hangs == 0);
@@ -220,15 +220,8 @@ TEST_CASE("a step whose gradients were lost in transit is redone when every acto
           "[training]") {
   auto cfg = small_job(8);
   cfg.hang_floor = std::chrono::milliseconds(100);
-  state_dir clean_dir;
-  auto clean = run_job(cfg, clean_dir.path);
+  auto [clean, faulty] = clean_and_faulty(cfg, "lose:worker:2@20,lose:worker:0@40");
   CHECK(clean.stalls == 0);
-  auto faults = parse_faults("lose:worker:2@20,lose:worker:0@40", cfg.workers, cfg.shards,
-                             cfg.loaders, cfg.steps, 1);
-  REQUIRE(faults);
-  cfg.faults = *faults;
-  state_dir faulty_dir;
-  auto faulty = run_job(cfg, faulty_dir.path);
   // Nobody is hung or restarted: the step is redone, and the result is the same.
   CHECK(faulty.stalls == 2);
   CHECK(faulty.hangs == 0);
