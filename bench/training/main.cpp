@@ -9,6 +9,11 @@
 // 2. Recovery per fault type: a job with --faults crashes of one type (worker, shard,
 //    loader, trainer) at spaced steps; the time from each crash (child_exited event) to
 //    the job's next committed step; median. Also how many actors were restarted per fault.
+// 3. Hang detection on digits_mlp's shape and defaults (64-128-10, 2 workers, 2 shards,
+//    1 loader, batch 32, default step deadline): one hang of each role per round; the
+//    time from the job's last progress to the kill (the hang_detected event's `waited`);
+//    median and largest over rounds, against the 1 s. No baseline: the job's own
+//    median step time, which the deadline scales, is in the notes.
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -74,6 +79,8 @@ struct run_record {
   std::vector<clock_type::time_point> commits;
   uint64_t restarts = 0;
   uint64_t lost_steps = 0;
+  /// For each hang the trainer found: how long the job had not moved (ms).
+  std::vector<double> hang_waits;
 };
 
 /// Runs `cfg` on a fresh state directory (removed afterwards).
@@ -105,6 +112,10 @@ run_record run_job(const training_config& cfg, const std::string& name) {
       if (ev.kind == event_kind::child_exited && ev.reason != "normal") {
         std::lock_guard<std::mutex> guard{mtx};
         rec.crashes.push_back(ev.time);
+      }
+      if (ev.kind == event_kind::hang_detected) {
+        std::lock_guard<std::mutex> guard{mtx};
+        rec.hang_waits.push_back(std::chrono::duration<double, std::milli>(ev.duration).count());
       }
     });
     auto tree = rt.start(job->spec("job", events));
@@ -348,6 +359,48 @@ int main(int argc, char** argv) {
                       std::to_string(rec.lost_steps) + " (" + mid.net->describe() + ")");
     figs.push_back(f);
   }
+  // Hang detection on digits_mlp's defaults.
+  training_config digits;
+  digits.net = std::make_shared<mlp>(std::vector<size_t>{64, 128, 10});
+  digits.train = synthetic(1438, 64, 3);
+  digits.test = synthetic(359, 64, 4);
+  digits.workers = 2;
+  digits.shards = 2;
+  digits.loaders = 1;
+  digits.batch = 32;
+  digits.optimizer.lr = 0.1f;
+  digits.steps = 400;
+  auto hangs = parse_faults("hang:worker:1@100,hang:shard:0@200,hang:loader:0@300",
+                            digits.workers, digits.shards, digits.loaders, digits.steps, 1);
+  if (!hangs) {
+    std::fprintf(stderr, "bench_training: %s\n", describe(hangs.error()).c_str());
+    return 1;
+  }
+  digits.faults = *hangs;
+  std::vector<double> waits;
+  std::vector<double> step_ms;
+  for (size_t round = 0; round < opts.rounds; ++round) {
+    auto rec = run_job(digits, "hangs");
+    waits.insert(waits.end(), rec.hang_waits.begin(), rec.hang_waits.end());
+    for (size_t i = 1; i < rec.commits.size(); ++i)
+      step_ms.push_back(
+          std::chrono::duration<double, std::milli>(rec.commits[i] - rec.commits[i - 1]).count());
+  }
+  bench::figure hang;
+  hang.name = "hang_detection_digits_defaults";
+  hang.unit = "ms";
+  hang.value = bench::median(waits);
+  hang.has_baseline = false;
+  hang.decimals = 0;
+  hang.target = "<= 1000 ms (every hang)";
+  double largest = waits.empty() ? 0 : *std::max_element(waits.begin(), waits.end());
+  hang.met = waits.size() == 3 * opts.rounds && largest <= 1000;
+  hang.notes.push_back(std::to_string(waits.size()) + " hangs (worker, shard, loader per round), " +
+                       "largest " + bench::fixed(largest, 0) + " ms; median step " +
+                       bench::fixed(bench::median(step_ms), 2) + " ms (" +
+                       digits.net->describe() + ", floor " +
+                       std::to_string(digits.hang_floor.count()) + " ms)");
+  figs.push_back(hang);
   bench::print_report("training", figs);
   return 0;
 }
