@@ -524,22 +524,18 @@ struct trainer_actor {
           .then(
               [answered](alive_atom) { answered(); },
               [this, answered, killed, att, seen, i, hdl](caf::error& err) {
-                if (err != caf::sec::request_timeout || finished || att != attempt() ||
-                    progress != seen) {
-                  *killed = true; // gone or moved: not a lost message
-                  answered();
-                  return;
-                }
+                // Gone, moved on or hung: either way not a lost message.
                 *killed = true;
                 answered();
+                if (err != caf::sec::request_timeout || finished || att != attempt() ||
+                    progress != seen)
+                  return;
                 auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() -
                                                                                     progress_at);
                 ++s->hangs;
-                auto longest = s->longest_hang_detection_ms.load();
-                while (
-                    waited.count() > longest &&
-                    !s->longest_hang_detection_ms.compare_exchange_weak(longest, waited.count())) {
-                }
+                // Only the trainer writes it (one incarnation at a time).
+                if (waited.count() > s->longest_hang_detection_ms.load())
+                  s->longest_hang_detection_ms = waited.count();
                 report(i, event_kind::hang_detected,
                        "did not answer for " + std::to_string(waited.count()) + " ms while step " +
                            std::to_string(cur != 0 ? cur : done + 1) + " waited",

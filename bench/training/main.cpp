@@ -370,8 +370,8 @@ int main(int argc, char** argv) {
   digits.batch = 32;
   digits.optimizer.lr = 0.1f;
   digits.steps = 400;
-  auto hangs = parse_faults("hang:worker:1@100,hang:shard:0@200,hang:loader:0@300",
-                            digits.workers, digits.shards, digits.loaders, digits.steps, 1);
+  auto hangs = parse_faults("hang:worker:1@100,hang:shard:0@200,hang:loader:0@300", digits.workers,
+                            digits.shards, digits.loaders, digits.steps, 1);
   if (!hangs) {
     std::fprintf(stderr, "bench_training: %s\n", describe(hangs.error()).c_str());
     return 1;
@@ -397,9 +397,8 @@ int main(int argc, char** argv) {
   hang.met = waits.size() == 3 * opts.rounds && largest <= 1000;
   hang.notes.push_back(std::to_string(waits.size()) + " hangs (worker, shard, loader per round), " +
                        "largest " + bench::fixed(largest, 0) + " ms; median step " +
-                       bench::fixed(bench::median(step_ms), 2) + " ms (" +
-                       digits.net->describe() + ", floor " +
-                       std::to_string(digits.hang_floor.count()) + " ms)");
+                       bench::fixed(bench::median(step_ms), 2) + " ms (" + digits.net->describe() +
+                       ", floor " + std::to_string(digits.hang_floor.count()) + " ms)");
   figs.push_back(hang);
   bench::print_report("training", figs);
   return 0;
