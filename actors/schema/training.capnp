@@ -14,7 +14,8 @@ struct ShardState {
 }
 
 # A data loader's cursor after serving every batch of step `step`: the next
-# sample is position `position` of epoch `epoch`'s order of its share.
+# sample is position `position` of epoch `epoch`'s order of the training set
+# (`shareSize` samples), i.e. number step x batch of the job's global stream.
 struct LoaderState {
   step @0 :UInt64;
   epoch @1 :UInt64;
@@ -29,4 +30,9 @@ struct TrainerState {
   fingerprint @1 :UInt64;
   accuracy @2 :Float64;      # held-out accuracy at `evalStep` (NaN before the first)
   evalStep @3 :UInt64;
+  # The counts the job ran with when it recorded this step: a resume with
+  # other counts of shards or loaders reshards the committed step first.
+  workers @4 :UInt64;
+  shards @5 :UInt64;
+  loaders @6 :UInt64;
 }

@@ -250,6 +250,8 @@ caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluste
   auto job = training_job::create(std::move(*tc), node.state_store());
   if (!job)
     return job.error();
+  // The shards' and loaders' records are on several nodes: no local reshard.
+  job->reshard_on_resume(false);
   std::unique_ptr<cluster_training> ct{new cluster_training(node, nc, std::move(*job))};
   // Peers start this node's share of the actors through these.
   const bool isolate_workers = job_of(nc)->worker_placement.process == process_mode::isolated;

@@ -67,10 +67,21 @@ void check_counts(config_table& r, const job_config& j) {
     r.fail(config_errc::invalid_job, r.line_of("shards"),
            "'shards' in [job] is " + std::to_string(tc.shards) + ", but the model has only " +
                std::to_string(params) + " parameters (at least one per shard)");
-  else if (tc.loaders > tc.workers)
-    r.fail(config_errc::invalid_job, r.line_of("loaders"),
-           "'loaders' in [job] is " + std::to_string(tc.loaders) + ", more than the " +
-               std::to_string(tc.workers) + " workers (each loader serves at least one worker)");
+  else if (tc.batch % tc.micro_batches != 0)
+    r.fail(config_errc::invalid_job, r.line_of(r.has("micro_batches") ? "micro_batches" : "batch"),
+           "'micro_batches' in [job] is " + std::to_string(tc.micro_batches) +
+               ", which does not divide the batch of " + std::to_string(tc.batch) +
+               " into equal micro-batches");
+  else
+    for (auto [key, n] : {std::pair{"workers", tc.workers}, std::pair{"loaders", tc.loaders}})
+      if (n > tc.micro_batches) {
+        r.fail(config_errc::invalid_job, r.line_of(key),
+               "'" + std::string{key} + "' in [job] is " + std::to_string(n) + ", more than the " +
+                   std::to_string(tc.micro_batches) + " micro-batches (each " +
+                   std::string{key == std::string{"workers"} ? "computes" : "serves"} +
+                   " at least one per step)");
+        break;
+      }
 }
 
 caf::expected<std::any> parse_job(config_table& r) {
@@ -127,6 +138,7 @@ caf::expected<std::any> parse_job(config_table& r) {
   count("shards", tc.shards, 1, 1024);
   count("loaders", tc.loaders, 1, 1024);
   count("batch", tc.batch, 1, 1 << 20);
+  count("micro_batches", tc.micro_batches, 1, 4096);
   count64("steps", tc.steps, 1);
   count64("seed", tc.seed, 0);
   count64("checkpoint_every", tc.checkpoint_every, 1);
@@ -239,6 +251,7 @@ std::vector<config_key> job_keys() {
               {"shards", "integer"},
               {"loaders", "integer"},
               {"batch", "integer"},
+              {"micro_batches", "integer"},
               {"steps", "integer"},
               {"seed", "integer"},
               {"checkpoint_every", "integer"},

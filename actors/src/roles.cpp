@@ -1,8 +1,10 @@
 // Parameter shards, data loaders and workers of a training job.
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -144,7 +146,7 @@ struct shard_actor {
   caf::actor trainer;
   uint64_t attempt = 0;
   bool synced = false;
-  /// Gradients of step st.step + 1 by worker rank, and their losses.
+  /// Gradients of step st.step + 1 by micro-batch, and their losses.
   std::vector<std::vector<float>> pending;
   std::vector<bool> arrived;
   std::vector<float> losses;
@@ -159,9 +161,9 @@ struct shard_actor {
         k(k),
         st(std::move(st)),
         opt(this->s->cfg.optimizer, this->s->shard_count[k]) {
-    pending.resize(this->s->cfg.workers);
-    arrived.assign(this->s->cfg.workers, false);
-    losses.assign(this->s->cfg.workers, 0.0f);
+    pending.resize(this->s->cfg.micro_batches);
+    arrived.assign(this->s->cfg.micro_batches, false);
+    losses.assign(this->s->cfg.micro_batches, 0.0f);
     sum.assign(this->s->shard_count[k], 0.0f);
   }
 
@@ -225,10 +227,11 @@ struct shard_actor {
 
   void apply(uint64_t step) {
     auto& v = st->value();
-    // Fixed order: rank 0 + rank 1 + ... whatever order the pushes came in.
+    // Fixed order: micro-batch 0 + 1 + ... whichever worker computed each and
+    // whatever order the pushes came in: the sum does not depend on the workers.
     std::copy(pending[0].begin(), pending[0].end(), sum.begin());
-    for (size_t w = 1; w < pending.size(); ++w) {
-      const float* g = pending[w].data();
+    for (size_t m = 1; m < pending.size(); ++m) {
+      const float* g = pending[m].data();
       for (size_t i = 0; i < sum.size(); ++i)
         sum[i] += g[i];
     }
@@ -275,23 +278,23 @@ struct shard_actor {
             return make_error(state_errc::not_found, "shard not rewound yet");
           return {st->value().step, slice_ptr{params}};
         },
-        [this](push_atom, uint64_t step, uint64_t att, size_t rank, std::vector<float>& grad,
+        [this](push_atom, uint64_t step, uint64_t att, size_t micro, std::vector<float>& grad,
                float loss) {
           s->maybe_crash(fault_target::shard, k, step);
           if (s->maybe_hang(self, fault_target::shard, k, step))
             return;
-          if (att != attempt || !synced || step != st->value().step + 1 || rank >= pending.size() ||
-              grad.size() != sum.size()) {
+          if (att != attempt || !synced || step != st->value().step + 1 ||
+              micro >= pending.size() || grad.size() != sum.size()) {
             ++stats.stale;
             return;
           }
-          if (arrived[rank]) {
+          if (arrived[micro]) {
             ++stats.duplicates;
             return;
           }
-          pending[rank] = std::move(grad);
-          losses[rank] = loss;
-          arrived[rank] = true;
+          pending[micro] = std::move(grad);
+          losses[micro] = loss;
+          arrived[micro] = true;
           if (++arrived_count == pending.size())
             apply(step);
         },
@@ -317,15 +320,17 @@ struct loader_actor {
   shared_ptr_t s;
   size_t l;
   std::shared_ptr<persistent<loader_state>> st;
-  const std::vector<uint32_t>& share;
-  size_t n_workers;
+  /// Samples per epoch (the whole training set, in one global order).
+  uint64_t epoch_size;
+  /// Micro-batches this loader serves per step: l, l + loaders, ...
+  size_t n_micro;
   uint64_t per_step;
   uint64_t seed;
   bool synced = false;
   /// The cursor after `base_step`: stream offset `base_offset`.
   uint64_t base_step = 0;
   uint64_t base_offset = 0;
-  /// Prepared batches by step, with how many of them were served.
+  /// Prepared micro-batches by step, with how many of them were served.
   std::map<uint64_t, std::pair<std::vector<batch_ptr>, size_t>> cache;
   std::map<uint64_t, std::vector<uint32_t>> orders;
   uint64_t highest_requested = 0;
@@ -337,10 +342,11 @@ struct loader_actor {
         s(std::move(s)),
         l(l),
         st(std::move(st)),
-        share(this->s->loader_share[l]),
-        n_workers(this->s->workers_of_loader(l)),
-        per_step(static_cast<uint64_t>(n_workers) * this->s->cfg.batch),
-        seed(splitmix64::at(this->s->cfg.seed, 0x10ad0000 + l)) {}
+        epoch_size(this->s->cfg.train->size()),
+        n_micro(this->s->micros_of_loader(l)),
+        per_step(this->s->cfg.batch),
+        // One order per epoch for the whole job, whatever the loader.
+        seed(splitmix64::at(this->s->cfg.seed, 0x10ad0000)) {}
 
   size_t max_cached() const { return s->cfg.prefetch + 1; }
 
@@ -351,7 +357,7 @@ struct loader_actor {
     if (i == orders.end()) {
       while (orders.size() >= 2)
         orders.erase(orders.begin());
-      i = orders.emplace(epoch, epoch_order(share.size(), seed, epoch)).first;
+      i = orders.emplace(epoch, epoch_order(epoch_size, seed, epoch)).first;
     }
     return i->second;
   }
@@ -359,21 +365,21 @@ struct loader_actor {
   std::vector<batch_ptr> prepare(uint64_t step) {
     const auto& data = *s->cfg.train;
     const size_t dim = data.input_dim;
-    const size_t b = s->cfg.batch;
+    const size_t b = s->micro_size();
     std::vector<batch_ptr> out;
-    out.reserve(n_workers);
-    for (size_t j = 0; j < n_workers; ++j) {
+    out.reserve(n_micro);
+    for (size_t j = 0; j < n_micro; ++j) {
       auto sb = std::make_shared<served_batch>();
       sb->step = step;
-      sb->rank = l + j * s->cfg.loaders;
-      sb->offset = offset_after(step - 1) + j * b;
-      sb->share_size = share.size();
+      sb->micro = l + j * s->cfg.loaders;
+      sb->offset = offset_after(step - 1) + sb->micro * b;
+      sb->epoch_size = epoch_size;
       sb->indices.resize(b);
       sb->inputs.resize(b * dim);
       sb->labels.resize(b);
       for (size_t i = 0; i < b; ++i) {
         uint64_t t = sb->offset + i;
-        uint32_t idx = share[order(t / share.size())[t % share.size()]];
+        uint32_t idx = order(t / epoch_size)[t % epoch_size];
         sb->indices[i] = idx;
         sb->labels[i] = data.labels[idx];
         std::copy_n(data.inputs.data() + size_t{idx} * dim, dim, sb->inputs.data() + i * dim);
@@ -423,26 +429,29 @@ struct loader_actor {
       return make_error(state_errc::not_found, st->identity().path +
                                                    ": no checkpoint at or before committed step " +
                                                    std::to_string(step));
-    if (v.fingerprint != s->fingerprint || v.share_size != share.size() ||
-        v.position >= share.size())
+    // The cursor after step s is s x batch: one that is not belongs to
+    // another job (or is damaged).
+    if (v.fingerprint != s->fingerprint || v.share_size != epoch_size || v.position >= epoch_size ||
+        v.epoch * epoch_size + v.position != v.step * per_step)
       return state_error(st->identity().path + "@" + std::to_string(v.step) +
                          ": cursor belongs to another job configuration");
     base_step = v.step;
-    base_offset = v.epoch * share.size() + v.position;
+    base_offset = v.epoch * epoch_size + v.position;
     synced = true;
     return {};
   }
 
   caf::behavior make() {
     return {
-        [this](batch_atom, uint64_t step, size_t rank) -> caf::result<batch_ptr> {
+        [this](batch_atom, uint64_t step, size_t micro) -> caf::result<batch_ptr> {
           s->maybe_crash(fault_target::loader, l, step);
           if (s->maybe_hang(self, fault_target::loader, l, step))
             return caf::delegated<batch_ptr>{};
-          if (!synced || step <= base_step || rank % s->cfg.loaders != l || rank >= s->cfg.workers)
+          if (!synced || step <= base_step || micro % s->cfg.loaders != l ||
+              micro >= s->cfg.micro_batches)
             return make_error(caf::sec::invalid_argument,
-                              "loader-" + std::to_string(l) + ": no batch for step " +
-                                  std::to_string(step) + ", rank " + std::to_string(rank));
+                              "loader-" + std::to_string(l) + ": no micro-batch for step " +
+                                  std::to_string(step) + ", micro-batch " + std::to_string(micro));
           highest_requested = std::max(highest_requested, step);
           // Steps before `step` are done with (a retried step is prepared again).
           while (!cache.empty() && cache.begin()->first < step)
@@ -450,8 +459,8 @@ struct loader_actor {
           auto i = cache.find(step);
           if (i == cache.end())
             i = cache.emplace(step, std::make_pair(prepare(step), size_t{0})).first;
-          auto out = i->second.first[rank / s->cfg.loaders];
-          if (++i->second.second == n_workers)
+          auto out = i->second.first[micro / s->cfg.loaders];
+          if (++i->second.second == n_micro)
             cache.erase(i);
           schedule_prefetch();
           return out;
@@ -471,9 +480,9 @@ struct loader_actor {
           auto offset = offset_after(step);
           auto& v = st->value();
           v.step = step;
-          v.epoch = offset / share.size();
-          v.position = offset % share.size();
-          v.share_size = share.size();
+          v.epoch = offset / epoch_size;
+          v.position = offset % epoch_size;
+          v.share_size = epoch_size;
           v.fingerprint = s->fingerprint;
           auto rp = self->make_response_promise<uint64_t>();
           st->checkpoint(step, [rp](caf::expected<uint64_t> r) mutable {
@@ -502,14 +511,67 @@ struct worker_state {
   double slow = 1;
 };
 
+/// What a worker gathers for one step: its micro-batches and every slice.
+struct step_inputs {
+  std::vector<size_t> micros;
+  std::vector<batch_ptr> batches;
+  std::vector<slice_ptr> slices;
+  size_t left = 0;
+  bool failed = false;
+};
+
 caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size_t rank) {
   auto ws = std::make_shared<worker_state>();
   const size_t n = s->cfg.net->parameter_count();
   ws->params.resize(n);
   ws->grad.resize(n);
+  // Computes every micro-batch of `in` in order and pushes its gradient
+  // slices; then tells the trainer.
+  auto compute = [=](uint64_t step, uint64_t attempt, const std::vector<caf::actor>& shards,
+                     const caf::actor& trainer, step_inputs& in,
+                     std::chrono::steady_clock::time_point began, bool lose) {
+    for (size_t j = 0; j < shards.size(); ++j)
+      std::copy(in.slices[j]->begin(), in.slices[j]->end(), ws->params.begin() + s->shard_first[j]);
+    in.slices.clear(); // hand the snapshots back before pushing
+    std::vector<std::pair<size_t, float>> losses;
+    std::vector<std::vector<std::vector<float>>> grads; // [micro][shard]
+    for (size_t i = 0; i < in.micros.size(); ++i) {
+      const auto& b = in.batches[i];
+      batch_view view{b->inputs.data(), b->labels.data(), b->labels.size(),
+                      s->cfg.net->input_dim()};
+      float loss = s->cfg.net->loss_and_gradient(ws->params.data(), view, ws->grad.data());
+      losses.emplace_back(in.micros[i], loss);
+      auto& per_shard = grads.emplace_back();
+      for (size_t j = 0; j < shards.size(); ++j) {
+        auto first = ws->grad.begin() + s->shard_first[j];
+        per_shard.emplace_back(first, first + s->shard_count[j]);
+      }
+    }
+    in.batches.clear();
+    // A slow incarnation delivers late (at least 10 ms per unit of
+    // slowdown, whatever its own time).
+    caf::timespan delay{0};
+    if (ws->slow > 1) {
+      auto took = std::max<caf::timespan>(std::chrono::steady_clock::now() - began,
+                                          std::chrono::milliseconds(10));
+      delay = std::chrono::duration_cast<caf::timespan>(took * (ws->slow - 1));
+    }
+    auto send = [&](const caf::actor& to, auto&&... xs) {
+      if (delay.count() > 0)
+        self->delayed_send(to, delay, std::forward<decltype(xs)>(xs)...);
+      else
+        self->send(to, std::forward<decltype(xs)>(xs)...);
+    };
+    for (size_t i = 0; i < losses.size() && !lose; ++i)
+      for (size_t j = 0; j < shards.size(); ++j)
+        send(shards[j], push_atom::value, step, attempt, losses[i].first, std::move(grads[i][j]),
+             losses[i].second);
+    if (trainer)
+      send(trainer, pushed_atom::value, step, attempt, rank);
+  };
   return {
-      [=](train_step_atom, uint64_t step, uint64_t attempt, const caf::actor& loader,
-          const std::vector<caf::actor>& shards) {
+      [=](train_step_atom, uint64_t step, uint64_t attempt, size_t slot, size_t stride,
+          const std::vector<caf::actor>& loaders, const std::vector<caf::actor>& shards) {
         s->maybe_crash(fault_target::worker, rank, step);
         if (s->maybe_hang(self, fault_target::worker, rank, step))
           return;
@@ -519,64 +581,52 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
         bool lose = s->fire(fault_target::worker, rank, step, fault_kind::lose);
         auto began = std::chrono::steady_clock::now();
         auto trainer = caf::actor_cast<caf::actor>(self->current_sender());
-        self->request(loader, caf::infinite, batch_atom::value, step, rank)
-            .then(
-                [=](const batch_ptr& b) {
-                  auto left = std::make_shared<size_t>(shards.size());
-                  auto slices = std::make_shared<std::vector<slice_ptr>>(shards.size());
-                  for (size_t k = 0; k < shards.size(); ++k) {
-                    self->request(shards[k], caf::infinite, pull_atom::value)
-                        .then(
-                            [=](uint64_t at, const slice_ptr& slice) {
-                              // Parameters of another step: an abandoned attempt.
-                              if (at + 1 == step && slice->size() == s->shard_count[k])
-                                (*slices)[k] = slice;
-                              if (--*left != 0)
-                                return;
-                              for (size_t j = 0; j < shards.size(); ++j) {
-                                if (!(*slices)[j])
-                                  return;
-                                std::copy((*slices)[j]->begin(), (*slices)[j]->end(),
-                                          ws->params.begin() + s->shard_first[j]);
-                              }
-                              slices->clear(); // hand the snapshots back before pushing
-                              batch_view view{b->inputs.data(), b->labels.data(), b->labels.size(),
-                                              s->cfg.net->input_dim()};
-                              float loss = s->cfg.net->loss_and_gradient(ws->params.data(), view,
-                                                                         ws->grad.data());
-                              // A slow incarnation delivers late (at least 10 ms per
-                              // unit of slowdown, whatever its own time).
-                              caf::timespan delay{0};
-                              if (ws->slow > 1) {
-                                auto took = std::max<caf::timespan>(
-                                    std::chrono::steady_clock::now() - began,
-                                    std::chrono::milliseconds(10));
-                                delay = std::chrono::duration_cast<caf::timespan>(took *
-                                                                                  (ws->slow - 1));
-                              }
-                              for (size_t j = 0; j < shards.size() && !lose; ++j) {
-                                auto first = ws->grad.begin() + s->shard_first[j];
-                                std::vector<float> g(first, first + s->shard_count[j]);
-                                if (delay.count() > 0)
-                                  self->delayed_send(shards[j], delay, push_atom::value, step,
-                                                     attempt, rank, std::move(g), loss);
-                                else
-                                  self->send(shards[j], push_atom::value, step, attempt, rank,
-                                             std::move(g), loss);
-                              }
-                              if (trainer) {
-                                if (delay.count() > 0)
-                                  self->delayed_send(trainer, delay, pushed_atom::value, step,
-                                                     attempt, rank);
-                                else
-                                  self->send(trainer, pushed_atom::value, step, attempt, rank);
-                              }
-                            },
-                            [=](caf::error&) { --*left; });
-                  }
-                },
-                // A loader that died or moved on: the trainer recovers the step.
-                [](caf::error&) {});
+        auto in = std::make_shared<step_inputs>();
+        for (size_t m = slot; stride > 0 && m < s->cfg.micro_batches; m += stride)
+          in->micros.push_back(m);
+        if (in->micros.empty() || loaders.size() != s->cfg.loaders ||
+            shards.size() != s->cfg.shards)
+          return;
+        in->batches.resize(in->micros.size());
+        in->slices.resize(shards.size());
+        in->left = in->micros.size() + shards.size();
+        // Once everything has arrived (or anything failed: then the trainer
+        // recovers the step, as for a loader that died or moved on).
+        auto arrived = [=] {
+          if (--in->left != 0 || in->failed)
+            return;
+          compute(step, attempt, shards, trainer, *in, began, lose);
+        };
+        for (size_t i = 0; i < in->micros.size(); ++i)
+          self->request(loaders[s->loader_of(in->micros[i])], caf::infinite, batch_atom::value,
+                        step, in->micros[i])
+              .then(
+                  [=](const batch_ptr& b) {
+                    if (b->micro == in->micros[i] && b->indices.size() == s->micro_size())
+                      in->batches[i] = b;
+                    else
+                      in->failed = true;
+                    arrived();
+                  },
+                  [=](caf::error&) {
+                    in->failed = true;
+                    arrived();
+                  });
+        for (size_t k = 0; k < shards.size(); ++k)
+          self->request(shards[k], caf::infinite, pull_atom::value)
+              .then(
+                  [=](uint64_t at, const slice_ptr& slice) {
+                    // Parameters of another step: an abandoned attempt.
+                    if (at + 1 == step && slice->size() == s->shard_count[k])
+                      in->slices[k] = slice;
+                    else
+                      in->failed = true;
+                    arrived();
+                  },
+                  [=](caf::error&) {
+                    in->failed = true;
+                    arrived();
+                  });
       },
       [](alive_atom) { return alive_atom::value; },
   };
@@ -608,6 +658,155 @@ child_spec make_worker_spec(shared_ptr_t s, size_t w) {
   // Detached: a step computes for long, and must not hold up a scheduler
   // thread that shards, loaders and the trainer need meanwhile.
   return worker<caf::detached>("worker-" + std::to_string(w), worker_behavior, s, w);
+}
+
+// -- resharding ------------------------------------------------------------------------
+
+namespace {
+
+/// Reads version `step` of `path` as `State` into `out`.
+template <class State>
+caf::error read_record(const state_store& store, const std::string& path, uint64_t step,
+                       State& out) {
+  using codec = state_codec<State>;
+  return store.read(path, step, [&](const record_view& rec) -> caf::error {
+    if (rec.info().schema_id != capnp::typeId<typename codec::schema>() ||
+        rec.info().schema_version != codec::version)
+      return state_error(path + "@" + std::to_string(step) +
+                         ": stored schema does not match the state type");
+    state_decoder dec{rec, payload_limits{}};
+    try {
+      return codec::load(dec, out);
+    } catch (const kj::Exception& e) {
+      return detail::load_exception(path, step, e.getDescription().cStr());
+    }
+  });
+}
+
+template <class State>
+checkpoint encode_record(const State& st, const std::string& path, uint64_t step) {
+  using codec = state_codec<State>;
+  state_encoder enc;
+  codec::save(st, enc);
+  return enc.finish(path, step, capnp::typeId<typename codec::schema>(), codec::version, 0);
+}
+
+} // namespace
+
+caf::expected<uint64_t> reshard_committed(
+    const training_job::shared& s, const std::string& job_path, size_t old_shards,
+    size_t old_loaders, const std::function<checkpoint(uint64_t)>& trainer_record) {
+  auto& store = *s.p.store;
+  auto shard_path = [&](size_t k) { return job_path + "/shards/shard-" + std::to_string(k); };
+  auto loader_path = [&](size_t l) { return job_path + "/loaders/loader-" + std::to_string(l); };
+  // The committed step: the newest one that every shard and loader of the old
+  // counts has intact, as the recovery protocol finds it.
+  std::vector<std::string> old_paths;
+  for (size_t k = 0; k < old_shards; ++k)
+    old_paths.push_back(shard_path(k));
+  for (size_t l = 0; l < old_loaders; ++l)
+    old_paths.push_back(loader_path(l));
+  uint64_t step = std::numeric_limits<uint64_t>::max();
+  for (const auto& path : old_paths) {
+    auto newest = store.newest_intact(path);
+    if (!newest)
+      return newest.error();
+    if (*newest == 0)
+      return make_error(state_errc::not_found, path + " has no intact checkpoint");
+    step = std::min(step, *newest);
+  }
+  // The old shards' slices, put together (each parameter exactly once).
+  const size_t n = s.cfg.net->parameter_count();
+  std::vector<float> params(n), m, v;
+  std::vector<char> covered(n, 0);
+  std::optional<uint64_t> optimizer_steps;
+  for (size_t k = 0; k < old_shards; ++k) {
+    auto path = shard_path(k);
+    auto at = path + "@" + std::to_string(step);
+    shard_state st;
+    if (auto err = read_record(store, path, step, st))
+      return err;
+    if (st.fingerprint != s.fingerprint || st.step != step)
+      return state_error(at + ": belongs to another job");
+    if (st.first > n || st.count > n - st.first || !st.params || st.params->size() != st.count)
+      return state_error(at + ": parameters [" + std::to_string(st.first) + ", +" +
+                         std::to_string(st.count) + ") do not fit the model's " +
+                         std::to_string(n));
+    if (optimizer_steps && *optimizer_steps != st.optimizer_steps)
+      return state_error(at + ": optimizer steps differ from the other shards'");
+    optimizer_steps = st.optimizer_steps;
+    for (auto [buf, full] : {std::pair{st.m.get(), &m}, std::pair{st.v.get(), &v}}) {
+      if (buf == nullptr || buf->empty())
+        continue;
+      if (buf->size() != st.count)
+        return state_error(at + ": optimizer state does not match its parameters");
+      full->resize(n);
+      std::copy(buf->begin(), buf->end(), full->begin() + static_cast<long>(st.first));
+    }
+    for (size_t i = st.first; i < st.first + st.count; ++i) {
+      if (covered[i])
+        return state_error(at + ": parameter " + std::to_string(i) + " is held twice");
+      covered[i] = 1;
+    }
+    std::copy(st.params->begin(), st.params->end(), params.begin() + static_cast<long>(st.first));
+  }
+  if (auto gap = std::find(covered.begin(), covered.end(), 0); gap != covered.end())
+    return state_error("no shard of step " + std::to_string(step) + " holds parameter " +
+                       std::to_string(gap - covered.begin()));
+  for (size_t l = 0; l < old_loaders; ++l) {
+    loader_state ls;
+    if (auto err = read_record(store, loader_path(l), step, ls))
+      return err;
+    if (ls.fingerprint != s.fingerprint || ls.step != step ||
+        ls.epoch * ls.share_size + ls.position != step * s.cfg.batch)
+      return state_error(loader_path(l) + "@" + std::to_string(step) +
+                         ": cursor belongs to another job");
+  }
+  // The new counts' records, with the trainer's, in one transaction.
+  std::vector<checkpoint> out;
+  auto slice = [](const std::vector<float>& full, size_t first, size_t count) {
+    if (full.empty())
+      return std::make_shared<const std::vector<float>>();
+    return std::make_shared<const std::vector<float>>(
+        full.begin() + static_cast<long>(first), full.begin() + static_cast<long>(first + count));
+  };
+  for (size_t k = 0; k < s.cfg.shards; ++k) {
+    shard_state st;
+    st.step = step;
+    st.first = s.shard_first[k];
+    st.count = s.shard_count[k];
+    st.optimizer_steps = *optimizer_steps;
+    st.fingerprint = s.fingerprint;
+    st.params = slice(params, st.first, st.count);
+    st.m = slice(m, st.first, st.count);
+    st.v = slice(v, st.first, st.count);
+    out.push_back(encode_record(st, shard_path(k), step));
+  }
+  const uint64_t offset = step * s.cfg.batch;
+  const uint64_t epoch_size = s.cfg.train->size();
+  for (size_t l = 0; l < s.cfg.loaders; ++l) {
+    loader_state ls;
+    ls.step = step;
+    ls.epoch = offset / epoch_size;
+    ls.position = offset % epoch_size;
+    ls.share_size = epoch_size;
+    ls.fingerprint = s.fingerprint;
+    out.push_back(encode_record(ls, loader_path(l), step));
+  }
+  out.push_back(trainer_record(step));
+  std::vector<const checkpoint*> batch;
+  for (const auto& cp : out)
+    batch.push_back(&cp);
+  std::vector<caf::error> results;
+  if (auto err = store.commit(batch, results))
+    return err;
+  for (auto& err : results)
+    if (err)
+      return err;
+  if (store.config().mode == durability::periodic)
+    if (auto err = store.sync())
+      return err;
+  return step;
 }
 
 } // namespace understudy::actors

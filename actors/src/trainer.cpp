@@ -30,6 +30,9 @@ struct trainer_state {
   uint64_t fingerprint = 0;
   double accuracy = std::numeric_limits<double>::quiet_NaN();
   uint64_t eval_step = 0;
+  uint64_t workers = 0;
+  uint64_t shards = 0;
+  uint64_t loaders = 0;
 };
 
 } // namespace understudy::actors
@@ -47,6 +50,9 @@ struct state_codec<actors::trainer_state> {
     root.setFingerprint(st.fingerprint);
     root.setAccuracy(st.accuracy);
     root.setEvalStep(st.eval_step);
+    root.setWorkers(st.workers);
+    root.setShards(st.shards);
+    root.setLoaders(st.loaders);
   }
   static caf::error load(state_decoder& dec, trainer_state& st) {
     auto root = dec.root<schema>();
@@ -54,6 +60,9 @@ struct state_codec<actors::trainer_state> {
     st.fingerprint = root.getFingerprint();
     st.accuracy = root.getAccuracy();
     st.eval_step = root.getEvalStep();
+    st.workers = root.getWorkers();
+    st.shards = root.getShards();
+    st.loaders = root.getLoaders();
     return {};
   }
 };
@@ -172,14 +181,19 @@ struct trainer_actor {
       if (v.fingerprint != s->fingerprint) {
         fail(make_error(state_errc::schema_mismatch,
                         "the state directory holds another training job (its model, data, "
-                        "counts, batch, seed or optimizer differ): use another state directory "
-                        "or remove it"));
+                        "batch, micro-batches, seed or optimizer differ): use another state "
+                        "directory or remove it"));
         return;
       }
+      if (auto err = change_counts())
+        return fail(std::move(err));
     }
     if (auto err = past_last_step(v.step))
       return fail(std::move(err));
     v.fingerprint = s->fingerprint;
+    v.workers = s->cfg.workers;
+    v.shards = s->cfg.shards;
+    v.loaders = s->cfg.loaders;
     // Find the role supervisors, then recover (resolve, probe, rewind) and run.
     auto left = std::make_shared<size_t>(3);
     for (size_t r = 0; r < 3; ++r)
@@ -191,6 +205,55 @@ struct trainer_actor {
                   start_recovery();
               },
               [this](caf::error& err) { throw_error("cannot find a role supervisor", err); });
+  }
+
+  /// A state directory written with other counts of shards or loaders: its
+  /// committed step is resharded for this job's counts first (workers hold no
+  /// state: another count of them needs nothing).
+  caf::error change_counts() {
+    auto& v = st->value();
+    const auto& cfg = s->cfg;
+    if (v.shards == cfg.shards && v.loaders == cfg.loaders)
+      return {};
+    auto counts = [](uint64_t shards, uint64_t loaders) {
+      auto n = [](uint64_t x, const char* what) {
+        return std::to_string(x) + " " + what + (x == 1 ? "" : "s");
+      };
+      return n(shards, "shard") + " and " + n(loaders, "loader");
+    };
+    if (v.shards == 0 || v.loaders == 0)
+      return make_error(state_errc::schema_mismatch,
+                        "the trainer's record of step " + std::to_string(v.step) +
+                            " names no counts of shards and loaders: cannot reshard it");
+    if (!s->reshard_locally)
+      return make_error(config_errc::invalid_job,
+                        "the job's state was written with " + counts(v.shards, v.loaders) +
+                            ", this job has " + counts(cfg.shards, cfg.loaders) +
+                            ": a cluster cannot reshard its state (the records are spread over "
+                            "its nodes); keep the counts, or change only the workers");
+    auto record = v;
+    auto path = st->identity().path;
+    auto incarnation = st->identity().incarnation;
+    auto step = reshard_committed(*s, s->job_path, v.shards, v.loaders, [&](uint64_t at) {
+      record.step = at;
+      record.workers = cfg.workers;
+      record.shards = cfg.shards;
+      record.loaders = cfg.loaders;
+      state_encoder enc;
+      state_codec<trainer_state>::save(record, enc);
+      return enc.finish(path, at, capnp::typeId<schema::TrainerState>(),
+                        state_codec<trainer_state>::version, incarnation);
+    });
+    if (!step)
+      return make_error(state_errc::not_found, "cannot resume the job's state, written with " +
+                                                   counts(v.shards, v.loaders) + ", with " +
+                                                   counts(cfg.shards, cfg.loaders) + ": " +
+                                                   describe(step.error()));
+    std::fprintf(stderr, "trainer: resharded committed step %llu from %s to %s\n",
+                 static_cast<unsigned long long>(*step), counts(v.shards, v.loaders).c_str(),
+                 counts(cfg.shards, cfg.loaders).c_str());
+    v = record;
+    return {};
   }
 
   /// A state directory committed past the job's last step holds a longer
@@ -360,8 +423,12 @@ struct trainer_actor {
     step_started = steady::now();
     delivered.assign(s->cfg.workers, std::nullopt);
     auto shards = shard_handles();
+    std::vector<caf::actor> loaders;
+    for (size_t l = 0; l < s->cfg.loaders; ++l)
+      loaders.push_back(loader(l));
+    // Worker w computes micro-batches w, w + workers, ...
     for (size_t w = 0; w < s->cfg.workers; ++w)
-      self->send(worker(w), train_step_atom::value, step, attempt(), loader(s->loader_of(w)),
+      self->send(worker(w), train_step_atom::value, step, attempt(), w, s->cfg.workers, loaders,
                  shards);
     if (!s->checkpoint_step(step))
       return;

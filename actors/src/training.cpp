@@ -4,6 +4,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -229,21 +230,26 @@ caf::error validate(const training_config& cfg) {
                         std::to_string(d->class_count) + " classes) does not fit the model " +
                         cfg.net->describe());
   const size_t params = cfg.net->parameter_count();
-  if (cfg.workers == 0 || cfg.workers > 1024)
-    return bad_config("training: workers must be from 1 to 1024, not " +
-                      std::to_string(cfg.workers));
+  if (cfg.batch == 0 || cfg.batch > 1u << 20)
+    return bad_config("training: batch must be from 1 to 1048576, not " +
+                      std::to_string(cfg.batch));
+  if (cfg.micro_batches == 0 || cfg.micro_batches > 4096 || cfg.batch % cfg.micro_batches != 0)
+    return bad_config("training: micro_batches must be from 1 to 4096 and divide the batch (" +
+                      std::to_string(cfg.batch) + ") into equal micro-batches, not " +
+                      std::to_string(cfg.micro_batches));
+  if (cfg.workers == 0 || cfg.workers > std::min<size_t>(cfg.micro_batches, 1024))
+    return bad_config("training: workers must be from 1 to " +
+                      std::to_string(std::min<size_t>(cfg.micro_batches, 1024)) +
+                      " (each computes at least one of the " + std::to_string(cfg.micro_batches) +
+                      " micro-batches), not " + std::to_string(cfg.workers));
   if (cfg.shards == 0 || cfg.shards > params || cfg.shards > 1024)
     return bad_config("training: shards must be from 1 to " +
                       std::to_string(std::min<size_t>(params, 1024)) +
                       " (one parameter per shard at least), not " + std::to_string(cfg.shards));
-  if (cfg.loaders == 0 || cfg.loaders > cfg.workers || cfg.loaders > cfg.train->size())
-    return bad_config("training: loaders must be from 1 to " +
-                      std::to_string(std::min(cfg.workers, cfg.train->size())) +
-                      " (each serves at least one worker and one sample), not " +
+  if (cfg.loaders == 0 || cfg.loaders > cfg.micro_batches)
+    return bad_config("training: loaders must be from 1 to " + std::to_string(cfg.micro_batches) +
+                      " (each serves at least one micro-batch), not " +
                       std::to_string(cfg.loaders));
-  if (cfg.batch == 0 || cfg.batch > 1u << 20)
-    return bad_config("training: batch must be from 1 to 1048576, not " +
-                      std::to_string(cfg.batch));
   if (cfg.steps == 0)
     return bad_config("training: steps must be at least 1");
   if (cfg.checkpoint_every == 0)
@@ -285,8 +291,9 @@ uint64_t fingerprint(const training_config& cfg) {
     add(d->inputs.data(), d->inputs.size() * sizeof(float));
     add(d->labels.data(), d->labels.size() * sizeof(uint32_t));
   }
-  for (uint64_t x : {uint64_t{cfg.workers}, uint64_t{cfg.shards}, uint64_t{cfg.loaders},
-                     uint64_t{cfg.batch}, cfg.seed, uint64_t(cfg.optimizer.kind)})
+  // The counts of workers, shards and loaders are not part of the maths.
+  for (uint64_t x :
+       {uint64_t{cfg.batch}, uint64_t{cfg.micro_batches}, cfg.seed, uint64_t(cfg.optimizer.kind)})
     add_u64(x);
   for (double x : {cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.beta1,
                    cfg.optimizer.beta2, cfg.optimizer.epsilon, cfg.optimizer.weight_decay})
@@ -359,9 +366,6 @@ training_job training_job::make(training_config cfg, persistence p) {
     s->shard_count.push_back(count);
     first += count;
   }
-  s->loader_share.resize(s->cfg.loaders);
-  for (size_t i = 0; i < s->cfg.train->size(); ++i)
-    s->loader_share[i % s->cfg.loaders].push_back(static_cast<uint32_t>(i));
   s->fired = std::make_unique<std::atomic<bool>[]>(s->cfg.faults.size());
   for (size_t i = 0; i < s->cfg.faults.size(); ++i)
     s->fired[i] = false;
@@ -382,6 +386,10 @@ child_spec training_job::loader_spec(size_t l) const {
 
 child_spec training_job::worker_spec(size_t w) const {
   return make_worker_spec(s_, w);
+}
+
+void training_job::reshard_on_resume(bool enabled) {
+  s_->reshard_locally = enabled;
 }
 
 void training_job::on_progress(std::function<void(const training_progress&)> fn) {

@@ -31,8 +31,10 @@ struct training_job::shared {
   /// Parameter ranges of the shards.
   std::vector<size_t> shard_first;
   std::vector<size_t> shard_count;
-  /// Training sample indices of each loader's share.
-  std::vector<std::vector<uint32_t>> loader_share;
+  /// Whether a state directory written with other counts of shards or loaders
+  /// may be resharded by the trainer through the local store (false in a
+  /// cluster, where their records live on several nodes).
+  bool reshard_locally = true;
 
   std::unique_ptr<std::atomic<bool>[]> fired;
   std::atomic<uint64_t> restarts{0};
@@ -132,11 +134,12 @@ struct training_job::shared {
     cv.notify_all();
   }
 
-  /// The loader that serves worker `w`, and w's position among its workers.
-  size_t loader_of(size_t w) const { return w % cfg.loaders; }
-  size_t slot_in_loader(size_t w) const { return w / cfg.loaders; }
-  size_t workers_of_loader(size_t l) const {
-    return cfg.workers / cfg.loaders + (l < cfg.workers % cfg.loaders ? 1 : 0);
+  /// Samples per micro-batch.
+  size_t micro_size() const { return cfg.batch / cfg.micro_batches; }
+  /// The loader that serves micro-batch `m`, and how many loader `l` serves.
+  size_t loader_of(size_t m) const { return m % cfg.loaders; }
+  size_t micros_of_loader(size_t l) const {
+    return cfg.micro_batches / cfg.loaders + (l < cfg.micro_batches % cfg.loaders ? 1 : 0);
   }
   bool checkpoint_step(uint64_t step) const {
     return step % cfg.checkpoint_every == 0 || step == cfg.steps;
@@ -154,5 +157,16 @@ child_spec make_shard_spec(std::shared_ptr<training_job::shared> s, size_t k);
 child_spec make_loader_spec(std::shared_ptr<training_job::shared> s, size_t l);
 child_spec make_worker_spec(std::shared_ptr<training_job::shared> s, size_t w);
 child_spec make_trainer_spec(std::shared_ptr<training_job::shared> s);
+
+/// Rewrites the newest committed step of the job at `job_path` in the local
+/// store, written with `old_shards` shards and `old_loaders` loaders, for the
+/// job's own counts: every shard record (parameters and optimizer state) and
+/// loader cursor of that step, in one transaction with `trainer_record` (the
+/// trainer's record of the step, built by the caller from the step). Returns
+/// the step, or an error naming what is missing or inconsistent (nothing is
+/// written then).
+caf::expected<uint64_t> reshard_committed(
+    const training_job::shared& s, const std::string& job_path, size_t old_shards,
+    size_t old_loaders, const std::function<checkpoint(uint64_t)>& trainer_record);
 
 } // namespace understudy::actors

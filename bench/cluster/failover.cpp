@@ -48,7 +48,7 @@ std::string failover_config(const std::string& dir, const std::vector<uint16_t>&
             "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(ports[i]) + "\nstate_dir = \"" +
             dir + "/state/" + names[i] + "\"\n" + (i == 3 ? "role = \"spare\"\n" : "") + "\n";
   text += "[job]\nlayers = [64, 32, 10]\ndata = \"" UNDERSTUDY_DIGITS_PATH
-          "\"\nworkers = 3\nshards = 3\nloaders = 3\nbatch = 16\nsteps = " +
+          "\"\nworkers = 3\nshards = 3\nloaders = 3\nbatch = 48\nmicro_batches = 3\nsteps = " +
           std::to_string(steps) +
           "\nseed = 5\ncheckpoint_every = 5\neval_every = 0\nlr = 0.1\n\n"
           "[job.shard]\nplacement = \"spread\"\n[job.loader]\nplacement = \"spread\"\n"

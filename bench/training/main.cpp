@@ -1,8 +1,8 @@
 // bench_training: what supervision and checkpoints cost a training job.
 //
 // 1. Steps/s of a 784-1024-1024-10 MLP on synthetic data (1 worker, 1 shard, 1 loader,
-//    batch 32) with a checkpoint every step vs checkpoints off (only the last step), and
-//    the same forward/backward + SGD as a plain loop without actors (the raw baseline),
+//    batch 32 in one micro-batch) with a checkpoint every step vs checkpoints off (only the last
+//    step), and the same forward/backward + SGD as a plain loop without actors (the raw baseline),
 //    alone and with a thread writing each step's parameters to a file (pwrite +
 //    fdatasync): what the bare checkpoint I/O costs any program on this machine.
 //    Rounds rotate the order of the four; medians over rounds.
@@ -10,8 +10,8 @@
 //    loader, trainer) at spaced steps; the time from each crash (child_exited event) to
 //    the job's next committed step; median. Also how many actors were restarted per fault.
 // 3. Hang detection on digits_mlp's shape and defaults (64-128-10, 2 workers, 2 shards,
-//    1 loader, batch 32, default step deadline): one hang of each role per round; the
-//    time from the job's last progress to the kill (the hang_detected event's `waited`);
+//    1 loader, batch 64 in 8 micro-batches, default step deadline): one hang of each role per
+//    round; the time from the job's last progress to the kill (the hang_detected event's `waited`);
 //    median and largest over rounds, against the 1 s. No baseline: the job's own
 //    median step time, which the deadline scales, is in the notes.
 
@@ -268,6 +268,7 @@ int main(int argc, char** argv) {
   big.test = synthetic(256, 784, 2);
   big.workers = big.shards = big.loaders = 1;
   big.batch = 32;
+  big.micro_batches = 1; // the raw loop's maths: one batch of 32
   big.steps = opts.steps;
   big.eval_every = 0;
   big.optimizer.lr = 0.01;
@@ -320,6 +321,8 @@ int main(int argc, char** argv) {
   mid.workers = 2;
   mid.shards = 2;
   mid.loaders = 1;
+  mid.batch = 64;
+  mid.micro_batches = 2;
   mid.checkpoint_every = 1;
   const uint64_t spacing = 5;
   mid.steps = 10 + spacing * opts.faults;
@@ -367,7 +370,8 @@ int main(int argc, char** argv) {
   digits.workers = 2;
   digits.shards = 2;
   digits.loaders = 1;
-  digits.batch = 32;
+  digits.batch = 64;
+  digits.micro_batches = 8;
   digits.optimizer.lr = 0.1f;
   digits.steps = 400;
   auto hangs = parse_faults("hang:worker:1@100,hang:shard:0@200,hang:loader:0@300", digits.workers,

@@ -3,7 +3,8 @@
 // any of them on request, and ends with the same parameters as a run without
 // crashes.
 //
-//   digits_mlp [--workers 2] [--shards 2] [--loaders 1] [--steps 3000] [--batch 32]
+//   digits_mlp [--workers 2] [--shards 2] [--loaders 1] [--steps 3000] [--batch 64]
+//              [--micro-batches 8]
 //              [--lr 0.1] [--optimizer sgd|momentum|adam] [--seed 1]
 //              [--checkpoint-every 1] [--state-dir .understudy/digits_mlp]
 //              [--data examples/data/digits.csv.gz] [--fault SPEC]
@@ -52,16 +53,21 @@ std::string default_data_path() {
 int main(int argc, char** argv) {
   CLI::App app{"digits_mlp: fault-tolerant data-parallel training of an MLP on handwritten digits",
                "digits_mlp"};
-  size_t workers = 2, shards = 2, loaders = 1, batch = 32, hidden = 128;
+  size_t workers = 2, shards = 2, loaders = 1, batch = 64, micro_batches = 8, hidden = 128;
   uint64_t steps = 3000, seed = 1, checkpoint_every = 1, eval_every = 250;
   double lr = 0.1;
   std::string optimizer_name = "sgd", state_dir = ".understudy/digits_mlp", data_path, fault_spec;
-  app.add_option("--workers", workers, "workers (one batch each per step)")->capture_default_str();
+  app.add_option("--workers", workers, "workers (at most one per micro-batch)")
+      ->capture_default_str();
   app.add_option("--shards", shards, "parameter shards")->capture_default_str();
-  app.add_option("--loaders", loaders, "data loaders (at most one per worker)")
+  app.add_option("--loaders", loaders, "data loaders (at most one per micro-batch)")
       ->capture_default_str();
   app.add_option("--steps", steps, "synchronous steps")->capture_default_str();
-  app.add_option("--batch", batch, "samples per worker and step")->capture_default_str();
+  app.add_option("--batch", batch, "samples per step (the global batch)")->capture_default_str();
+  app.add_option("--micro-batches", micro_batches,
+                 "the batch's split; with these fixed, any counts of workers, shards and "
+                 "loaders give the same result")
+      ->capture_default_str();
   app.add_option("--hidden", hidden, "units of the hidden layer")->capture_default_str();
   app.add_option("--lr", lr, "learning rate")->capture_default_str();
   app.add_option("--optimizer", optimizer_name, "sgd, momentum or adam")->capture_default_str();
@@ -117,6 +123,7 @@ int main(int argc, char** argv) {
   cfg.shards = shards;
   cfg.loaders = loaders;
   cfg.batch = batch;
+  cfg.micro_batches = micro_batches;
   cfg.steps = steps;
   cfg.seed = seed;
   cfg.checkpoint_every = checkpoint_every;
@@ -142,9 +149,9 @@ int main(int argc, char** argv) {
 
   std::printf(
       "digits_mlp: %s, %zu train / %zu held-out samples, %zu workers, %zu shards, "
-      "%zu loaders, batch %zu, %s lr %g, seed %" PRIu64 "\n",
+      "%zu loaders, batch %zu in %zu micro-batches, %s lr %g, seed %" PRIu64 "\n",
       cfg.net->describe().c_str(), cfg.train->size(), cfg.test->size(), workers, shards, loaders,
-      batch, optimizer_name.c_str(), lr, seed);
+      batch, micro_batches, optimizer_name.c_str(), lr, seed);
   if (!cfg.faults.empty()) {
     std::string list;
     for (const auto& f : cfg.faults)

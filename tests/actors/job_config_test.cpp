@@ -112,7 +112,8 @@ TEST_CASE("the example cluster config parses into three nodes, a spare, the tree
   CHECK(j.training.workers == 3);
   CHECK(j.training.shards == 3);
   CHECK(j.training.loaders == 3);
-  CHECK(j.training.batch == 32);
+  CHECK(j.training.batch == 96);
+  CHECK(j.training.micro_batches == 6);
   CHECK(j.training.steps == 3000);
   CHECK(j.training.seed == 1);
   CHECK(j.training.checkpoint_every == 5);
@@ -253,8 +254,16 @@ TEST_CASE("bad [job] sections are rejected with file, line and problem", "[confi
       {"a job the tree does not start",
        base + job + lines({"[[tree.child]]", "name = \"x\"", "type = \"supervisor\""}),
        config_errc::missing_key, "bad.toml:9: [job] is not started by the tree"},
-      {"more loaders than workers", base + job + lines({"workers = 2", "loaders = 3"}),
-       config_errc::invalid_job, "bad.toml:13: 'loaders' in [job] is 3, more than the 2 workers"},
+      {"more loaders than micro-batches",
+       base + job + lines({"micro_batches = 2", "workers = 2", "loaders = 3"}),
+       config_errc::invalid_job,
+       "bad.toml:14: 'loaders' in [job] is 3, more than the 2 micro-batches"},
+      {"more workers than micro-batches", base + job + lines({"workers = 9"}),
+       config_errc::invalid_job,
+       "bad.toml:12: 'workers' in [job] is 9, more than the 8 micro-batches"},
+      {"micro-batches that do not divide the batch",
+       base + job + lines({"batch = 30", "micro_batches = 4"}), config_errc::invalid_job,
+       "bad.toml:13: 'micro_batches' in [job] is 4, which does not divide the batch of 30"},
       {"more shards than parameters",
        base + lines({"[job]", "layers = [1, 1]", "data = \"d.csv\"", "shards = 3"}),
        config_errc::invalid_job,

@@ -65,7 +65,8 @@ training_config small_job(uint64_t seed, size_t train_samples = 400) {
   cfg.workers = 3;
   cfg.shards = 2;
   cfg.loaders = 2;
-  cfg.batch = 16;
+  cfg.batch = 48;
+  cfg.micro_batches = 6;
   cfg.steps = 60;
   cfg.seed = seed;
   cfg.eval_every = 20;
@@ -245,7 +246,7 @@ TEST_CASE("a job resumes from its last committed step and ends as an uninterrupt
   CHECK(second.params_digest == full.params_digest);
   // Another job (other batch size) refuses the directory instead of mixing.
   auto other = cfg;
-  other.batch = 8;
+  other.batch = 24;
   runtime rt{quiet()};
   auto job = make_job(rt, other, dir.path);
   auto tree = rt.start(job.spec());
@@ -255,6 +256,115 @@ TEST_CASE("a job resumes from its last committed step and ends as an uninterrupt
   CHECK_THAT(describe(result.error()), Catch::Contains("another training job"));
 }
 
+namespace {
+
+struct counts {
+  size_t workers, shards, loaders;
+};
+
+training_config with_counts(training_config cfg, counts c) {
+  cfg.workers = c.workers;
+  cfg.shards = c.shards;
+  cfg.loaders = c.loaders;
+  return cfg;
+}
+
+} // namespace
+
+TEST_CASE("the counts of workers, shards and loaders never change the result", "[training]") {
+  // The job's maths: its global batch of 48 split into 6 micro-batches.
+  auto cfg = small_job(9);
+  cfg.optimizer.kind = optimizer_kind::adam;
+  cfg.optimizer.lr = 0.01;
+  cfg.steps = 40;
+  state_dir first_dir;
+  auto first = run_job(with_counts(cfg, {1, 1, 1}), first_dir.path);
+  for (counts c : {counts{2, 3, 2}, counts{3, 2, 1}, counts{5, 4, 3}, counts{6, 1, 6}}) {
+    INFO(c.workers << " workers, " << c.shards << " shards, " << c.loaders << " loaders");
+    state_dir dir;
+    auto r = run_job(with_counts(cfg, c), dir.path);
+    CHECK(r.params_digest == first.params_digest);
+    CHECK(r.accuracy == first.accuracy);
+  }
+  // Crashes of any role with other counts: still the same parameters.
+  auto faulty = with_counts(cfg, {5, 3, 2});
+  auto faults = parse_faults("random:4", 5, 3, 2, cfg.steps, 77);
+  REQUIRE(faults);
+  faulty.faults = *faults;
+  state_dir faulty_dir;
+  auto r = run_job(faulty, faulty_dir.path);
+  CHECK(r.restarts >= 4);
+  CHECK(r.params_digest == first.params_digest);
+  // The micro-batches are part of the maths: another split is another job.
+  auto split = cfg;
+  split.micro_batches = 3;
+  CHECK(fingerprint(split) != fingerprint(cfg));
+  CHECK(fingerprint(with_counts(cfg, {5, 4, 3})) == fingerprint(cfg));
+}
+
+TEST_CASE(
+    "a state directory resumes with other counts, resharded, and ends as an uninterrupted "
+    "run",
+    "[training]") {
+  auto cfg = small_job(13);
+  cfg.optimizer.kind = optimizer_kind::adam; // both moments are resharded
+  cfg.optimizer.lr = 0.01;
+  cfg.checkpoint_every = 4;
+  state_dir full_dir;
+  auto full = run_job(with_counts(cfg, {3, 2, 2}), full_dir.path);
+  state_dir dir;
+  auto part = with_counts(cfg, {3, 2, 2});
+  part.steps = 20;
+  CHECK(run_job(part, dir.path).steps == 20);
+  // More shards, fewer loaders and workers...
+  part = with_counts(cfg, {2, 3, 1});
+  part.steps = 41; // not a checkpoint step: the job ends there anyway
+  auto second = run_job(part, dir.path);
+  CHECK(second.resumed_from == 20);
+  CHECK(second.steps == 41);
+  // ... then fewer shards and more loaders and workers.
+  auto third = run_job(with_counts(cfg, {5, 1, 3}), dir.path);
+  CHECK(third.resumed_from == 41);
+  CHECK(third.params_digest == full.params_digest);
+  CHECK(third.params == full.params);
+}
+
+TEST_CASE(
+    "a job that may not reshard refuses other counts of shards by name, and takes other "
+    "workers",
+    "[training]") {
+  auto cfg = small_job(14);
+  state_dir dir;
+  auto part = with_counts(cfg, {3, 2, 2});
+  part.steps = 20;
+  run_job(part, dir.path);
+  {
+    runtime rt{quiet()};
+    auto job = make_job(rt, with_counts(cfg, {3, 3, 2}), dir.path);
+    job.reshard_on_resume(false); // as in a cluster
+    auto tree = rt.start(job.spec());
+    REQUIRE(tree);
+    auto result = job.wait(std::chrono::seconds(60));
+    rt.stop(*tree);
+    REQUIRE_FALSE(result);
+    CHECK_THAT(describe(result.error()),
+               Catch::Contains("written with 2 shards and 2 loaders") &&
+                   Catch::Contains("this job has 3 shards and 2 loaders"));
+  }
+  // Nothing was changed: the same counts with other workers go on.
+  runtime rt{quiet()};
+  auto job = make_job(rt, with_counts(cfg, {5, 2, 2}), dir.path);
+  job.reshard_on_resume(false);
+  auto tree = rt.start(job.spec());
+  REQUIRE(tree);
+  auto result = job.wait(std::chrono::seconds(60));
+  rt.stop(*tree);
+  REQUIRE(result);
+  CHECK(result->resumed_from == 20);
+  state_dir full_dir;
+  CHECK(result->params_digest == run_job(cfg, full_dir.path).params_digest);
+}
+
 TEST_CASE("a loader serves every sample once per epoch across crashes, with bounded prefetch",
           "[training]") {
   auto cfg = small_job(5, 50);
@@ -262,6 +372,7 @@ TEST_CASE("a loader serves every sample once per epoch across crashes, with boun
   cfg.loaders = 1;
   cfg.shards = 1;
   cfg.batch = 7; // batches straddle epochs
+  cfg.micro_batches = 1;
   cfg.steps = 40;
   cfg.prefetch = 2;
   cfg.faults = {fault{fault_target::loader, 0, 9}, fault{fault_target::loader, 0, 23}};
@@ -346,12 +457,13 @@ TEST_CASE("a loader serves every sample once per epoch across crashes, with boun
 
 namespace {
 
-/// Pushes gradients to a lone shard in `order` (ranks, repeats allowed) for
+/// Pushes gradients to a lone shard in `order` (micro-batches, repeats allowed) for
 /// `steps` steps and returns its parameters and stats.
 std::pair<std::vector<float>, shard_stats> drive_shard(const std::vector<size_t>& order,
                                                        uint64_t steps) {
   auto cfg = small_job(11);
   cfg.workers = 3;
+  cfg.micro_batches = 3;
   cfg.shards = 1;
   cfg.loaders = 1;
   cfg.optimizer.kind = optimizer_kind::adam;
@@ -406,10 +518,10 @@ std::pair<std::vector<float>, shard_stats> drive_shard(const std::vector<size_t>
 
 } // namespace
 
-TEST_CASE("a shard sums gradients by rank: duplicate and reordered pushes change nothing",
+TEST_CASE("a shard sums gradients by micro-batch: duplicate and reordered pushes change nothing",
           "[training]") {
   auto [in_order, s1] = drive_shard({0, 1, 2}, 5);
-  auto [shuffled, s2] = drive_shard({2, 0, 0, 1}, 5); // rank 0 twice per step
+  auto [shuffled, s2] = drive_shard({2, 0, 0, 1}, 5); // micro-batch 0 twice per step
   auto [reversed, s3] = drive_shard({2, 1, 1, 2, 0}, 5);
   REQUIRE(in_order.size() == shuffled.size());
   CHECK(in_order == shuffled);
@@ -486,8 +598,11 @@ TEST_CASE("impossible job configurations are refused with the reason", "[trainin
   };
   check([](training_config& c) { c.workers = 0; }, "workers must be");
   check([](training_config& c) { c.shards = 100000; }, "shards must be");
-  check([](training_config& c) { c.loaders = 4; }, "loaders must be");
+  check([](training_config& c) { c.loaders = 7; }, "loaders must be from 1 to 6");
+  check([](training_config& c) { c.workers = 7; }, "workers must be from 1 to 6");
   check([](training_config& c) { c.batch = 0; }, "batch must be");
+  check([](training_config& c) { c.micro_batches = 5; }, "micro_batches must be");
+  check([](training_config& c) { c.micro_batches = 0; }, "micro_batches must be");
   check([](training_config& c) { c.checkpoint_every = 0; }, "checkpoint_every");
   check(
       [](training_config& c) {

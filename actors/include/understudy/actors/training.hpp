@@ -88,11 +88,20 @@ struct training_config {
   std::shared_ptr<const model> net;
   std::shared_ptr<const dataset> train;
   std::shared_ptr<const dataset> test;
-  /// Actors per role (*); each worker takes `batch` (*) samples per step.
+  /// Actors per role. They are not part of the job's mathematics: the result
+  /// is the same for any counts, and a state directory resumes with others
+  /// (see training_job).
   size_t workers = 2;
   size_t shards = 2;
   size_t loaders = 1;
-  size_t batch = 32;
+  /// The global batch (*): samples per step, in the training set's global
+  /// order (one shuffle per epoch), split into `micro_batches` (*) equal
+  /// micro-batches. Micro-batch m of a step is computed by one worker, which
+  /// one does not matter: each micro-batch's gradient is computed alone, and
+  /// every shard sums them in micro-batch order. So workers can be at most
+  /// `micro_batches`, and each takes about micro_batches / workers of them.
+  size_t batch = 64;
+  size_t micro_batches = 8;
   /// Total steps (not part of the fingerprint: a finished job can be extended).
   uint64_t steps = 3000;
   /// Seeds parameter initialisation and the per-epoch shuffles (*).
@@ -135,16 +144,17 @@ struct training_config {
 };
 
 /// Checks `cfg`: model and data present and matching, counts >= 1, at most one
-/// shard per parameter, at most one loader per worker and no more loaders than
-/// training samples, batch >= 1, steps >= 1, checkpoint_every >= 1, optimizer
-/// valid, faults naming existing actors. Returns the first problem.
+/// shard per parameter, batch >= 1 and a multiple of micro_batches, at most one
+/// worker and one loader per micro-batch, steps >= 1, checkpoint_every >= 1,
+/// optimizer valid, faults naming existing actors. Returns the first problem.
 caf::error validate(const training_config& cfg);
 
 /// The part of `validate` about hang_floor, hang_ceiling and hang_factor: the
 /// first key out of range and its error, or an empty error.
 std::pair<const char*, caf::error> check_liveness(const training_config& cfg);
 
-/// A hash of the fields marked (*) in training_config.
+/// A hash of the fields marked (*) in training_config: not of the counts of
+/// workers, shards and loaders.
 uint64_t fingerprint(const training_config& cfg);
 
 /// Reported by the trainer after each committed step (from an actor thread).
@@ -197,7 +207,12 @@ struct training_result {
 ///
 /// Start `spec()` with runtime::start, then `wait()` for the result. Shards,
 /// loaders and the trainer persist their state in `p`; a tree started on a
-/// state directory that holds a committed step of the same job resumes there.
+/// state directory that holds a committed step of the same job resumes there,
+/// also with other counts of workers, shards and loaders: the trainer first
+/// rewrites the committed step's shard records (parameters and optimizer
+/// state) and loader cursors for the new counts, in one transaction (so a
+/// crash leaves the old layout or the new one), and the job ends with the
+/// digest of an uninterrupted run.
 class training_job {
 public:
   /// Validates `cfg` (the `validate` error otherwise).
@@ -227,6 +242,12 @@ public:
   supervisor_spec spec(std::string name = "job", std::shared_ptr<event_sink> events = nullptr,
                        std::function<child_spec(fault_target role, size_t index, child_spec local)>
                            placer = {}) const;
+
+  /// Whether a resume with other counts of shards or loaders reshards the
+  /// committed step through the local state store (the default). A cluster
+  /// turns it off: its records are spread over its nodes, and such a resume
+  /// then fails with an error that says so.
+  void reshard_on_resume(bool enabled);
 
   /// Called by the trainer after every committed step (and on its evaluations).
   void on_progress(std::function<void(const training_progress&)> fn);
@@ -275,16 +296,20 @@ using pushed_atom = caf::atom_constant<caf::atom("us_pushed")>;
 
 // any:     (alive_atom) -> alive_atom: the trainer's liveness question when a
 //          step misses its deadline (an actor that does not answer is hung)
-// worker:  (train_step_atom, step, attempt, loader, std::vector<caf::actor> shards)
-//          fetches its batch, pulls every slice, pushes every gradient slice,
-//          then tells the sender (pushed_atom, step, attempt, rank).
-// loader:  (batch_atom, step, rank) -> batch_ptr
+// worker:  (train_step_atom, step, attempt, slot, stride, std::vector<caf::actor> loaders,
+//           std::vector<caf::actor> shards)
+//          computes micro-batches slot, slot + stride, ... (< micro_batches): fetches
+//          each from loader m % loaders, pulls every slice, pushes each
+//          micro-batch's gradient slices, then tells the sender
+//          (pushed_atom, step, attempt, rank).
+// loader:  (batch_atom, step, micro) -> batch_ptr: micro-batch `micro` of `step`
 //          (rewind_atom, step, attempt) -> step: the cursor after `step`
 //          (commit_atom, step) -> step once the cursor after `step` is durable
 //          (probe_atom) -> newest step stored (see shard)
 //          (stats_atom) -> loader_stats
 // shard:   (pull_atom) -> (step, slice_ptr): its parameters after `step`
-//          (push_atom, step, attempt, rank, std::vector<float> grad, float loss)
+//          (push_atom, step, attempt, micro, std::vector<float> grad, float loss):
+//            micro-batch `micro`'s gradient slice and mean loss
 //          (rewind_atom, step, attempt) -> step: its state after `step`; the
 //            sender receives (applied_atom, shard, step, attempt, mean loss)
 //            as soon as each step is applied, and on checkpoint steps
@@ -318,15 +343,15 @@ typename Inspector::result_type inspect(Inspector& f, shard_stats& x) {
   return f(caf::meta::type_name("shard_stats"), x.step, x.duplicates, x.stale);
 }
 
-/// A batch served by a loader for (step, worker rank): the samples' indices in
+/// A micro-batch served by a loader for (step, micro): the samples' indices in
 /// the training set, with their data. Sample j is number `offset + j` of the
-/// loader's stream, i.e. position (offset + j) % share_size of epoch
-/// (offset + j) / share_size.
+/// job's global stream, i.e. position (offset + j) % epoch_size of epoch
+/// (offset + j) / epoch_size's order of the whole training set.
 struct served_batch {
   uint64_t step = 0;
-  size_t rank = 0;
+  size_t micro = 0;
   uint64_t offset = 0;
-  uint64_t share_size = 0;
+  uint64_t epoch_size = 0;
   std::vector<uint32_t> indices;
   std::vector<float> inputs;
   std::vector<uint32_t> labels;
@@ -334,7 +359,7 @@ struct served_batch {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, served_batch& x) {
-  return f(caf::meta::type_name("served_batch"), x.step, x.rank, x.offset, x.share_size, x.indices,
+  return f(caf::meta::type_name("served_batch"), x.step, x.micro, x.offset, x.epoch_size, x.indices,
            x.inputs, x.labels);
 }
 
