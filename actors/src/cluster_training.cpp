@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <optional>
+#include <utility>
 
 #include <caf/actor_system_config.hpp>
 #include <caf/make_message.hpp>
@@ -233,12 +236,73 @@ std::vector<std::string> leader_candidates(const node_config& nc) {
   return nc.preferred_nodes(*p);
 }
 
+struct cluster_training::worker_nodes {
+  std::mutex mtx;
+  std::vector<std::string> at;
+  /// Where each worker last started ("" parked), for the log.
+  std::vector<std::string> last;
+
+  /// A live node for worker `index` that runs no other worker of the job:
+  /// where it runs now, else its home, its failover nodes, any node; "" if none.
+  /// With `claim`, it becomes the worker's node at once (none: it is parked).
+  std::string pick(const cluster_node& node, const placement_spec& p, size_t index,
+                   bool claim = false) {
+    std::vector<std::string> alive{node.self().name};
+    for (const auto& peer : node.peers())
+      if (peer.state == peer_state::alive)
+        alive.push_back(peer.name);
+    std::vector<std::string> order;
+    std::lock_guard<std::mutex> guard{mtx};
+    if (!at[index].empty())
+      order.push_back(at[index]);
+    if (index < p.start.size())
+      order.push_back(p.start[index]);
+    order.insert(order.end(), p.failover.begin(), p.failover.end());
+    for (const auto& n : node.config().nodes)
+      order.push_back(n.name);
+    for (const auto& name : order) {
+      if (std::find(alive.begin(), alive.end(), name) == alive.end())
+        continue;
+      bool taken = false;
+      for (size_t j = 0; j < at.size() && !taken; ++j)
+        taken = j != index && at[j] == name;
+      if (!taken) {
+        if (claim)
+          at[index] = name;
+        return name;
+      }
+    }
+    if (claim)
+      at[index].clear();
+    return {};
+  }
+
+  /// Worker `index` started on `name` ("": parked; none: the start failed);
+  /// returns what to log ("" for a start where it ran before).
+  std::string started(const std::string& path, size_t index, std::optional<std::string> name) {
+    std::lock_guard<std::mutex> guard{mtx};
+    if (!name) {
+      at[index].clear();
+      return {};
+    }
+    auto before = std::exchange(last[index], *name);
+    if (name->empty())
+      return path +
+             " parked: no live node is free of the job's workers; the job goes on "
+             "without it";
+    if (before == *name)
+      return {};
+    return path + (before.empty() ? " starts on " : " moved from " + before + " to ") + *name;
+  }
+};
+
 cluster_training::cluster_training(cluster_node& node, const node_config& nc, training_job job)
     : node_(node),
       placements_{job_of(nc)->shard_placement, job_of(nc)->loader_placement,
                   job_of(nc)->worker_placement},
       job_(std::move(job)),
-      candidates_(leader_candidates(nc)) {
+      candidates_(leader_candidates(nc)),
+      worker_nodes_(std::make_shared<worker_nodes>()) {
   node.set_leader_candidates(candidates_);
 }
 
@@ -289,10 +353,44 @@ caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluste
 supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events, std::string name) const {
   auto* node = &node_;
   const auto& pl = placements_;
-  auto placer = [node, &pl](fault_target role, size_t index, child_spec local) {
+  const auto& tc = job_.config();
+  const bool elastic = tc.min_workers > 0 && tc.min_workers < tc.workers;
+  auto nodes = worker_nodes_;
+  {
+    std::lock_guard<std::mutex> guard{nodes->mtx};
+    nodes->at.assign(tc.workers, std::string{});
+    nodes->last = nodes->at;
+  }
+  auto placer = [node, &pl, elastic, nodes](fault_target role, size_t index, child_spec local) {
     const auto& p = role == fault_target::shard    ? pl.shard
                     : role == fault_target::loader ? pl.loader
                                                    : pl.worker;
+    if (role == fault_target::worker && elastic) {
+      // One worker per node: to a free live node, or parked until there is one.
+      local.start = {};
+      local.start_async = [node, &p, nodes, index](child_context& ctx, start_callback done) {
+        auto log = [nodes, index, path = ctx.path](std::optional<std::string> name) {
+          auto line = nodes->started(path, index, std::move(name));
+          if (!line.empty())
+            std::fprintf(stderr, "job: %s\n", line.c_str());
+        };
+        auto target = nodes->pick(*node, p, index, true);
+        if (target.empty()) {
+          log(std::string{});
+          auto free = [node, &p, nodes, index] { return !nodes->pick(*node, p, index).empty(); };
+          done(spawn_parked_worker(ctx.system, index, free, std::chrono::milliseconds(250)));
+          return;
+        }
+        auto start =
+            node->placed(type_of(fault_target::worker),
+                         caf::make_message(static_cast<uint64_t>(index)), target, {}, false);
+        start(ctx, [log, target, done](caf::expected<caf::actor> r) {
+          log(r ? std::optional<std::string>{target} : std::nullopt);
+          done(std::move(r));
+        });
+      };
+      return local;
+    }
     auto home = index < p.start.size() ? p.start[index] : node->self().name;
     // Workers keep no state: they move without copying any.
     local.start = {};

@@ -72,6 +72,10 @@ void check_counts(config_table& r, const job_config& j) {
            "'micro_batches' in [job] is " + std::to_string(tc.micro_batches) +
                ", which does not divide the batch of " + std::to_string(tc.batch) +
                " into equal micro-batches");
+  else if (tc.min_workers > tc.workers)
+    r.fail(config_errc::invalid_job, r.line_of("min_workers"),
+           "'min_workers' in [job] is " + std::to_string(tc.min_workers) + ", more than the " +
+               std::to_string(tc.workers) + " workers");
   else
     for (auto [key, n] : {std::pair{"workers", tc.workers}, std::pair{"loaders", tc.loaders}})
       if (n > tc.micro_batches) {
@@ -139,6 +143,7 @@ caf::expected<std::any> parse_job(config_table& r) {
   count("loaders", tc.loaders, 1, 1024);
   count("batch", tc.batch, 1, 1 << 20);
   count("micro_batches", tc.micro_batches, 1, 4096);
+  count("min_workers", tc.min_workers, 0, 1024);
   count64("steps", tc.steps, 1);
   count64("seed", tc.seed, 0);
   count64("checkpoint_every", tc.checkpoint_every, 1);
@@ -252,6 +257,7 @@ std::vector<config_key> job_keys() {
               {"loaders", "integer"},
               {"batch", "integer"},
               {"micro_batches", "integer"},
+              {"min_workers", "integer"},
               {"steps", "integer"},
               {"seed", "integer"},
               {"checkpoint_every", "integer"},

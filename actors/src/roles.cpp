@@ -634,6 +634,32 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
 
 } // namespace
 
+caf::actor spawn_parked_worker(caf::actor_system& sys, size_t index,
+                               std::function<bool()> node_free, caf::timespan poll) {
+  using poll_atom = caf::atom_constant<caf::atom("us_ppoll")>;
+  return sys.spawn([index, node_free = std::move(node_free),
+                    poll](caf::event_based_actor* self) -> caf::behavior {
+    self->delayed_send(self, poll, poll_atom::value);
+    return {
+        [=](train_step_atom, uint64_t step, uint64_t attempt, size_t, size_t,
+            const std::vector<caf::actor>&, const std::vector<caf::actor>&) {
+          if (auto trainer = caf::actor_cast<caf::actor>(self->current_sender()))
+            self->send(trainer, parked_atom::value, step, attempt, index);
+        },
+        [](alive_atom) { return alive_atom::value; },
+        [=](poll_atom) {
+          if (node_free()) {
+            self->quit(caf::make_error(
+                caf::sec::runtime_error,
+                "worker-" + std::to_string(index) + " was parked and a node is free for it again"));
+            return;
+          }
+          self->delayed_send(self, poll, poll_atom::value);
+        },
+    };
+  });
+}
+
 child_spec make_shard_spec(shared_ptr_t s, size_t k) {
   return persistent_child<shard_state>(
       "shard-" + std::to_string(k), s->p,

@@ -145,6 +145,11 @@ struct trainer_actor {
   unsigned stalls_in_a_row = 0;
   double slowest_ratio = 0;
   bool asking = false;
+  /// Elastic workers: the incarnation of each worker that answered a step as
+  /// parked (left out until it restarts), and how many served the last step.
+  std::vector<caf::actor_addr> parked;
+  size_t serving = 0;
+  bool waiting_for_workers = false;
 
   trainer_actor(caf::event_based_actor* self, shared_ptr_t s,
                 std::shared_ptr<persistent<trainer_state>> st, caf::actor job, uint64_t incarnation)
@@ -416,6 +421,8 @@ struct trainer_actor {
       return;
     }
     auto step = done + 1;
+    if (!enough_workers(step))
+      return;
     s->inflight = step;
     s->maybe_crash(fault_target::trainer, 0, step);
     cur = step;
@@ -426,10 +433,11 @@ struct trainer_actor {
     std::vector<caf::actor> loaders;
     for (size_t l = 0; l < s->cfg.loaders; ++l)
       loaders.push_back(loader(l));
-    // Worker w computes micro-batches w, w + workers, ...
-    for (size_t w = 0; w < s->cfg.workers; ++w)
-      self->send(worker(w), train_step_atom::value, step, attempt(), w, s->cfg.workers, loaders,
-                 shards);
+    // The i-th serving worker computes micro-batches i, i + serving, ...
+    auto active = serving_workers();
+    for (size_t i = 0; i < active.size(); ++i)
+      self->send(worker(active[i]), train_step_atom::value, step, attempt(), i, active.size(),
+                 loaders, shards);
     if (!s->checkpoint_step(step))
       return;
     commits[step];
@@ -445,6 +453,59 @@ struct trainer_actor {
                 maybe_commit(step);
               },
               [this, att, l](caf::error& err) { on_error(att, loader_index(l), err); });
+  }
+
+  // -- elastic workers -------------------------------------------------------------
+
+  bool is_parked(size_t w) const {
+    return w < parked.size() && parked[w] && parked[w] == worker(w).address();
+  }
+
+  /// The workers that take part in the next step: all but the parked ones.
+  std::vector<size_t> serving_workers() const {
+    std::vector<size_t> out;
+    for (size_t w = 0; w < s->cfg.workers; ++w)
+      if (!is_parked(w))
+        out.push_back(w);
+    return out;
+  }
+
+  /// Whether enough workers serve for step `step` (min_workers; all of them
+  /// when the job is not elastic); says so when their number changes.
+  bool enough_workers(uint64_t step) {
+    const auto& cfg = s->cfg;
+    auto n = serving_workers().size();
+    auto needed = cfg.min_workers == 0 ? cfg.workers : cfg.min_workers;
+    if (n < needed) {
+      if (!waiting_for_workers)
+        std::fprintf(stderr,
+                     "trainer: %zu of %zu workers serve, fewer than min_workers %zu: step %llu "
+                     "waits for a worker to come back\n",
+                     n, cfg.workers, needed, static_cast<unsigned long long>(step));
+      waiting_for_workers = true;
+      return false;
+    }
+    waiting_for_workers = false;
+    if (n != serving && serving != 0)
+      std::fprintf(stderr, "trainer: step %llu runs on %zu of %zu workers\n",
+                   static_cast<unsigned long long>(step), n, cfg.workers);
+    serving = n;
+    return true;
+  }
+
+  /// Worker `rank` answered the step as parked: it is left out until it
+  /// restarts, and the step is redone with the micro-batches spread over the others.
+  void on_parked(uint64_t step, uint64_t att, size_t rank) {
+    if (!rp || att != attempt() || step != cur || rank >= s->cfg.workers || rp->recovering())
+      return;
+    auto from = caf::actor_cast<caf::actor_addr>(self->current_sender());
+    if (!from || from != worker(rank).address())
+      return;
+    parked.resize(s->cfg.workers);
+    parked[rank] = from;
+    std::fprintf(stderr, "trainer: %s is parked (no node for it): redoing step %llu without it\n",
+                 rp->id(worker_index(rank)).c_str(), static_cast<unsigned long long>(step));
+    rp->recover();
   }
 
   void on_applied(size_t k, uint64_t step, uint64_t att, float l) {
@@ -623,22 +684,24 @@ struct trainer_actor {
   /// in a row is restarted.
   void judge_stragglers() {
     const auto& cfg = s->cfg;
-    if (delivered.size() != cfg.workers || cfg.workers < 2)
+    auto active = serving_workers();
+    if (delivered.size() != cfg.workers || active.size() < 2)
       return;
-    std::vector<steady::duration> times;
-    for (const auto& d : delivered) {
-      if (!d)
+    std::vector<steady::duration> times(cfg.workers);
+    std::vector<steady::duration> served;
+    for (auto w : active) {
+      if (!delivered[w])
         return;
-      times.push_back(*d);
+      times[w] = *delivered[w];
+      served.push_back(*delivered[w]);
     }
     // The lower median: with two workers, the faster one is the yardstick.
-    auto sorted = times;
-    auto mid = (sorted.size() - 1) / 2;
-    std::nth_element(sorted.begin(), sorted.begin() + static_cast<long>(mid), sorted.end());
-    auto median = std::max<steady::duration>(sorted[mid], std::chrono::microseconds(1));
+    auto mid = (served.size() - 1) / 2;
+    std::nth_element(served.begin(), served.begin() + static_cast<long>(mid), served.end());
+    auto median = std::max<steady::duration>(served[mid], std::chrono::microseconds(1));
     late_steps.resize(cfg.workers, 0);
     double slowest = 0;
-    for (size_t w = 0; w < cfg.workers; ++w) {
+    for (auto w : active) {
       double ratio = std::chrono::duration<double>(times[w]).count() /
                      std::chrono::duration<double>(median).count();
       slowest = std::max(slowest, ratio);
@@ -647,7 +710,7 @@ struct trainer_actor {
       late_steps[w] = late ? late_steps[w] + 1 : 0;
     }
     slowest_ratio = slowest;
-    for (size_t w = 0; w < cfg.workers; ++w) {
+    for (auto w : active) {
       if (late_steps[w] < cfg.straggler_steps)
         continue;
       late_steps[w] = 0;
@@ -771,6 +834,9 @@ struct trainer_actor {
         [this](deadline_atom) { on_deadline(); },
         [this](pushed_atom, uint64_t step, uint64_t att, size_t rank) {
           on_pushed(step, att, rank);
+        },
+        [this](parked_atom, uint64_t step, uint64_t att, size_t rank) {
+          on_parked(step, att, rank);
         },
     };
   }

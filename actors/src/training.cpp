@@ -242,6 +242,9 @@ caf::error validate(const training_config& cfg) {
                       std::to_string(std::min<size_t>(cfg.micro_batches, 1024)) +
                       " (each computes at least one of the " + std::to_string(cfg.micro_batches) +
                       " micro-batches), not " + std::to_string(cfg.workers));
+  if (cfg.min_workers > cfg.workers)
+    return bad_config("training: min_workers must be from 0 to workers (" +
+                      std::to_string(cfg.workers) + "), not " + std::to_string(cfg.min_workers));
   if (cfg.shards == 0 || cfg.shards > params || cfg.shards > 1024)
     return bad_config("training: shards must be from 1 to " +
                       std::to_string(std::min<size_t>(params, 1024)) +

@@ -43,6 +43,9 @@ CLI::App* add_launch_command(CLI::App& app, launch_options& opts) {
   sub->add_option("--kill", opts.kills, "NODE@STEP: SIGKILL the node's process at that step");
   sub->add_option("--freeze", opts.freezes,
                   "NODE@STEP:DURATION: SIGSTOP the node at that step, SIGCONT after DURATION");
+  sub->add_option("--restart", opts.restarts,
+                  "NODE@STEP: start the node's process again at that step if it has ended "
+                  "(after --kill)");
   return sub;
 }
 

@@ -365,6 +365,62 @@ TEST_CASE(
   CHECK(result->params_digest == run_job(cfg, full_dir.path).params_digest);
 }
 
+TEST_CASE("a parked worker is left out down to min_workers, and serves again once it restarts",
+          "[training]") {
+  auto cfg = small_job(21);
+  cfg.steps = 40;
+  state_dir clean_dir;
+  const auto clean = run_job(cfg, clean_dir.path);
+  for (size_t min_workers : {size_t{2}, size_t{3}}) {
+    INFO("min_workers " << min_workers);
+    cfg.min_workers = min_workers;
+    // Worker 1 has no node until the job has committed step 20 (min_workers
+    // 2: two workers go on meanwhile) or its stand-in has been asked 30 times
+    // (min_workers 3: nothing may move while it is parked).
+    std::atomic<uint64_t> committed{0}, committed_while_parked{0};
+    std::atomic<int> polls{0};
+    std::atomic<bool> parked{true};
+    runtime rt{quiet()};
+    state_dir dir;
+    auto job = make_job(rt, cfg, dir.path);
+    job.on_progress([&](const training_progress& p) {
+      committed = p.step;
+      if (parked)
+        ++committed_while_parked;
+    });
+    auto tree =
+        rt.start(job.spec("job", nullptr, [&](fault_target role, size_t index, child_spec local) {
+          if (role != fault_target::worker || index != 1)
+            return local;
+          auto inner = local.start;
+          local.start = [&, inner](child_context& ctx) -> caf::expected<caf::actor> {
+            if (ctx.incarnation > 1)
+              return inner(ctx);
+            return spawn_parked_worker(
+                ctx.system, 1,
+                [&] {
+                  bool free = min_workers == 2 ? committed >= 20 : ++polls > 30;
+                  if (free)
+                    parked = false;
+                  return free;
+                },
+                std::chrono::milliseconds(2));
+          };
+          return local;
+        }));
+    REQUIRE(tree);
+    auto result = job.wait(std::chrono::seconds(60));
+    rt.stop(*tree);
+    REQUIRE(result);
+    CHECK(result->params_digest == clean.params_digest);
+    CHECK(result->restarts >= 1); // the stand-in's exit, then the worker
+    if (min_workers == 2)
+      CHECK(committed_while_parked >= 20);
+    else
+      CHECK(committed_while_parked == 0);
+  }
+}
+
 TEST_CASE("a loader serves every sample once per epoch across crashes, with bounded prefetch",
           "[training]") {
   auto cfg = small_job(5, 50);

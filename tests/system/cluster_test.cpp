@@ -99,6 +99,34 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "an elastic job that loses two nodes with one spare parks a worker, goes on with the others, "
+    "takes a node that comes back and ends with the fault-free digest",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 1500);
+  auto at = text.find("faults = ");
+  REQUIRE(at != std::string::npos);
+  text.insert(at, "min_workers = 1\n");
+  std::ofstream{file} << text;
+  auto out =
+      launch_expecting(file, dir.path, "--kill n2@60 --kill n3@150 --restart n2@250", 1500, "n1");
+  INFO(out);
+  // n2's worker moved to the spare, the only node without a worker; when n3
+  // was lost too, its worker had nowhere to go and was parked.
+  CHECK(std::regex_search(
+      out, std::regex{R"(\[n1\] job: /root/job/workers/worker-1 moved from n2 to s1)"}));
+  CHECK_THAT(out, Catch::Contains("[n1] job: /root/job/workers/worker-2 parked"));
+  CHECK(std::regex_search(out, std::regex{R"(\[n1\] trainer: step \d+ runs on 2 of 3 workers)"}));
+  CHECK(out.find("fewer than min_workers") == std::string::npos);
+  // n2 came back as a new epoch: the parked worker started there, and the
+  // job ran on three workers again.
+  CHECK_THAT(out, Catch::Contains("chaos: restarting n2"));
+  CHECK_THAT(out, Catch::Contains("[n1] job: /root/job/workers/worker-2 starts on n2"));
+  CHECK(std::regex_search(out, std::regex{R"(\[n1\] trainer: step \d+ runs on 3 of 3 workers)"}));
+}
+
+TEST_CASE(
     "a leader frozen past its deadline is replaced and fenced and its return changes "
     "nothing",
     "[cluster]") {

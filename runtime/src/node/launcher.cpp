@@ -134,8 +134,18 @@ public:
 private:
   /// Starts every node of the file; false if a pipe cannot be made.
   bool spawn_all() {
+    for (const auto& n : nc_.nodes)
+      if (!spawn(n.name))
+        return false;
+    return true;
+  }
+
+  /// Starts node `name`'s process (again, if it ran before); false if a pipe
+  /// cannot be made.
+  bool spawn(const std::string& name) {
     const auto leader = candidates_.empty() ? std::string{} : candidates_.front();
-    for (const auto& n : nc_.nodes) {
+    {
+      const auto& n = *nc_.find_node(name);
       auto args = opts_.node_command(n.name);
       if (!coordination_url_.empty()) {
         args.push_back("--coordination");
@@ -170,9 +180,14 @@ private:
         ::_exit(127);
       }
       ::close(fds[1]);
-      kids_.push_back(child{n.name, pid, fds[0], {}, true, 0});
-      out_.say("launch: started node " + n.name + " (pid " + std::to_string(pid) + ")" +
-               (n.name == leader ? ", the leader" : ""));
+      auto* old = find(n.name);
+      if (old != nullptr)
+        *old = child{n.name, pid, fds[0], {}, true, 0};
+      else
+        kids_.push_back(child{n.name, pid, fds[0], {}, true, 0});
+      out_.say("launch: " + std::string{old != nullptr ? "restarted" : "started"} + " node " +
+               n.name + " (pid " + std::to_string(pid) + ")" +
+               (n.name == leader && old == nullptr ? ", the leader" : ""));
     }
     return true;
   }
@@ -230,6 +245,16 @@ private:
         continue;
       c.done = true;
       auto* target = find(c.act.node);
+      if (c.act.restart) {
+        if (stopping_ || (target != nullptr && (target->running || target->fd >= 0))) {
+          out_.say("chaos: " + c.act.node + " still runs at step " + std::to_string(step) +
+                   ": not restarted");
+          continue;
+        }
+        out_.say("chaos: restarting " + c.act.node + " at step " + std::to_string(step));
+        spawn(c.act.node);
+        continue;
+      }
       if (!target || !target->running)
         continue;
       if (c.act.freeze) {
@@ -403,6 +428,16 @@ int run_launch(const launch_options& opts, node_output& out) {
                opts.file + ")");
       return to_int(exit_code::bad_config);
     }
+    plan.push_back({*act});
+  }
+  for (const auto& r : opts.restarts) {
+    auto act = parse_chaos(r, false);
+    if (!act || nc->find_node(act->node) == nullptr) {
+      out.warn(opts.label + ": bad --restart '" + r + "' (expected NODE@STEP with a node of " +
+               opts.file + ")");
+      return to_int(exit_code::bad_config);
+    }
+    act->restart = true;
     plan.push_back({*act});
   }
   for (const auto& f : opts.freezes) {

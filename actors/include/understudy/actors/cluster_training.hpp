@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -55,7 +56,13 @@ public:
   /// the node's leadership (cluster_node::await_leadership) says which does.
   const std::vector<std::string>& candidates() const noexcept { return candidates_; }
 
-  /// On the leader: the job's tree, its actors placed over the nodes.
+  /// On the leader: the job's tree, its actors placed over the nodes. With
+  /// elastic workers ([job] min_workers below workers) each worker runs on a
+  /// node of its own: one whose node is lost moves to a live node that runs
+  /// none of the job's workers, or, where there is none, is parked (a stand-in
+  /// on the leader, see spawn_parked_worker) while the job goes on without it;
+  /// it starts again as soon as such a node is alive (one that came back or
+  /// joined).
   supervisor_spec spec(std::shared_ptr<event_sink> events, std::string name = "job") const;
 
   training_job& job() noexcept { return job_; }
@@ -72,6 +79,10 @@ private:
   role_placements placements_;
   training_job job_;
   std::vector<std::string> candidates_;
+  /// Elastic workers (training_config::min_workers below workers): where each
+  /// worker runs ("" while parked or not placed yet), one worker per node.
+  struct worker_nodes;
+  std::shared_ptr<worker_nodes> worker_nodes_;
 };
 
 } // namespace understudy::actors

@@ -13,6 +13,7 @@
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 #include <caf/meta/type_name.hpp>
+#include <caf/timespan.hpp>
 
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/model.hpp"
@@ -141,6 +142,13 @@ struct training_config {
   double straggler_ratio = 3.0;
   uint64_t straggler_steps = 20;
   std::chrono::milliseconds straggler_lag{20};
+  /// Elastic workers: 0 (the default) or `workers` waits for every worker.
+  /// From 1 to workers - 1, a worker that answers a step with parked_atom
+  /// (in a cluster: its node was lost and no node without a worker of the job
+  /// is left) is left out, and its micro-batches go to the others, as long as
+  /// at least `min_workers` serve; below that the trainer waits for a worker
+  /// to come back. Any number of workers gives the same result.
+  size_t min_workers = 0;
 };
 
 /// Checks `cfg`: model and data present and matching, counts >= 1, at most one
@@ -276,6 +284,15 @@ private:
   std::shared_ptr<shared> s_;
 };
 
+/// A stand-in for worker `index` of an elastic job (training_config::min_workers)
+/// that has no node to run on: it answers every step with parked_atom, so the
+/// trainer leaves it out, and liveness questions with alive_atom; every `poll`
+/// it calls `node_free` (from its own thread) and, once that returns true,
+/// exits, so that its supervisor starts the worker again where there is room.
+/// Use its handle as a worker incarnation's (e.g. from a start function).
+caf::actor spawn_parked_worker(caf::actor_system& sys, size_t index,
+                               std::function<bool()> node_free, caf::timespan poll);
+
 /// XXH3-64 of `n` floats' bytes.
 uint64_t params_digest(const float* params, size_t n);
 
@@ -293,6 +310,7 @@ using probe_atom = caf::atom_constant<caf::atom("us_probe")>;
 using stats_atom = caf::atom_constant<caf::atom("us_stats")>;
 using alive_atom = caf::atom_constant<caf::atom("us_alive")>;
 using pushed_atom = caf::atom_constant<caf::atom("us_pushed")>;
+using parked_atom = caf::atom_constant<caf::atom("us_parked")>;
 
 // any:     (alive_atom) -> alive_atom: the trainer's liveness question when a
 //          step misses its deadline (an actor that does not answer is hung)
@@ -301,7 +319,9 @@ using pushed_atom = caf::atom_constant<caf::atom("us_pushed")>;
 //          computes micro-batches slot, slot + stride, ... (< micro_batches): fetches
 //          each from loader m % loaders, pulls every slice, pushes each
 //          micro-batch's gradient slices, then tells the sender
-//          (pushed_atom, step, attempt, rank).
+//          (pushed_atom, step, attempt, rank). A parked worker (no node for it, see
+//          training_config::min_workers) answers (parked_atom, step, attempt, rank)
+//          instead, and is left out until it restarts.
 // loader:  (batch_atom, step, micro) -> batch_ptr: micro-batch `micro` of `step`
 //          (rewind_atom, step, attempt) -> step: the cursor after `step`
 //          (commit_atom, step) -> step once the cursor after `step` is durable

@@ -32,6 +32,10 @@ struct launch_options {
   std::vector<std::string> kills;
   /// "NODE@STEP:DURATION": SIGSTOP it at STEP, SIGCONT after DURATION (e.g. 3s).
   std::vector<std::string> freezes;
+  /// "NODE@STEP": start the node's process again at STEP if it has ended (e.g.
+  /// after a --kill): the same name, config and state directory, as an
+  /// operator restarting a lost machine; it joins as a new epoch.
+  std::vector<std::string> restarts;
   /// The command line (program first) that runs node `name` of `file`, e.g.
   /// {this_program(argv[0]), "node", file, "--name", name}. When the launcher
   /// starts a local etcd it appends "--coordination URL".
@@ -48,6 +52,8 @@ struct chaos_action {
   uint64_t step = 0;
   /// SIGSTOP for `duration`, then SIGCONT; otherwise SIGKILL.
   bool freeze = false;
+  /// Start the node again (if it has ended) instead.
+  bool restart = false;
   std::chrono::milliseconds duration{0};
 };
 
@@ -65,7 +71,7 @@ std::string this_program(const char* argv0);
 /// than one node without [cluster.coordination] endpoints: after starting a
 /// local etcd in a scratch directory, logged as "launch: coordination: local
 /// etcd at URL", which it stops and removes at the end), prefixes their
-/// output with the node's name ("[n1] ..."), applies the kills and freezes when
+/// output with the node's name ("[n1] ..."), applies the kills, freezes and restarts when
 /// a node's "progress: step N/M" line reaches their step, and stops every node
 /// (SIGTERM, SIGKILL after 10 s) when a node prints its "final:" line, a node
 /// exits with bad_config or job_failed, no leader candidate is left, or on
