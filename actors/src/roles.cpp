@@ -597,6 +597,10 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
             return;
           compute(step, attempt, shards, trainer, *in, began, lose);
         };
+        auto failed = [=](caf::error&) {
+          in->failed = true;
+          arrived();
+        };
         for (size_t i = 0; i < in->micros.size(); ++i)
           self->request(loaders[s->loader_of(in->micros[i])], caf::infinite, batch_atom::value,
                         step, in->micros[i])
@@ -608,10 +612,7 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
                       in->failed = true;
                     arrived();
                   },
-                  [=](caf::error&) {
-                    in->failed = true;
-                    arrived();
-                  });
+                  failed);
         for (size_t k = 0; k < shards.size(); ++k)
           self->request(shards[k], caf::infinite, pull_atom::value)
               .then(
@@ -623,10 +624,7 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
                       in->failed = true;
                     arrived();
                   },
-                  [=](caf::error&) {
-                    in->failed = true;
-                    arrived();
-                  });
+                  failed);
       },
       [](alive_atom) { return alive_atom::value; },
   };

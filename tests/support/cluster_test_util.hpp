@@ -50,6 +50,13 @@ inline std::string cluster_config(const std::string& dir, uint64_t steps,
          worker_extra + "[job.trainer]\nplacement = [\"n1\", \"n2\"]\n";
 }
 
+/// Replaces the first `from` in `text` (which must hold it) by `to`.
+inline void replace_once(std::string& text, const std::string& from, const std::string& to) {
+  auto at = text.find(from);
+  REQUIRE(at != std::string::npos);
+  text.replace(at, from.size(), to);
+}
+
 /// The digest the job's config gives in one process, without faults.
 inline uint64_t fault_free_digest(const node_config& nc, const std::string& dir) {
   auto tc = make_training_config(nc);

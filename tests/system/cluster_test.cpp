@@ -105,9 +105,7 @@ TEST_CASE(
   temp_dir dir{"cluster-test"};
   auto file = dir.path + "/cluster.toml";
   auto text = cluster_config(dir.path + "/state", 1500);
-  auto at = text.find("faults = ");
-  REQUIRE(at != std::string::npos);
-  text.insert(at, "min_workers = 1\n");
+  replace_once(text, "faults = ", "min_workers = 1\nfaults = ");
   std::ofstream{file} << text;
   auto out =
       launch_expecting(file, dir.path, "--kill n2@60 --kill n3@150 --restart n2@250", 1500, "n1");
@@ -151,10 +149,7 @@ TEST_CASE(
   temp_dir dir{"cluster-test"};
   auto file = dir.path + "/cluster.toml";
   auto text = cluster_config(dir.path + "/state", 300, "process = \"isolated\"\n");
-  auto at = text.find("faults = \"worker:0@30\"");
-  REQUIRE(at != std::string::npos);
-  text.replace(at, std::string{"faults = \"worker:0@30\""}.size(),
-               "faults = \"hang:worker:1@60,hang:shard:2@120\"");
+  replace_once(text, "faults = \"worker:0@30\"", "faults = \"hang:worker:1@60,hang:shard:2@120\"");
   std::ofstream{file} << text;
   // Neither exits: only the leader's trainer, asking who still answers over
   // the network, can find them.
@@ -256,10 +251,7 @@ TEST_CASE(
   temp_dir dir{"cluster-test"};
   auto file = dir.path + "/cluster.toml";
   auto text = cluster_config(dir.path + "/state", 1200);
-  auto at = text.find("placement = [\"n1\", \"n2\"]");
-  REQUIRE(at != std::string::npos);
-  text.replace(at, std::string{"placement = [\"n1\", \"n2\"]"}.size(),
-               "placement = [\"n1\", \"n2\", \"n3\"]");
+  replace_once(text, "placement = [\"n1\", \"n2\"]", "placement = [\"n1\", \"n2\", \"n3\"]");
   std::ofstream{file} << text;
   // n2 (n1's buddy) dies; n1 then copies its commits to n3, n2's buddy. When
   // n1 (the leader) freezes, n3 takes over and finds n1's actors' newest
