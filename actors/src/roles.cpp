@@ -143,6 +143,9 @@ struct shard_actor {
   optimizer opt;
   /// Parameters after st->value().step, shared with pulling workers.
   std::shared_ptr<std::vector<float>> params;
+  /// The parameters before the last out-of-place update, reused for the next
+  /// one once the checkpoint or worker holding them lets go.
+  std::shared_ptr<std::vector<float>> spare;
   caf::actor trainer;
   uint64_t attempt = 0;
   bool synced = false;
@@ -229,24 +232,34 @@ struct shard_actor {
     auto& v = st->value();
     // Fixed order: micro-batch 0 + 1 + ... whichever worker computed each and
     // whatever order the pushes came in: the sum does not depend on the workers.
-    std::copy(pending[0].begin(), pending[0].end(), sum.begin());
+    // Micro-batch 0's buffer becomes the sum (no copy; its old buffer waits
+    // in pending[0] for the next push).
+    sum.swap(pending[0]);
     for (size_t m = 1; m < pending.size(); ++m) {
       const float* g = pending[m].data();
       for (size_t i = 0; i < sum.size(); ++i)
         sum[i] += g[i];
     }
     const float scale = 1.0f / static_cast<float>(pending.size());
-    for (auto& x : sum)
-      x *= scale;
+    if (pending.size() > 1) // x * 1 is x: one micro-batch needs no pass
+      for (auto& x : sum)
+        x *= scale;
     float loss = 0;
     for (float l : losses)
       loss += l;
     loss *= scale;
     // A worker that pulled an earlier step, or the writer, may still hold the
-    // parameters: change a copy then.
-    if (params.use_count() > 1)
-      params = std::make_shared<std::vector<float>>(*params);
-    opt.step(params->data(), sum.data());
+    // parameters: the update goes out of place then, into the spare buffer
+    // once nobody holds that any more (no copy first).
+    if (params.use_count() > 1) {
+      auto out = spare && spare.use_count() == 1 && spare->size() == params->size()
+                     ? std::move(spare)
+                     : std::make_shared<std::vector<float>>(params->size());
+      opt.step(params->data(), out->data(), sum.data());
+      spare = std::exchange(params, std::move(out));
+    } else {
+      opt.step(params->data(), sum.data());
+    }
     clear_pending();
     v.step = step;
     stats.step = step;
@@ -530,23 +543,36 @@ caf::behavior worker_behavior(caf::event_based_actor* self, shared_ptr_t s, size
   auto compute = [=](uint64_t step, uint64_t attempt, const std::vector<caf::actor>& shards,
                      const caf::actor& trainer, step_inputs& in,
                      std::chrono::steady_clock::time_point began, bool lose) {
-    for (size_t j = 0; j < shards.size(); ++j)
-      std::copy(in.slices[j]->begin(), in.slices[j]->end(), ws->params.begin() + s->shard_first[j]);
-    in.slices.clear(); // hand the snapshots back before pushing
+    // One shard holds every parameter: its snapshot is the model's input and
+    // each micro-batch's gradient goes to it whole (no copies).
+    const bool whole = shards.size() == 1;
+    const float* params = in.slices[0]->data();
+    if (!whole) {
+      for (size_t j = 0; j < shards.size(); ++j)
+        std::copy(in.slices[j]->begin(), in.slices[j]->end(),
+                  ws->params.begin() + s->shard_first[j]);
+      params = ws->params.data();
+    }
     std::vector<std::pair<size_t, float>> losses;
     std::vector<std::vector<std::vector<float>>> grads; // [micro][shard]
     for (size_t i = 0; i < in.micros.size(); ++i) {
       const auto& b = in.batches[i];
       batch_view view{b->inputs.data(), b->labels.data(), b->labels.size(),
                       s->cfg.net->input_dim()};
-      float loss = s->cfg.net->loss_and_gradient(ws->params.data(), view, ws->grad.data());
-      losses.emplace_back(in.micros[i], loss);
       auto& per_shard = grads.emplace_back();
+      if (whole) {
+        auto& g = per_shard.emplace_back(ws->grad.size());
+        losses.emplace_back(in.micros[i], s->cfg.net->loss_and_gradient(params, view, g.data()));
+        continue;
+      }
+      float loss = s->cfg.net->loss_and_gradient(params, view, ws->grad.data());
+      losses.emplace_back(in.micros[i], loss);
       for (size_t j = 0; j < shards.size(); ++j) {
         auto first = ws->grad.begin() + s->shard_first[j];
         per_shard.emplace_back(first, first + s->shard_count[j]);
       }
     }
+    in.slices.clear(); // hand the snapshots back before pushing
     in.batches.clear();
     // A slow incarnation delivers late (at least 10 ms per unit of
     // slowdown, whatever its own time).

@@ -120,7 +120,7 @@ optimizer::optimizer(optimizer_config config, size_t n)
   // nop
 }
 
-void optimizer::step(float* params, const float* grad) {
+void optimizer::step(const float* in, float* params, const float* grad) {
   const float lr = config_.lr;
   const float wd = config_.weight_decay;
   const size_t n = n_;
@@ -130,8 +130,8 @@ void optimizer::step(float* params, const float* grad) {
       for (size_t i = 0; i < n; ++i) {
         float g = grad[i];
         if (wd != 0.0f)
-          g += wd * params[i];
-        params[i] -= lr * g;
+          g += wd * in[i];
+        params[i] = in[i] - lr * g;
       }
       break;
     case optimizer_kind::momentum: {
@@ -140,9 +140,9 @@ void optimizer::step(float* params, const float* grad) {
       for (size_t i = 0; i < n; ++i) {
         float g = grad[i];
         if (wd != 0.0f)
-          g += wd * params[i];
+          g += wd * in[i];
         m[i] = mu * m[i] + g;
-        params[i] -= lr * m[i];
+        params[i] = in[i] - lr * m[i];
       }
       break;
     }
@@ -159,10 +159,10 @@ void optimizer::step(float* params, const float* grad) {
       for (size_t i = 0; i < n; ++i) {
         float g = grad[i];
         if (wd != 0.0f)
-          g += wd * params[i];
+          g += wd * in[i];
         m[i] = b1 * m[i] + one_minus_b1 * g;
         v[i] = b2 * v[i] + one_minus_b2 * g * g;
-        params[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
+        params[i] = in[i] - lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
       }
       break;
     }

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -208,6 +209,36 @@ TEST_CASE("optimizers over slices update like one optimizer over the whole vecto
       tail.step(p_sliced.data() + cut, g.data() + cut);
     }
     CHECK(std::memcmp(p_whole.data(), p_sliced.data(), sizeof(float) * n) == 0);
+  }
+}
+
+TEST_CASE("an out-of-place step leaves its input alone and writes what the in-place step does",
+          "[actors][optimizer]") {
+  constexpr size_t n = 9;
+  splitmix64 gen{5};
+  for (auto kind : {optimizer_kind::sgd, optimizer_kind::momentum, optimizer_kind::adam}) {
+    INFO("optimizer " << to_string(kind));
+    optimizer_config config;
+    config.kind = kind;
+    config.lr = 0.03f;
+    config.weight_decay = 0.002f;
+    optimizer in_place{config, n};
+    optimizer out_of_place{config, n};
+    std::array<float, n> p{};
+    for (auto& x : p)
+      x = gen.uniform01();
+    auto a = p, b = p; // out_of_place alternates between two buffers
+    for (int t = 0; t < 6; ++t) {
+      std::array<float, n> g{};
+      for (auto& x : g)
+        x = 2.0f * gen.uniform01() - 1.0f;
+      in_place.step(p.data(), g.data());
+      auto before = a;
+      out_of_place.step(a.data(), b.data(), g.data());
+      CHECK(a == before);
+      std::swap(a, b);
+    }
+    CHECK(std::memcmp(p.data(), a.data(), sizeof(float) * n) == 0);
   }
 }
 

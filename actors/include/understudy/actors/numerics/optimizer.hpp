@@ -82,7 +82,13 @@ public:
 
   /// Applies one update to `params[0 .. n)` using `grad[0 .. n)` and advances
   /// `steps()`. The arrays may not overlap.
-  void step(float* params, const float* grad);
+  void step(float* params, const float* grad) { step(params, params, grad); }
+
+  /// The same update out of place: reads `in[0 .. n)`, writes the updated
+  /// parameters to `out[0 .. n)` (bit for bit what the in-place step gives);
+  /// `out` may be `in`. For a caller whose old parameters are still being
+  /// read elsewhere (a checkpoint on its way to disk): no copy first.
+  void step(const float* in, float* out, const float* grad);
 
   /// Returns the number of updates applied (including restored ones).
   uint64_t steps() const noexcept { return steps_; }
