@@ -27,6 +27,9 @@
 #include <regex>
 
 #include "cluster_bench.hpp"
+#include "understudy/actors/cluster_training.hpp"
+#include "understudy/actors/job_config.hpp"
+#include "understudy/state/runtime.hpp"
 
 namespace cluster_bench {
 
@@ -383,6 +386,60 @@ std::optional<steady_run> steady_once(const std::string& dir, std::string& error
   return out;
 }
 
+/// The same job as the cluster's (the [job] of `config`, without faults) in one
+/// process with the same counts: steps/s between its first progress report and
+/// its last, as the cluster's is measured between progress lines.
+std::optional<double> one_process_steps_per_s(const std::string& config, const std::string& dir,
+                                              std::string& error) {
+  using namespace understudy;
+  node_config_options opts;
+  opts.sections.push_back(actors::job_section());
+  auto nc = load_node_config(config, opts);
+  auto tc =
+      nc ? actors::make_training_config(*nc) : caf::expected<actors::training_config>{nc.error()};
+  if (!tc) {
+    error = "one process: " + describe(tc.error());
+    return std::nullopt;
+  }
+  tc->faults.clear();
+  runtime_config rc;
+  rc.log_events = false;
+  runtime rt{rc};
+  state_store_config sc;
+  sc.directory = dir + "/one-process";
+  auto p = rt.open_state(sc);
+  auto job =
+      p ? actors::training_job::create(*tc, *p) : caf::expected<actors::training_job>{p.error()};
+  if (!job) {
+    error = "one process: " + describe(job.error());
+    return std::nullopt;
+  }
+  std::mutex mtx;
+  std::optional<std::pair<uint64_t, clock_type::time_point>> first, last;
+  job->on_progress([&](const actors::training_progress& pr) {
+    std::lock_guard<std::mutex> guard{mtx};
+    auto now = std::make_pair(pr.step, clock_type::now());
+    if (!first)
+      first = now;
+    else if (pr.step > first->first)
+      last = now;
+  });
+  auto tree = rt.start(job->spec());
+  if (!tree) {
+    error = "one process: " + describe(tree.error());
+    return std::nullopt;
+  }
+  auto result = job->wait(std::chrono::minutes(2));
+  rt.stop(*tree);
+  std::lock_guard<std::mutex> guard{mtx};
+  if (!result || !first || !last) {
+    error = "one process: " + (result ? std::string{"no progress"} : describe(result.error()));
+    return std::nullopt;
+  }
+  return static_cast<double>(last->first - first->first) /
+         std::chrono::duration<double>(last->second - first->second).count();
+}
+
 } // namespace
 
 group_result measure_steady_etcd(const options&, watchdog& dog) {
@@ -415,6 +472,20 @@ group_result measure_steady_etcd(const options&, watchdog& dog) {
       ". Commits ask etcd nothing: these are the nodes' session renewals and watches, which "
       "go with time, not with steps");
   out.figures.push_back(per_step);
+  // The same run's pace against the same job in one process.
+  dog.arm("one-process run", std::chrono::seconds(150));
+  auto one = one_process_steps_per_s(dir.path + "/steady.toml", dir.path, out.error);
+  dog.disarm();
+  if (!one)
+    return out;
+  auto pace = bench::make_figure("cluster_steps_per_s_vs_one_process", "steps/s",
+                                 static_cast<double>(r->steps) / r->seconds, *one, 1);
+  pace.notes.push_back(
+      "the fault-free `understudy launch` above (4 nodes over mutual TLS, 3 workers, 3 shards "
+      "and 3 loaders spread over 3 of them, every checkpoint replicated to a buddy) against "
+      "the same [job] in one process (the same counts, its own state store, nothing "
+      "replicated), both between their first and last progress reports");
+  out.figures.push_back(pace);
   return out;
 }
 
