@@ -241,6 +241,9 @@ struct cluster_training::worker_nodes {
   std::vector<std::string> at;
   /// Where each worker last started ("" parked), for the log.
   std::vector<std::string> last;
+  /// Workers restarted as stragglers: their next start avoids this node
+  /// while another is free.
+  std::vector<std::string> avoid;
 
   /// A live node for worker `index` that runs no other worker of the job:
   /// where it runs now, else its home, its failover nodes, any node; "" if none.
@@ -260,6 +263,17 @@ struct cluster_training::worker_nodes {
     order.insert(order.end(), p.failover.begin(), p.failover.end());
     for (const auto& n : node.config().nodes)
       order.push_back(n.name);
+    // A straggler's node goes last: another free node first.
+    if (index < avoid.size() && !avoid[index].empty()) {
+      auto slow = std::find(order.begin(), order.end(), avoid[index]);
+      while (slow != order.end()) {
+        order.erase(slow);
+        slow = std::find(order.begin(), order.end(), avoid[index]);
+      }
+      order.push_back(avoid[index]);
+      if (claim)
+        avoid[index].clear();
+    }
     for (const auto& name : order) {
       if (std::find(alive.begin(), alive.end(), name) == alive.end())
         continue;
@@ -275,6 +289,14 @@ struct cluster_training::worker_nodes {
     if (claim)
       at[index].clear();
     return {};
+  }
+
+  /// Worker `index` is restarted as a straggler: its next start goes to
+  /// another free node where there is one.
+  void straggler(size_t index) {
+    std::lock_guard<std::mutex> guard{mtx};
+    if (index < at.size())
+      avoid[index] = at[index];
   }
 
   /// Worker `index` started on `name` ("": parked; none: the start failed);
@@ -304,6 +326,8 @@ cluster_training::cluster_training(cluster_node& node, const node_config& nc, tr
       candidates_(leader_candidates(nc)),
       worker_nodes_(std::make_shared<worker_nodes>()) {
   node.set_leader_candidates(candidates_);
+  // Elastic workers run one per node: a straggler moves to a free one.
+  job_.on_straggler([nodes = worker_nodes_](size_t w) { nodes->straggler(w); });
 }
 
 caf::expected<std::unique_ptr<cluster_training>> cluster_training::create(cluster_node& node,
@@ -360,6 +384,7 @@ supervisor_spec cluster_training::spec(std::shared_ptr<event_sink> events, std::
     std::lock_guard<std::mutex> guard{nodes->mtx};
     nodes->at.assign(tc.workers, std::string{});
     nodes->last = nodes->at;
+    nodes->avoid = nodes->at;
   }
   auto placer = [node, &pl, elastic, nodes](fault_target role, size_t index, child_spec local) {
     const auto& p = role == fault_target::shard    ? pl.shard

@@ -726,6 +726,8 @@ struct trainer_actor {
                  std::to_string(cfg.straggler_steps) + " steps in a row (last step: " +
                  us(times[w]) + " us against " + us(median) + " us)",
              std::chrono::duration_cast<std::chrono::milliseconds>(times[w]));
+      if (s->straggler)
+        s->straggler(w);
       self->send_exit(rp->handle(i), caf::exit_reason::kill);
     }
   }
@@ -743,6 +745,7 @@ struct trainer_actor {
                                                             : role_names[workers_role];
     ev.supervisor = s->job_path + "/" + role;
     ev.child = rp->id(i);
+    ev.incarnation = rp->incarnation(i);
     ev.reason = std::move(reason);
     ev.action = "kill";
     ev.duration = waited;

@@ -391,6 +391,10 @@ child_spec training_job::worker_spec(size_t w) const {
   return make_worker_spec(s_, w);
 }
 
+void training_job::on_straggler(std::function<void(size_t)> fn) {
+  s_->straggler = std::move(fn);
+}
+
 void training_job::reshard_on_resume(bool enabled) {
   s_->reshard_locally = enabled;
 }

@@ -62,6 +62,9 @@ struct training_job::shared {
   std::function<void(uint64_t)> started;
   /// Called when an injected fault fires, before the crash (training_job::on_fault).
   std::function<void(size_t)> on_fire;
+  /// Called with a worker's index when the trainer restarts it as a
+  /// straggler, before the kill (training_job::on_straggler).
+  std::function<void(size_t)> straggler;
 
   std::mutex mtx;
   std::condition_variable cv;

@@ -125,6 +125,24 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "an elastic job restarts a straggling worker on a free node and ends with the fault-free "
+    "digest",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 400);
+  replace_once(text, "faults = \"worker:0@30\"",
+               "min_workers = 1\nfaults = \"worker:0@30,slow:worker:1@40:5\"");
+  std::ofstream{file} << text;
+  auto out = launch_expecting(file, dir.path, "", 400, "n1");
+  INFO(out);
+  // worker-1 on n2 stayed far behind the others; the trainer restarted it,
+  // and it started again on the spare, the node free of the job's workers.
+  CHECK(std::regex_search(out, std::regex{R"(straggler_detected /root/job/workers/worker-1#1)"}));
+  CHECK_THAT(out, Catch::Contains("[n1] job: /root/job/workers/worker-1 moved from n2 to s1"));
+}
+
+TEST_CASE(
     "a leader frozen past its deadline is replaced and fenced and its return changes "
     "nothing",
     "[cluster]") {

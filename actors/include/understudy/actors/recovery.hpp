@@ -115,6 +115,10 @@ public:
   /// Returns participant `index`'s id.
   const std::string& id(size_t index) const { return parts_.at(index).id; }
 
+  /// Returns the incarnation of participant `index`'s serving handle (0 before
+  /// it was resolved).
+  uint64_t incarnation(size_t index) const { return parts_.at(index).incarnation; }
+
   size_t size() const noexcept { return parts_.size(); }
 
 private:

@@ -251,6 +251,11 @@ public:
                        std::function<child_spec(fault_target role, size_t index, child_spec local)>
                            placer = {}) const;
 
+  /// Calls `fn` with a worker's index when the trainer restarts it as a
+  /// straggler, just before it kills it (set it before the job starts): a
+  /// cluster uses it to start that worker on another node where one is free.
+  void on_straggler(std::function<void(size_t worker)> fn);
+
   /// Whether a resume with other counts of shards or loaders reshards the
   /// committed step through the local state store (the default). A cluster
   /// turns it off: its records are spread over its nodes, and such a resume
