@@ -12,6 +12,7 @@ packages=(
   catch2
   libtoml11-dev libcli11-dev libspdlog-dev prometheus-cpp-dev
   libcurl4-openssl-dev nlohmann-json3-dev etcd-server iproute2 nftables
+  prometheus
 )
 
 missing=()

@@ -1,5 +1,6 @@
 #include "understudy/actors/training_metrics.hpp"
 
+#include <chrono>
 #include <deque>
 #include <mutex>
 #include <utility>
@@ -12,6 +13,7 @@ struct training_metrics::state {
   std::shared_ptr<metric_gauge> step;
   std::shared_ptr<metric_gauge> step_rate;
   std::shared_ptr<metric_gauge> slowest_worker;
+  std::shared_ptr<metric_gauge> last_commit;
 
   std::mutex mtx;
   uint64_t high_step = 0;
@@ -24,6 +26,8 @@ struct training_metrics::state {
       high_step = committed;
     }
     step->set(static_cast<double>(committed));
+    last_commit->set(
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
     if (!samples.empty() && (committed < samples.back().second || now < samples.back().first))
       samples.clear(); // A rollback (or a clock going back) starts a new rate.
     samples.emplace_back(now, committed);
@@ -54,6 +58,9 @@ training_metrics::training_metrics(node_metrics& metrics,
   st_->steps = metrics.add_counter("understudy_training_steps_total",
                                    "Training steps committed (the highest committed step)");
   st_->step = metrics.add_gauge("understudy_training_step", "The last committed training step");
+  st_->last_commit =
+      metrics.add_gauge("understudy_training_last_commit_timestamp_seconds",
+                        "Unix time of the last committed training step (0 before the first)");
   st_->step_rate = metrics.add_gauge("understudy_training_step_rate",
                                      "Training steps committed per second over the rate window");
   st_->slowest_worker = metrics.add_gauge(

@@ -25,6 +25,7 @@ TEST_CASE("training metrics exist at zero before the first step", "[metrics][tra
   CHECK(value_of(xs, "understudy_training_step", {{"node", "n1"}}) == 0);
   CHECK(value_of(xs, "understudy_training_step_rate", {{"node", "n1"}}) == 0);
   CHECK(value_of(xs, "understudy_training_slowest_worker_ratio", {{"node", "n1"}}) == 0);
+  CHECK(value_of(xs, "understudy_training_last_commit_timestamp_seconds", {{"node", "n1"}}) == 0);
   tm.on_worker_ratio(4.5);
   CHECK(value_of(parse_exposition(fetch_metrics(m->port())),
                  "understudy_training_slowest_worker_ratio") == Approx(4.5));
@@ -36,6 +37,12 @@ TEST_CASE("training metrics exist at zero before the first step", "[metrics][tra
   CHECK(value_of(xs, "understudy_training_steps_total") == 30);
   CHECK(value_of(xs, "understudy_training_step") == 30);
   CHECK(value_of(xs, "understudy_training_step_rate") == Approx(10.0));
+  // The wall-clock time of the last commit: the age of the recovery point.
+  auto unix_now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  auto last = value_of(xs, "understudy_training_last_commit_timestamp_seconds");
+  CHECK(last <= unix_now);
+  CHECK(last > unix_now - 60);
 }
 
 TEST_CASE("training steps count once across a rollback and a stale step rate reads zero",

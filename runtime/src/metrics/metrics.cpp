@@ -155,6 +155,9 @@ struct metrics_state {
         up(family<Gauge>(prometheus::BuildGauge(), "understudy_node_up",
                          "1 while this node is serving")
                .Add({})),
+        leader(family<Gauge>(prometheus::BuildGauge(), "understudy_cluster_leader",
+                             "1 while this node leads the cluster (runs the tree)")
+                   .Add({})),
         failovers(family<Counter>(prometheus::BuildCounter(), "understudy_failovers_total",
                                   "Failovers this node performed, by the failed peer")) {
     up.Set(1);
@@ -255,6 +258,7 @@ struct metrics_state {
   Histogram& commit_latency;
   Family<Gauge>& health;
   Gauge& up;
+  Gauge& leader;
   Family<Counter>& failovers;
 
   std::mutex stats_mtx;
@@ -657,6 +661,10 @@ void node_metrics::on_failover(const std::string& peer) {
 
 void node_metrics::set_up(bool up) {
   impl_->st->up.Set(up ? 1 : 0);
+}
+
+void node_metrics::set_leader(bool leads) {
+  impl_->st->leader.Set(leads ? 1 : 0);
 }
 
 std::string node_metrics::scrape() const {

@@ -415,6 +415,8 @@ private:
       say("node " + me() + ": taking over the job's tree (" +
           (parts_.empty() ? node_part{}.takeover_reason() : parts_.front()->takeover_reason()) +
           ")");
+    if (metrics_)
+      metrics_->set_leader(true);
     leader_context ctx{*node_, *rt_, out_, metrics_.get(), took_over};
     for (auto& p : parts_)
       p->before_tree(ctx);

@@ -114,6 +114,7 @@ TEST_CASE("node metrics serve restarts recovery checkpoints and peer health over
   CHECK(value_of(xs, "understudy_node_health", {{"peer", "n3"}}) == 0.5);
   CHECK(value_of(xs, "understudy_node_health", {{"peer", "n4"}}) == 0.0);
   CHECK(value_of(xs, "understudy_node_up", {{"node", "n1"}}) == 1);
+  CHECK(value_of(xs, "understudy_cluster_leader", {{"node", "n1"}}) == 0);
   CHECK(value_of(xs, "understudy_failovers_total", {{"peer", "n4"}}) == 1);
 
   // Every sample is ours and names its node.
@@ -128,7 +129,9 @@ TEST_CASE("node metrics serve restarts recovery checkpoints and peer health over
   // A peer that recovers, and a node going down.
   m->set_peer_health("n3", peer_health::alive);
   m->set_up(false);
+  m->set_leader(true);
   auto again = parse_exposition(fetch_metrics(m->port()));
+  CHECK(value_of(again, "understudy_cluster_leader") == 1);
   CHECK(value_of(again, "understudy_node_health", {{"peer", "n3"}}) == 1.0);
   CHECK(value_of(again, "understudy_node_up") == 0);
 }

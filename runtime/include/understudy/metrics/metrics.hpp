@@ -144,6 +144,10 @@ public:
   /// Sets the node_up gauge (1 after start; set it to 0 while shutting down).
   void set_up(bool up);
 
+  /// Sets the cluster_leader gauge: 1 while this node leads the cluster (runs
+  /// the supervision tree), 0 otherwise (the default).
+  void set_leader(bool leads);
+
   /// Renders every metric in Prometheus' text format, as a scrape would.
   std::string scrape() const;
 

@@ -1,0 +1,251 @@
+// The shipped Prometheus alert rules (examples/prometheus): promtool's unit
+// tests, and a real Prometheus scraping a launched cluster while a node is
+// killed and a worker hangs.
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "support/cli_test_util.hpp"
+#include "support/cluster_test_util.hpp"
+#include "support/free_port.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace understudy::testing;
+using cli_test::slurp;
+
+namespace {
+
+const std::string rules_dir = UNDERSTUDY_SOURCE_DIR "/examples/prometheus";
+
+/// A program found on PATH ("" if none).
+std::string find_program(const std::string& name) {
+  for (const char* dir : {"/usr/bin", "/usr/local/bin", "/bin"}) {
+    auto path = std::string{dir} + "/" + name;
+    if (::access(path.c_str(), X_OK) == 0)
+      return path;
+  }
+  return {};
+}
+
+/// Runs `args` with its output in `log`, waits for it; its exit status.
+int run_to_end(const std::vector<std::string>& args, const std::string& cwd,
+               const std::string& log) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    if (::chdir(cwd.c_str()) != 0)
+      ::_exit(126);
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/// A child process in a process group of its own, output to a file; the
+/// group is killed when this goes.
+class background {
+public:
+  background(const std::vector<std::string>& args, const std::string& log) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::setpgid(0, 0);
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::vector<char*> argv;
+      for (auto& a : args)
+        argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::setpgid(pid_, pid_);
+  }
+  ~background() {
+    if (pid_ <= 0)
+      return;
+    ::kill(-pid_, SIGTERM);
+    int status = 0;
+    for (int i = 0; i < 100 && ::waitpid(pid_, &status, WNOHANG) == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50)); // teardown, not a sync
+    ::kill(-pid_, SIGKILL);
+    ::waitpid(pid_, &status, 0);
+  }
+  background(const background&) = delete;
+  background& operator=(const background&) = delete;
+
+  /// Whether it still runs.
+  bool running() const {
+    int status = 0;
+    return ::waitpid(pid_, &status, WNOHANG) == 0;
+  }
+
+private:
+  pid_t pid_ = -1;
+};
+
+size_t append(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+/// GET `url` with libcurl: the body of a 200 answer, none otherwise.
+std::optional<std::string> get(const std::string& url) {
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr)
+    return std::nullopt;
+  std::string body;
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, append);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 5000L);
+  auto rc = curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(curl);
+  if (rc != CURLE_OK || status != 200)
+    return std::nullopt;
+  return body;
+}
+
+} // namespace
+
+TEST_CASE("the shipped alert rules load and pass promtool's unit tests", "[prometheus]") {
+  auto promtool = find_program("promtool");
+  if (promtool.empty()) {
+    WARN("skipped: promtool is not installed (Debian's prometheus package has it)");
+    return;
+  }
+  test::temp_dir dir{"promtool"};
+  CHECK(run_to_end({promtool, "check", "rules", "understudy-alerts.yml"}, rules_dir,
+                   dir.path + "/check.log") == 0);
+  INFO(slurp(dir.path + "/check.log"));
+  CHECK_THAT(slurp(dir.path + "/check.log"), Catch::Contains("SUCCESS: 6 rules found"));
+  auto status = run_to_end({promtool, "test", "rules", "understudy-alerts.test.yml"}, rules_dir,
+                           dir.path + "/test.log");
+  INFO(slurp(dir.path + "/test.log"));
+  CHECK(status == 0);
+  CHECK_THAT(slurp(dir.path + "/test.log"), Catch::Contains("SUCCESS"));
+}
+
+TEST_CASE(
+    "a real Prometheus scraping a launched cluster fires the node-down alert for a killed "
+    "node and the hang alert for a hung worker",
+    "[prometheus][cluster]") {
+  auto prometheus = find_program("prometheus");
+  if (prometheus.empty()) {
+    WARN("skipped: Prometheus is not installed (Debian's prometheus package)");
+    return;
+  }
+  test::temp_dir dir{"prometheus-test"};
+  // The cluster of the cluster tests, with metrics on four free ports and a
+  // worker that hangs at step 100; n3 is killed at step 300.
+  auto text = cluster_config(dir.path + "/state", 4000);
+  std::vector<uint16_t> metrics_ports;
+  for (const char* node : {"n1", "n2", "n3", "s1"}) {
+    auto port = test::free_port();
+    metrics_ports.push_back(port);
+    auto name = "name = \"" + std::string{node} + "\"\n";
+    replace_once(text, name, name + "metrics_port = " + std::to_string(port) + "\n");
+  }
+  replace_once(text, "faults = \"worker:0@30\"", "faults = \"hang:worker:1@100\"");
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << text;
+  // The shipped rules, with their `for:` durations cut to a second so that the
+  // test waits seconds, not minutes (promtool checks the real ones above).
+  auto rules = slurp(rules_dir + "/understudy-alerts.yml");
+  rules = std::regex_replace(rules, std::regex{R"(for: \d+[smh])"}, "for: 1s");
+  std::ofstream{dir.path + "/rules.yml"} << rules;
+  std::string targets;
+  for (auto p : metrics_ports)
+    targets += std::string{targets.empty() ? "" : ", "} + "'127.0.0.1:" + std::to_string(p) + "'";
+  std::ofstream{dir.path + "/prometheus.yml"}
+      << "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\n"
+         "rule_files:\n  - "
+      << dir.path
+      << "/rules.yml\n"
+         "scrape_configs:\n  - job_name: understudy\n    static_configs:\n      - targets: ["
+      << targets << "]\n";
+  auto web_port = test::free_port();
+  auto api = "http://127.0.0.1:" + std::to_string(web_port);
+  background prom{{prometheus, "--config.file=" + dir.path + "/prometheus.yml",
+                   "--storage.tsdb.path=" + dir.path + "/tsdb",
+                   "--web.listen-address=127.0.0.1:" + std::to_string(web_port)},
+                  dir.path + "/prometheus.log"};
+  // Waits on the daemon's own readiness endpoint, up to 30 s.
+  bool ready = false;
+  for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+       !ready && prom.running() && std::chrono::steady_clock::now() < until;) {
+    ready = get(api + "/-/ready").has_value();
+    if (!ready)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100)); // polls a daemon
+  }
+  if (!ready) {
+    WARN("skipped: Prometheus did not start: " << slurp(dir.path + "/prometheus.log"));
+    return;
+  }
+  background launch{{UNDERSTUDY_CLI_PATH, "launch", file, "--kill", "n3@300"},
+                    dir.path + "/launch.log"};
+  // Until both alerts fire (up to 90 s), asking Prometheus's API twice a second.
+  const auto n3 = "127.0.0.1:" + std::to_string(metrics_ports[2]);
+  std::set<std::string> firing;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  while (firing.size() < 2 && std::chrono::steady_clock::now() < until) {
+    if (auto body = get(api + "/api/v1/alerts")) {
+      auto j = nlohmann::json::parse(*body, nullptr, false);
+      if (!j.is_discarded() && j.contains("data"))
+        for (const auto& a : j["data"]["alerts"]) {
+          if (a.value("state", "") != "firing")
+            continue;
+          const auto& labels = a["labels"];
+          auto name = labels.value("alertname", "");
+          if (name == "UnderstudyNodeDown" && labels.value("instance", "") == n3)
+            firing.insert(name);
+          if (name == "UnderstudyHangDetected" &&
+              labels.value("child", "") == "/root/job/workers/worker-1")
+            firing.insert(name);
+        }
+    }
+    if (firing.size() < 2)
+      std::this_thread::sleep_for(std::chrono::milliseconds(500)); // polls a daemon
+  }
+  INFO(slurp(dir.path + "/launch.log"));
+  CHECK(firing.count("UnderstudyNodeDown") == 1);
+  CHECK(firing.count("UnderstudyHangDetected") == 1);
+  // No false alarm for the nodes that were never lost (while they still run).
+  auto body = launch.running() ? get(api + "/api/v1/alerts") : std::nullopt;
+  if (body) {
+    auto j = nlohmann::json::parse(*body, nullptr, false);
+    REQUIRE_FALSE(j.is_discarded());
+    for (const auto& a : j["data"]["alerts"]) {
+      const auto& labels = a["labels"];
+      if (labels.value("alertname", "") == "UnderstudyNodeDown")
+        CHECK(labels.value("instance", "") == n3);
+      CHECK(labels.value("alertname", "") != "UnderstudyNoLeader");
+    }
+  }
+}
