@@ -236,6 +236,31 @@ TEST_CASE(
   INFO(slurp(dir.path + "/launch.log"));
   CHECK(firing.count("UnderstudyNodeDown") == 1);
   CHECK(firing.count("UnderstudyHangDetected") == 1);
+  // Every expression of the Grafana dashboard is valid PromQL for a real
+  // Prometheus and finds its series on the live cluster: the metrics it needs
+  // exist (from the start, at zero, where no event has happened yet).
+  if (launch.running()) {
+    auto dashboard = nlohmann::json::parse(slurp(UNDERSTUDY_DASHBOARD_PATH));
+    size_t checked = 0;
+    for (const auto& panel : dashboard["panels"])
+      for (const auto& target : panel.value("targets", nlohmann::json::array())) {
+        auto expr = std::regex_replace(target.value("expr", ""), std::regex{R"(\$node)"}, ".*");
+        // An escalation labels its series with the supervisor: none without one.
+        bool may_be_empty = expr.find("understudy_escalations_total") != std::string::npos;
+        char* escaped = curl_easy_escape(nullptr, expr.c_str(), static_cast<int>(expr.size()));
+        auto body = get(api + "/api/v1/query?query=" + escaped);
+        curl_free(escaped);
+        INFO(panel.value("title", "") << ": " << expr);
+        REQUIRE(body);
+        auto j = nlohmann::json::parse(*body, nullptr, false);
+        REQUIRE_FALSE(j.is_discarded());
+        CHECK(j.value("status", "") == "success");
+        if (!may_be_empty)
+          CHECK_FALSE(j["data"]["result"].empty());
+        ++checked;
+      }
+    CHECK(checked >= 15);
+  }
   // No false alarm for the nodes that were never lost (while they still run).
   auto body = launch.running() ? get(api + "/api/v1/alerts") : std::nullopt;
   if (body) {
