@@ -32,6 +32,8 @@ void recovery_protocol::recover() {
         std::to_string(max_recoveries_) + " recoveries in a row without a committed step"));
   recovering_ = true;
   ++attempt_;
+  if (hooks_.round_started)
+    hooks_.round_started();
   for (size_t i = 0; i < parts_.size(); ++i)
     if (parts_[i].down && !parts_[i].resolving)
       resolve(i);

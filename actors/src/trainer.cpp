@@ -195,6 +195,12 @@ struct trainer_actor {
     }
     if (auto err = past_last_step(v.step))
       return fail(std::move(err));
+    // Goodput: the job's wall time starts with its first trainer; a
+    // restarted trainer is an incident from now on.
+    if (!s->began)
+      s->began = steady::now();
+    else if (s->ran && !s->incident_since)
+      s->incident_since = steady::now();
     v.fingerprint = s->fingerprint;
     v.workers = s->cfg.workers;
     v.shards = s->cfg.shards;
@@ -313,7 +319,15 @@ struct trainer_actor {
       set_committed(lowest);
       return caf::error{};
     };
+    h.round_started = [this] {
+      if (!s->ran || s->incident_since)
+        return;
+      s->incident_since = steady::now();
+      if (cur != 0) // the step in flight is thrown away
+        s->incident_lost += steady::now() - step_started;
+    };
     h.resume = [this](uint64_t) {
+      end_incident();
       cur = 0;
       commits.clear();
       moved();
@@ -363,6 +377,23 @@ struct trainer_actor {
                               "): it restarted where its checkpoints are not; refusing to roll "
                               "the job back to the start");
     return {};
+  }
+
+  /// The job runs again: an open incident cost the time since it began,
+  /// what it threw away of the step in flight, and the applied steps past the
+  /// committed one.
+  void end_incident() {
+    s->ran = true;
+    auto lost = s->incident_lost;
+    while (!s->uncommitted.empty() && s->uncommitted.back().first > committed) {
+      lost += s->uncommitted.back().second;
+      s->uncommitted.pop_back();
+    }
+    if (!s->incident_since)
+      return;
+    s->incidents.push_back(steady::now() - *s->incident_since + lost);
+    s->incident_since.reset();
+    s->incident_lost = {};
   }
 
   void set_committed(uint64_t step) {
@@ -518,6 +549,7 @@ struct trainer_actor {
     cur = 0;
     done = step;
     last_loss = loss;
+    s->uncommitted.emplace_back(step, steady::now() - step_started);
     step_times.push_back(steady::now() - step_started);
     if (step_times.size() > timed_steps)
       step_times.pop_front();
@@ -561,6 +593,10 @@ struct trainer_actor {
       return;
     commits.erase(i);
     committed = step;
+    while (!s->uncommitted.empty() && s->uncommitted.front().first <= step) {
+      s->kept += s->uncommitted.front().second;
+      s->uncommitted.pop_front();
+    }
     moved();
     rp->committed();
     st->value().step = step;
@@ -774,6 +810,7 @@ struct trainer_actor {
     p.restarts = s->restarts.load();
     p.lost_steps = s->lost_steps.load();
     p.slowest_worker_ratio = slowest_ratio;
+    p.goodput = s->goodput_now();
     s->progress(p);
   }
 
@@ -810,6 +847,11 @@ struct trainer_actor {
       r.longest_hang_detection = std::chrono::milliseconds{s->longest_hang_detection_ms.load()};
       r.stragglers = s->stragglers.load();
       r.stalls = s->stalls.load();
+      r.wall = std::chrono::duration_cast<std::chrono::nanoseconds>(
+          s->began ? steady::now() - *s->began : steady::duration{});
+      r.kept = std::chrono::duration_cast<std::chrono::nanoseconds>(s->kept);
+      for (auto d : s->incidents)
+        r.incidents.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(d));
       r.params = std::move(params);
       auto& v = st->value();
       v.accuracy = r.accuracy;

@@ -276,6 +276,32 @@ caf::error validate(const training_config& cfg) {
   return {};
 }
 
+std::string describe_goodput(const training_result& r) {
+  auto ms = [](std::chrono::nanoseconds d) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.0f", std::chrono::duration<double, std::milli>(d).count());
+    return std::string{buf};
+  };
+  char head[96];
+  std::snprintf(head, sizeof head, "goodput: %.1f%% of %.2f s in committed steps; ",
+                100.0 * r.goodput(), std::chrono::duration<double>(r.wall).count());
+  std::string out = head;
+  if (r.incidents.empty())
+    return out + "no incidents; the rest went between steps";
+  std::chrono::nanoseconds total{0};
+  std::string each;
+  for (size_t i = 0; i < r.incidents.size(); ++i) {
+    total += r.incidents[i];
+    if (i < 10)
+      each += (i == 0 ? "" : ", ") + ms(r.incidents[i]);
+  }
+  if (r.incidents.size() > 10)
+    each += ", ...";
+  return out + std::to_string(r.incidents.size()) +
+         (r.incidents.size() == 1 ? " incident cost " : " incidents cost ") + ms(total) + " ms (" +
+         each + " ms); the rest went between steps";
+}
+
 uint64_t params_digest(const float* params, size_t n) {
   return XXH3_64bits(params, n * sizeof(float));
 }

@@ -41,17 +41,19 @@ public:
       if (mp != nullptr) {
         mp->on_step(p.step);
         mp->on_worker_ratio(p.slowest_worker_ratio);
+        mp->on_goodput(p.goodput);
       }
       if (p.step != steps && p.step / every == last / every)
         return;
       last = p.step;
       double secs = std::chrono::duration<double>(clock_type::now() - started_).count();
       char buf[256];
-      std::snprintf(buf, sizeof buf,
-                    "progress: step %" PRIu64 "/%" PRIu64
-                    " loss %.4f accuracy %.4f restarts %" PRIu64 " lost %" PRIu64 " (%.0f steps/s)",
-                    p.step, p.steps, p.loss, p.accuracy < 0 ? 0.0 : p.accuracy, p.restarts,
-                    p.lost_steps, secs > 0 ? static_cast<double>(p.step) / secs : 0.0);
+      std::snprintf(
+          buf, sizeof buf,
+          "progress: step %" PRIu64 "/%" PRIu64 " loss %.4f accuracy %.4f restarts %" PRIu64
+          " lost %" PRIu64 " (%.0f steps/s, goodput %.1f%%)",
+          p.step, p.steps, p.loss, p.accuracy < 0 ? 0.0 : p.accuracy, p.restarts, p.lost_steps,
+          secs > 0 ? static_cast<double>(p.step) / secs : 0.0, 100.0 * p.goodput);
       out->say(buf);
     });
   }
@@ -81,6 +83,7 @@ public:
                   result->steps, result->accuracy, result->params_digest, result->restarts,
                   result->lost_steps);
     end.summary = buf;
+    end.after.push_back(describe_goodput(*result));
     return end;
   }
 

@@ -14,6 +14,7 @@ struct training_metrics::state {
   std::shared_ptr<metric_gauge> step_rate;
   std::shared_ptr<metric_gauge> slowest_worker;
   std::shared_ptr<metric_gauge> last_commit;
+  std::shared_ptr<metric_gauge> goodput;
 
   std::mutex mtx;
   uint64_t high_step = 0;
@@ -66,6 +67,9 @@ training_metrics::training_metrics(node_metrics& metrics,
   st_->slowest_worker = metrics.add_gauge(
       "understudy_training_slowest_worker_ratio",
       "The slowest worker's time to deliver its gradients over the workers' median, last step");
+  st_->goodput = metrics.add_gauge(
+      "understudy_training_goodput_ratio",
+      "Share of the job's wall time on this leader spent in steps committed and kept");
   // Weak: the metrics keep their hooks, and the state keeps the metrics' registry.
   metrics.on_scrape([weak = std::weak_ptr<state>{st_}] {
     if (auto st = weak.lock())
@@ -79,6 +83,10 @@ void training_metrics::on_step(uint64_t committed_step, std::chrono::steady_cloc
 
 void training_metrics::on_worker_ratio(double slowest) {
   st_->slowest_worker->set(slowest);
+}
+
+void training_metrics::on_goodput(double share) {
+  st_->goodput->set(share);
 }
 
 } // namespace understudy::actors

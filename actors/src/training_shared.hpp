@@ -3,7 +3,9 @@
 // State shared by a training job's actors and its owner (training.cpp, roles.cpp).
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -57,6 +59,31 @@ struct training_job::shared {
   /// Workers restarted as stragglers; steps redone after a lost message.
   std::atomic<uint64_t> stragglers{0};
   std::atomic<uint64_t> stalls{0};
+
+  /// Goodput (training_result::goodput), kept here across trainer restarts
+  /// and written by the trainer only (one incarnation at a time): when the
+  /// first trainer started, the time of committed steps, the applied steps
+  /// not committed yet with their durations, the incidents' costs, and the
+  /// open incident (its start and the time it already threw away).
+  std::optional<std::chrono::steady_clock::time_point> began;
+  std::chrono::steady_clock::duration kept{0};
+  std::deque<std::pair<uint64_t, std::chrono::steady_clock::duration>> uncommitted;
+  std::vector<std::chrono::steady_clock::duration> incidents;
+  std::optional<std::chrono::steady_clock::time_point> incident_since;
+  std::chrono::steady_clock::duration incident_lost{0};
+  /// The job has run (resumed) once in this process: a recovery round from
+  /// now on is an incident.
+  bool ran = false;
+
+  /// kept / the time since `began`.
+  double goodput_now() const {
+    if (!began)
+      return 0;
+    auto wall = std::chrono::steady_clock::now() - *began;
+    return wall.count() > 0 ? std::chrono::duration<double>(kept).count() /
+                                  std::chrono::duration<double>(wall).count()
+                            : 0.0;
+  }
 
   std::function<void(const training_progress&)> progress;
   std::function<void(uint64_t)> started;

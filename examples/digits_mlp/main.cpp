@@ -10,7 +10,8 @@
 //              [--data examples/data/digits.csv.gz] [--fault SPEC]
 //
 // SPEC: worker:1@120,shard:0@300,loader:0@450,trainer@600 or random:K.
-// The last line is `final: steps=S accuracy=A params_digest=HEX restarts=R lost_steps=L`.
+// It ends with `final: steps=S accuracy=A params_digest=HEX restarts=R lost_steps=L`
+// and a `goodput:` line (the share of wall time in committed steps, and each incident's cost).
 // Exit codes: 0 done, 1 the job failed, 2 bad options or input.
 
 #include <unistd.h>
@@ -215,5 +216,6 @@ int main(int argc, char** argv) {
               " restarts=%" PRIu64 " lost_steps=%" PRIu64 "\n",
               result->steps, result->accuracy, result->params_digest, result->restarts,
               result->lost_steps);
+  std::printf("%s\n", describe_goodput(*result).c_str());
   return 0;
 }

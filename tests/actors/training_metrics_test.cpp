@@ -26,6 +26,10 @@ TEST_CASE("training metrics exist at zero before the first step", "[metrics][tra
   CHECK(value_of(xs, "understudy_training_step_rate", {{"node", "n1"}}) == 0);
   CHECK(value_of(xs, "understudy_training_slowest_worker_ratio", {{"node", "n1"}}) == 0);
   CHECK(value_of(xs, "understudy_training_last_commit_timestamp_seconds", {{"node", "n1"}}) == 0);
+  CHECK(value_of(xs, "understudy_training_goodput_ratio", {{"node", "n1"}}) == 0);
+  tm.on_goodput(0.875);
+  CHECK(value_of(parse_exposition(fetch_metrics(m->port())), "understudy_training_goodput_ratio") ==
+        Approx(0.875));
   tm.on_worker_ratio(4.5);
   CHECK(value_of(parse_exposition(fetch_metrics(m->port())),
                  "understudy_training_slowest_worker_ratio") == Approx(4.5));

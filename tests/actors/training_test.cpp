@@ -217,6 +217,31 @@ TEST_CASE(
   CHECK(faulty.steps == cfg.steps);
 }
 
+TEST_CASE("goodput is the share of wall time in kept steps, and each incident has its cost",
+          "[training]") {
+  auto cfg = small_job(8);
+  cfg.hang_floor = std::chrono::milliseconds(100);
+  // Two crashes (cheap incidents) and a hang (the deadline's cost, at least
+  // the floor) that the clean run does not have.
+  auto [clean, faulty] = clean_and_faulty(cfg, "worker:0@10,shard:1@20,hang:loader:0@40");
+  CHECK(faulty.params_digest == clean.params_digest);
+  CHECK(clean.incidents.empty());
+  CHECK(clean.goodput() > 0);
+  CHECK(clean.goodput() <= 1);
+  REQUIRE(faulty.incidents.size() == 3);
+  CHECK(faulty.incidents[2] >= cfg.hang_floor);
+  std::chrono::nanoseconds lost{0};
+  for (auto d : faulty.incidents) {
+    CHECK(d.count() > 0);
+    lost += d;
+  }
+  // Kept steps, incidents and the time between steps add up to the wall time.
+  CHECK(faulty.kept + lost <= faulty.wall);
+  CHECK(faulty.goodput() < clean.goodput());
+  CHECK_THAT(describe_goodput(faulty), Catch::StartsWith("goodput: ") &&
+                                           Catch::Contains("3 incidents cost"));
+}
+
 TEST_CASE("a step whose gradients were lost in transit is redone when every actor still answers",
           "[training]") {
   auto cfg = small_job(8);

@@ -63,6 +63,11 @@ TEST_CASE(
   CHECK(out.find("node n1: fenced") == std::string::npos);
   // A crash restarts only the crashed actor: worker-0 restarted in place.
   CHECK(out.find("child_restarted /root/job/workers/worker-0#2") != std::string::npos);
+  // After the final line, the goodput with what the incidents cost.
+  CHECK(std::regex_search(
+      out,
+      std::regex{
+          R"(\[n1\] goodput: \d+\.\d% of \d+\.\d+ s in committed steps; \d+ incidents cost \d+ ms)"}));
 }
 
 TEST_CASE(

@@ -517,6 +517,8 @@ private:
     auto code = exit_code::ok;
     if (end && !end->error) {
       say("final: " + end->summary);
+      for (const auto& line : end->after)
+        say(line);
     } else if (end) {
       fail("the job failed: " + describe(end->error));
       code = exit_code::job_failed;

@@ -78,6 +78,9 @@ public:
     /// Optional: the supervisor of participant `index` could not resolve it
     /// (e.g. the supervisor is gone); unset, the job fails.
     std::function<void(size_t index, const caf::error& err)> unresolved;
+    /// Optional: a round begins (before anything is resolved), e.g. for a
+    /// driver that times its incidents.
+    std::function<void()> round_started;
   };
 
   /// `self` owns the protocol; attempts count from `first_attempt` + 1 (e.g.

@@ -179,6 +179,9 @@ struct training_progress {
   /// every worker delivered, over the workers' median (1: none is behind; 0:
   /// not measured yet).
   double slowest_worker_ratio = 0;
+  /// The share of the wall time since the job started in this process spent
+  /// on steps that were committed and kept (see training_result::goodput).
+  double goodput = 0;
 };
 
 /// The outcome of a job.
@@ -202,8 +205,29 @@ struct training_result {
   /// Liveness rounds that found every participant answering while the job did
   /// not move (a lost message): each redid the step from the committed one.
   uint64_t stalls = 0;
+  /// Goodput: the wall time from the trainer's first start in this process to
+  /// the end, the part of it spent computing steps that were committed and
+  /// kept, and the time each incident (a recovery round after the job had
+  /// started: a crash, a hang, a lost node, a lost message) cost: from its
+  /// start to the job running again, plus the step in flight and the applied
+  /// steps it threw away. What is neither is the time between steps
+  /// (commits, messages).
+  std::chrono::nanoseconds wall{0};
+  std::chrono::nanoseconds kept{0};
+  std::vector<std::chrono::nanoseconds> incidents;
   std::vector<float> params;
+
+  /// kept / wall (0 for no wall time).
+  double goodput() const {
+    return wall.count() > 0 ? static_cast<double>(kept.count()) / static_cast<double>(wall.count())
+                            : 0.0;
+  }
 };
+
+/// One line on `r`'s goodput, e.g. "goodput: 96.4% of 2.95 s in committed
+/// steps; 4 incidents cost 52 ms (12, 14, 13, 13 ms); the rest went between
+/// steps" (the first 10 incidents listed).
+std::string describe_goodput(const training_result& r);
 
 /// A training job as a supervision tree:
 ///

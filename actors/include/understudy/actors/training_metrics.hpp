@@ -35,6 +35,9 @@ public:
   /// Sets the slowest worker's ratio to the workers' median (thread-safe).
   void on_worker_ratio(double slowest);
 
+  /// Sets the goodput gauge: the share of wall time in committed steps.
+  void on_goodput(double share);
+
 private:
   struct state;
   std::shared_ptr<state> st_;

@@ -100,6 +100,8 @@ struct work_end {
   /// What it achieved, printed as "final: SUMMARY" (launch ends the cluster
   /// when a node prints such a line).
   std::string summary;
+  /// Lines printed after the final line (e.g. the job's goodput).
+  std::vector<std::string> after;
 };
 
 /// What a leading node offers its components.
