@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <mutex>
+#include <optional>
+#include <string>
 
 #include <caf/sec.hpp>
 
@@ -38,6 +41,10 @@ public:
     });
     job.on_progress([this, out, mp = metrics_.get(), steps, every,
                      last = uint64_t{0}](const training_progress& p) mutable {
+      {
+        std::lock_guard<std::mutex> guard{mtx_};
+        latest_ = p;
+      }
       if (mp != nullptr) {
         mp->on_step(p.step);
         mp->on_worker_ratio(p.slowest_worker_ratio);
@@ -67,6 +74,19 @@ public:
 
   bool has_end() const override { return true; }
 
+  std::string status() const override {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (!latest_)
+      return "job: not started yet\n";
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "job: step %" PRIu64 "/%" PRIu64 ", restarts %" PRIu64 ", lost steps %" PRIu64
+                  ", goodput %.1f%% (share of the wall time in committed steps)\n",
+                  latest_->step, latest_->steps, latest_->restarts, latest_->lost_steps,
+                  100.0 * latest_->goodput);
+    return buf;
+  }
+
   std::optional<work_end> await_end(std::chrono::milliseconds timeout) override {
     auto result = ct_->job().wait(timeout);
     if (!result && result.error() == caf::sec::request_timeout)
@@ -92,6 +112,9 @@ private:
   /// The job's metrics, registered at zero on every node that serves metrics.
   std::unique_ptr<training_metrics> metrics_;
   clock_type::time_point started_ = clock_type::now();
+  /// The latest progress, for the status report.
+  mutable std::mutex mtx_;
+  std::optional<training_progress> latest_;
 };
 
 class training_node_component : public node_component {

@@ -347,6 +347,9 @@ TEST_CASE("understudy status prints each node's peers and the leader's live tree
       out,
       std::regex{R"(/root/job/shards/shard-1  running, incarnation \d+, restarts \d+, on n2)"}));
   CHECK_THAT(out, Catch::Contains("recent events:"));
+  // The job's part: its step and goodput so far.
+  CHECK(std::regex_search(
+      out, std::regex{R"(job: step \d+/600, restarts \d+, lost steps \d+, goodput \d+\.\d%)"}));
   CHECK_THAT(seen, Catch::Contains("final: steps=600"));
 }
 

@@ -61,6 +61,10 @@ std::optional<work_end> node_part::await_end(std::chrono::milliseconds) {
 
 void node_part::stop() {}
 
+std::string node_part::status() const {
+  return {};
+}
+
 node_component::~node_component() = default;
 
 void node_component::prepare_loading(node_config_options&) const {}
@@ -446,8 +450,11 @@ private:
       node_->stop_peers();
       finish(exit_code::job_failed);
     }
-    node_->set_status_provider([nodep = node_.get(), root = *tree, recent, root_path] {
-      return tree_status(*nodep, root, root_path, *recent);
+    node_->set_status_provider([this, nodep = node_.get(), root = *tree, recent, root_path] {
+      auto text = tree_status(*nodep, root, root_path, *recent);
+      for (const auto& p : parts_)
+        text += p->status();
+      return text;
     });
     // The root supervisor ends on its own only when its restarts could not
     // keep the tree up (its intensity exceeded, a child that cannot start):

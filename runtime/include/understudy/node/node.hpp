@@ -148,6 +148,10 @@ public:
 
   /// On the leader, before the tree is stopped (the node is about to end).
   virtual void stop();
+
+  /// Lines it adds to the leader's status report (`understudy status`), e.g.
+  /// the job's progress; none by default.
+  virtual std::string status() const;
 };
 
 /// What a program adds to its nodes: stateless, shared by every node it runs.
