@@ -199,8 +199,10 @@ struct trainer_actor {
     // restarted trainer is an incident from now on.
     if (!s->began)
       s->began = steady::now();
-    else if (s->ran && !s->incident_since)
+    else if (s->ran && !s->incident_since) {
       s->incident_since = steady::now();
+      s->lost_steps_before_incident = s->lost_steps.load();
+    }
     v.fingerprint = s->fingerprint;
     v.workers = s->cfg.workers;
     v.shards = s->cfg.shards;
@@ -323,6 +325,7 @@ struct trainer_actor {
       if (!s->ran || s->incident_since)
         return;
       s->incident_since = steady::now();
+      s->lost_steps_before_incident = s->lost_steps.load();
       if (cur != 0) // the step in flight is thrown away
         s->incident_lost += steady::now() - step_started;
     };
@@ -391,9 +394,32 @@ struct trainer_actor {
     }
     if (!s->incident_since)
       return;
-    s->incidents.push_back(steady::now() - *s->incident_since + lost);
+    auto cost = steady::now() - *s->incident_since + lost;
+    s->incidents.push_back(cost);
     s->incident_since.reset();
     s->incident_lost = {};
+    auto steps_lost = s->lost_steps.load() - s->lost_steps_before_incident;
+    report_job(event_kind::job_resumed,
+               "resumed from committed step " + std::to_string(committed) + "; " +
+                   std::to_string(steps_lost) + (steps_lost == 1 ? " step" : " steps") + " lost",
+               std::chrono::duration_cast<std::chrono::milliseconds>(cost));
+  }
+
+  /// An event about the job itself (its trainer), e.g. job_resumed.
+  void report_job(event_kind kind, std::string reason, std::chrono::milliseconds took) {
+    auto sink = s->events.lock();
+    if (!sink)
+      return;
+    supervision_event ev;
+    ev.kind = kind;
+    ev.supervisor = s->job_path;
+    ev.child = "trainer";
+    ev.incarnation = incarnation;
+    ev.reason = std::move(reason);
+    ev.duration = took;
+    ev.time = steady::now();
+    ev.wall_time = std::chrono::system_clock::now();
+    sink->on_event(ev);
   }
 
   void set_committed(uint64_t step) {

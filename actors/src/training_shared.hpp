@@ -71,6 +71,7 @@ struct training_job::shared {
   std::vector<std::chrono::steady_clock::duration> incidents;
   std::optional<std::chrono::steady_clock::time_point> incident_since;
   std::chrono::steady_clock::duration incident_lost{0};
+  uint64_t lost_steps_before_incident = 0;
   /// The job has run (resumed) once in this process: a recovery round from
   /// now on is an incident.
   bool ran = false;

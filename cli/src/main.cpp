@@ -1,5 +1,5 @@
 // The `understudy` command. One subcommand per task: `inspect`, `certs`, `node`,
-// `launch`, `status`. Exit codes: 0 success, 1 the task found a problem
+// `launch`, `status`, `events`. Exit codes: 0 success, 1 the task found a problem
 // (e.g. a corrupt record), 2 usage errors and failures to open or read.
 
 #include <chrono>
@@ -32,6 +32,8 @@ int main(int argc, char** argv) {
   auto* launch_cmd = cli::add_launch_command(app, launch);
   understudy::status_options status;
   auto* status_cmd = cli::add_status_command(app, status);
+  understudy::events_options events;
+  auto* events_cmd = cli::add_events_command(app, events);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -48,6 +50,8 @@ int main(int argc, char** argv) {
     return cli::run_launch(launch, argv[0]);
   if (*status_cmd)
     return cli::run_status(status);
+  if (*events_cmd)
+    return cli::run_events(events);
   std::cerr << app.help();
   return cli::exit_failure;
 }

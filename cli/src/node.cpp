@@ -37,6 +37,20 @@ int run_status(status_options opts) {
   return to_int(understudy::run_status(opts, std::cout, std::cerr));
 }
 
+CLI::App* add_events_command(CLI::App& app, events_options& opts) {
+  auto* sub = app.add_subcommand(
+      "events", "merge every node's event log into one incident timeline (this machine's nodes)");
+  sub->add_option("FILE", opts.file, "the cluster's node config file (TOML)")->required();
+  sub->add_flag("--json", opts.json, "one JSON object per event and per incident");
+  sub->add_flag("--follow", opts.follow, "keep printing events as the nodes log them");
+  return sub;
+}
+
+int run_events(events_options opts) {
+  opts.components = {actors::training_component()};
+  return to_int(understudy::run_events(opts, std::cout, std::cerr));
+}
+
 CLI::App* add_launch_command(CLI::App& app, launch_options& opts) {
   auto* sub = app.add_subcommand("launch", "start every node of a cluster on this machine");
   sub->add_option("FILE", opts.file, "the cluster's node config file (TOML)")->required();

@@ -5,6 +5,7 @@
 // (understudy/node/) does the work, with the training job as its component;
 // these parse the options and call it.
 
+#include "understudy/node/event_journal.hpp"
 #include "understudy/node/launcher.hpp"
 #include "understudy/node/node.hpp"
 
@@ -21,6 +22,13 @@ CLI::App* add_node_command(CLI::App& app, node_options& opts);
 /// (understudy::exit_code): 0 done, 2 bad config or start failure, 3 fenced,
 /// 4 the job failed.
 int run_node(node_options opts);
+
+/// Adds the `events` subcommand to `app`.
+CLI::App* add_events_command(CLI::App& app, events_options& opts);
+
+/// Prints the cluster's incident timeline (understudy::run_events): 0, 1 when
+/// no node has an event log, 2 for a bad config.
+int run_events(events_options opts);
 
 /// Adds the `status` subcommand to `app`.
 CLI::App* add_status_command(CLI::App& app, status_options& opts);

@@ -245,6 +245,14 @@ std::string render(const supervision_event& ev, const console& out, bool shuttin
       what = "hang";
       detail = ev.reason + "  -> " + ev.action;
       break;
+    case event_kind::straggler_detected:
+      what = "straggler";
+      detail = ev.reason + "  -> " + ev.action;
+      break;
+    case event_kind::job_resumed:
+      what = "resumed";
+      detail = ev.reason + ", the incident cost " + pretty(ev.duration);
+      break;
     case event_kind::shutdown_timeout:
       what = "shutdown timeout";
       detail = ev.reason + "  -> " + ev.action;

@@ -63,6 +63,20 @@ TEST_CASE(
   CHECK(out.find("node n1: fenced") == std::string::npos);
   // A crash restarts only the crashed actor: worker-0 restarted in place.
   CHECK(out.find("child_restarted /root/job/workers/worker-0#2") != std::string::npos);
+  // Every node's event log, merged: the lost node is an incident from its
+  // detection to the job running again, with the node fenced and its actors
+  // moved on the way.
+  int events_status = 0;
+  auto timeline = run_cli("events " + file, events_status);
+  INFO(timeline);
+  CHECK(events_status == 0);
+  CHECK(std::regex_search(timeline,
+                          std::regex{R"(incident \d+ at [\d:.]+, [\d.]+ ms until resumed)"}));
+  CHECK(std::regex_search(timeline, std::regex{R"(fenced   \[n\d\] peer n2 is dead)"}));
+  CHECK(std::regex_search(
+      timeline, std::regex{R"(moved    \[n1\] note moved /root/job/\S+ from n2 \(lost\))"}));
+  CHECK(std::regex_search(timeline,
+                          std::regex{R"(resumed  \[n1\] job_resumed /root/job/trainer#\d+)"}));
   // After the final line, the goodput with what the incidents cost.
   CHECK(std::regex_search(
       out,

@@ -19,6 +19,7 @@
 #include "understudy/cluster/security.hpp"
 #include "understudy/core/errors.hpp"
 #include "understudy/metrics/metrics.hpp"
+#include "understudy/node/event_journal.hpp"
 #include "understudy/state/runtime.hpp"
 
 namespace understudy {
@@ -314,11 +315,22 @@ private:
       mp->set_state_source([store] { return store->stats(); });
       say("node " + self.name + ": metrics on " + mp->url());
     }
-    node_->on_note(
-        [this, name = self.name](const std::string& text) { say("node " + name + ": " + text); });
+    // The node's persisted event log (`understudy events`); a node that cannot
+    // write one says so and goes on.
+    if (auto j = event_journal::open(self.state_dir, self.name))
+      journal_ = std::move(*j);
+    else
+      out_.warn("warning: node " + self.name + ": no event log: " + describe(j.error()));
+    node_->on_note([this, name = self.name](const std::string& text) {
+      say("node " + name + ": " + text);
+      if (journal_)
+        journal_->note(text);
+    });
     node_->on_peer_change([this, name = self.name, mp](const peer_view& p) {
       say("node " + name + ": peer " + p.name + " is " + to_string(p.state) +
           (p.reason.empty() ? "" : " (" + p.reason + ")"));
+      if (journal_)
+        journal_->peer(p.name, to_string(p.state), p.reason);
       if (mp != nullptr)
         mp->set_peer_health(p.name, p.state == peer_state::alive       ? peer_health::alive
                                     : p.state == peer_state::suspected ? peer_health::suspected
@@ -402,14 +414,16 @@ private:
   /// with metrics, the supervision metrics (and failovers counted).
   std::shared_ptr<event_sink> tree_sink(const std::shared_ptr<event_log>& recent) {
     auto* mp = metrics_.get();
+    std::shared_ptr<event_sink> journal = journal_ ? journal_->sink() : nullptr;
     if (mp == nullptr)
-      return recent;
+      return std::make_shared<fanout_sink>(
+          std::vector<std::shared_ptr<event_sink>>{recent, journal});
     node_->on_peer_change([mp](const peer_view& p) {
       if (p.state == peer_state::dead)
         mp->on_failover(p.name); // the leader restarts its actors elsewhere
     });
     return std::make_shared<fanout_sink>(
-        std::vector<std::shared_ptr<event_sink>>{recent, mp->sink()});
+        std::vector<std::shared_ptr<event_sink>>{recent, mp->sink(), journal});
   }
 
   /// Runs the tree the config declares until the work ends or the node must
@@ -526,6 +540,11 @@ private:
       say("final: " + end->summary);
       for (const auto& line : end->after)
         say(line);
+      if (journal_) {
+        journal_->job("final: " + end->summary);
+        for (const auto& line : end->after)
+          journal_->job(line);
+      }
     } else if (end) {
       fail("the job failed: " + describe(end->error));
       code = exit_code::job_failed;
@@ -569,6 +588,7 @@ private:
   std::shared_ptr<coordinator> coordinator_;
   std::unique_ptr<runtime> rt_;
   std::unique_ptr<node_metrics> metrics_;
+  std::shared_ptr<event_journal> journal_;
   std::shared_ptr<cluster_node> node_;
   std::vector<std::unique_ptr<node_part>> parts_;
   std::vector<std::string> candidates_;

@@ -38,6 +38,8 @@ std::string to_string(event_kind x) {
       return "state_fallback";
     case event_kind::state_fresh:
       return "state_fresh";
+    case event_kind::job_resumed:
+      return "job_resumed";
   }
   return "unknown";
 }
@@ -62,6 +64,7 @@ std::string to_string(const supervision_event& ev) {
                   ev.kind == event_kind::child_restarted      ? "recovery"
                   : ev.kind == event_kind::hang_detected      ? "waited"
                   : ev.kind == event_kind::straggler_detected ? "delivered_after"
+                  : ev.kind == event_kind::job_resumed        ? "cost"
                   : ev.kind == event_kind::state_restored ||
                           ev.kind == event_kind::state_fallback ||
                           ev.kind == event_kind::state_fresh

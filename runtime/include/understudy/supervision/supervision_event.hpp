@@ -49,6 +49,10 @@ enum class event_kind : uint8_t {
   /// A persistent child found no valid version and starts fresh; `reason` says
   /// whether there was none or all were corrupt.
   state_fresh,
+  /// A job's driver (a training job's trainer) runs again after an incident;
+  /// `reason` says from which committed step and how many steps were lost,
+  /// `duration` what the incident cost.
+  job_resumed,
 };
 
 /// Returns the name of `x`, e.g. "child_restarted".
