@@ -12,7 +12,16 @@ CLI::App* add_node_command(CLI::App& app, node_options& opts) {
   auto* sub =
       app.add_subcommand("node", "run one node of a cluster (for real multi-host clusters)");
   sub->add_option("FILE", opts.file, "the cluster's node config file (TOML)")->required();
-  sub->add_option("--name", opts.name, "which [[node]] of FILE this is")->required();
+  auto* name = sub->add_option("--name", opts.name, "which [[node]] of FILE this is");
+  auto* from = sub->add_option(
+      "--name-from", opts.name_from,
+      "hostname (a StatefulSet pod's ordinal) or env:VAR (e.g. env:SLURM_PROCID): the [[node]] "
+      "whose position in FILE, from 0, is that ordinal");
+  name->excludes(from);
+  sub->callback([name, from] {
+    if (name->count() == 0 && from->count() == 0)
+      throw CLI::RequiredError("--name or --name-from");
+  });
   sub->add_option("--coordination", opts.coordination_endpoints,
                   "URL[,URL...]: etcd's client URLs, replacing [cluster.coordination] endpoints")
       ->delimiter(',');

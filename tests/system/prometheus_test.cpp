@@ -43,11 +43,14 @@ std::string find_program(const std::string& name) {
   return {};
 }
 
-/// Runs `args` with its output in `log`, waits for it; its exit status.
-int run_to_end(const std::vector<std::string>& args, const std::string& cwd,
-               const std::string& log) {
+/// Starts `args` in `cwd` with its output in `log`, in a process group of
+/// its own when `grouped`; its pid.
+pid_t spawn(const std::vector<std::string>& args, const std::string& cwd, const std::string& log,
+            bool grouped) {
   pid_t pid = ::fork();
   if (pid == 0) {
+    if (grouped)
+      ::setpgid(0, 0);
     int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
@@ -60,8 +63,16 @@ int run_to_end(const std::vector<std::string>& args, const std::string& cwd,
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
+  if (grouped)
+    ::setpgid(pid, pid);
+  return pid;
+}
+
+/// Runs `args` with its output in `log`, waits for it; its exit status.
+int run_to_end(const std::vector<std::string>& args, const std::string& cwd,
+               const std::string& log) {
   int status = 0;
-  ::waitpid(pid, &status, 0);
+  ::waitpid(spawn(args, cwd, log, false), &status, 0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -69,22 +80,8 @@ int run_to_end(const std::vector<std::string>& args, const std::string& cwd,
 /// group is killed when this goes.
 class background {
 public:
-  background(const std::vector<std::string>& args, const std::string& log) {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::setpgid(0, 0);
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      std::vector<char*> argv;
-      for (auto& a : args)
-        argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::setpgid(pid_, pid_);
-  }
+  background(const std::vector<std::string>& args, const std::string& log)
+      : pid_(spawn(args, std::filesystem::current_path().string(), log, true)) {}
   ~background() {
     if (pid_ <= 0)
       return;

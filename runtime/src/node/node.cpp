@@ -76,6 +76,40 @@ std::vector<std::string> node_component::leader_candidates(const node_config&) c
   return {};
 }
 
+caf::expected<std::string> node_name_from(const node_config& nc, const std::string& source,
+                                          const std::string& hostname,
+                                          const std::function<const char*(const char*)>& getenv) {
+  auto bad = [&](const std::string& why) {
+    return make_error(config_errc::invalid_value,
+                      "--name-from " + source + ": " + why + " (" + nc.origin + " has " +
+                          std::to_string(nc.nodes.size()) + " nodes, ordinals 0 to " +
+                          std::to_string(nc.nodes.size() - 1) + ")");
+  };
+  std::string digits;
+  if (source == "hostname") {
+    auto end = hostname.find('.'); // a pod's FQDN: its first label
+    auto label = hostname.substr(0, end);
+    auto at = label.find_last_not_of("0123456789");
+    digits = at == std::string::npos ? label : label.substr(at + 1);
+    if (digits.empty() || (at != std::string::npos && label[at] != '-'))
+      return bad("hostname '" + hostname +
+                 "' does not end in -ORDINAL, as a StatefulSet's pods do");
+  } else if (source.rfind("env:", 0) == 0 && source.size() > 4) {
+    const char* value = getenv(source.c_str() + 4);
+    if (value == nullptr)
+      return bad(source.substr(4) + " is not set");
+    digits = value;
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
+      return bad(source.substr(4) + "='" + digits + "' is not an ordinal");
+  } else {
+    return make_error(config_errc::invalid_value,
+                      "--name-from '" + source + "': expected hostname or env:VAR");
+  }
+  if (digits.size() > 6 || std::stoul(digits) >= nc.nodes.size())
+    return bad("ordinal " + digits + " names no node");
+  return nc.nodes[std::stoul(digits)].name;
+}
+
 caf::expected<node_config> load_config(const std::string& file, const node_components& components) {
   node_config_options opts;
   for (const auto& c : components)
@@ -599,7 +633,28 @@ private:
 } // namespace
 
 exit_code run_node(const node_options& opts, node_output& out) {
-  node_session session{opts, out};
+  if (opts.name_from.empty()) {
+    node_session session{opts, out};
+    return session.run();
+  }
+  // The name from the scheduler's ordinal (a pod's hostname, a task's rank).
+  auto nc = load_config(opts.file, opts.components);
+  if (!nc) {
+    out.warn(opts.label + ": " + describe(nc.error()));
+    return exit_code::bad_config;
+  }
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  auto name =
+      node_name_from(*nc, opts.name_from, host, [](const char* var) { return std::getenv(var); });
+  if (!name) {
+    out.warn(opts.label + ": " + describe(name.error()));
+    return exit_code::bad_config;
+  }
+  auto named = opts;
+  named.name = *name;
+  named.name_from.clear();
+  node_session session{named, out};
   return session.run();
 }
 

@@ -1,10 +1,12 @@
-// A node's event log (bounded, rotated) and `understudy events`' incident timeline.
+// A node's event log (bounded, rotated), `understudy events`' incident timeline,
+// and node names from a scheduler's ordinal.
 
 #include "understudy/node/event_journal.hpp"
 
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -175,4 +177,71 @@ TEST_CASE("understudy events merges the nodes' logs into incidents with the time
   std::ostringstream none, why;
   CHECK(run_events(opts, none, why) == exit_code::failure);
   CHECK_THAT(why.str(), Catch::Contains("has an event log"));
+}
+
+TEST_CASE("a scheduler's ordinal names the node: a StatefulSet pod's hostname or a task's rank",
+          "[node]") {
+  test::temp_dir dir{"name-from"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << testing::cluster_config(dir.path + "/state", 100);
+  auto nc = load_config(file, {actors::training_component()});
+  REQUIRE(nc);
+  std::map<std::string, std::string> env{{"SLURM_PROCID", "3"}, {"RANK", "x1"}};
+  auto getenv = [&](const char* var) -> const char* {
+    auto i = env.find(var);
+    return i == env.end() ? nullptr : i->second.c_str();
+  };
+  auto name = [&](const std::string& source, const std::string& host) {
+    return node_name_from(*nc, source, host, getenv);
+  };
+  // The file's nodes in order: n1, n2, n3, s1.
+  CHECK(name("hostname", "understudy-0").value() == "n1");
+  CHECK(name("hostname", "understudy-2.understudy.default.svc.cluster.local").value() == "n3");
+  CHECK(name("env:SLURM_PROCID", "whatever").value() == "s1");
+  auto fails = [&](const std::string& source, const std::string& host, const std::string& why) {
+    auto r = name(source, host);
+    INFO(source << " " << host);
+    REQUIRE_FALSE(r);
+    CHECK_THAT(describe(r.error()), Catch::Contains(why));
+  };
+  fails("hostname", "understudy-4", "ordinal 4 names no node");
+  fails("hostname", "understudy-4", "has 4 nodes, ordinals 0 to 3");
+  fails("hostname", "understudy", "does not end in -ORDINAL");
+  fails("hostname", "web2", "does not end in -ORDINAL");
+  fails("env:RANK", "h", "RANK='x1' is not an ordinal");
+  fails("env:MISSING", "h", "MISSING is not set");
+  fails("rank", "h", "expected hostname or env:VAR");
+}
+
+TEST_CASE("the Kubernetes recipe's node config loads and each pod's hostname names its node",
+          "[node]") {
+  // The ConfigMap's cluster.toml, as the pods read it.
+  std::ifstream in{UNDERSTUDY_SOURCE_DIR "/examples/kubernetes/understudy.yaml"};
+  REQUIRE(in);
+  std::string line, toml;
+  bool inside = false;
+  while (std::getline(in, line)) {
+    if (line.find("cluster.toml: |") != std::string::npos) {
+      inside = true;
+      continue;
+    }
+    if (inside && line.rfind("---", 0) == 0)
+      break;
+    if (inside)
+      toml += (line.size() >= 4 ? line.substr(4) : std::string{}) + "\n";
+  }
+  REQUIRE_FALSE(toml.empty());
+  test::temp_dir dir{"k8s"};
+  std::ofstream{dir.path + "/cluster.toml"} << toml;
+  auto nc = load_config(dir.path + "/cluster.toml", {actors::training_component()});
+  INFO(toml);
+  REQUIRE(nc);
+  const char* names[] = {"n1", "n2", "n3", "s1"};
+  for (int i = 0; i < 4; ++i) {
+    auto host = "understudy-" + std::to_string(i) + ".understudy.default.svc.cluster.local";
+    auto name = node_name_from(*nc, "hostname", host, [](const char*) { return nullptr; });
+    REQUIRE(name);
+    CHECK(*name == names[i]);
+    CHECK(nc->find_node(*name)->host == host);
+  }
 }

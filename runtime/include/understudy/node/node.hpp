@@ -28,6 +28,7 @@
 // that started ends its process (see run_node).
 
 #include <chrono>
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <mutex>
@@ -186,6 +187,17 @@ using node_components = std::vector<std::shared_ptr<const node_component>>;
 /// use_launch_credentials) gets them: its nodes talk mutual TLS.
 caf::expected<node_config> load_config(const std::string& file, const node_components& components);
 
+/// The name of the [[node]] a process is, from its ordinal (counting the
+/// file's [[node]] tables from 0), for schedulers that start one process per
+/// node: `source` "hostname" takes the trailing number of `hostname` (a
+/// Kubernetes StatefulSet's pod "understudy-2" is ordinal 2), "env:VAR" the
+/// value of environment variable VAR as `getenv` reads it (e.g.
+/// env:SLURM_PROCID). Errors (config_errc::invalid_value) name the source, the
+/// value and the file's node count.
+caf::expected<std::string> node_name_from(const node_config& nc, const std::string& source,
+                                          const std::string& hostname,
+                                          const std::function<const char*(const char*)>& getenv);
+
 /// Where `understudy launch` keeps what it makes for a cluster (its local
 /// etcd's data, certificates): the directory of the first node's state
 /// directory ("." if that has none).
@@ -216,6 +228,9 @@ struct node_options {
   std::string file;
   /// Which [[node]] of it this is.
   std::string name;
+  /// Where to take the name from instead (see node_name_from): "hostname" or
+  /// "env:VAR". Empty: `name`.
+  std::string name_from;
   /// Starts the error lines, e.g. "understudy node".
   std::string label = "understudy node";
   node_components components;
