@@ -106,6 +106,8 @@ struct trainer_actor {
   std::shared_ptr<persistent<trainer_state>> st;
   caf::actor job;
   uint64_t incarnation;
+  /// For progress reports to the job supervisor (the trainer's liveness).
+  child_token token;
   caf::actor sups[3];
   /// Resolves, probes and rewinds the shards, loaders and workers (in this
   /// order); created once the role supervisors are found.
@@ -152,12 +154,13 @@ struct trainer_actor {
   bool waiting_for_workers = false;
 
   trainer_actor(caf::event_based_actor* self, shared_ptr_t s,
-                std::shared_ptr<persistent<trainer_state>> st, caf::actor job, uint64_t incarnation)
+                std::shared_ptr<persistent<trainer_state>> st, child_token token)
       : self(self),
         s(std::move(s)),
         st(std::move(st)),
-        job(std::move(job)),
-        incarnation(incarnation) {
+        job(token.supervisor),
+        incarnation(token.incarnation),
+        token(std::move(token)) {
     // nop
   }
 
@@ -200,8 +203,15 @@ struct trainer_actor {
     if (!s->began)
       s->began = steady::now();
     else if (s->ran && !s->incident_since) {
-      s->incident_since = steady::now();
+      // From the last progress of the trainer that died or hung.
+      s->incident_since = s->last_moved ? *s->last_moved : steady::now();
       s->lost_steps_before_incident = s->lost_steps.load();
+    }
+    // The deadline ticks (and the liveness reports to the supervisor) run
+    // from now on, through the recovery too.
+    if (!ticking) {
+      ticking = true;
+      self->delayed_send(self, tick_interval(), deadline_atom::value);
     }
     v.fingerprint = s->fingerprint;
     v.workers = s->cfg.workers;
@@ -334,10 +344,6 @@ struct trainer_actor {
       cur = 0;
       commits.clear();
       moved();
-      if (!ticking) {
-        ticking = true;
-        self->delayed_send(self, tick_interval(), deadline_atom::value);
-      }
       next();
     };
     h.failed = [this](caf::error err) { fail(std::move(err)); };
@@ -482,6 +488,11 @@ struct trainer_actor {
       return;
     s->inflight = step;
     s->maybe_crash(fault_target::trainer, 0, step);
+    // A hung trainer stops ticking: its supervisor's liveness deadline finds it.
+    if (s->maybe_hang(self, fault_target::trainer, 0, step)) {
+      self->set_down_handler([](caf::down_msg&) {});
+      return;
+    }
     cur = step;
     applied = 0;
     step_started = steady::now();
@@ -643,6 +654,7 @@ struct trainer_actor {
   void moved() {
     ++progress;
     progress_at = steady::now();
+    s->last_moved = progress_at;
   }
 
   /// How long the job may go without progress before the trainer asks who
@@ -667,6 +679,8 @@ struct trainer_actor {
   void on_deadline() {
     if (finished)
       return;
+    // The trainer's own liveness, for its supervisor (training_config::hang_ceiling).
+    report_progress(token);
     self->delayed_send(self, tick_interval(), deadline_atom::value);
     bool waiting = cur != 0 || !commits.empty();
     if (rp && !rp->recovering() && !asking && waiting && steady::now() - progress_at >= deadline())
@@ -921,8 +935,7 @@ child_spec make_trainer_spec(shared_ptr_t s) {
       [s](caf::event_based_actor* self, std::shared_ptr<persistent<trainer_state>> st) {
         // Set by persistent_child before init: the job supervisor is the parent.
         auto token = s->trainer_token();
-        auto a = std::make_shared<trainer_actor>(self, s, std::move(st), token.supervisor,
-                                                 token.incarnation);
+        auto a = std::make_shared<trainer_actor>(self, s, std::move(st), token);
         // Serving from here on, even if its first message ends the job (a state
         // directory of another job): readiness must not race with that exit.
         announce_ready(token);
@@ -937,6 +950,9 @@ child_spec make_trainer_spec(shared_ptr_t s) {
   };
   spec.restart = restart_type::transient;
   spec.announces_ready = true;
+  // A trainer that stops ticking (a hung handler) is killed and restarted by
+  // the job's supervisor; it ticks every half hang_floor.
+  spec.liveness_deadline = std::chrono::duration_cast<caf::timespan>(s->cfg.hang_ceiling);
   return spec;
 }
 

@@ -124,8 +124,10 @@ caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t w
       f.kind = fault_kind::hang;
       body = body.substr(5);
       if (body.rfind("worker:", 0) != 0 && body.rfind("shard:", 0) != 0 &&
-          body.rfind("loader:", 0) != 0)
-        return bad("only a worker, shard or loader can hang (hang:ROLE:I@S)");
+          body.rfind("loader:", 0) != 0 && body.rfind("trainer@", 0) != 0)
+        return bad(
+            "only a worker, shard, loader or the trainer can hang (hang:ROLE:I@S, "
+            "hang:trainer@S)");
     } else if (body.rfind("lose:", 0) == 0) {
       f.kind = fault_kind::lose;
       body = body.substr(5);

@@ -72,6 +72,8 @@ struct training_job::shared {
   std::optional<std::chrono::steady_clock::time_point> incident_since;
   std::chrono::steady_clock::duration incident_lost{0};
   uint64_t lost_steps_before_incident = 0;
+  /// When the job last moved (a trainer that dies or hangs stops it).
+  std::optional<std::chrono::steady_clock::time_point> last_moved;
   /// The job has run (resumed) once in this process: a recovery round from
   /// now on is an incident.
   bool ran = false;

@@ -238,8 +238,28 @@ TEST_CASE("goodput is the share of wall time in kept steps, and each incident ha
   // Kept steps, incidents and the time between steps add up to the wall time.
   CHECK(faulty.kept + lost <= faulty.wall);
   CHECK(faulty.goodput() < clean.goodput());
-  CHECK_THAT(describe_goodput(faulty), Catch::StartsWith("goodput: ") &&
-                                           Catch::Contains("3 incidents cost"));
+  CHECK_THAT(describe_goodput(faulty),
+             Catch::StartsWith("goodput: ") && Catch::Contains("3 incidents cost"));
+}
+
+TEST_CASE(
+    "a hung trainer is killed by its supervisor's liveness deadline and its successor "
+    "ends the job with the fault-free parameters",
+    "[training]") {
+  auto cfg = small_job(12);
+  cfg.hang_floor = std::chrono::milliseconds(50);
+  cfg.hang_ceiling = std::chrono::milliseconds(400);
+  auto log = std::make_shared<event_log>();
+  auto [clean, faulty] = clean_and_faulty(cfg, "hang:trainer@20", log);
+  CHECK(faulty.params_digest == clean.params_digest);
+  CHECK(faulty.restarts >= 1);
+  // The job supervisor found it: no tick (progress report) within hang_ceiling.
+  CHECK(log->count(event_kind::hang_detected, "trainer") == 1);
+  CHECK(log->count(event_kind::child_restarted, "trainer") == 1);
+  // The incident counts from the job's last progress, the hang included (the
+  // supervisor counts from the trainer's last tick, up to half a floor earlier).
+  REQUIRE(faulty.incidents.size() == 1);
+  CHECK(faulty.incidents[0] >= cfg.hang_ceiling - cfg.hang_floor);
 }
 
 TEST_CASE("a step whose gradients were lost in transit is redone when every actor still answers",
@@ -643,23 +663,24 @@ TEST_CASE("fault specs are parsed and bad ones named", "[training]") {
   REQUIRE(r1->size() == 7);
   for (size_t i = 0; i < 7; ++i)
     CHECK(to_string((*r1)[i]) == to_string((*r2)[i]));
-  for (auto [spec, msg] :
-       std::vector<std::pair<std::string, std::string>>{{"gpu:0@5", "unknown target 'gpu'"},
-                                                        {"worker:2@5", "there is no worker 2"},
-                                                        {"worker:1", "missing @STEP"},
-                                                        {"shard:0@0", "step must be"},
-                                                        {"loader:x@3", "malformed index"},
-                                                        {"trainer:1@3", "no index"},
-                                                        {"random:0", "K must be"},
-                                                        {"hang:trainer@3", "only a worker"},
-                                                        {"hang:worker:5@3", "no worker 5"},
-                                                        {"hang:worker:0", "missing @STEP"},
-                                                        {"slow:shard:0@3:2", "only a worker"},
-                                                        {"slow:worker:0@3", "missing :FACTOR"},
-                                                        {"slow:worker:0@3:1", "FACTOR must"},
-                                                        {"slow:worker:0@3:x", "FACTOR must"},
-                                                        {"slow:worker:4@3:2", "no worker 4"},
-                                                        {"lose:loader:0@3", "only a worker"}}) {
+  for (auto [spec, msg] : std::vector<std::pair<std::string, std::string>>{
+           {"gpu:0@5", "unknown target 'gpu'"},
+           {"worker:2@5", "there is no worker 2"},
+           {"worker:1", "missing @STEP"},
+           {"shard:0@0", "step must be"},
+           {"loader:x@3", "malformed index"},
+           {"trainer:1@3", "no index"},
+           {"random:0", "K must be"},
+           {"hang:gpu:0@3", "only a worker"},
+           {"hang:trainer:0@3", "the trainer can hang"},
+           {"hang:worker:5@3", "no worker 5"},
+           {"hang:worker:0", "missing @STEP"},
+           {"slow:shard:0@3:2", "only a worker"},
+           {"slow:worker:0@3", "missing :FACTOR"},
+           {"slow:worker:0@3:1", "FACTOR must"},
+           {"slow:worker:0@3:x", "FACTOR must"},
+           {"slow:worker:4@3:2", "no worker 4"},
+           {"lose:loader:0@3", "only a worker"}}) {
     auto r = parse_faults(spec, 2, 2, 1, 100, 1);
     INFO(spec);
     REQUIRE_FALSE(r);

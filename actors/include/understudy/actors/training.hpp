@@ -62,12 +62,12 @@ std::string to_string(const fault& f);
 
 /// Parses a fault spec: a comma-separated list of `worker:I@S`, `shard:I@S`,
 /// `loader:I@S`, `trainer@S`, `gpu:I@S` (only with `gpus` > 0), `hang:ROLE:I@S`
-/// (ROLE worker, shard or loader: the actor stops answering), `slow:worker:I@S:F`
-/// (F from 1.5 to 1000: that worker's steps take F times as long), `lose:worker:I@S`
-/// (that worker's gradients of step S are lost in transit), or `random:K` (K crashes
-/// of any kind at steps in [1, steps], drawn from `seed`; with `gpus` > 0 of the
-/// kinds whose count is not 0, GPU faults included). Indices must name existing actors and steps
-/// lie in [1, steps]. Errors name the offending entry. An empty spec is no fault.
+/// (ROLE worker, shard or loader: the actor stops answering) or `hang:trainer@S`,
+/// `slow:worker:I@S:F` (F from 1.5 to 1000: that worker's steps take F times as long),
+/// `lose:worker:I@S` (that worker's gradients of step S are lost in transit), or `random:K` (K
+/// crashes of any kind at steps in [1, steps], drawn from `seed`; with `gpus` > 0 of the kinds
+/// whose count is not 0, GPU faults included). Indices must name existing actors and steps lie in
+/// [1, steps]. Errors name the offending entry. An empty spec is no fault.
 caf::expected<std::vector<fault>> parse_faults(const std::string& spec, size_t workers,
                                                size_t shards, size_t loaders, uint64_t steps,
                                                uint64_t seed, size_t gpus = 0);
@@ -130,7 +130,9 @@ struct training_config {
   /// If every one answers and the job still has not moved, a message was lost:
   /// the step is redone from the committed one, and the deadline doubles until
   /// a step is applied again. Until 8 steps have been timed, the deadline is
-  /// hang_ceiling.
+  /// hang_ceiling. The trainer itself ticks every half hang_floor: one that
+  /// does not tick for hang_ceiling (a hung handler) is killed by the job's
+  /// supervisor as hung and restarted.
   std::chrono::milliseconds hang_floor{250};
   std::chrono::milliseconds hang_ceiling{10000};
   double hang_factor = 4.0;
