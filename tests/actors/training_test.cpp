@@ -705,6 +705,7 @@ TEST_CASE("impossible job configurations are refused with the reason", "[trainin
   check([](training_config& c) { c.batch = 0; }, "batch must be");
   check([](training_config& c) { c.micro_batches = 5; }, "micro_batches must be");
   check([](training_config& c) { c.micro_batches = 0; }, "micro_batches must be");
+  check([](training_config& c) { c.min_workers = 4; }, "min_workers must be from 0 to workers (3)");
   check([](training_config& c) { c.checkpoint_every = 0; }, "checkpoint_every");
   check(
       [](training_config& c) {
@@ -823,6 +824,62 @@ TEST_CASE(
   auto second = run_job(cfg, dir.path);
   CHECK(second.resumed_from < newest);
   CHECK(second.params_digest == full.params_digest);
+}
+
+TEST_CASE(
+    "a reshard takes the newest step every old record holds intact, and refuses by name, "
+    "writing nothing, when a shard has none",
+    "[training][state][corruption]") {
+  auto cfg = with_counts(small_job(15), {3, 2, 2});
+  state_dir full_dir;
+  auto full = run_job(cfg, full_dir.path);
+  auto half = cfg;
+  half.steps = 20;
+  auto shard_path = [](const std::string& dir, size_t k) {
+    state_store_config sc;
+    sc.directory = dir;
+    sc.read_only = true;
+    auto store = state_store::open(sc);
+    REQUIRE(store);
+    auto paths = (*store)->paths();
+    REQUIRE(paths);
+    auto suffix = "/shard-" + std::to_string(k);
+    for (const auto& p : *paths)
+      if (p.size() >= suffix.size() &&
+          p.compare(p.size() - suffix.size(), suffix.size(), suffix) == 0)
+        return std::make_pair(p, *(*store)->versions(p));
+    return std::make_pair(std::string{}, std::vector<version_info>{});
+  };
+  SECTION("a damaged newest version: the reshard falls back a step") {
+    state_dir dir;
+    run_job(half, dir.path);
+    auto [path, versions] = shard_path(dir.path, 1);
+    REQUIRE(versions.size() >= 2);
+    REQUIRE(versions.back().step == 20);
+    test::flip_byte_in_chunk(dir.path, path, 20, 0, 0, 5);
+    auto r = run_job(with_counts(cfg, {2, 3, 1}), dir.path);
+    CHECK(r.resumed_from == 19);
+    CHECK(r.params_digest == full.params_digest);
+  }
+  SECTION("no intact version of a shard: a clear error, and nothing written") {
+    state_dir dir;
+    run_job(half, dir.path);
+    auto [path, versions] = shard_path(dir.path, 1);
+    for (const auto& v : versions)
+      test::flip_byte_in_chunk(dir.path, path, v.step, 0, 0, 5);
+    runtime rt{quiet()};
+    auto job = make_job(rt, with_counts(cfg, {3, 3, 2}), dir.path);
+    auto tree = rt.start(job.spec());
+    REQUIRE(tree);
+    auto result = job.wait(std::chrono::seconds(60));
+    rt.stop(*tree);
+    REQUIRE_FALSE(result);
+    CHECK_THAT(
+        describe(result.error()),
+        Catch::Contains("written with 2 shards and 2 loaders, with 3 shards and 2 loaders") &&
+            Catch::Contains("shard-1 has no intact checkpoint"));
+    CHECK(shard_path(dir.path, 2).second.empty()); // no record of the new layout
+  }
 }
 
 TEST_CASE(

@@ -72,7 +72,7 @@ TEST_CASE(
   CHECK(events_status == 0);
   CHECK(std::regex_search(timeline,
                           std::regex{R"(incident \d+ at [\d:.]+, [\d.]+ ms until resumed)"}));
-  CHECK(std::regex_search(timeline, std::regex{R"(fenced   \[n\d\] peer n2 is dead)"}));
+  CHECK(std::regex_search(timeline, std::regex{R"(fenced   \[\w+\] peer n2 is dead)"}));
   CHECK(std::regex_search(
       timeline, std::regex{R"(moved    \[n1\] note moved /root/job/\S+ from n2 \(lost\))"}));
   CHECK(std::regex_search(timeline,

@@ -386,3 +386,22 @@ TEST_CASE("a node of several without [cluster.security] refuses to start, saying
                          Catch::Contains("understudy certs") &&
                          Catch::Contains("understudy launch"));
 }
+
+TEST_CASE("a --restart that names no node of the file is refused before anything starts",
+          "[launcher]") {
+  test::temp_dir dir{"launch-restart"};
+  launch_options opts;
+  opts.file = two_node_config(dir.path);
+  opts.restarts = {"n9@5"};
+  opts.node_command = [](const std::string&) { return std::vector<std::string>{"/bin/false"}; };
+  std::ostringstream out, err;
+  node_output o{out, err};
+  CHECK(run_launch(opts, o) == to_int(exit_code::bad_config));
+  CHECK_THAT(err.str(), Catch::Contains("bad --restart 'n9@5' (expected NODE@STEP with a node of"));
+  CHECK(out.str().find("started node") == std::string::npos);
+  opts.restarts = {"n2"};
+  std::ostringstream out2, err2;
+  node_output o2{out2, err2};
+  CHECK(run_launch(opts, o2) == to_int(exit_code::bad_config));
+  CHECK_THAT(err2.str(), Catch::Contains("bad --restart 'n2'"));
+}
