@@ -13,6 +13,7 @@ packages=(
   libtoml11-dev libcli11-dev libspdlog-dev prometheus-cpp-dev
   libcurl4-openssl-dev nlohmann-json3-dev etcd-server iproute2 nftables
   prometheus
+  slurmctld slurmd slurm-client munge
 )
 
 missing=()

@@ -23,87 +23,19 @@
 
 #include "support/cli_test_util.hpp"
 #include "support/cluster_test_util.hpp"
+#include "support/daemon_test_util.hpp"
 #include "support/free_port.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace understudy::testing;
 using cli_test::slurp;
+using daemon_test::background;
+using daemon_test::find_program;
+using daemon_test::run_to_end;
 
 namespace {
 
 const std::string rules_dir = UNDERSTUDY_SOURCE_DIR "/examples/prometheus";
-
-/// A program found on PATH ("" if none).
-std::string find_program(const std::string& name) {
-  for (const char* dir : {"/usr/bin", "/usr/local/bin", "/bin"}) {
-    auto path = std::string{dir} + "/" + name;
-    if (::access(path.c_str(), X_OK) == 0)
-      return path;
-  }
-  return {};
-}
-
-/// Starts `args` in `cwd` with its output in `log`, in a process group of
-/// its own when `grouped`; its pid.
-pid_t spawn(const std::vector<std::string>& args, const std::string& cwd, const std::string& log,
-            bool grouped) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    if (grouped)
-      ::setpgid(0, 0);
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    if (::chdir(cwd.c_str()) != 0)
-      ::_exit(126);
-    std::vector<char*> argv;
-    for (auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  if (grouped)
-    ::setpgid(pid, pid);
-  return pid;
-}
-
-/// Runs `args` with its output in `log`, waits for it; its exit status.
-int run_to_end(const std::vector<std::string>& args, const std::string& cwd,
-               const std::string& log) {
-  int status = 0;
-  ::waitpid(spawn(args, cwd, log, false), &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-/// A child process in a process group of its own, output to a file; the
-/// group is killed when this goes.
-class background {
-public:
-  background(const std::vector<std::string>& args, const std::string& log)
-      : pid_(spawn(args, std::filesystem::current_path().string(), log, true)) {}
-  ~background() {
-    if (pid_ <= 0)
-      return;
-    ::kill(-pid_, SIGTERM);
-    int status = 0;
-    for (int i = 0; i < 100 && ::waitpid(pid_, &status, WNOHANG) == 0; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50)); // teardown, not a sync
-    ::kill(-pid_, SIGKILL);
-    ::waitpid(pid_, &status, 0);
-  }
-  background(const background&) = delete;
-  background& operator=(const background&) = delete;
-
-  /// Whether it still runs.
-  bool running() const {
-    int status = 0;
-    return ::waitpid(pid_, &status, WNOHANG) == 0;
-  }
-
-private:
-  pid_t pid_ = -1;
-};
 
 size_t append(char* data, size_t size, size_t n, void* out) {
   static_cast<std::string*>(out)->append(data, size * n);
