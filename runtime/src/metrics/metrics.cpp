@@ -179,6 +179,14 @@ struct metrics_state {
           restarts.Add({{"child", path}, {"reason", reason}}).Increment();
         break;
       }
+      case event_kind::supervisor_started:
+        // At zero from the start, so that a dashboard or an alert finds the series
+        // before the first escalation.
+        escalations.Add({{"supervisor", ev.supervisor}});
+        break;
+      case event_kind::child_started:
+        hangs.Add({{"child", child_path(ev)}});
+        break;
       case event_kind::child_restarted:
         recovery.Observe(seconds_of(ev.duration));
         break;

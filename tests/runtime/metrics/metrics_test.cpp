@@ -136,6 +136,25 @@ TEST_CASE("node metrics serve restarts recovery checkpoints and peer health over
   CHECK(value_of(again, "understudy_node_up") == 0);
 }
 
+TEST_CASE("a supervisor's escalations and a child's hangs are exposed at zero from their start",
+          "[metrics]") {
+  auto m = start_metrics("n1");
+  auto xs = parse_exposition(fetch_metrics(m->port()));
+  CHECK(find_all(xs, "understudy_escalations_total").empty());
+  CHECK(find_all(xs, "understudy_hangs_detected_total").empty());
+  m->sink()->on_event(event(event_kind::supervisor_started, "", "", "serving"));
+  m->sink()->on_event(event(event_kind::child_started, "worker-1", "", "serving"));
+  xs = parse_exposition(fetch_metrics(m->port()));
+  CHECK(value_of(xs, "understudy_escalations_total", {{"supervisor", "/root/job"}}) == 0);
+  CHECK(value_of(xs, "understudy_hangs_detected_total", {{"child", "/root/job/worker-1"}}) == 0);
+  m->sink()->on_event(event(event_kind::intensity_exceeded, "worker-1", "too many", "escalate"));
+  m->sink()->on_event(event(event_kind::hang_detected, "worker-1", "hang", "restart"));
+  xs = parse_exposition(fetch_metrics(m->port()));
+  CHECK(value_of(xs, "understudy_escalations_total", {{"supervisor", "/root/job"}}) == 1);
+  CHECK(value_of(xs, "understudy_hangs_detected_total", {{"child", "/root/job/worker-1"}}) == 1);
+  CHECK(find_all(xs, "understudy_escalations_total").size() == 1);
+}
+
 TEST_CASE("node metrics on an address in use fail with an error naming the address", "[metrics]") {
   auto first = start_metrics("n1");
   metrics_config cfg;
