@@ -309,6 +309,15 @@ TEST_CASE(
   CHECK_THAT(out, Catch::Contains("understudy: node n1 (task 1) ended with status 137 (signal 9)"));
   CHECK_THAT(out, Catch::Contains("understudy: job " + id + " ends with status 0"));
   CHECK_THAT(lab.slurm({"scontrol", "show", "job", id}), Catch::Contains("JobState=COMPLETED"));
+  // The nodes' event logs are in the job's state directory, which every host
+  // sees: one command turns them into the incident's timeline.
+  int status = 0;
+  auto timeline = run_cli("events " + lab.state() + "/cluster.toml", status);
+  INFO(timeline);
+  CHECK(status == 0);
+  CHECK(std::regex_search(timeline, std::regex{R"(fenced   \[\w+\] peer n1 is dead)"}));
+  CHECK(std::regex_search(timeline,
+                          std::regex{R"(resumed  \[n0\] job_resumed /root/job/trainer#\d+)"}));
 }
 
 TEST_CASE(
