@@ -13,7 +13,7 @@ DEMO_CONFIG ?= examples/cluster/local.toml
 DEMO_CHAOS  ?= --kill n1@1000 --freeze n3@2000:3s
 
 .DEFAULT_GOAL := help
-.PHONY: help deps configure build test demo bench clean
+.PHONY: help deps test-deps configure build test demo bench clean
 
 help:
 	@echo "understudy — make targets:"
@@ -21,6 +21,7 @@ help:
 	@echo "  make test       install dependencies, build, run the whole test suite (ctest)"
 	@echo "  make bench      install dependencies, build in Release, run every benchmark"
 	@echo "  make deps       install the Debian packages understudy needs (scripts/install-deps.sh)"
+	@echo "  make test-deps  the same and the daemons only the tests use (Prometheus, Slurm, munge)"
 	@echo "  make configure  configure $(BUILD_DIR)/ with CMake and $(GENERATOR) (only if not configured yet)"
 	@echo "  make build      configure if needed, then build everything in $(BUILD_DIR)/"
 	@echo "  make clean      remove $(BUILD_DIR)/"
@@ -28,6 +29,9 @@ help:
 
 deps:
 	bash scripts/install-deps.sh
+
+test-deps:
+	bash scripts/install-deps.sh --test
 
 # True (exit 0) when $(BUILD_DIR) holds a completed CMake configuration.
 CONFIGURED = { [ -f "$(BUILD_DIR)/CMakeCache.txt" ] && [ -f "$(BUILD_DIR)/cmake_install.cmake" ]; }
@@ -41,7 +45,7 @@ configure: deps
 build: configure
 	$(CMAKE) --build "$(BUILD_DIR)" -j $(JOBS)
 
-test: build
+test: build test-deps
 	$(CTEST) --test-dir "$(BUILD_DIR)" --output-on-failure -j $(JOBS)
 
 demo: build

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages understudy needs to build, test and benchmark.
+# Installs the Debian packages understudy needs to build and run (make demo), and with
+# --test also the real daemons only the tests use (make test): Prometheus, Slurm and
+# munge, network tools for the partition tests.
 # Idempotent: packages already present are skipped; nothing is done when all are there.
 set -euo pipefail
 
@@ -11,10 +13,14 @@ packages=(
   libxxhash-dev zlib1g-dev
   catch2
   libtoml11-dev libcli11-dev libspdlog-dev prometheus-cpp-dev
-  libcurl4-openssl-dev nlohmann-json3-dev etcd-server iproute2 nftables
-  prometheus
-  slurmctld slurmd slurm-client munge
+  libcurl4-openssl-dev nlohmann-json3-dev etcd-server
 )
+if [ "${1:-}" = "--test" ]; then
+  packages+=(iproute2 nftables prometheus slurmctld slurmd slurm-client munge)
+elif [ $# -gt 0 ]; then
+  echo "usage: $0 [--test]" >&2
+  exit 2
+fi
 
 missing=()
 for p in "${packages[@]}"; do
