@@ -838,10 +838,11 @@ struct trainer_actor {
     return accuracy(*s->cfg.net, params.data(), s->cfg.test->view());
   }
 
-  void report(uint64_t step) {
+  void report(uint64_t step, bool finished_job = false) {
     if (!s->progress)
       return;
     training_progress p;
+    p.finished = finished_job;
     p.step = step;
     p.steps = s->cfg.steps;
     p.loss = last_loss;
@@ -896,7 +897,7 @@ struct trainer_actor {
       auto& v = st->value();
       v.accuracy = r.accuracy;
       v.eval_step = committed;
-      report(committed);
+      report(committed, true);
       finished = true;
       rp->stop();
       s->finish(std::move(r));

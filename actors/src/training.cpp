@@ -5,6 +5,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -276,6 +277,18 @@ caf::error validate(const training_config& cfg) {
       return bad_config("training: fault " + to_string(f) + " names no actor or step of the job");
   }
   return {};
+}
+
+std::string describe_progress(const training_progress& p) {
+  char acc[16] = "-";
+  if (p.accuracy >= 0)
+    std::snprintf(acc, sizeof acc, "%.4f", p.accuracy);
+  char buf[192];
+  std::snprintf(buf, sizeof buf,
+                "step %" PRIu64 "/%" PRIu64 " loss %.4g accuracy %s restarts %" PRIu64
+                " lost %" PRIu64,
+                p.step, p.steps, static_cast<double>(p.loss), acc, p.restarts, p.lost_steps);
+  return buf;
 }
 
 std::string describe_goodput(const training_result& r) {

@@ -36,6 +36,7 @@ public:
     auto* out = &ctx.out;
     job.on_start([this, out](uint64_t committed) {
       started_ = clock_type::now();
+      first_step_ = committed;
       out->say(committed == 0 ? "job: fresh start"
                               : "job: resuming from committed step " + std::to_string(committed));
     });
@@ -50,18 +51,17 @@ public:
         mp->on_worker_ratio(p.slowest_worker_ratio);
         mp->on_goodput(p.goodput);
       }
-      if (p.step != steps && p.step / every == last / every)
+      // The last step once, when it is evaluated; the others every twentieth of the job.
+      if (p.step == steps ? !p.finished : p.step / every == last / every)
         return;
       last = p.step;
       double secs = std::chrono::duration<double>(clock_type::now() - started_).count();
-      char buf[256];
-      std::snprintf(
-          buf, sizeof buf,
-          "progress: step %" PRIu64 "/%" PRIu64 " loss %.4f accuracy %.4f restarts %" PRIu64
-          " lost %" PRIu64 " (%.0f steps/s, goodput %.1f%%)",
-          p.step, p.steps, p.loss, p.accuracy < 0 ? 0.0 : p.accuracy, p.restarts, p.lost_steps,
-          secs > 0 ? static_cast<double>(p.step) / secs : 0.0, 100.0 * p.goodput);
-      out->say(buf);
+      // Only the steps this run computed (not those it resumed from).
+      double run = p.step > first_step_ ? static_cast<double>(p.step - first_step_) : 0.0;
+      char tail[64];
+      std::snprintf(tail, sizeof tail, " (%.0f steps/s, goodput %.1f%%)",
+                    secs > 0 ? run / secs : 0.0, 100.0 * p.goodput);
+      out->say("progress: " + describe_progress(p) + tail);
     });
   }
 
@@ -112,6 +112,8 @@ private:
   /// The job's metrics, registered at zero on every node that serves metrics.
   std::unique_ptr<training_metrics> metrics_;
   clock_type::time_point started_ = clock_type::now();
+  /// The committed step this run started from.
+  uint64_t first_step_ = 0;
   /// The latest progress, for the status report.
   mutable std::mutex mtx_;
   std::optional<training_progress> latest_;

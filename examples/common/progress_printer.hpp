@@ -29,26 +29,24 @@ public:
     }
     double secs = std::chrono::duration<double>(now - first_time_).count();
     double rate = secs > 0 ? static_cast<double>(p.step - *first_) / secs : 0.0;
-    char acc[16] = "-";
-    if (p.accuracy >= 0)
-      std::snprintf(acc, sizeof acc, "%.4f", p.accuracy);
-    char line[200];
-    std::snprintf(line, sizeof line,
-                  "step %" PRIu64 "/%" PRIu64 "  loss %.4f  accuracy %s  restarts %" PRIu64
-                  "  lost %" PRIu64 "  %.0f steps/s",
-                  p.step, p.steps, static_cast<double>(p.loss), acc, p.restarts, p.lost_steps,
-                  rate);
+    char tail[32];
+    std::snprintf(tail, sizeof tail, " (%.0f steps/s)", rate);
+    auto line = actors::describe_progress(p) + tail;
+    // The last step once: when it is evaluated.
+    if (p.step == p.steps && !p.finished)
+      return;
     if (tty_) {
       if (now - last_ < std::chrono::milliseconds(100) && p.step != p.steps)
         return;
-      std::printf("\r\033[K%s", line);
+      std::printf("\r\033[K%s", line.c_str());
       dirty_ = true;
     } else {
       // Plain lines: every tenth of the job and the end.
       uint64_t tenth = p.steps >= 10 ? p.steps / 10 : 1;
-      if (p.step % tenth != 0 && p.step != p.steps)
+      if ((p.step % tenth != 0 && p.step != p.steps) || p.step == printed_)
         return;
-      std::printf("%s\n", line);
+      printed_ = p.step;
+      std::printf("%s\n", line.c_str());
     }
     last_ = now;
     std::fflush(stdout);
@@ -77,6 +75,8 @@ private:
   bool dirty_ = false;
   clock_type::time_point last_{};
   std::optional<uint64_t> first_;
+  /// The step of the last plain line.
+  uint64_t printed_ = 0;
   clock_type::time_point first_time_{};
 };
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -924,4 +925,50 @@ TEST_CASE(
   // Each refused batch failed a put: its actor restarted and the job rewound.
   CHECK(result->restarts >= 2);
   CHECK(result->params_digest == full.params_digest);
+}
+
+TEST_CASE(
+    "the last step is reported once as finished, evaluated; a progress line shows the "
+    "loss's significant digits and no accuracy before the first evaluation",
+    "[training]") {
+  auto cfg = small_job(23);
+  cfg.steps = 30;
+  cfg.eval_every = 0;
+  runtime rt{quiet()};
+  state_dir dir;
+  auto job = make_job(rt, cfg, dir.path);
+  std::mutex mtx;
+  std::vector<training_progress> seen;
+  job.on_progress([&](const training_progress& p) {
+    std::lock_guard<std::mutex> guard{mtx};
+    seen.push_back(p);
+  });
+  auto tree = rt.start(job.spec("job"));
+  REQUIRE(tree);
+  auto result = job.wait(std::chrono::seconds(60));
+  rt.stop(*tree);
+  REQUIRE(result);
+  std::lock_guard<std::mutex> guard{mtx};
+  REQUIRE(!seen.empty());
+  size_t finished = 0;
+  for (const auto& p : seen) {
+    finished += p.finished ? 1 : 0;
+    // No evaluation before the end (eval_every 0): no accuracy until then.
+    if (!p.finished)
+      CHECK(p.accuracy < 0);
+  }
+  CHECK(finished == 1);
+  CHECK(seen.back().finished);
+  CHECK(seen.back().step == cfg.steps);
+  CHECK(seen.back().accuracy == Approx(result->accuracy));
+  training_progress p;
+  p.step = 3;
+  p.steps = 10;
+  p.loss = 0.0548731f;
+  CHECK(describe_progress(p) == "step 3/10 loss 0.05487 accuracy - restarts 0 lost 0");
+  p.loss = 2.5e-6f;
+  p.accuracy = 0.97214;
+  p.restarts = 2;
+  p.lost_steps = 4;
+  CHECK(describe_progress(p) == "step 3/10 loss 2.5e-06 accuracy 0.9721 restarts 2 lost 4");
 }

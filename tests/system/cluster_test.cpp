@@ -46,6 +46,10 @@ TEST_CASE(
       std::regex_search(out, m, std::regex{R"(final: steps=(\d+) .*params_digest=([0-9a-f]+))"}));
   CHECK(m[1] == "300");
   CHECK(m[2] == hex(expected));
+  // The last progress line once, with the final evaluation's accuracy.
+  std::regex last{R"(progress: step 300/300 loss \S+ accuracy (\d\.\d{4}) )"};
+  CHECK(std::distance(std::sregex_iterator(out.begin(), out.end(), last), std::sregex_iterator()) ==
+        1);
   // n2 was killed; n3 was declared dead and fenced, its actors restarted
   // elsewhere; the spare and the leader were never fenced.
   CHECK(out.find("chaos: SIGKILL n2") != std::string::npos);
