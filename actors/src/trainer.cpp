@@ -440,6 +440,7 @@ struct trainer_actor {
       announced = true;
       if (incarnation == 1) {
         s->resumed_from = committed;
+        s->committed = committed;
         if (s->started)
           s->started(committed);
       }
@@ -481,6 +482,13 @@ struct trainer_actor {
     if (done >= s->cfg.steps) {
       if (committed >= s->cfg.steps)
         finish();
+      return;
+    }
+    if (s->stop_requested) {
+      // Asked to stop (training_job::request_stop): no new step; once nothing
+      // waits to be committed, the job ends where it resumes.
+      if (commits.empty())
+        halt();
       return;
     }
     auto step = done + 1;
@@ -637,6 +645,7 @@ struct trainer_actor {
     moved();
     rp->committed();
     st->value().step = step;
+    s->committed = step;
     bool last = step == s->cfg.steps;
     st->checkpoint(step, [this, step, last](caf::expected<uint64_t> r) {
       if (!r)
@@ -677,6 +686,10 @@ struct trainer_actor {
   /// Every tick: if nothing moved for a deadline while a step or a commit is
   /// outstanding, asks every participant whether it answers.
   void on_deadline() {
+    if (finished)
+      return;
+    if (s->stop_requested)
+      next();
     if (finished)
       return;
     // The trainer's own liveness, for its supervisor (training_config::hang_ceiling).
@@ -870,6 +883,23 @@ struct trainer_actor {
                   then(std::move(*params));
               },
               [this, att, k](caf::error& err) { on_error(att, shard_index(k), err); });
+  }
+
+  /// Ends the job at its committed step, unevaluated (training_result::stopped).
+  void halt() {
+    finished = true;
+    training_result r;
+    r.stopped = true;
+    r.steps = committed;
+    r.restarts = s->restarts.load();
+    r.lost_steps = s->lost_steps.load();
+    r.resumed_from = s->resumed_from;
+    r.wall = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        s->began ? steady::now() - *s->began : steady::duration{});
+    r.kept = std::chrono::duration_cast<std::chrono::nanoseconds>(s->kept);
+    rp->stop();
+    s->finish(std::move(r));
+    self->quit();
   }
 
   void finish() {

@@ -494,6 +494,14 @@ supervisor_spec training_job::spec(
   return job;
 }
 
+void training_job::request_stop() {
+  s_->stop_requested = true;
+}
+
+uint64_t training_job::committed_step() const {
+  return s_->committed.load();
+}
+
 caf::expected<training_result> training_job::wait(std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> guard{s_->mtx};
   if (!s_->cv.wait_for(guard, timeout, [this] { return s_->outcome.has_value(); }))

@@ -20,6 +20,12 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
+std::string accuracy_text(double accuracy) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%.4f", accuracy);
+  return buf;
+}
+
 /// One node's share of the training job (see cluster_training).
 class training_part : public node_part {
 public:
@@ -32,19 +38,27 @@ public:
     auto& job = ct_->job();
     const auto steps = job.config().steps;
     const uint64_t every = std::max<uint64_t>(1, steps / 20);
-    started_ = clock_type::now();
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      started_ = clock_type::now();
+    }
     auto* out = &ctx.out;
     job.on_start([this, out](uint64_t committed) {
-      started_ = clock_type::now();
-      first_step_ = committed;
+      {
+        std::lock_guard<std::mutex> guard{mtx_};
+        started_ = clock_type::now();
+        first_step_ = committed;
+      }
       out->say(committed == 0 ? "job: fresh start"
                               : "job: resuming from committed step " + std::to_string(committed));
     });
     job.on_progress([this, out, mp = metrics_.get(), steps, every,
                      last = uint64_t{0}](const training_progress& p) mutable {
+      double rate = 0;
       {
         std::lock_guard<std::mutex> guard{mtx_};
         latest_ = p;
+        rate = steps_per_s_locked(p.step);
       }
       if (mp != nullptr) {
         mp->on_step(p.step);
@@ -55,12 +69,8 @@ public:
       if (p.step == steps ? !p.finished : p.step / every == last / every)
         return;
       last = p.step;
-      double secs = std::chrono::duration<double>(clock_type::now() - started_).count();
-      // Only the steps this run computed (not those it resumed from).
-      double run = p.step > first_step_ ? static_cast<double>(p.step - first_step_) : 0.0;
       char tail[64];
-      std::snprintf(tail, sizeof tail, " (%.0f steps/s, goodput %.1f%%)",
-                    secs > 0 ? run / secs : 0.0, 100.0 * p.goodput);
+      std::snprintf(tail, sizeof tail, " (%.0f steps/s, goodput %.1f%%)", rate, 100.0 * p.goodput);
       out->say("progress: " + describe_progress(p) + tail);
     });
   }
@@ -74,17 +84,36 @@ public:
 
   bool has_end() const override { return true; }
 
+  void stop() override {
+    // Stopped before the end (Ctrl-C, SIGTERM): the steps in flight are
+    // committed and no new one starts, so that the note below is exact.
+    auto& job = ct_->job();
+    job.request_stop();
+    job.wait(std::chrono::seconds(10));
+  }
+
   std::string status() const override {
     std::lock_guard<std::mutex> guard{mtx_};
     if (!latest_)
       return "job: not started yet\n";
     char buf[256];
     std::snprintf(buf, sizeof buf,
-                  "job: step %" PRIu64 "/%" PRIu64 ", restarts %" PRIu64 ", lost steps %" PRIu64
+                  "job: step %" PRIu64 "/%" PRIu64 " (committed %" PRIu64
+                  "), %.0f steps/s, loss %.4g"
+                  ", accuracy %s, restarts %" PRIu64 ", lost steps %" PRIu64
                   ", goodput %.1f%% (share of the wall time in committed steps)\n",
-                  latest_->step, latest_->steps, latest_->restarts, latest_->lost_steps,
-                  100.0 * latest_->goodput);
+                  latest_->step, latest_->steps, ct_->job().committed_step(),
+                  steps_per_s_locked(latest_->step), static_cast<double>(latest_->loss),
+                  latest_->accuracy < 0 ? "-" : accuracy_text(latest_->accuracy).c_str(),
+                  latest_->restarts, latest_->lost_steps, 100.0 * latest_->goodput);
     return buf;
+  }
+
+  std::string stopped_note() const override {
+    const auto& job = ct_->job();
+    return "job: stopped at committed step " + std::to_string(job.committed_step()) + " of " +
+           std::to_string(job.config().steps) +
+           "; it resumes from there when the cluster starts again";
   }
 
   std::optional<work_end> await_end(std::chrono::milliseconds timeout) override {
@@ -108,14 +137,22 @@ public:
   }
 
 private:
+  /// Steps per second up to `step`, counting only the steps this run computed
+  /// (not those it resumed from). Needs mtx_.
+  double steps_per_s_locked(uint64_t step) const {
+    double secs = std::chrono::duration<double>(clock_type::now() - started_).count();
+    double run = step > first_step_ ? static_cast<double>(step - first_step_) : 0.0;
+    return secs > 0 ? run / secs : 0.0;
+  }
+
   std::unique_ptr<cluster_training> ct_;
   /// The job's metrics, registered at zero on every node that serves metrics.
   std::unique_ptr<training_metrics> metrics_;
-  clock_type::time_point started_ = clock_type::now();
-  /// The committed step this run started from.
-  uint64_t first_step_ = 0;
-  /// The latest progress, for the status report.
+  /// The latest progress, for the status report, and when and where this run
+  /// started.
   mutable std::mutex mtx_;
+  clock_type::time_point started_ = clock_type::now();
+  uint64_t first_step_ = 0;
   std::optional<training_progress> latest_;
 };
 

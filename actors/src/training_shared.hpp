@@ -46,6 +46,10 @@ struct training_job::shared {
 
   /// The committed step the job started from.
   std::atomic<uint64_t> resumed_from{0};
+  /// The newest step the job has committed (or resumed from) in this process.
+  std::atomic<uint64_t> committed{0};
+  /// Set by training_job::request_stop: the trainer starts no new step.
+  std::atomic<bool> stop_requested{false};
 
   /// The job's event sink (set by training_job::spec; weak: the sink's
   /// counter holds this object) and the job's path in the tree (set when the

@@ -27,14 +27,13 @@ std::string message_of(const caf::error& err) {
 
 CLI::App* add_certs_command(CLI::App& app, certs_options& opts) {
   auto* sub = app.add_subcommand(
-      "certs",
-      "Create the cluster's CA (key and self-signed certificate) and a key and certificate "
-      "signed by it for every node of FILE, at the paths its [cluster.security] section "
-      "names. Refuses to overwrite an existing file unless --force is given. Exits 0 on "
-      "success, 2 otherwise.");
-  sub->add_option("FILE", opts.config_file, "Node config file (TOML)")->required();
+      "certs", "make the cluster's CA and a key and certificate for every node of FILE");
+  sub->footer(
+      "Writes them where FILE's [cluster.security] says, and refuses to overwrite an "
+      "existing file unless --force is given. Exits 0 on success, 2 otherwise.");
+  sub->add_option("FILE", opts.config_file, "the cluster's node config file (TOML)")->required();
   sub->add_flag("--force", opts.force,
-                "Replace existing files: a new CA, and new certificates for every node");
+                "replace existing files: a new CA, and new certificates for every node");
   return sub;
 }
 

@@ -402,14 +402,16 @@ void print_summary(std::ostream& out, const inspect_options& opts,
 CLI::App* add_inspect_command(CLI::App& app, inspect_options& opts) {
   auto* sub = app.add_subcommand(
       "inspect",
-      "List the actor paths, versions, sizes and ages in a state directory and verify every "
-      "checksum. Exits 0 when all verify, 1 when a record is corrupt (each is named on stderr), "
-      "2 when the directory cannot be opened or read.");
-  sub->add_option("STATE_DIR", opts.directory, "State directory of a node (holding data.mdb)")
+      "list the actors, versions, sizes and ages in a node's state directory and verify every "
+      "checksum");
+  sub->footer(
+      "Exits 0 when every record verifies, 1 when a record is corrupt (each is named "
+      "on stderr), 2 when the directory cannot be opened or read.");
+  sub->add_option("STATE_DIR", opts.directory, "a node's state directory (holding data.mdb)")
       ->required();
   sub->add_flag("--json", opts.json,
-                "Print one JSON object per version and a summary object instead of a table");
-  sub->add_option("--path", opts.path_prefix, "Only actor paths starting with PREFIX")
+                "one JSON object per version and a summary object instead of a table");
+  sub->add_option("--path", opts.path_prefix, "only actor paths starting with PREFIX")
       ->type_name("PREFIX");
   return sub;
 }

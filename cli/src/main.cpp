@@ -34,6 +34,11 @@ int main(int argc, char** argv) {
   auto* status_cmd = cli::add_status_command(app, status);
   understudy::events_options events;
   auto* events_cmd = cli::add_events_command(app, events);
+  if (argc == 1) {
+    // Alone, the command says what it can do (and, being no command, exits 2).
+    std::cout << app.help();
+    return cli::exit_failure;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -29,6 +29,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "../common/interrupt.hpp"
 #include "../common/progress_printer.hpp"
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
@@ -39,6 +40,7 @@ namespace {
 
 using namespace understudy;
 using namespace understudy::actors;
+using understudy::examples::interrupt_watch;
 using understudy::examples::progress_printer;
 using clock_type = std::chrono::steady_clock;
 
@@ -52,6 +54,8 @@ std::string default_data_path() {
 } // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread starts: Ctrl-C stops the job in order (below).
+  interrupt_watch interrupt;
   CLI::App app{"digits_mlp: fault-tolerant data-parallel training of an MLP on handwritten digits",
                "digits_mlp"};
   size_t workers = 2, shards = 2, loaders = 1, batch = 64, micro_batches = 8, hidden = 128;
@@ -193,9 +197,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "digits_mlp: cannot start the job: %s\n", rt.render(tree.error()).c_str());
     return 1;
   }
-  auto result = job->wait(std::chrono::hours(24));
+  auto result = job->wait(std::chrono::milliseconds(0));
+  while (!result && result.error() == caf::sec::request_timeout && interrupt.signal() == 0)
+    result = job->wait(std::chrono::milliseconds(100));
+  if (interrupt.signal() != 0 && !result) {
+    // The steps in flight are committed, no new one starts; then the job ends
+    // at the step the same command resumes from.
+    job->request_stop();
+    result = job->wait(std::chrono::seconds(30));
+  }
   printer.end();
   rt.stop(*tree);
+  if (interrupt.signal() != 0 && (!result || result->stopped)) {
+    std::printf("interrupted: stopped at committed step %" PRIu64 " of %" PRIu64
+                "; run the same command again to resume from it\n",
+                result ? result->steps : job->committed_step(), steps);
+    return 128 + interrupt.signal();
+  }
   if (!result && is(result.error(), config_errc::invalid_job))
     return usage(rt.render(result.error()));
   if (!result) {

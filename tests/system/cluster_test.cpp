@@ -367,7 +367,7 @@ TEST_CASE("understudy status prints each node's peers and the leader's live tree
   CHECK_THAT(out, Catch::Contains("recent events:"));
   // The job's part: its step and goodput so far.
   CHECK(std::regex_search(
-      out, std::regex{R"(job: step \d+/600, restarts \d+, lost steps \d+, goodput \d+\.\d%)"}));
+      out, std::regex{R"(job: step \d+/600 \(committed \d+\), \d+ steps/s, loss \d\S*, accuracy (-|\d\.\d{4}), restarts \d+, lost steps \d+, goodput \d+\.\d%)"}));
   CHECK_THAT(seen, Catch::Contains("final: steps=600"));
 }
 

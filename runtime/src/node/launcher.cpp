@@ -106,10 +106,8 @@ public:
     if (!spawn_all())
       return to_int(exit_code::bad_config);
     for (;;) {
-      if (launch_signal != 0 && !stopping_) {
-        out_.say("launch: stopping every node");
-        stop_all_in(std::chrono::seconds(10));
-      }
+      if (launch_signal != 0 && !stopping_)
+        interrupt();
       resume_frozen();
       std::vector<pollfd> pfds;
       for (auto& k : kids_)
@@ -213,6 +211,26 @@ private:
     signal_all(SIGTERM);
   }
 
+  /// Ctrl-C or SIGTERM: the leader first, which stops its tree and then asks
+  /// the other nodes to stop, so that none of them leaves while the tree would
+  /// still move its actors; every node 10 s later, or at once without a leader.
+  void interrupt() {
+    interrupted_ = true;
+    // As a shell reports a command a signal ended: 128 + the signal.
+    result_ = 128 + static_cast<int>(launch_signal);
+    auto* leader = leader_.empty() ? nullptr : find(leader_);
+    if (leader == nullptr || !leader->running) {
+      out_.say("launch: stopping every node");
+      stop_all_in(std::chrono::seconds(10));
+      return;
+    }
+    out_.say("launch: stopping the leader " + leader_ + ", which stops the other nodes");
+    stopping_ = true;
+    stop_deadline_ = clock_type::now() + std::chrono::seconds(10);
+    ::kill(leader->pid, SIGTERM);
+    ::kill(leader->pid, SIGCONT);
+  }
+
   /// How long the poll may wait: 50 ms, or less when a frozen node is due to
   /// resume sooner (so that a freeze lasts what was asked, to the millisecond).
   int poll_timeout_ms() const {
@@ -276,6 +294,8 @@ private:
       k.finished = true;
     // Progress comes from the leader, whichever node that is now.
     std::smatch m;
+    if (line.rfind("progress:", 0) == 0 || line.rfind("job: ", 0) == 0)
+      leader_ = k.name;
     if (line.rfind("progress:", 0) == 0 && std::regex_search(line, m, step_re))
       apply_chaos(std::stoull(m[1]));
   }
@@ -322,6 +342,15 @@ private:
                           ? "exited with status " + std::to_string(WEXITSTATUS(status))
                           : "killed by signal " + std::to_string(WTERMSIG(status));
     out_.say("launch: node " + k.name + " " + how);
+    if (interrupted_ &&
+        !std::any_of(kids_.begin(), kids_.end(), [](const child& c) { return c.running; }))
+      out_.say(
+          "launch: stopped; run the same command again to resume the job from its last "
+          "committed step");
+    if (interrupted_ && k.name == leader_) {
+      // The leader has stopped its tree: the others may go now.
+      signal_all(SIGTERM);
+    }
     // The job ends with the node that finished it, or with one that could
     // not run it (a bad config, a failed job). A node lost otherwise (killed,
     // fenced) is the cluster's to survive, as long as a node that can take
@@ -352,6 +381,10 @@ private:
   std::vector<std::string> candidates_;
   std::vector<child> kids_;
   bool stopping_ = false;
+  /// Stopping after Ctrl-C or SIGTERM, and the node that printed the job's
+  /// progress last (the leader).
+  bool interrupted_ = false;
+  std::string leader_;
   clock_type::time_point stop_deadline_{};
   /// The exit status of the node that ended the job; failure if none did.
   int result_ = to_int(exit_code::failure);

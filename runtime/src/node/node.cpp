@@ -66,6 +66,10 @@ std::string node_part::status() const {
   return {};
 }
 
+std::string node_part::stopped_note() const {
+  return {};
+}
+
 node_component::~node_component() = default;
 
 void node_component::prepare_loading(node_config_options&) const {}
@@ -586,6 +590,9 @@ private:
       bool unfinished =
           std::any_of(parts_.begin(), parts_.end(), [](auto& p) { return p->has_end(); });
       say("node " + me() + (unfinished ? ": stopping (job not finished)" : ": stopping"));
+      for (auto& p : parts_)
+        if (auto note = p->stopped_note(); !note.empty())
+          say(note);
     }
     for (auto& p : parts_)
       p->stop();

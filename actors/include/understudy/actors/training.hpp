@@ -191,6 +191,10 @@ struct training_progress {
 
 /// The outcome of a job.
 struct training_result {
+  /// The job was asked to stop (training_job::request_stop) and ended at its
+  /// committed step `steps` without evaluating: accuracy and params_digest are
+  /// not set; the same state directory resumes from `steps`.
+  bool stopped = false;
   uint64_t steps = 0;
   double accuracy = 0;
   /// XXH3-64 of every final parameter's bytes, in parameter order.
@@ -306,6 +310,17 @@ public:
   /// Blocks until the trainer finishes (the result) or fails for good (the
   /// error, e.g. a state directory of another job), or `timeout` passes.
   caf::expected<training_result> wait(std::chrono::milliseconds timeout) const;
+
+  /// Asks the job to stop in order: the trainer starts no new step, and once
+  /// the steps in flight are committed (or abandoned, between checkpoints) the
+  /// job ends with a result whose `stopped` is set, at the step it resumes
+  /// from. wait() then returns it.
+  void request_stop();
+
+  /// The newest step this job has committed, or resumed from, so far (0 before
+  /// the trainer found its starting point): where a run stopped now would
+  /// resume.
+  uint64_t committed_step() const;
 
   const training_config& config() const;
 

@@ -153,6 +153,11 @@ public:
   /// Lines it adds to the leader's status report (`understudy status`), e.g.
   /// the job's progress; none by default.
   virtual std::string status() const;
+
+  /// On the leader stopped before its work ended (Ctrl-C, SIGTERM): a line on
+  /// where the work stands and how it resumes, e.g. the committed step; none
+  /// by default.
+  virtual std::string stopped_note() const;
 };
 
 /// What a program adds to its nodes: stateless, shared by every node it runs.

@@ -1,0 +1,114 @@
+// Ctrl-C: digits_mlp and `understudy launch` stop in order, say at which
+// committed step, and the same command resumes from it to the digest of a run
+// that was never interrupted.
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <thread>
+
+#include <catch2/catch.hpp>
+
+#include "support/cli_test_util.hpp"
+#include "support/cluster_test_util.hpp"
+#include "support/daemon_test_util.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace understudy::testing;
+using cli_test::slurp;
+
+namespace {
+
+/// Waits (up to 90 s, reading `log` every 50 ms) until a line of `log`
+/// matches `re` with a step (its first group) of at least `step`.
+bool await_step(const std::string& log, const std::regex& re, uint64_t step) {
+  for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+       std::chrono::steady_clock::now() < until;) {
+    auto text = slurp(log);
+    for (std::sregex_iterator it{text.begin(), text.end(), re}, end; it != end; ++it)
+      if (std::stoull((*it)[1]) >= step)
+        return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50)); // polls a file
+  }
+  return false;
+}
+
+/// Sends SIGINT to `pid` and waits for it: its exit status, -1 if a signal ended it.
+int interrupt(pid_t pid) {
+  REQUIRE(::kill(pid, SIGINT) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string digest_in(const std::string& out) {
+  std::smatch m;
+  return std::regex_search(out, m, std::regex{R"(final: steps=\d+ .*params_digest=([0-9a-f]+))"})
+             ? m[1].str()
+             : "";
+}
+
+} // namespace
+
+TEST_CASE("Ctrl-C on digits_mlp stops at a committed step that the same command resumes",
+          "[interrupt]") {
+  test::temp_dir dir{"interrupt"};
+  const std::string args = " --steps 3000 --state-dir ";
+  int status = 0;
+  auto whole = run_program(UNDERSTUDY_DIGITS_MLP_PATH, args + dir.path + "/whole", status);
+  REQUIRE(status == 0);
+  const auto log = dir.path + "/first.log";
+  auto pid = daemon_test::spawn(
+      {UNDERSTUDY_DIGITS_MLP_PATH, "--steps", "3000", "--state-dir", dir.path + "/cut"}, dir.path,
+      log, false);
+  REQUIRE(await_step(log, std::regex{R"(step (\d+)/3000)"}, 600));
+  CHECK(interrupt(pid) == 128 + SIGINT);
+  auto first = slurp(log);
+  INFO(first);
+  std::smatch m;
+  REQUIRE(std::regex_search(first, m,
+                            std::regex{R"(interrupted: stopped at committed step (\d+) of 3000; )"
+                                       R"(run the same command again to resume from it)"}));
+  auto committed = m[1].str();
+  CHECK(std::stoull(committed) >= 600);
+  CHECK(first.find("final:") == std::string::npos);
+  auto second = run_program(UNDERSTUDY_DIGITS_MLP_PATH, args + dir.path + "/cut", status);
+  INFO(second);
+  CHECK(status == 0);
+  CHECK_THAT(second, Catch::Contains("state: resuming from committed step " + committed));
+  CHECK(digest_in(second) == digest_in(whole));
+  CHECK_FALSE(digest_in(whole).empty());
+}
+
+TEST_CASE(
+    "Ctrl-C on understudy launch stops the leader first: nothing fails over, and the "
+    "same command resumes from the committed step it names",
+    "[interrupt][cluster]") {
+  test::temp_dir dir{"interrupt-launch"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 600);
+  const auto log = dir.path + "/launch.log";
+  auto pid = daemon_test::spawn({UNDERSTUDY_CLI_PATH, "launch", file}, dir.path, log, false);
+  REQUIRE(await_step(log, std::regex{R"(progress: step (\d+)/600)"}, 150));
+  CHECK(interrupt(pid) == 128 + SIGINT);
+  auto first = slurp(log);
+  INFO(first);
+  CHECK_THAT(first, Catch::Contains("launch: stopping the leader n1, which stops the other nodes"));
+  std::smatch m;
+  REQUIRE(std::regex_search(first, m,
+                            std::regex{R"(\[n1\] job: stopped at committed step (\d+) of 600)"}));
+  auto committed = m[1].str();
+  // No node left while the tree still ran: nothing was moved, nothing failed to start.
+  CHECK(first.find("start_failed") == std::string::npos);
+  CHECK(first.find("moved /root") == std::string::npos);
+  for (const char* n : {"n1", "n2", "n3", "s1"})
+    CHECK_THAT(first, Catch::Contains(std::string{"launch: node "} + n + " exited with status 0"));
+  CHECK_THAT(first, Catch::Contains("launch: stopped; run the same command again to resume the "
+                                    "job from its last committed step"));
+  auto second = launch_expecting(file, dir.path, "", 600, "n1");
+  CHECK_THAT(second, Catch::Contains("[n1] job: resuming from committed step " + committed));
+}
