@@ -89,7 +89,7 @@ public:
     // committed and no new one starts, so that the note below is exact.
     auto& job = ct_->job();
     job.request_stop();
-    job.wait(std::chrono::seconds(10));
+    job.wait(std::chrono::seconds(3));
   }
 
   std::string status() const override {

@@ -22,6 +22,10 @@ CLI::App* add_node_command(CLI::App& app, node_options& opts) {
     if (name->count() == 0 && from->count() == 0)
       throw CLI::RequiredError("--name or --name-from");
   });
+  sub->add_option("--log-level", opts.log_level,
+                  "the lowest level of the supervision events logged: debug, info, warn, error "
+                  "or off")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
   sub->add_option("--coordination", opts.coordination_endpoints,
                   "URL[,URL...]: etcd's client URLs, replacing [cluster.coordination] endpoints")
       ->delimiter(',');
@@ -66,6 +70,12 @@ CLI::App* add_launch_command(CLI::App& app, launch_options& opts) {
   sub->add_option("--kill", opts.kills, "NODE@STEP: SIGKILL the node's process at that step");
   sub->add_option("--freeze", opts.freezes,
                   "NODE@STEP:DURATION: SIGSTOP the node at that step, SIGCONT after DURATION");
+  sub->add_option("--log-level", opts.log_level,
+                  "every node's lowest level of supervision events logged: debug, info, warn, "
+                  "error or off")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
+  sub->add_flag("--fresh", opts.fresh,
+                "start the job over: remove every node's state directory first");
   sub->add_option("--restart", opts.restarts,
                   "NODE@STEP: start the node's process again at that step if it has ended "
                   "(after --kill)");
@@ -74,8 +84,9 @@ CLI::App* add_launch_command(CLI::App& app, launch_options& opts) {
 
 int run_launch(launch_options opts, const char* argv0) {
   // The nodes run this very program.
-  opts.node_command = [exe = this_program(argv0), file = opts.file](const std::string& name) {
-    return std::vector<std::string>{exe, "node", file, "--name", name};
+  opts.node_command = [exe = this_program(argv0), file = opts.file,
+                       level = opts.log_level](const std::string& name) {
+    return std::vector<std::string>{exe, "node", file, "--name", name, "--log-level", level};
   };
   opts.components = {actors::training_component()};
   node_output out{std::cout, std::cerr};

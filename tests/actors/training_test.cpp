@@ -928,7 +928,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "the last step is reported once as finished, evaluated; a progress line shows the "
+    "the last step is reported once as finished, evaluated, and a progress line shows the "
     "loss's significant digits and no accuracy before the first evaluation",
     "[training]") {
   auto cfg = small_job(23);

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <string>
@@ -111,4 +112,41 @@ TEST_CASE(
                                     "job from its last committed step"));
   auto second = launch_expecting(file, dir.path, "", 600, "n1");
   CHECK_THAT(second, Catch::Contains("[n1] job: resuming from committed step " + committed));
+}
+
+TEST_CASE(
+    "launch --fresh starts the job over, and refuses a state_dir that holds no node's "
+    "store",
+    "[interrupt][cluster]") {
+  test::temp_dir dir{"fresh-launch"};
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << cluster_config(dir.path + "/state", 100);
+  launch_expecting(file, dir.path, "", 100, "n1");
+  auto again = launch_expecting(file, dir.path, "--fresh --log-level warn", 100, "n1");
+  for (const char* n : {"n1", "n2", "n3", "s1"})
+    CHECK_THAT(again, Catch::Contains("launch: --fresh: removed " + dir.path + "/state/" + n));
+  CHECK_THAT(again, Catch::Contains("[n1] job: fresh start"));
+  // --log-level warn: the worker's crash (the config's fault) is logged, the
+  // routine starts are not.
+  CHECK_THAT(again, Catch::Contains("[warning] child_exited /root/job/workers/worker-0"));
+  CHECK(again.find("[info] child_started") == std::string::npos);
+  // Each node's lines are also in its state directory, from this launch only
+  // (--fresh removed the first one's).
+  auto n1_log = slurp(dir.path + "/state/n1/node.log");
+  CHECK_THAT(n1_log, Catch::Contains("final: steps=100"));
+  CHECK(n1_log.find("-- launched") == n1_log.rfind("-- launched"));
+  // A state_dir that is something else (here: a directory with a file of
+  // its own) is neither emptied nor started.
+  std::filesystem::remove_all(dir.path + "/state/n2");
+  std::filesystem::create_directories(dir.path + "/state/n2");
+  std::ofstream{dir.path + "/state/n2/notes.txt"} << "mine\n";
+  int status = 0;
+  auto refused = run_cli("launch " + file + " --fresh", status);
+  INFO(refused);
+  CHECK(WEXITSTATUS(status) == 2);
+  CHECK_THAT(refused, Catch::Contains("--fresh: " + dir.path +
+                                      "/state/n2 (the state_dir of node n2) holds no node's "
+                                      "store (no data.mdb or node.log); not removing it"));
+  CHECK(std::filesystem::exists(dir.path + "/state/n2/notes.txt"));
+  CHECK(std::filesystem::exists(dir.path + "/state/n1/data.mdb"));
 }

@@ -266,7 +266,7 @@ std::string final_digest(const std::string& out, uint64_t steps) {
 } // namespace
 
 TEST_CASE(
-    "slurm: a task's node killed mid-job costs nothing; the job ends with the "
+    "slurm: a task's node killed mid-job costs nothing, and the job ends with the "
     "fault-free digest",
     "[slurm][cluster]") {
   slurm_lab lab;

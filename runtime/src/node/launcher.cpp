@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <regex>
 
@@ -84,6 +85,8 @@ struct child {
   int status = 0;
   /// It printed the job's final line.
   bool finished = false;
+  /// Its lines, also kept in STATE_DIR/node.log.
+  std::shared_ptr<std::ofstream> log;
 };
 
 /// One run of the launcher: its nodes' processes and its chaos plan.
@@ -183,6 +186,15 @@ private:
         *old = child{n.name, pid, fds[0], {}, true, 0};
       else
         kids_.push_back(child{n.name, pid, fds[0], {}, true, 0});
+      // Every line the node writes also goes to node.log in its state
+      // directory (appended across launches).
+      std::error_code ec;
+      std::filesystem::create_directories(n.state_dir, ec);
+      auto log = std::make_shared<std::ofstream>(n.state_dir + "/node.log", std::ios::app);
+      if (*log) {
+        *log << "-- launched (pid " << pid << ")\n";
+        find(n.name)->log = std::move(log);
+      }
       out_.say("launch: " + std::string{old != nullptr ? "restarted" : "started"} + " node " +
                n.name + " (pid " + std::to_string(pid) + ")" +
                (n.name == leader && old == nullptr ? ", the leader" : ""));
@@ -290,6 +302,8 @@ private:
   void on_line(child& k, const std::string& line) {
     static const std::regex step_re{R"(step (\d+)/(\d+))"};
     out_.say("[" + k.name + "] " + line);
+    if (k.log)
+      *k.log << line << '\n' << std::flush;
     if (line.rfind("final:", 0) == 0)
       k.finished = true;
     // Progress comes from the leader, whichever node that is now.
@@ -436,6 +450,31 @@ int run_launch(const launch_options& opts, node_output& out) {
   if (!nc) {
     out.warn(opts.label + ": " + describe(nc.error()));
     return to_int(exit_code::bad_config);
+  }
+  if (opts.fresh) {
+    // Only what is a node's store: a state_dir that names something else
+    // (a typo, a home directory) is refused, not emptied.
+    for (const auto& n : nc->nodes) {
+      std::error_code ec;
+      if (!std::filesystem::exists(n.state_dir, ec))
+        continue;
+      const std::filesystem::path dir{n.state_dir};
+      if (!std::filesystem::exists(dir / "data.mdb", ec) &&
+          !std::filesystem::exists(dir / "node.log", ec)) {
+        out.warn(opts.label + ": --fresh: " + n.state_dir + " (the state_dir of node " + n.name +
+                 ") holds no node's store (no data.mdb or node.log); not removing it");
+        return to_int(exit_code::bad_config);
+      }
+    }
+    for (const auto& n : nc->nodes) {
+      std::error_code ec;
+      if (std::filesystem::remove_all(n.state_dir, ec) > 0)
+        out.say("launch: --fresh: removed " + n.state_dir);
+      if (ec) {
+        out.warn(opts.label + ": --fresh: cannot remove " + n.state_dir + ": " + ec.message());
+        return to_int(exit_code::bad_config);
+      }
+    }
   }
   // Nodes of a cluster always talk mutual TLS: a file without
   // [cluster.security] gets a CA and node certificates made for it (kept

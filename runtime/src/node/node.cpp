@@ -288,6 +288,7 @@ private:
     if (auto failed = make_coordinator())
       return failed;
     runtime_config rc;
+    rc.log_level = opts_.log_level;
     caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
     rc.configure = [this, &prepared](caf::actor_system_config& cfg) {
       prepared = cluster_node::configure(cfg, nc_, opts_.name);
@@ -590,12 +591,14 @@ private:
       bool unfinished =
           std::any_of(parts_.begin(), parts_.end(), [](auto& p) { return p->has_end(); });
       say("node " + me() + (unfinished ? ": stopping (job not finished)" : ": stopping"));
-      for (auto& p : parts_)
-        if (auto note = p->stopped_note(); !note.empty())
-          say(note);
     }
     for (auto& p : parts_)
       p->stop();
+    // After stop(): a part may have brought its work to a point to resume from.
+    if (!end)
+      for (auto& p : parts_)
+        if (auto note = p->stopped_note(); !note.empty())
+          say(note);
     // The tree first, so that its actors on other nodes stop as its children
     // (not as the victims of their nodes ending), then the other nodes.
     rt_->stop(tree, std::chrono::seconds(10));

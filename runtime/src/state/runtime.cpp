@@ -126,7 +126,7 @@ struct runtime::impl {
 
   explicit impl(runtime_config rc) : conf(std::move(rc)), sys(prepare(cfg, conf)) {
     if (conf.log_events)
-      log = make_log_sink();
+      log = make_log_sink("understudy", conf.log_level);
   }
 
   runtime_config conf;

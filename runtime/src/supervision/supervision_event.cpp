@@ -180,10 +180,17 @@ private:
 
 } // namespace
 
-std::shared_ptr<event_sink> make_log_sink(const std::string& logger_name) {
+bool valid_log_level(const std::string& level) {
+  return level == "debug" || level == "info" || level == "warn" || level == "error" ||
+         level == "off";
+}
+
+std::shared_ptr<event_sink> make_log_sink(const std::string& logger_name,
+                                          const std::string& level) {
   // A logger of its own, not registered in spdlog's global registry.
   auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   auto logger = std::make_shared<spdlog::logger>(logger_name, std::move(sink));
+  logger->set_level(valid_log_level(level) ? spdlog::level::from_str(level) : spdlog::level::info);
   return std::make_shared<log_sink>(std::move(logger));
 }
 

@@ -491,7 +491,7 @@ TEST_CASE("preparing a node turns on heartbeats and mutual TLS with the cluster 
 }
 
 TEST_CASE(
-    "a cluster of several nodes without security is refused; a node alone talks plain TCP "
+    "a cluster of several nodes without security is refused, and a node alone talks plain TCP "
     "on loopback only",
     "[security]") {
   scratch_dir dir;

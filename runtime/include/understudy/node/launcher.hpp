@@ -36,6 +36,12 @@ struct launch_options {
   /// after a --kill): the same name, config and state directory, as an
   /// operator restarting a lost machine; it joins as a new epoch.
   std::vector<std::string> restarts;
+  /// Start the job over: remove every node's state directory first (each must
+  /// hold a node's store, data.mdb, or a launch's node.log, or not exist;
+  /// anything else is refused).
+  bool fresh = false;
+  /// Passed to every node (`understudy node --log-level`).
+  std::string log_level = "info";
   /// The command line (program first) that runs node `name` of `file`, e.g.
   /// {this_program(argv[0]), "node", file, "--name", name}. When the launcher
   /// starts a local etcd it appends "--coordination URL".

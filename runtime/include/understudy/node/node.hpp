@@ -243,6 +243,9 @@ struct node_options {
   /// endpoints (`understudy launch` passes its local etcd's). A cluster of
   /// more than one node needs endpoints from here or from the file.
   std::vector<std::string> coordination_endpoints;
+  /// The lowest level of the supervision events the node logs (see
+  /// runtime_config::log_level).
+  std::string log_level = "info";
 };
 
 /// Runs node `opts.name` of `opts.file` until its work ends (the leader), a

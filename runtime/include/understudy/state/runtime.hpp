@@ -34,6 +34,8 @@ struct runtime_config {
   std::shared_ptr<event_sink> events;
   /// Also log every supervision event to stderr (make_log_sink).
   bool log_events = true;
+  /// The lowest level of those log lines: "debug", "info", "warn", "error" or "off".
+  std::string log_level = "info";
 };
 
 /// A handle to a running supervisor with blocking calls for the embedding

@@ -152,7 +152,12 @@ private:
 
 /// Writes each event as one line to stderr through a new spdlog logger named
 /// `logger_name` (not registered globally): restarts and stops at info, crashes, hangs
-/// and failed starts at warn, escalations at error.
-std::shared_ptr<event_sink> make_log_sink(const std::string& logger_name = "understudy");
+/// and failed starts at warn, escalations at error. Events below `level`
+/// ("debug", "info", "warn", "error" or "off") are not written.
+std::shared_ptr<event_sink> make_log_sink(const std::string& logger_name = "understudy",
+                                          const std::string& level = "info");
+
+/// Whether `level` names a log level make_log_sink takes.
+bool valid_log_level(const std::string& level);
 
 } // namespace understudy
