@@ -89,13 +89,13 @@ public:
   unsigned port_base = 0;
 
   slurm_lab() {
-    const char* programs[] = {"munged", "slurmctld", "slurmd",  "sbatch",
-                              "squeue", "scontrol",  "scancel", "etcd"};
+    const char* programs[] = {"munged",   "slurmctld", "slurmd", "sbatch", "squeue",
+                              "scontrol", "scancel",   "etcd",   "etcdctl"};
     for (const char* p : programs)
       if (find_program(p).empty()) {
         skipped = std::string{p} +
                   " is not installed (Debian's munge, slurmctld, slurmd, "
-                  "slurm-client and etcd-server packages)";
+                  "slurm-client, etcd-server and etcd-client packages)";
         return;
       }
     ::chmod(dir.path.c_str(), 0755); // munged's socket must be reachable
