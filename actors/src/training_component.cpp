@@ -170,6 +170,16 @@ public:
     return actors::leader_candidates(nc);
   }
 
+  caf::error check(const node_config& nc) const override {
+    if (job_of(nc) == nullptr)
+      return {};
+    // Loads the data and builds the model, as the leader will.
+    auto tc = make_training_config(nc);
+    if (!tc)
+      return std::move(tc.error());
+    return validate(*tc);
+  }
+
   caf::expected<std::unique_ptr<node_part>> attach(cluster_node& node, const node_config& nc,
                                                    node_metrics* metrics) const override {
     auto ct = cluster_training::create(node, nc);

@@ -367,7 +367,9 @@ TEST_CASE("understudy status prints each node's peers and the leader's live tree
   CHECK_THAT(out, Catch::Contains("recent events:"));
   // The job's part: its step and goodput so far.
   CHECK(std::regex_search(
-      out, std::regex{R"(job: step \d+/600 \(committed \d+\), \d+ steps/s, loss \d\S*, accuracy (-|\d\.\d{4}), restarts \d+, lost steps \d+, goodput \d+\.\d%)"}));
+      out,
+      std::regex{
+          R"(job: step \d+/600 \(committed \d+\), \d+ steps/s, loss \d\S*, accuracy (-|\d\.\d{4}), restarts \d+, lost steps \d+, goodput \d+\.\d%)"}));
   CHECK_THAT(seen, Catch::Contains("final: steps=600"));
 }
 
@@ -415,4 +417,35 @@ TEST_CASE(
   CHECK(out.find("final:") == std::string::npos);
   CHECK_THAT(out, Catch::Contains("[n1] understudy node: the job failed: "));
   CHECK_THAT(out, Catch::Contains("launch: node n1 exited with status 4"));
+}
+
+TEST_CASE(
+    "launch refuses a missing data file and a model that does not fit its data before "
+    "any node starts",
+    "[cluster]") {
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 100);
+  SECTION("a data file that is not there") {
+    replace_once(text, UNDERSTUDY_DIGITS_PATH, dir.path + "/missing.csv.gz");
+    std::ofstream{file} << text;
+    int status = 0;
+    auto out = run_cli("launch " + file, status);
+    INFO(out);
+    CHECK(WEXITSTATUS(status) == 2);
+    CHECK_THAT(out, Catch::Contains(dir.path + "/missing.csv.gz: cannot open"));
+    CHECK_THAT(out, Catch::Contains("; no node started"));
+    CHECK(out.find("launch: started node") == std::string::npos);
+  }
+  SECTION("a model whose inputs are not the data's") {
+    replace_once(text, "layers = [64, 32, 10]", "layers = [32, 32, 10]");
+    std::ofstream{file} << text;
+    int status = 0;
+    auto out = run_cli("launch " + file, status);
+    INFO(out);
+    CHECK(WEXITSTATUS(status) == 2);
+    CHECK_THAT(out, Catch::Contains("does not fit the model"));
+    CHECK(out.find("launch: started node") == std::string::npos);
+  }
+  CHECK_FALSE(std::filesystem::exists(dir.path + "/state/n1"));
 }

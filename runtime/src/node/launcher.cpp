@@ -451,6 +451,13 @@ int run_launch(const launch_options& opts, node_output& out) {
     out.warn(opts.label + ": " + describe(nc.error()));
     return to_int(exit_code::bad_config);
   }
+  // What the sections name (the job's data, its model's fit) is checked here,
+  // before any node starts, rather than by each node after it started.
+  for (const auto& c : opts.components)
+    if (auto err = c->check(*nc)) {
+      out.warn(opts.label + ": " + describe(err) + "; no node started");
+      return to_int(exit_code::bad_config);
+    }
   if (opts.fresh) {
     // Only what is a node's store: a state_dir that names something else
     // (a typo, a home directory) is refused, not emptied.

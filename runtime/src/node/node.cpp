@@ -80,6 +80,10 @@ std::vector<std::string> node_component::leader_candidates(const node_config&) c
   return {};
 }
 
+caf::error node_component::check(const node_config&) const {
+  return {};
+}
+
 caf::expected<std::string> node_name_from(const node_config& nc, const std::string& source,
                                           const std::string& hostname,
                                           const std::function<const char*(const char*)>& getenv) {

@@ -132,7 +132,10 @@ void watch_child(std::shared_ptr<child_process> cp, process_spec spec, caf::weak
   for (auto& s : env_storage)
     envp.push_back(s.data());
   envp.push_back(nullptr);
-  std::vector<std::string> arg_storage{spec.program};
+  // `ps` shows the actor the process hosts, not /proc/self/exe (the program
+  // to run is the path given to posix_spawn, not argv[0]).
+  std::vector<std::string> arg_storage{spec.name.empty() ? spec.program
+                                                         : "understudy-actor: " + spec.name};
   arg_storage.insert(arg_storage.end(), spec.args.begin(), spec.args.end());
   std::vector<char*> argv;
   for (auto& s : arg_storage)

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -117,6 +118,11 @@ TEST_CASE("a process host serves its actor from a child process through the keep
   auto pid = ps.ask<int32_t>(keeper, ph_pid_atom::value);
   REQUIRE(pid);
   REQUIRE(*pid != static_cast<int32_t>(getpid()));
+  // `ps` names the process by the actor it hosts.
+  std::ifstream cmdline{"/proc/" + std::to_string(*pid) + "/cmdline"};
+  std::string argv0;
+  std::getline(cmdline, argv0, '\0');
+  CHECK(argv0 == "understudy-actor: host-1");
   // An exit message to the keeper ends it with that reason (and kills the child).
   ps.self->send_exit(keeper, caf::exit_reason::user_shutdown);
   REQUIRE(ps.down_reason(keeper) == caf::exit_reason::user_shutdown);

@@ -176,6 +176,11 @@ public:
   /// for no preference of its own.
   virtual std::vector<std::string> leader_candidates(const node_config& nc) const;
 
+  /// Checks what its sections name beyond their syntax (files to read, a
+  /// model that must fit its data) so that `understudy launch` can refuse a
+  /// config before any node starts; none by default.
+  virtual caf::error check(const node_config& nc) const;
+
   /// Joins the started `node`: registers the factories of its child types
   /// (cluster_node::add_factory) and its own metrics with `metrics` (null
   /// where the node serves none). Errors stop the node (exit_code::bad_config).
