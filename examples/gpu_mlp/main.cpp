@@ -44,6 +44,7 @@
 #include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include "../common/interrupt.hpp"
 #include "../common/progress_printer.hpp"
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
@@ -66,6 +67,7 @@ namespace {
 
 using namespace understudy;
 using namespace understudy::actors;
+using understudy::examples::interrupt_watch;
 using understudy::examples::progress_printer;
 namespace ug = understudy::gpu;
 using clock_type = std::chrono::steady_clock;
@@ -148,6 +150,8 @@ struct job_shared {
   std::atomic<uint64_t> restarts{0};
   std::atomic<uint64_t> lost_steps{0};
   std::atomic<uint64_t> inflight{0};
+  /// Ctrl-C: the trainer starts no new step and ends at its committed one.
+  std::atomic<bool> stop_requested{false};
   std::function<void(const training_progress&)> progress;
   std::function<void(uint64_t)> started;
   std::atomic<bool> announced{false};
@@ -439,6 +443,8 @@ private:
       return;
     if (done_ >= s_->steps)
       return finish();
+    if (s_->stop_requested)
+      return halt();
     const uint64_t step = done_ + 1;
     s_->inflight = step;
     if (s_->fire(fault_target::trainer, 0, step))
@@ -593,6 +599,19 @@ private:
       });
   }
 
+  /// Ends the job at its committed step, unevaluated (training_result::stopped).
+  void halt() {
+    training_result res;
+    res.stopped = true;
+    res.steps = committed_;
+    res.restarts = s_->restarts.load();
+    res.lost_steps = s_->lost_steps.load();
+    finished_ = true;
+    rp_->stop();
+    s_->finish(std::move(res));
+    self_->quit();
+  }
+
   caf::event_based_actor* self_;
   shared_ptr_t s_;
   caf::actor job_;
@@ -697,6 +716,8 @@ int main(int argc, char** argv) {
   // A child started to host one GPU actor runs that and nothing else.
   if (auto status = ug::run_device_process_if_requested())
     return *status;
+  // Before any thread starts: Ctrl-C stops the job in order (see run below).
+  interrupt_watch interrupt;
 
   CLI::App app{"gpu_mlp: fault-tolerant data-parallel training of an MLP on GPU actors", "gpu_mlp"};
   size_t workers = 0, batch = 32, hidden = 128;
@@ -932,8 +953,16 @@ int main(int argc, char** argv) {
     caf::expected<training_result> result{caf::sec::request_timeout};
     {
       std::unique_lock<std::mutex> guard{s->mtx};
-      s->cv.wait(guard, [&] { return s->outcome.has_value(); });
-      result = *s->outcome;
+      while (!s->outcome && interrupt.signal() == 0)
+        s->cv.wait_for(guard, std::chrono::milliseconds(100));
+      if (!s->outcome) {
+        // Interrupted: the step in flight ends, no new one starts, and the job
+        // ends at the step the same command resumes from.
+        s->stop_requested = true;
+        s->cv.wait_for(guard, std::chrono::seconds(30), [&] { return s->outcome.has_value(); });
+      }
+      if (s->outcome)
+        result = *s->outcome;
     }
     printer.end();
     self->send_exit(*tree, caf::exit_reason::user_shutdown);
@@ -942,6 +971,13 @@ int main(int argc, char** argv) {
         caf::after(std::chrono::seconds(60)) >>
             [] { std::fprintf(stderr, "gpu_mlp: the job did not stop within a minute\n"); });
     self->send_exit(s->p.writer, caf::exit_reason::user_shutdown);
+    if (interrupt.signal() != 0 && (!result || result->stopped)) {
+      std::printf("interrupted: stopped at committed step %s of %" PRIu64
+                  "; run the same command again to resume from it\n",
+                  result ? std::to_string(result->steps).c_str() : "(unknown: it did not stop)",
+                  s->steps);
+      return 128 + interrupt.signal();
+    }
     if (!result) {
       std::fprintf(stderr, "gpu_mlp: the job failed: %s\n", render(result.error()).c_str());
       return 1;

@@ -1,4 +1,4 @@
-// Ctrl-C: digits_mlp and `understudy launch` stop in order, say at which
+// Ctrl-C: digits_mlp, gpu_mlp and `understudy launch` stop in order, say at which
 // committed step, and the same command resumes from it to the digest of a run
 // that was never interrupted.
 
@@ -55,29 +55,39 @@ std::string digest_in(const std::string& out) {
 
 } // namespace
 
-TEST_CASE("Ctrl-C on digits_mlp stops at a committed step that the same command resumes",
-          "[interrupt]") {
+TEST_CASE(
+    "Ctrl-C on digits_mlp or gpu_mlp stops at a committed step that the same command "
+    "resumes",
+    "[interrupt]") {
+  // Each program with a run long enough to be interrupted at a fifth of it.
+  std::string program = UNDERSTUDY_DIGITS_MLP_PATH;
+  uint64_t steps = 3000;
+  SECTION("digits_mlp") {}
+  SECTION("gpu_mlp (its CPU backend)") {
+    program = UNDERSTUDY_GPU_MLP_PATH;
+    steps = 600;
+  }
   test::temp_dir dir{"interrupt"};
-  const std::string args = " --steps 3000 --state-dir ";
+  const auto total = std::to_string(steps);
+  const std::string args = " --steps " + total + " --state-dir ";
   int status = 0;
-  auto whole = run_program(UNDERSTUDY_DIGITS_MLP_PATH, args + dir.path + "/whole", status);
+  auto whole = run_program(program, args + dir.path + "/whole", status);
   REQUIRE(status == 0);
   const auto log = dir.path + "/first.log";
-  auto pid = daemon_test::spawn(
-      {UNDERSTUDY_DIGITS_MLP_PATH, "--steps", "3000", "--state-dir", dir.path + "/cut"}, dir.path,
-      log, false);
-  REQUIRE(await_step(log, std::regex{R"(step (\d+)/3000)"}, 600));
+  auto pid = daemon_test::spawn({program, "--steps", total, "--state-dir", dir.path + "/cut"},
+                                dir.path, log, false);
+  REQUIRE(await_step(log, std::regex{"step (\\d+)/" + total}, steps / 5));
   CHECK(interrupt(pid) == 128 + SIGINT);
   auto first = slurp(log);
   INFO(first);
   std::smatch m;
   REQUIRE(std::regex_search(first, m,
-                            std::regex{R"(interrupted: stopped at committed step (\d+) of 3000; )"
-                                       R"(run the same command again to resume from it)"}));
+                            std::regex{"interrupted: stopped at committed step (\\d+) of " + total +
+                                       "; run the same command again to resume from it"}));
   auto committed = m[1].str();
-  CHECK(std::stoull(committed) >= 600);
+  CHECK(std::stoull(committed) >= steps / 5);
   CHECK(first.find("final:") == std::string::npos);
-  auto second = run_program(UNDERSTUDY_DIGITS_MLP_PATH, args + dir.path + "/cut", status);
+  auto second = run_program(program, args + dir.path + "/cut", status);
   INFO(second);
   CHECK(status == 0);
   CHECK_THAT(second, Catch::Contains("state: resuming from committed step " + committed));
