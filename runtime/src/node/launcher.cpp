@@ -13,7 +13,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <regex>
 
@@ -85,9 +84,34 @@ struct child {
   int status = 0;
   /// It printed the job's final line.
   bool finished = false;
-  /// Its lines, also kept in STATE_DIR/node.log.
-  std::shared_ptr<std::ofstream> log;
+  /// Its lines, also kept in STATE_DIR/node.log (opened close-on-exec: a
+  /// node started later must not hold it). Shared by copies; closed with the last.
+  std::shared_ptr<const int> log;
 };
+
+/// Opens `path` for appending, close-on-exec; none if it cannot.
+std::shared_ptr<const int> open_node_log(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return nullptr;
+  return std::shared_ptr<const int>(new int{fd}, [](const int* p) {
+    ::close(*p);
+    delete p;
+  });
+}
+
+/// Appends `text` to the log `fd` (a short write of a full disk loses the rest).
+void write_all(int fd, const std::string& text) {
+  size_t at = 0;
+  while (at < text.size()) {
+    auto n = ::write(fd, text.data() + at, text.size() - at);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return;
+    at += static_cast<size_t>(n);
+  }
+}
 
 /// One run of the launcher: its nodes' processes and its chaos plan.
 class launcher {
@@ -190,9 +214,8 @@ private:
       // directory (appended across launches).
       std::error_code ec;
       std::filesystem::create_directories(n.state_dir, ec);
-      auto log = std::make_shared<std::ofstream>(n.state_dir + "/node.log", std::ios::app);
-      if (*log) {
-        *log << "-- launched (pid " << pid << ")\n";
+      if (auto log = open_node_log(n.state_dir + "/node.log")) {
+        write_all(*log, "-- launched (pid " + std::to_string(pid) + ")\n");
         find(n.name)->log = std::move(log);
       }
       out_.say("launch: " + std::string{old != nullptr ? "restarted" : "started"} + " node " +
@@ -303,7 +326,7 @@ private:
     static const std::regex step_re{R"(step (\d+)/(\d+))"};
     out_.say("[" + k.name + "] " + line);
     if (k.log)
-      *k.log << line << '\n' << std::flush;
+      write_all(*k.log, line + '\n');
     if (line.rfind("final:", 0) == 0)
       k.finished = true;
     // Progress comes from the leader, whichever node that is now.
