@@ -11,6 +11,8 @@
 #     empty for none): the consumer is configured with those made unfindable
 #     (ignored prefixes and directories, no CUDACXX, CUDA_PATH, CUDA_HOME) and
 #     checks that the CUDA toolkit is indeed not found.
+#   CONSUMER_EXECUTABLE (default understudy_consumer): the program it builds and runs,
+#   CONSUMER_ARGS (optional): its arguments, one string split like a shell would.
 cmake_minimum_required(VERSION 3.20)
 
 foreach(var UNDERSTUDY_PREFIX CONSUMER_SOURCE_DIR CONSUMER_BINARY_DIR CONSUMER_GENERATOR
@@ -93,13 +95,17 @@ endif()
 run_step("build the consumer"
   "${CMAKE_COMMAND}" --build "${CONSUMER_BINARY_DIR}" --config "${UNDERSTUDY_BUILD_CONFIG}")
 
+if(NOT CONSUMER_EXECUTABLE)
+  set(CONSUMER_EXECUTABLE understudy_consumer)
+endif()
 set(consumer_exe "")
 foreach(dir "${CONSUMER_BINARY_DIR}" "${CONSUMER_BINARY_DIR}/${UNDERSTUDY_BUILD_CONFIG}")
-  if(NOT consumer_exe AND EXISTS "${dir}/understudy_consumer${CMAKE_EXECUTABLE_SUFFIX}")
-    set(consumer_exe "${dir}/understudy_consumer${CMAKE_EXECUTABLE_SUFFIX}")
+  if(NOT consumer_exe AND EXISTS "${dir}/${CONSUMER_EXECUTABLE}${CMAKE_EXECUTABLE_SUFFIX}")
+    set(consumer_exe "${dir}/${CONSUMER_EXECUTABLE}${CMAKE_EXECUTABLE_SUFFIX}")
   endif()
 endforeach()
 if(NOT consumer_exe)
-  message(FATAL_ERROR "install consumer: built program understudy_consumer not found")
+  message(FATAL_ERROR "install consumer: built program ${CONSUMER_EXECUTABLE} not found")
 endif()
-run_step("run ${consumer_exe}" "${consumer_exe}")
+separate_arguments(consumer_args UNIX_COMMAND "${CONSUMER_ARGS}")
+run_step("run ${consumer_exe} ${CONSUMER_ARGS}" "${consumer_exe}" ${consumer_args})
