@@ -21,7 +21,7 @@ help:
 	@echo "  make test       install dependencies, build, run the whole test suite (ctest)"
 	@echo "  make bench      install dependencies, build in Release, run every benchmark"
 	@echo "  make deps       install the Debian packages understudy needs (scripts/install-deps.sh)"
-	@echo "  make test-deps  the same and the daemons only the tests use (Prometheus, Slurm, munge)"
+	@echo "  make test-deps  the same and what only the tests use (Prometheus, Slurm, munge, Chromium)"
 	@echo "  make configure  configure $(BUILD_DIR)/ with CMake and $(GENERATOR) (only if not configured yet)"
 	@echo "  make build      configure if needed, then build everything in $(BUILD_DIR)/"
 	@echo "  make clean      remove $(BUILD_DIR)/"

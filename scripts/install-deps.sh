@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages understudy needs to build and run (make demo), and with
 # --test also the real daemons only the tests use (make test): Prometheus, Slurm and
-# munge, network tools for the partition tests.
+# munge, network tools for the partition tests, headless Chromium for the report.
 # Idempotent: packages already present are skipped; nothing is done when all are there.
 set -euo pipefail
 
@@ -16,7 +16,8 @@ packages=(
   libcurl4-openssl-dev nlohmann-json3-dev etcd-server etcd-client
 )
 if [ "${1:-}" = "--test" ]; then
-  packages+=(iproute2 nftables prometheus slurmctld slurmd slurm-client munge)
+  packages+=(iproute2 nftables prometheus slurmctld slurmd slurm-client munge
+    chromium-headless-shell)
 elif [ $# -gt 0 ]; then
   echo "usage: $0 [--test]" >&2
   exit 2

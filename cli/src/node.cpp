@@ -74,6 +74,9 @@ CLI::App* add_launch_command(CLI::App& app, launch_options& opts) {
                   "every node's lowest level of supervision events logged: debug, info, warn, "
                   "error or off")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
+  sub->add_option("--report", opts.report,
+                  "FILE.html: write the run as one page (loss and accuracy curves with each "
+                  "fault and recovery marked, goodput, incidents) when it ends");
   sub->add_flag("--fresh", opts.fresh,
                 "start the job over: remove every node's state directory first");
   sub->add_option("--restart", opts.restarts,

@@ -34,6 +34,7 @@
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/actors/training.hpp"
+#include "understudy/node/run_report.hpp"
 #include "understudy/state/runtime.hpp"
 
 namespace {
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
   uint64_t steps = 3000, seed = 1, checkpoint_every = 1, eval_every = 250;
   double lr = 0.1;
   std::string optimizer_name = "sgd", state_dir = ".understudy/digits_mlp", data_path, fault_spec;
+  std::string report_path;
   app.add_option("--workers", workers, "workers (at most one per micro-batch)")
       ->capture_default_str();
   app.add_option("--shards", shards, "parameter shards")->capture_default_str();
@@ -87,6 +89,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data", data_path, "digits CSV (gzip or plain): 64 pixels 0..16, then the label")
       ->default_str("examples/data/digits.csv.gz");
+  app.add_option("--report", report_path,
+                 "FILE.html: write the run as one page (loss and accuracy curves with each fault "
+                 "and recovery marked, goodput, incidents) when it ends");
   app.add_option("--fault", fault_spec,
                  "crash actors: worker:I@S,shard:I@S,loader:I@S,trainer@S or random:K; "
                  "hang:ROLE:I@S makes one stop answering, slow:worker:I@S:F slows one F times, "
@@ -140,6 +145,11 @@ int main(int argc, char** argv) {
     return usage(describe(err));
 
   progress_printer printer{isatty(STDOUT_FILENO) != 0};
+  std::optional<run_report> report;
+  if (!report_path.empty())
+    report.emplace("digits_mlp: " + cfg.net->describe() + ", batch " + std::to_string(batch) +
+                   ", seed " + std::to_string(seed) +
+                   (fault_spec.empty() ? "" : ", faults " + fault_spec));
   runtime_config rcfg;
   rcfg.log_events = false;
   runtime rt{rcfg};
@@ -171,7 +181,31 @@ int main(int argc, char** argv) {
       printer.note("state: resuming from committed step " + std::to_string(committed) + " in " +
                    state_dir);
   });
-  job->on_progress([&](const training_progress& pr) { printer.update(pr); });
+  // --report: every line worth a mark or a point, also into the page.
+  std::mutex report_mtx;
+  auto feed = [&](const std::string& line) {
+    if (!report)
+      return;
+    std::lock_guard<std::mutex> guard{report_mtx};
+    report->add_line(line);
+  };
+  auto say = [&](const std::string& line) {
+    printer.note(line);
+    feed(line);
+  };
+  auto write_report = [&] {
+    if (!report)
+      return;
+    std::lock_guard<std::mutex> guard{report_mtx};
+    if (auto err = report->write(report_path))
+      std::fprintf(stderr, "digits_mlp: %s\n", rt.render(err).c_str());
+    else
+      std::printf("report: %s\n", report_path.c_str());
+  };
+  job->on_progress([&](const training_progress& pr) {
+    printer.update(pr);
+    feed(describe_progress(pr));
+  });
 
   // Crashes and recoveries as lines of their own.
   auto crashes = std::make_shared<std::map<std::string, clock_type::time_point>>();
@@ -179,16 +213,18 @@ int main(int argc, char** argv) {
     auto who = ev.supervisor + "/" + ev.child;
     if (ev.kind == event_kind::child_exited && ev.reason != "normal") {
       (*crashes)[who] = ev.time;
-      printer.note("crash: " + who + ": " + ev.reason);
+      say("crash: " + who + ": " + ev.reason);
     } else if (ev.kind == event_kind::hang_detected) {
-      printer.note("hang: " + who + " " + ev.reason + ": killed");
+      say("hang: " + who + " " + ev.reason + ": killed");
     } else if (ev.kind == event_kind::straggler_detected) {
-      printer.note("straggler: " + who + " " + ev.reason + ": restarted");
+      say("straggler: " + who + " " + ev.reason + ": restarted");
     } else if (ev.kind == event_kind::child_restarted) {
-      printer.note("restart: " + who + " incarnation " + std::to_string(ev.incarnation));
+      say("restart: " + who + " incarnation " + std::to_string(ev.incarnation));
+    } else if (ev.kind == event_kind::job_resumed) {
+      feed(to_string(ev)); // the incident's cost and the steps it lost, for the report
     } else if (ev.kind == event_kind::state_fallback || ev.kind == event_kind::intensity_exceeded ||
                ev.kind == event_kind::start_failed) {
-      printer.note(to_string(ev));
+      say(to_string(ev));
     }
   });
 
@@ -212,6 +248,7 @@ int main(int argc, char** argv) {
     std::printf("interrupted: stopped at committed step %" PRIu64 " of %" PRIu64
                 "; run the same command again to resume from it\n",
                 result ? result->steps : job->committed_step(), steps);
+    write_report();
     return 128 + interrupt.signal();
   }
   if (!result && is(result.error(), config_errc::invalid_job))
@@ -235,5 +272,14 @@ int main(int argc, char** argv) {
               result->steps, result->accuracy, result->params_digest, result->restarts,
               result->lost_steps);
   std::printf("%s\n", describe_goodput(*result).c_str());
+  char final_line[256];
+  std::snprintf(final_line, sizeof final_line,
+                "final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
+                " restarts=%" PRIu64 " lost_steps=%" PRIu64,
+                result->steps, result->accuracy, result->params_digest, result->restarts,
+                result->lost_steps);
+  feed(final_line);
+  feed(describe_goodput(*result));
+  write_report();
   return 0;
 }

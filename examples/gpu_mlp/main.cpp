@@ -57,6 +57,7 @@
 #include "understudy/gpu/errors.hpp"
 #include "understudy/gpu/gpu_actor.hpp"
 #include "understudy/gpu/gpu_rank.hpp"
+#include "understudy/node/run_report.hpp"
 #include "understudy/state/state_store.hpp"
 #include "understudy/state/state_writer.hpp"
 #include "understudy/state/tensor_recycler.hpp"
@@ -724,6 +725,7 @@ int main(int argc, char** argv) {
   uint64_t steps = 3000, seed = 1, checkpoint_every = 1, eval_every = 250;
   double lr = 0.1;
   std::string optimizer_name = "sgd", state_dir = ".understudy/gpu_mlp", data_spec, fault_spec;
+  std::string report_path;
   std::string backend_name, isolation_name = "process", collective_name = "local";
   app.add_option("--workers", workers,
                  "GPU actors (default: one per device on cuda, 2 on cpu); one batch each per step");
@@ -744,6 +746,9 @@ int main(int argc, char** argv) {
   app.add_option("--data", data_spec,
                  "digits CSV (gzip or plain), or synthetic:N for N generated samples")
       ->default_str("examples/data/digits.csv.gz");
+  app.add_option("--report", report_path,
+                 "FILE.html: write the run as one page (loss and accuracy curves with each crash "
+                 "marked) when it ends");
   app.add_option("--fault", fault_spec,
                  "crash: gpu:I@S (device fault), worker:I@S (rank host), trainer@S or random:K");
   app.add_option("--backend", backend_name,
@@ -916,17 +921,43 @@ int main(int argc, char** argv) {
       printer.note("state: resuming from committed step " + std::to_string(committed) + " in " +
                    state_dir);
   };
-  s->progress = [&](const training_progress& pr) { printer.update(pr); };
+  // --report: the progress and the crashes, also into the page.
+  std::optional<run_report> report;
+  if (!report_path.empty())
+    report.emplace("gpu_mlp: " + cfg.net->describe() + " on " + ug::to_string(s->kind) + ", seed " +
+                   std::to_string(seed) + (fault_spec.empty() ? "" : ", faults " + fault_spec));
+  std::mutex report_mtx;
+  auto feed = [&](const std::string& line) {
+    if (!report)
+      return;
+    std::lock_guard<std::mutex> guard{report_mtx};
+    report->add_line(line);
+  };
+  auto write_report = [&] {
+    if (!report)
+      return;
+    std::lock_guard<std::mutex> guard{report_mtx};
+    if (auto err = report->write(report_path))
+      std::fprintf(stderr, "gpu_mlp: %s\n", render(err).c_str());
+    else
+      std::printf("report: %s\n", report_path.c_str());
+  };
+  s->progress = [&](const training_progress& pr) {
+    printer.update(pr);
+    feed(describe_progress(pr));
+  };
   auto events = std::make_shared<callback_sink>([&](const supervision_event& ev) {
     auto who = ev.supervisor + "/" + ev.child;
     if (ev.kind == event_kind::child_exited && ev.reason != "normal" &&
-        ev.reason.find("user_shutdown") == std::string::npos)
+        ev.reason.find("user_shutdown") == std::string::npos) {
       printer.note("crash: " + who + ": " + ev.reason);
-    else if (ev.kind == event_kind::child_restarted)
+      feed("crash: " + who + ": " + ev.reason);
+    } else if (ev.kind == event_kind::child_restarted) {
       printer.note("restart: " + who + " incarnation " + std::to_string(ev.incarnation));
-    else if (ev.kind == event_kind::state_fallback || ev.kind == event_kind::intensity_exceeded ||
-             ev.kind == event_kind::start_failed)
+    } else if (ev.kind == event_kind::state_fallback || ev.kind == event_kind::intensity_exceeded ||
+               ev.kind == event_kind::start_failed) {
       printer.note(to_string(ev));
+    }
   });
 
   auto run = [&]() -> int {
@@ -976,16 +1007,22 @@ int main(int argc, char** argv) {
                   "; run the same command again to resume from it\n",
                   result ? std::to_string(result->steps).c_str() : "(unknown: it did not stop)",
                   s->steps);
+      write_report();
       return 128 + interrupt.signal();
     }
     if (!result) {
       std::fprintf(stderr, "gpu_mlp: the job failed: %s\n", render(result.error()).c_str());
       return 1;
     }
-    std::printf("final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
-                " restarts=%" PRIu64 " lost_steps=%" PRIu64 "\n",
-                result->steps, result->accuracy, result->params_digest, result->restarts,
-                result->lost_steps);
+    char final_line[256];
+    std::snprintf(final_line, sizeof final_line,
+                  "final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
+                  " restarts=%" PRIu64 " lost_steps=%" PRIu64,
+                  result->steps, result->accuracy, result->params_digest, result->restarts,
+                  result->lost_steps);
+    std::printf("%s\n", final_line);
+    feed(final_line);
+    write_report();
     return 0;
   };
   const int rc = run();

@@ -19,6 +19,7 @@
 #include "understudy/cluster/etcd_coordinator.hpp"
 #include "understudy/core/errors.hpp"
 #include "understudy/node/local_etcd.hpp"
+#include "understudy/node/run_report.hpp"
 
 namespace understudy {
 
@@ -152,6 +153,12 @@ public:
         signal_all(SIGKILL);
         stop_deadline_ = clock_type::now() + std::chrono::hours(1);
       }
+    }
+    if (report_) {
+      if (auto err = report_->write(opts_.report))
+        out_.warn(opts_.label + ": " + describe(err));
+      else
+        out_.say("launch: report in " + opts_.report);
     }
     return result_;
   }
@@ -304,7 +311,7 @@ private:
                    ": not restarted");
           continue;
         }
-        out_.say("chaos: restarting " + c.act.node + " at step " + std::to_string(step));
+        note("chaos: restarting " + c.act.node + " at step " + std::to_string(step));
         spawn(c.act.node);
         continue;
       }
@@ -313,18 +320,27 @@ private:
       if (c.act.freeze) {
         ::kill(target->pid, SIGSTOP);
         c.resume_at = clock_type::now() + c.act.duration;
-        out_.say("chaos: SIGSTOP " + c.act.node + " at step " + std::to_string(step) + " for " +
-                 std::to_string(c.act.duration.count()) + " ms");
+        note("chaos: SIGSTOP " + c.act.node + " at step " + std::to_string(step) + " for " +
+             std::to_string(c.act.duration.count()) + " ms");
       } else {
         ::kill(target->pid, SIGKILL);
-        out_.say("chaos: SIGKILL " + c.act.node + " at step " + std::to_string(step));
+        note("chaos: SIGKILL " + c.act.node + " at step " + std::to_string(step));
       }
     }
+  }
+
+  /// The launcher's own line, also in the report.
+  void note(const std::string& line) {
+    out_.say(line);
+    if (report_)
+      report_->add_line(line);
   }
 
   void on_line(child& k, const std::string& line) {
     static const std::regex step_re{R"(step (\d+)/(\d+))"};
     out_.say("[" + k.name + "] " + line);
+    if (report_)
+      report_->add_line(line);
     if (k.log)
       write_all(*k.log, line + '\n');
     if (line.rfind("final:", 0) == 0)
@@ -417,6 +433,10 @@ private:
   /// The trainer's node runs the tree; when it is lost, the next candidate alive.
   std::vector<std::string> candidates_;
   std::vector<child> kids_;
+  /// The run as an HTML page (launch_options::report), if asked for.
+  std::unique_ptr<run_report> report_ =
+      opts_.report.empty() ? nullptr
+                           : std::make_unique<run_report>("understudy launch " + opts_.file);
   bool stopping_ = false;
   /// Stopping after Ctrl-C or SIGTERM, and the node that printed the job's
   /// progress last (the leader).

@@ -40,6 +40,8 @@ struct launch_options {
   /// hold a node's store, data.mdb, or a launch's node.log, or not exist;
   /// anything else is refused).
   bool fresh = false;
+  /// Where to write the run as an HTML page (run_report) when it ends; none if empty.
+  std::string report;
   /// Passed to every node (`understudy node --log-level`).
   std::string log_level = "info";
   /// The command line (program first) that runs node `name` of `file`, e.g.
