@@ -8,6 +8,7 @@
 #include <string>
 
 #include <caf/sec.hpp>
+#include <nlohmann/json.hpp>
 
 #include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/job_config.hpp"
@@ -107,6 +108,26 @@ public:
                   latest_->accuracy < 0 ? "-" : accuracy_text(latest_->accuracy).c_str(),
                   latest_->restarts, latest_->lost_steps, 100.0 * latest_->goodput);
     return buf;
+  }
+
+  std::string status_json() const override {
+    using nlohmann::json;
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (!latest_)
+      return json{{"job", {{"started", false}}}}.dump();
+    const auto& p = *latest_;
+    return json{{"job",
+                 {{"started", true},
+                  {"step", p.step},
+                  {"steps", p.steps},
+                  {"committed", ct_->job().committed_step()},
+                  {"steps_per_s", steps_per_s_locked(p.step)},
+                  {"loss", p.loss},
+                  {"accuracy", p.accuracy < 0 ? json(nullptr) : json(p.accuracy)},
+                  {"restarts", p.restarts},
+                  {"lost_steps", p.lost_steps},
+                  {"goodput", p.goodput}}}}
+        .dump();
   }
 
   std::string stopped_note() const override {

@@ -42,6 +42,7 @@ CLI::App* add_status_command(CLI::App& app, status_options& opts) {
   auto* sub =
       app.add_subcommand("status", "print every node's health and the live supervision tree");
   sub->add_option("FILE", opts.file, "the cluster's node config file (TOML)")->required();
+  sub->add_flag("--json", opts.json, "one JSON object per node and line");
   return sub;
 }
 

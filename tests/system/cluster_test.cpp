@@ -8,10 +8,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
+#include <sstream>
 #include <string>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "support/cluster_test_util.hpp"
 #include "support/temp_dir.hpp"
@@ -350,6 +353,8 @@ TEST_CASE("understudy status prints each node's peers and the leader's live tree
   }
   int status = 0;
   auto out = run_cli("status " + file, status);
+  int json_status = 0;
+  auto json_out = run_cli("status --json " + file, json_status);
   // Let the job finish.
   while (std::fgets(line, sizeof line, launch) != nullptr)
     seen += line;
@@ -371,6 +376,35 @@ TEST_CASE("understudy status prints each node's peers and the leader's live tree
       std::regex{
           R"(job: step \d+/600 \(committed \d+\), \d+ steps/s, loss \d\S*, accuracy (-|\d\.\d{4}), restarts \d+, lost steps \d+, goodput \d+\.\d%)"}));
   CHECK_THAT(seen, Catch::Contains("final: steps=600"));
+  // --json: one object per node and line, the same facts.
+  INFO(json_out);
+  CHECK(json_status == 0);
+  std::map<std::string, nlohmann::json> nodes;
+  std::istringstream lines{json_out};
+  for (std::string l; std::getline(lines, l);) {
+    auto j = nlohmann::json::parse(l, nullptr, false);
+    REQUIRE(j.is_object());
+    nodes[j.value("node", "")] = j;
+  }
+  REQUIRE(nodes.size() == 4);
+  for (const auto& [name, j] : nodes) {
+    CHECK(j.value("reachable", false));
+    CHECK(j.value("leader", "") == "n1");
+    CHECK(j["peers"].size() == 3);
+  }
+  CHECK(nodes["s1"].value("role", "") == "spare");
+  CHECK(nodes["n1"].value("leads", false));
+  CHECK_FALSE(nodes["n2"].value("leads", true));
+  bool shard1_on_n2 = false;
+  for (const auto& c : nodes["n1"]["tree"])
+    if (c.value("path", "") == "/root/job/shards/shard-1")
+      shard1_on_n2 = c.value("node", "") == "n2" && c.value("status", "") == "running";
+  CHECK(shard1_on_n2);
+  const auto& job = nodes["n1"]["job"];
+  CHECK(job.value("steps", 0) == 600);
+  CHECK(job.value("step", 0) >= job.value("committed", uint64_t{0}));
+  CHECK(job.value("goodput", -1.0) >= 0);
+  CHECK_FALSE(nodes["n2"].contains("job"));
 }
 
 TEST_CASE("understudy status says which nodes cannot be reached", "[cluster]") {
@@ -382,6 +416,14 @@ TEST_CASE("understudy status says which nodes cannot be reached", "[cluster]") {
   CHECK(WEXITSTATUS(status) == 1);
   CHECK_THAT(out, Catch::Contains("node n1 at 127.0.0.1"));
   CHECK_THAT(out, Catch::Contains("unreachable"));
+  auto json_out = run_cli("status --json " + file, status);
+  INFO(json_out);
+  CHECK(WEXITSTATUS(status) == 1);
+  auto first = nlohmann::json::parse(json_out.substr(0, json_out.find('\n')), nullptr, false);
+  REQUIRE(first.is_object());
+  CHECK(first.value("node", "") == "n1");
+  CHECK_FALSE(first.value("reachable", true));
+  CHECK_FALSE(first.value("error", "").empty());
 }
 
 TEST_CASE(

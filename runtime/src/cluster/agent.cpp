@@ -35,6 +35,20 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
                 true);
             return rp;
           },
+          [self, st](status_json_atom) -> caf::result<std::string> {
+            auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+            auto rp = self->make_response_promise<std::string>();
+            authenticate(
+                self, st, sender, "",
+                [st, rp](caf::error err) mutable {
+                  if (err)
+                    rp.deliver(std::move(err));
+                  else
+                    rp.deliver(render_status_json(*st));
+                },
+                true);
+            return rp;
+          },
           [self, st](mesh_atom) -> caf::result<std::vector<std::string>> {
             auto sender = caf::actor_cast<caf::actor>(self->current_sender());
             auto rp = self->make_response_promise<std::vector<std::string>>();

@@ -67,6 +67,7 @@ inline bool from_here(caf::event_based_actor* self) {
 /// The node's status report: itself, its peers, then the status provider's text
 /// (cluster_node.cpp).
 std::string render_status(const cluster_node::state& st);
+std::string render_status_json(const cluster_node::state& st);
 
 /// The newest step of the actors at or under `path` in `store` (0: none) (replication.cpp).
 uint64_t newest_held(const state_store& store, const std::string& path);

@@ -55,6 +55,8 @@ using transfer_atom = caf::atom_constant<caf::atom("us_nxfer")>;
 using holds_atom = caf::atom_constant<caf::atom("us_nholds")>;
 /// (status) -> std::string: the node's status report.
 using status_atom = caf::atom_constant<caf::atom("us_nstat")>;
+/// (status_json_atom) -> std::string: the status report as a JSON object.
+using status_json_atom = caf::atom_constant<caf::atom("us_nstatj")>;
 /// (mesh) -> std::vector<std::string>: the peers this node has no connection to
 /// (those declared dead aside); a leader asks before it starts the tree.
 using mesh_atom = caf::atom_constant<caf::atom("us_nmesh")>;
@@ -154,6 +156,7 @@ struct cluster_node::state {
   bool fenced = false;
   std::string fenced_reason;
   std::function<std::string()> status_provider;
+  std::function<std::string()> status_json_provider;
   /// Actors started here for supervisors elsewhere: stopped with the node,
   /// or when the node of their supervisor is declared dead (orphans).
   std::vector<spawned_actor> spawned;

@@ -17,6 +17,7 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/spawn_options.hpp>
+#include <nlohmann/json.hpp>
 
 #include "agent.hpp"
 #include "understudy/cluster/errors.hpp"
@@ -64,6 +65,53 @@ std::string render_status(const cluster_node::state& st) {
   if (provider)
     out += provider();
   return out;
+}
+
+std::string render_status_json(const cluster_node::state& st) {
+  using nlohmann::json;
+  json out;
+  std::function<std::string()> provider;
+  {
+    std::lock_guard<std::mutex> guard{st.mtx};
+    const auto& me = st.self;
+    out["node"] = me.name;
+    out["role"] = to_string(me.role);
+    out["host"] = me.host;
+    out["port"] = me.port;
+    out["epoch"] = st.generation;
+    out["buddy"] = me.buddy.empty() ? json(nullptr) : json(me.buddy);
+    out["fenced"] = st.fenced;
+    if (st.fenced)
+      out["fenced_reason"] = st.fenced_reason;
+    out["leads"] = st.leads && st.leading;
+    out["leader"] = st.leads ? json(me.name) : st.leader.empty() ? json(nullptr) : json(st.leader);
+    out["term"] = st.term;
+    auto now = clock_type::now();
+    json peers = json::array();
+    for (auto& [name, e] : st.peers) {
+      json p;
+      p["name"] = name;
+      p["state"] = to_string(e.state);
+      p["phi"] = e.detector.phi(now);
+      if (auto l = e.detector.last())
+        p["last_heartbeat_ms"] =
+            std::chrono::duration_cast<std::chrono::milliseconds>(now - *l).count();
+      else
+        p["last_heartbeat_ms"] = nullptr;
+      p["epoch"] = e.generation;
+      p["fenced_up_to"] = e.fenced;
+      peers.push_back(std::move(p));
+    }
+    out["peers"] = std::move(peers);
+    provider = st.status_json_provider;
+  }
+  if (provider) {
+    auto more = json::parse(provider(), nullptr, false);
+    if (more.is_object())
+      for (auto& [key, value] : more.items())
+        out[key] = value;
+  }
+  return out.dump();
 }
 
 } // namespace cluster_detail
@@ -114,6 +162,7 @@ cluster_node::~cluster_node() {
     e.agent = nullptr;
   st_->factories.clear();
   st_->status_provider = nullptr;
+  st_->status_json_provider = nullptr;
 }
 
 namespace {
@@ -398,6 +447,15 @@ void cluster_node::set_status_provider(std::function<std::string()> provider) {
   st_->status_provider = std::move(provider);
 }
 
+void cluster_node::set_status_json_provider(std::function<std::string()> provider) {
+  std::lock_guard<std::mutex> guard{st_->mtx};
+  st_->status_json_provider = std::move(provider);
+}
+
+std::string cluster_node::status_json() const {
+  return cluster_detail::render_status_json(*st_);
+}
+
 std::string cluster_node::status() const {
   return cluster_detail::render_status(*st_);
 }
@@ -414,18 +472,35 @@ std::string cluster_node::node_of(const caf::actor& a) const {
   return {};
 }
 
-caf::expected<std::string> cluster_node::query_status(caf::actor_system& sys,
-                                                      const std::string& host, uint16_t port,
-                                                      caf::timespan timeout) {
+namespace {
+
+/// Asks the node agent at host:port for `what` (a status atom): its answer.
+template <class Atom>
+caf::expected<std::string> ask_status(caf::actor_system& sys, const std::string& host,
+                                      uint16_t port, caf::timespan timeout, Atom what) {
   auto agent = connect_to_peer(sys, host, port, timeout);
   if (!agent)
     return agent.error();
   caf::expected<std::string> result{std::string{}};
   caf::scoped_actor self{sys};
-  self->request(*agent, timeout, cluster_detail::status_atom::value)
+  self->request(*agent, timeout, what)
       .receive([&](std::string& text) { result = std::move(text); },
                [&](caf::error& err) { result = std::move(err); });
   return result;
+}
+
+} // namespace
+
+caf::expected<std::string> cluster_node::query_status(caf::actor_system& sys,
+                                                      const std::string& host, uint16_t port,
+                                                      caf::timespan timeout) {
+  return ask_status(sys, host, port, timeout, cluster_detail::status_atom::value);
+}
+
+caf::expected<std::string> cluster_node::query_status_json(caf::actor_system& sys,
+                                                           const std::string& host, uint16_t port,
+                                                           caf::timespan timeout) {
+  return ask_status(sys, host, port, timeout, cluster_detail::status_json_atom::value);
 }
 
 } // namespace understudy

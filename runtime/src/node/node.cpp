@@ -13,6 +13,7 @@
 #include <thread>
 
 #include <caf/actor_system_config.hpp>
+#include <nlohmann/json.hpp>
 
 #include "understudy/cluster/cluster.hpp"
 #include "understudy/cluster/etcd_coordinator.hpp"
@@ -63,6 +64,10 @@ std::optional<work_end> node_part::await_end(std::chrono::milliseconds) {
 void node_part::stop() {}
 
 std::string node_part::status() const {
+  return {};
+}
+
+std::string node_part::status_json() const {
   return {};
 }
 
@@ -221,6 +226,47 @@ std::string tree_status(const cluster_node& node, const supervisor_ref& root,
            (ev.reason.empty() ? "" : " (" + ev.reason + ")") + "\n";
   }
   return out;
+}
+
+/// The tree and its recent events as JSON members "tree" (every child with its
+/// path, status, incarnation, restarts and node) and "recent_events".
+nlohmann::json tree_status_json(const cluster_node& node, const supervisor_ref& root,
+                                const std::string& root_path, const event_log& recent) {
+  using nlohmann::json;
+  json children = json::array();
+  std::function<void(const supervisor_ref&, const std::string&)> walk =
+      [&](const supervisor_ref& sup, const std::string& path) {
+        auto kids = sup.which_children(std::chrono::seconds(2));
+        if (!kids) {
+          children.push_back({{"path", path}, {"error", describe(kids.error())}});
+          return;
+        }
+        for (const auto& c : *kids) {
+          auto where = node.node_of(c.handle);
+          children.push_back({{"path", path + "/" + c.id},
+                              {"status", to_string(c.status)},
+                              {"supervisor", c.kind == child_kind::supervisor},
+                              {"incarnation", c.incarnation},
+                              {"restarts", c.restarts},
+                              {"node", where.empty() ? json(nullptr) : json(where)}});
+          if (c.kind == child_kind::supervisor)
+            if (auto sub = sup.nested(c.id, std::chrono::seconds(2)))
+              walk(*sub, path + "/" + c.id);
+        }
+      };
+  walk(root, root_path);
+  json events = json::array();
+  auto snapshot = recent.snapshot();
+  auto first = snapshot.size() > 12 ? snapshot.size() - 12 : 0;
+  for (size_t i = first; i < snapshot.size(); ++i) {
+    const auto& ev = snapshot[i];
+    events.push_back({{"kind", to_string(ev.kind)},
+                      {"path", ev.supervisor + (ev.child.empty() ? "" : "/" + ev.child)},
+                      {"incarnation", ev.incarnation},
+                      {"action", ev.action},
+                      {"reason", ev.reason}});
+  }
+  return json{{"tree", std::move(children)}, {"recent_events", std::move(events)}};
 }
 
 /// One run of a node: from loading its config to ending its process.
@@ -513,6 +559,16 @@ private:
         text += p->status();
       return text;
     });
+    node_->set_status_json_provider([this, nodep = node_.get(), root = *tree, recent, root_path] {
+      auto doc = tree_status_json(*nodep, root, root_path, *recent);
+      for (const auto& p : parts_) {
+        auto more = nlohmann::json::parse(p->status_json(), nullptr, false);
+        if (more.is_object())
+          for (auto& [key, value] : more.items())
+            doc[key] = value;
+      }
+      return doc.dump();
+    });
     // The root supervisor ends on its own only when its restarts could not
     // keep the tree up (its intensity exceeded, a child that cannot start):
     // then the work cannot end either, and the node says so and exits.
@@ -695,8 +751,28 @@ exit_code run_status(const status_options& opts, std::ostream& out, std::ostream
   }
   size_t unreachable = 0;
   for (const auto& n : nc->nodes) {
-    auto text = cluster_node::query_status(rt.system(), n.host, n.port,
-                                           nc->cluster.failure_detection.connection_timeout);
+    const auto timeout = nc->cluster.failure_detection.connection_timeout;
+    if (opts.json) {
+      // One JSON object per line and node; an unreachable node says why.
+      auto doc = cluster_node::query_status_json(rt.system(), n.host, n.port, timeout);
+      if (!doc) {
+        ++unreachable;
+        out << nlohmann::json{{"node", n.name},
+                              {"host", n.host},
+                              {"port", n.port},
+                              {"reachable", false},
+                              {"error", describe(doc.error())}}
+                   .dump()
+            << '\n';
+        continue;
+      }
+      auto parsed = nlohmann::json::parse(*doc, nullptr, false);
+      if (parsed.is_object())
+        parsed["reachable"] = true;
+      out << (parsed.is_object() ? parsed.dump() : *doc) << '\n';
+      continue;
+    }
+    auto text = cluster_node::query_status(rt.system(), n.host, n.port, timeout);
     if (!text) {
       ++unreachable;
       out << "node " << n.name << " at " << n.host << ":" << n.port << ": unreachable ("

@@ -204,6 +204,17 @@ public:
   /// node's status report.
   void set_status_provider(std::function<std::string()> provider);
 
+  /// Adds the members of the JSON object `provider` returns (e.g. "tree" and
+  /// "job") to the node's JSON status report (status_json).
+  void set_status_json_provider(std::function<std::string()> provider);
+
+  /// The node's status report as one JSON object: "node", "role", "host",
+  /// "port", "epoch", "buddy", "fenced" (and "fenced_reason"), "leader",
+  /// "term", "leads", "peers" (each "name", "state", "phi",
+  /// "last_heartbeat_ms" or null, "epoch", "fenced_up_to"), and the provider's
+  /// members. What `understudy status --json` prints per node.
+  std::string status_json() const;
+
   /// The node's status report: itself, every peer's state and suspicion, and
   /// the status provider's text. What `understudy status` prints per node.
   std::string status() const;
@@ -215,6 +226,11 @@ public:
   /// (prepared with prepare_node_system_config). For `understudy status`.
   static caf::expected<std::string> query_status(caf::actor_system& sys, const std::string& host,
                                                  uint16_t port, caf::timespan timeout);
+
+  /// The same as one JSON object (status_json), for `understudy status --json`.
+  static caf::expected<std::string> query_status_json(caf::actor_system& sys,
+                                                      const std::string& host, uint16_t port,
+                                                      caf::timespan timeout);
 
   /// Blocks until every peer is alive or `timeout` passes; returns whether they
   /// are. Not from an actor handler.

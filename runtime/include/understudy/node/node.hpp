@@ -154,6 +154,10 @@ public:
   /// the job's progress; none by default.
   virtual std::string status() const;
 
+  /// The same as a JSON object whose members join the leader's JSON status
+  /// (`understudy status --json`), e.g. {"job": {...}}; none ("") by default.
+  virtual std::string status_json() const;
+
   /// On the leader stopped before its work ended (Ctrl-C, SIGTERM): a line on
   /// where the work stands and how it resumes, e.g. the committed step; none
   /// by default.
@@ -265,6 +269,9 @@ exit_code run_node(const node_options& opts, node_output& out);
 /// What run_status queries.
 struct status_options {
   std::string file;
+  /// One JSON object per node and line (cluster_node::status_json, plus
+  /// "reachable", and "error" for a node that cannot be reached).
+  bool json = false;
   /// Starts the error lines, e.g. "understudy status".
   std::string label = "understudy status";
   node_components components;
