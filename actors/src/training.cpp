@@ -291,6 +291,15 @@ std::string describe_progress(const training_progress& p) {
   return buf;
 }
 
+std::string describe_final(const training_result& r) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
+                " restarts=%" PRIu64 " lost_steps=%" PRIu64,
+                r.steps, r.accuracy, r.params_digest, r.restarts, r.lost_steps);
+  return buf;
+}
+
 std::string describe_goodput(const training_result& r) {
   auto ms = [](std::chrono::nanoseconds d) {
     char buf[32];

@@ -146,13 +146,8 @@ public:
       end.error = std::move(result.error());
       return end;
     }
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64 " restarts=%" PRIu64
-                  " lost_steps=%" PRIu64,
-                  result->steps, result->accuracy, result->params_digest, result->restarts,
-                  result->lost_steps);
-    end.summary = buf;
+    // The node prints "final: " and the summary.
+    end.summary = describe_final(*result).substr(std::string{"final: "}.size());
     end.after.push_back(describe_goodput(*result));
     return end;
   }

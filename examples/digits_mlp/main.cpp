@@ -31,10 +31,10 @@
 
 #include "../common/interrupt.hpp"
 #include "../common/progress_printer.hpp"
+#include "../common/report_feed.hpp"
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/actors/training.hpp"
-#include "understudy/node/run_report.hpp"
 #include "understudy/state/runtime.hpp"
 
 namespace {
@@ -43,6 +43,7 @@ using namespace understudy;
 using namespace understudy::actors;
 using understudy::examples::interrupt_watch;
 using understudy::examples::progress_printer;
+using understudy::examples::report_feed;
 using clock_type = std::chrono::steady_clock;
 
 std::string default_data_path() {
@@ -145,11 +146,9 @@ int main(int argc, char** argv) {
     return usage(describe(err));
 
   progress_printer printer{isatty(STDOUT_FILENO) != 0};
-  std::optional<run_report> report;
-  if (!report_path.empty())
-    report.emplace("digits_mlp: " + cfg.net->describe() + ", batch " + std::to_string(batch) +
-                   ", seed " + std::to_string(seed) +
-                   (fault_spec.empty() ? "" : ", faults " + fault_spec));
+  report_feed report{report_path, "digits_mlp: " + cfg.net->describe() + ", batch " +
+                                      std::to_string(batch) + ", seed " + std::to_string(seed) +
+                                      (fault_spec.empty() ? "" : ", faults " + fault_spec)};
   runtime_config rcfg;
   rcfg.log_events = false;
   runtime rt{rcfg};
@@ -182,26 +181,12 @@ int main(int argc, char** argv) {
                    state_dir);
   });
   // --report: every line worth a mark or a point, also into the page.
-  std::mutex report_mtx;
-  auto feed = [&](const std::string& line) {
-    if (!report)
-      return;
-    std::lock_guard<std::mutex> guard{report_mtx};
-    report->add_line(line);
-  };
+  auto feed = [&](const std::string& line) { report.add(line); };
   auto say = [&](const std::string& line) {
     printer.note(line);
     feed(line);
   };
-  auto write_report = [&] {
-    if (!report)
-      return;
-    std::lock_guard<std::mutex> guard{report_mtx};
-    if (auto err = report->write(report_path))
-      std::fprintf(stderr, "digits_mlp: %s\n", rt.render(err).c_str());
-    else
-      std::printf("report: %s\n", report_path.c_str());
-  };
+  auto write_report = [&] { report.write("digits_mlp"); };
   job->on_progress([&](const training_progress& pr) {
     printer.update(pr);
     feed(describe_progress(pr));
@@ -267,17 +252,9 @@ int main(int argc, char** argv) {
                 " actors stopped answering and were killed; the longest took %lld "
                 "ms to find\n",
                 result->hangs, static_cast<long long>(result->longest_hang_detection.count()));
-  std::printf("final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
-              " restarts=%" PRIu64 " lost_steps=%" PRIu64 "\n",
-              result->steps, result->accuracy, result->params_digest, result->restarts,
-              result->lost_steps);
+  const auto final_line = describe_final(*result);
+  std::printf("%s\n", final_line.c_str());
   std::printf("%s\n", describe_goodput(*result).c_str());
-  char final_line[256];
-  std::snprintf(final_line, sizeof final_line,
-                "final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
-                " restarts=%" PRIu64 " lost_steps=%" PRIu64,
-                result->steps, result->accuracy, result->params_digest, result->restarts,
-                result->lost_steps);
   feed(final_line);
   feed(describe_goodput(*result));
   write_report();

@@ -46,6 +46,7 @@
 
 #include "../common/interrupt.hpp"
 #include "../common/progress_printer.hpp"
+#include "../common/report_feed.hpp"
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/actors/numerics/splitmix64.hpp"
@@ -57,7 +58,6 @@
 #include "understudy/gpu/errors.hpp"
 #include "understudy/gpu/gpu_actor.hpp"
 #include "understudy/gpu/gpu_rank.hpp"
-#include "understudy/node/run_report.hpp"
 #include "understudy/state/state_store.hpp"
 #include "understudy/state/state_writer.hpp"
 #include "understudy/state/tensor_recycler.hpp"
@@ -70,6 +70,7 @@ using namespace understudy;
 using namespace understudy::actors;
 using understudy::examples::interrupt_watch;
 using understudy::examples::progress_printer;
+using understudy::examples::report_feed;
 namespace ug = understudy::gpu;
 using clock_type = std::chrono::steady_clock;
 
@@ -922,26 +923,11 @@ int main(int argc, char** argv) {
                    state_dir);
   };
   // --report: the progress and the crashes, also into the page.
-  std::optional<run_report> report;
-  if (!report_path.empty())
-    report.emplace("gpu_mlp: " + cfg.net->describe() + " on " + ug::to_string(s->kind) + ", seed " +
-                   std::to_string(seed) + (fault_spec.empty() ? "" : ", faults " + fault_spec));
-  std::mutex report_mtx;
-  auto feed = [&](const std::string& line) {
-    if (!report)
-      return;
-    std::lock_guard<std::mutex> guard{report_mtx};
-    report->add_line(line);
-  };
-  auto write_report = [&] {
-    if (!report)
-      return;
-    std::lock_guard<std::mutex> guard{report_mtx};
-    if (auto err = report->write(report_path))
-      std::fprintf(stderr, "gpu_mlp: %s\n", render(err).c_str());
-    else
-      std::printf("report: %s\n", report_path.c_str());
-  };
+  report_feed report{report_path, "gpu_mlp: " + cfg.net->describe() + " on " +
+                                      ug::to_string(s->kind) + ", seed " + std::to_string(seed) +
+                                      (fault_spec.empty() ? "" : ", faults " + fault_spec)};
+  auto feed = [&](const std::string& line) { report.add(line); };
+  auto write_report = [&] { report.write("gpu_mlp"); };
   s->progress = [&](const training_progress& pr) {
     printer.update(pr);
     feed(describe_progress(pr));
@@ -1014,13 +1000,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "gpu_mlp: the job failed: %s\n", render(result.error()).c_str());
       return 1;
     }
-    char final_line[256];
-    std::snprintf(final_line, sizeof final_line,
-                  "final: steps=%" PRIu64 " accuracy=%.4f params_digest=%016" PRIx64
-                  " restarts=%" PRIu64 " lost_steps=%" PRIu64,
-                  result->steps, result->accuracy, result->params_digest, result->restarts,
-                  result->lost_steps);
-    std::printf("%s\n", final_line);
+    const auto final_line = describe_final(*result);
+    std::printf("%s\n", final_line.c_str());
     feed(final_line);
     write_report();
     return 0;

@@ -263,6 +263,14 @@ std::string final_digest(const std::string& out, uint64_t steps) {
   return m[2];
 }
 
+/// Submits the recipe with `steps` and waits until the job is well under way
+/// (past step 300); the job's id.
+std::string submit_under_way(slurm_lab& lab, uint64_t steps) {
+  auto id = lab.submit(recipe_cluster(lab, steps));
+  REQUIRE(poll_until(std::chrono::seconds(90), [&] { return lab.progress() >= 300; }));
+  return id;
+}
+
 } // namespace
 
 TEST_CASE(
@@ -275,9 +283,8 @@ TEST_CASE(
     return;
   }
   const uint64_t steps = 1500;
-  auto id = lab.submit(recipe_cluster(lab, steps));
-  // Task 1's node, once the job is well under way.
-  REQUIRE(poll_until(std::chrono::seconds(90), [&] { return lab.progress() >= 300; }));
+  auto id = submit_under_way(lab, steps);
+  // Task 1's node.
   pid_t victim = 0;
   for (auto& [pid, cmd] : lab.job_processes()) {
     bool node = cmd.size() >= 2 && cmd[0] == UNDERSTUDY_CLI_PATH && cmd[1] == "node";
@@ -330,8 +337,7 @@ TEST_CASE(
     return;
   }
   const uint64_t steps = 1500;
-  auto id = lab.submit(recipe_cluster(lab, steps));
-  REQUIRE(poll_until(std::chrono::seconds(90), [&] { return lab.progress() >= 300; }));
+  auto id = submit_under_way(lab, steps);
   // As a preemption or a failed host would: Slurm ends every task and queues
   // the job again, to run when its begin time (Slurm holds it a while) comes.
   lab.slurm({"scontrol", "requeue", id});

@@ -238,6 +238,10 @@ struct training_result {
 /// before the first evaluation).
 std::string describe_progress(const training_progress& p);
 
+/// The final line: "final: steps=3000 accuracy=0.9721 params_digest=c5bd1d999326cf93
+/// restarts=4 lost_steps=4", what every training program prints at its end.
+std::string describe_final(const training_result& r);
+
 /// One line on `r`'s goodput, e.g. "goodput: 96.4% of 2.95 s in committed
 /// steps; 4 incidents cost 52 ms (12, 14, 13, 13 ms); the rest went between
 /// steps" (the first 10 incidents listed).
