@@ -64,33 +64,32 @@ browsed browse(const std::string& browser, const std::string& page, const std::s
 
 /// The drawn length in pixels of curve `id`, as the page's script measured it.
 long drawn_length(const std::string& dom, const std::string& id) {
+  const std::regex attribute{"data-" + id + R"re(-length="(\d+)")re"};
   std::smatch m;
-  if (!std::regex_search(dom, m, std::regex{"data-" + id + R"re(-length="(\d+)")re"}))
-    return -1;
-    return std::stol(m[1]);
+  return std::regex_search(dom, m, attribute) ? std::stol(m[1]) : -1;
 }
 
 /// Checks what Chromium shows of `page`, or says why it cannot.
 void check_in_browser(const std::string& page, const std::string& dir) {
-    auto browser = daemon_test::find_program("chromium-headless-shell");
-    if (browser.empty())
-      browser = daemon_test::find_program("chromium");
-    if (browser.empty()) {
-      WARN(
-          "skipped: the page was not opened: no headless Chromium (Debian's "
-          "chromium-headless-shell)");
-      return;
-    }
-    auto b = browse(browser, page, dir);
-    INFO(b.dom.substr(0, 2000));
-    // The browser laid out both curves, the loss over the whole run.
-    CHECK(drawn_length(b.dom, "loss") > 500);
-    CHECK(drawn_length(b.dom, "accuracy") > 50);
-    // A screenshot of the window's size with something on it (a blank page
-    // compresses to a few KB).
-    CHECK(b.png_width == 1100);
-    CHECK(b.png_height == 900);
-    CHECK(b.png_bytes > 30000);
+  auto browser = daemon_test::find_program("chromium-headless-shell");
+  if (browser.empty())
+    browser = daemon_test::find_program("chromium");
+  if (browser.empty()) {
+    WARN(
+        "skipped: the page was not opened: no headless Chromium (Debian's "
+        "chromium-headless-shell)");
+    return;
+  }
+  auto b = browse(browser, page, dir);
+  INFO(b.dom.substr(0, 2000));
+  // The browser laid out both curves, the loss over the whole run.
+  CHECK(drawn_length(b.dom, "loss") > 500);
+  CHECK(drawn_length(b.dom, "accuracy") > 50);
+  // A screenshot of the window's size with something on it (a blank page
+  // compresses to a few KB).
+  CHECK(b.png_width == 1100);
+  CHECK(b.png_height == 900);
+  CHECK(b.png_bytes > 30000);
 }
 
 } // namespace

@@ -214,9 +214,9 @@ private:
       ::close(fds[1]);
       auto* old = find(n.name);
       if (old != nullptr)
-        *old = child{n.name, pid, fds[0], {}, true, 0};
+        *old = child{n.name, pid, fds[0], {}, true, 0, false, nullptr};
       else
-        kids_.push_back(child{n.name, pid, fds[0], {}, true, 0});
+        kids_.push_back(child{n.name, pid, fds[0], {}, true, 0, false, nullptr});
       // Every line the node writes also goes to node.log in its state
       // directory (appended across launches).
       std::error_code ec;
