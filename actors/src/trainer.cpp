@@ -146,6 +146,8 @@ struct trainer_actor {
   /// not move (a lost message): each doubles the deadline until a step is applied.
   unsigned stalls_in_a_row = 0;
   double slowest_ratio = 0;
+  /// Each worker's ratio in that step (0: not serving).
+  std::vector<double> worker_ratios;
   bool asking = false;
   /// Elastic workers: the incarnation of each worker that answered a step as
   /// parked (left out until it restarts), and how many served the last step.
@@ -789,10 +791,12 @@ struct trainer_actor {
     std::nth_element(served.begin(), served.begin() + static_cast<long>(mid), served.end());
     auto median = std::max<steady::duration>(served[mid], std::chrono::microseconds(1));
     late_steps.resize(cfg.workers, 0);
+    worker_ratios.assign(cfg.workers, 0.0);
     double slowest = 0;
     for (auto w : active) {
       double ratio = std::chrono::duration<double>(times[w]).count() /
                      std::chrono::duration<double>(median).count();
+      worker_ratios[w] = ratio;
       slowest = std::max(slowest, ratio);
       bool late = cfg.straggler_ratio > 0 && ratio > cfg.straggler_ratio &&
                   times[w] - median >= cfg.straggler_lag;
@@ -864,6 +868,7 @@ struct trainer_actor {
     p.restarts = s->restarts.load();
     p.lost_steps = s->lost_steps.load();
     p.slowest_worker_ratio = slowest_ratio;
+    p.worker_ratios = worker_ratios;
     p.goodput = s->goodput_now();
     s->progress(p);
   }

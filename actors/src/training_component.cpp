@@ -64,6 +64,7 @@ public:
       if (mp != nullptr) {
         mp->on_step(p.step);
         mp->on_worker_ratio(p.slowest_worker_ratio);
+        mp->on_worker_ratios(p.worker_ratios);
         mp->on_goodput(p.goodput);
       }
       // The last step once, when it is evaluated; the others every twentieth of the job.
@@ -203,7 +204,8 @@ public:
       return ct.error();
     std::unique_ptr<training_metrics> tm;
     if (metrics != nullptr && job_of(nc) != nullptr)
-      tm = std::make_unique<training_metrics>(*metrics);
+      tm = std::make_unique<training_metrics>(*metrics, std::chrono::seconds(10),
+                                              job_of(nc)->training.workers);
     return std::unique_ptr<node_part>{
         std::make_unique<training_part>(std::move(*ct), std::move(tm))};
   }

@@ -13,6 +13,7 @@ struct training_metrics::state {
   std::shared_ptr<metric_gauge> step;
   std::shared_ptr<metric_gauge> step_rate;
   std::shared_ptr<metric_gauge> slowest_worker;
+  std::vector<std::shared_ptr<metric_gauge>> worker_ratio;
   std::shared_ptr<metric_gauge> last_commit;
   std::shared_ptr<metric_gauge> goodput;
 
@@ -53,8 +54,14 @@ struct training_metrics::state {
 };
 
 training_metrics::training_metrics(node_metrics& metrics,
-                                   std::chrono::steady_clock::duration rate_window)
+                                   std::chrono::steady_clock::duration rate_window, size_t workers)
     : st_(std::make_shared<state>()) {
+  for (size_t i = 0; i < workers; ++i)
+    st_->worker_ratio.push_back(metrics.add_gauge(
+        "understudy_training_worker_step_ratio",
+        "Each worker's time to deliver its gradients over the workers' median, last step "
+        "every worker delivered (0: not measured)",
+        {{"worker", "worker-" + std::to_string(i)}}));
   st_->rate_window = rate_window;
   st_->steps = metrics.add_counter("understudy_training_steps_total",
                                    "Training steps committed (the highest committed step)");
@@ -83,6 +90,11 @@ void training_metrics::on_step(uint64_t committed_step, std::chrono::steady_cloc
 
 void training_metrics::on_worker_ratio(double slowest) {
   st_->slowest_worker->set(slowest);
+}
+
+void training_metrics::on_worker_ratios(const std::vector<double>& ratios) {
+  for (size_t i = 0; i < ratios.size() && i < st_->worker_ratio.size(); ++i)
+    st_->worker_ratio[i]->set(ratios[i]);
 }
 
 void training_metrics::on_goodput(double share) {

@@ -17,6 +17,25 @@ using namespace understudy::actors;
 using namespace metrics_test;
 using namespace std::chrono_literals;
 
+TEST_CASE("each worker's straggler score is a series of its own, at zero from the start",
+          "[metrics][training]") {
+  auto m = start_metrics("n1");
+  training_metrics tm{*m, 10s, 3};
+  auto xs = parse_exposition(fetch_metrics(m->port()));
+  REQUIRE(find_all(xs, "understudy_training_worker_step_ratio").size() == 3);
+  for (const char* w : {"worker-0", "worker-1", "worker-2"})
+    CHECK(value_of(xs, "understudy_training_worker_step_ratio", {{"node", "n1"}, {"worker", w}}) ==
+          0);
+  // A step where worker-1 took 2.5 times the median and worker-2 was parked;
+  // a ratio past the job's workers is ignored.
+  tm.on_worker_ratios({1.0, 2.5, 0.0, 9.0});
+  xs = parse_exposition(fetch_metrics(m->port()));
+  CHECK(value_of(xs, "understudy_training_worker_step_ratio", {{"worker", "worker-0"}}) == 1.0);
+  CHECK(value_of(xs, "understudy_training_worker_step_ratio", {{"worker", "worker-1"}}) == 2.5);
+  CHECK(value_of(xs, "understudy_training_worker_step_ratio", {{"worker", "worker-2"}}) == 0.0);
+  CHECK(find_all(xs, "understudy_training_worker_step_ratio").size() == 3);
+}
+
 TEST_CASE("training metrics exist at zero before the first step", "[metrics][training]") {
   auto m = start_metrics("n1");
   training_metrics tm{*m};

@@ -186,6 +186,15 @@ TEST_CASE(
         ++checked;
       }
     CHECK(checked >= 15);
+    // Each of the job's 3 workers has a straggler score of its own on the leader.
+    auto scores = get(api + "/api/v1/query?query=understudy_training_worker_step_ratio");
+    REQUIRE(scores);
+    auto sj = nlohmann::json::parse(*scores, nullptr, false);
+    REQUIRE_FALSE(sj.is_discarded());
+    std::set<std::string> workers;
+    for (const auto& r : sj["data"]["result"])
+      workers.insert(r["metric"].value("worker", ""));
+    CHECK(workers == std::set<std::string>{"worker-0", "worker-1", "worker-2"});
   }
   // No false alarm for the nodes that were never lost (while they still run).
   auto body = launch.running() ? get(api + "/api/v1/alerts") : std::nullopt;

@@ -212,10 +212,25 @@ public:
     return m[1];
   }
 
-  /// The job's state in squeue ("" once it has left the queue).
+  /// The job's state in squeue ("" once it has left the queue, "?" when squeue
+  /// could not say, e.g. the controller was slow to answer).
   std::string job_state(const std::string& id) {
     auto s = slurm({"squeue", "-h", "-j", id, "-o", "%T"});
-    return s.find_first_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 0 ? s.substr(0, s.find('\n')) : "";
+    if (s.find_first_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 0)
+      return s.substr(0, s.find('\n'));
+    // Without -h, an empty queue is the header line alone.
+    auto all = slurm({"squeue", "-j", id, "-o", "%T"});
+    return all == "STATE\n" || all.find("Invalid job id") != std::string::npos ? "" : "?";
+  }
+
+  /// Whether the job's output has the batch script's last line after `from`
+  /// (e.g. after a requeued run's first line) and the job left the queue.
+  bool ended(const std::string& id, const std::string& from = "") {
+    auto out = slurp(output());
+    auto start = from.empty() ? 0 : out.find(from);
+    return start != std::string::npos &&
+           out.find("understudy: job " + id + " ends", start) != std::string::npos &&
+           job_state(id).empty();
   }
 
   std::string output() const { return dir.path + "/job.out"; }
@@ -298,7 +313,7 @@ TEST_CASE(
   }
   REQUIRE(victim != 0);
   REQUIRE(::kill(victim, SIGKILL) == 0);
-  REQUIRE(poll_until(std::chrono::seconds(120), [&] { return lab.job_state(id).empty(); }));
+  REQUIRE(poll_until(std::chrono::seconds(120), [&] { return lab.ended(id); }));
   auto out = slurp(lab.output());
   INFO(out);
   // The nodes and their hosts came from the allocation.
@@ -343,10 +358,9 @@ TEST_CASE(
   lab.slurm({"scontrol", "requeue", id});
   REQUIRE(poll_until(std::chrono::seconds(30), [&] { return lab.job_state(id) == "PENDING"; }));
   lab.slurm({"scontrol", "update", "jobid=" + id, "StartTime=now"});
-  REQUIRE(poll_until(std::chrono::seconds(120), [&] {
-    return slurp(lab.output()).find("understudy: job " + id + " ends") != std::string::npos &&
-           lab.job_state(id).empty();
-  }));
+  // The second run's end (the first, killed, may have printed one too).
+  REQUIRE(poll_until(std::chrono::seconds(120),
+                     [&] { return lab.ended(id, "understudy: job " + id + " (restart 1)"); }));
   auto out = slurp(lab.output());
   INFO(out);
   CHECK_THAT(out, Catch::Contains("understudy: job " + id + " (restart 1)"));

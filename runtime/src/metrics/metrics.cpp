@@ -640,6 +640,14 @@ std::shared_ptr<metric_gauge> node_metrics::add_gauge(const std::string& name,
   return std::make_shared<registered_gauge>(impl_->st, g);
 }
 
+std::shared_ptr<metric_gauge> node_metrics::add_gauge(
+    const std::string& name, const std::string& help,
+    const std::map<std::string, std::string>& labels) {
+  auto& st = *impl_->st;
+  auto& g = st.family<Gauge>(prometheus::BuildGauge(), name.c_str(), help.c_str()).Add(labels);
+  return std::make_shared<registered_gauge>(impl_->st, g);
+}
+
 void node_metrics::on_scrape(std::function<void()> fn) {
   std::lock_guard<std::mutex> guard{impl_->st->source_mtx};
   impl_->st->scrape_hooks.push_back(std::move(fn));

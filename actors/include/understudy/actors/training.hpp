@@ -181,6 +181,9 @@ struct training_progress {
   /// every worker delivered, over the workers' median (1: none is behind; 0:
   /// not measured yet).
   double slowest_worker_ratio = 0;
+  /// Each worker's (by index) time over the workers' median in the same step:
+  /// its straggler score; 0 where not measured (parked, or no such step yet).
+  std::vector<double> worker_ratios;
   /// The share of the wall time since the job started in this process spent
   /// on steps that were committed and kept (see training_result::goodput).
   double goodput = 0;

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -125,6 +126,11 @@ public:
 
   /// Registers a component's gauge, as add_counter does a counter.
   std::shared_ptr<metric_gauge> add_gauge(const std::string& name, const std::string& help);
+
+  /// The series of gauge `name` with `labels` besides `node` (e.g. {"worker",
+  /// "worker-1"}), at zero: one family, a series per distinct set of labels.
+  std::shared_ptr<metric_gauge> add_gauge(const std::string& name, const std::string& help,
+                                          const std::map<std::string, std::string>& labels);
 
   /// Calls `fn` at every scrape, before the metrics are read (e.g. to zero a
   /// rate that went stale). `fn` runs on an HTTP server thread and must be
