@@ -17,6 +17,8 @@
 #include "support/cluster_test_util.hpp"
 #include "support/daemon_test_util.hpp"
 #include "support/temp_dir.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/node/run_report.hpp"
 
 using namespace understudy::testing;
 using cli_test::slurp;
@@ -153,4 +155,46 @@ TEST_CASE("understudy launch --report marks a killed node and the recovery on th
       std::regex{
           R"(<tr class="recovery"><td>\d+</td><td>\d+</td><td>resumed from committed step \d+</td>)"}));
   check_in_browser(page, dir.path);
+}
+
+TEST_CASE(
+    "a run report takes progress, faults and recoveries from output lines, and names a "
+    "page it cannot write",
+    "[report]") {
+  understudy::run_report r{"a <run>"};
+  r.add_line("[n1] progress: step 10/100 loss 0.5 accuracy - restarts 0 lost 0 (9 steps/s)");
+  // The same step again (its evaluation): one point, the later report.
+  r.add_line("[n1] progress: step 10/100 loss 0.5 accuracy 0.9125 restarts 0 lost 0");
+  r.add_line("crash: /job/workers/worker-1: boom <here>");
+  r.add_line(
+      "[n1] [2026-12-07 04:00:00.000] [understudy] [info] job_resumed "
+      "/root/job/trainer#1 cost=45000.0us reason=\"resumed from committed step 8; 2 "
+      "steps lost\"");
+  // Two actors a lost node took at once: one mark.
+  for (const char* who : {"shard-1", "loader-1"})
+    r.add_line(std::string{"[n1] [t] [understudy] [warning] child_exited /root/job/"} + who +
+               "#1 action=restart reason=\"remote_link_unreachable\"");
+  r.add_line("ignored: not a line the report knows");
+  r.add_line("final: steps=100 accuracy=0.95 params_digest=0123456789abcdef");
+  REQUIRE(r.points().size() == 1);
+  CHECK(r.points()[0].step == 10);
+  CHECK(r.points()[0].accuracy == Approx(0.9125));
+  REQUIRE(r.marks().size() == 3);
+  CHECK(r.marks()[0].what == "crash: /job/workers/worker-1: boom <here>");
+  CHECK_FALSE(r.marks()[0].recovery());
+  CHECK(r.marks()[1].recovery());
+  CHECK(r.marks()[1].step == 8);
+  CHECK(r.marks()[1].cost_ms == Approx(45.0));
+  CHECK(r.marks()[1].steps_lost == 2);
+  CHECK(r.marks()[2].what == "crash: /root/job/shard-1: remote_link_unreachable");
+  CHECK(r.marks()[2].also == 1);
+  REQUIRE(r.summary().size() == 1);
+  auto html = r.html();
+  CHECK_THAT(html, Catch::Contains("<title>a &lt;run&gt;</title>"));
+  CHECK_THAT(html, Catch::Contains("boom &lt;here&gt;"));
+  CHECK(html.find("<here>") == std::string::npos);
+  auto err = r.write("/nonexistent-dir/run.html");
+  REQUIRE(err);
+  CHECK_THAT(understudy::describe(err),
+             Catch::Contains("cannot write the report /nonexistent-dir/run.html"));
 }

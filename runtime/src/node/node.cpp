@@ -194,40 +194,6 @@ namespace {
 
 /// The leader's status text: the live tree with placement, incarnations and
 /// restarts, then the recent supervision events.
-std::string tree_status(const cluster_node& node, const supervisor_ref& root,
-                        const std::string& root_path, const event_log& recent) {
-  std::string out = "  supervision tree:\n";
-  std::function<void(const supervisor_ref&, const std::string&, int)> walk =
-      [&](const supervisor_ref& sup, const std::string& path, int depth) {
-        auto kids = sup.which_children(std::chrono::seconds(2));
-        if (!kids) {
-          out += std::string(depth * 2 + 4, ' ') + "(" + describe(kids.error()) + ")\n";
-          return;
-        }
-        for (const auto& c : *kids) {
-          auto where = node.node_of(c.handle);
-          out += std::string(depth * 2 + 4, ' ') + path + "/" + c.id + "  " + to_string(c.status) +
-                 ", incarnation " + std::to_string(c.incarnation) + ", restarts " +
-                 std::to_string(c.restarts) + (where.empty() ? "" : ", on " + where) + "\n";
-          if (c.kind == child_kind::supervisor)
-            if (auto sub = sup.nested(c.id, std::chrono::seconds(2)))
-              walk(*sub, path + "/" + c.id, depth + 1);
-        }
-      };
-  walk(root, root_path, 0);
-  auto events = recent.snapshot();
-  out += "  recent events:\n";
-  auto first = events.size() > 12 ? events.size() - 12 : 0;
-  for (size_t i = first; i < events.size(); ++i) {
-    const auto& ev = events[i];
-    out += "    " + to_string(ev.kind) + " " + ev.supervisor +
-           (ev.child.empty() ? "" : "/" + ev.child) + "#" + std::to_string(ev.incarnation) +
-           (ev.action.empty() ? "" : " " + ev.action) +
-           (ev.reason.empty() ? "" : " (" + ev.reason + ")") + "\n";
-  }
-  return out;
-}
-
 /// The tree and its recent events as JSON members "tree" (every child with its
 /// path, status, incarnation, restarts and node) and "recent_events".
 nlohmann::json tree_status_json(const cluster_node& node, const supervisor_ref& root,
@@ -267,6 +233,38 @@ nlohmann::json tree_status_json(const cluster_node& node, const supervisor_ref& 
                       {"reason", ev.reason}});
   }
   return json{{"tree", std::move(children)}, {"recent_events", std::move(events)}};
+}
+
+/// The same as text, for `understudy status`: a line per child, indented by
+/// its depth below the root, then the recent events.
+std::string tree_status(const nlohmann::json& doc, const std::string& root_path) {
+  auto depth = [](const std::string& path) { return std::count(path.begin(), path.end(), '/'); };
+  const auto root_depth = depth(root_path);
+  std::string out = "  supervision tree:\n";
+  for (const auto& c : doc["tree"]) {
+    const auto path = c.value("path", "");
+    if (c.contains("error")) {
+      // A supervisor that did not answer: where its children would be.
+      out +=
+          std::string((depth(path) - root_depth) * 2 + 4, ' ') + "(" + c.value("error", "") + ")\n";
+      continue;
+    }
+    out += std::string((depth(path) - root_depth - 1) * 2 + 4, ' ') + path + "  " +
+           c.value("status", "") + ", incarnation " +
+           std::to_string(c.value("incarnation", uint64_t{0})) + ", restarts " +
+           std::to_string(c.value("restarts", uint64_t{0})) +
+           (c["node"].is_string() ? ", on " + c["node"].get<std::string>() : "") + "\n";
+  }
+  out += "  recent events:\n";
+  for (const auto& ev : doc["recent_events"]) {
+    const auto action = ev.value("action", "");
+    const auto reason = ev.value("reason", "");
+    out += "    " + ev.value("kind", "") + " " + ev.value("path", "") + "#" +
+           std::to_string(ev.value("incarnation", uint64_t{0})) +
+           (action.empty() ? "" : " " + action) + (reason.empty() ? "" : " (" + reason + ")") +
+           "\n";
+  }
+  return out;
 }
 
 /// One run of a node: from loading its config to ending its process.
@@ -554,7 +552,7 @@ private:
       finish(exit_code::job_failed);
     }
     node_->set_status_provider([this, nodep = node_.get(), root = *tree, recent, root_path] {
-      auto text = tree_status(*nodep, root, root_path, *recent);
+      auto text = tree_status(tree_status_json(*nodep, root, root_path, *recent), root_path);
       for (const auto& p : parts_)
         text += p->status();
       return text;

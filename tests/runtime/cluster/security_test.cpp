@@ -671,9 +671,15 @@ uint16_t free_port() {
 node_config tls_cluster(const std::string& dir) {
   std::string text = "[cluster]\nname = \"sec\"\nstate_root = \"" + dir +
                      "/state\"\n[cluster.security]\ndir = \"" + dir + "/certs\"\n";
+  // Three distinct ports: the kernel may hand out a port it just released again,
+  // and two nodes on one address are a config error.
+  std::set<uint16_t> ports;
+  while (ports.size() < 3)
+    ports.insert(free_port());
+  auto port = ports.begin();
   for (const char* n : {"n1", "n2", "n3"})
     text += std::string{"[[node]]\nname = \""} + n +
-            "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(free_port()) + "\n";
+            "\"\nhost = \"127.0.0.1\"\nport = " + std::to_string(*port++) + "\n";
   auto path = dir + "/cluster.toml";
   std::ofstream{path} << text;
   auto nc = load_node_config(path);
