@@ -13,10 +13,10 @@ packages=(
   libxxhash-dev zlib1g-dev
   catch2
   libtoml11-dev libcli11-dev libspdlog-dev prometheus-cpp-dev
-  libcurl4-openssl-dev nlohmann-json3-dev etcd-server etcd-client
+  libcurl4-openssl-dev nlohmann-json3-dev libboost-dev etcd-server etcd-client
 )
 if [ "${1:-}" = "--test" ]; then
-  packages+=(iproute2 nftables prometheus slurmctld slurmd slurm-client munge
+  packages+=(iproute2 nftables prometheus slurmctld slurmd slurm-client munge nginx-light
     chromium-headless-shell)
 elif [ $# -gt 0 ]; then
   echo "usage: $0 [--test]" >&2

@@ -19,8 +19,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::vector<std::string> runtime_units{"core",   "supervision", "state",   "process",
-                                             "config", "metrics",     "cluster", "node"};
+const std::vector<std::string> runtime_units{"core", "supervision", "state",   "process", "config",
+                                             "http", "metrics",     "cluster", "node"};
 
 /// What each unit may include besides itself.
 std::map<std::string, std::set<std::string>> allowed_units() {
@@ -31,9 +31,10 @@ std::map<std::string, std::set<std::string>> allowed_units() {
       {"state", {"core", "supervision"}},
       {"process", {"core", "supervision"}},
       {"config", {"core", "supervision"}},
-      {"metrics", {"core", "supervision", "state"}},
-      {"cluster", {"core", "supervision", "state", "process", "config", "metrics"}},
-      {"node", {"core", "supervision", "state", "process", "config", "metrics", "cluster"}},
+      {"http", {"core"}},
+      {"metrics", {"core", "supervision", "state", "http"}},
+      {"cluster", {"core", "supervision", "state", "process", "config", "http", "metrics"}},
+      {"node", {"core", "supervision", "state", "process", "config", "http", "metrics", "cluster"}},
       {"actors/numerics", {"core"}},
   };
   m["actors"] = runtime_all;
@@ -149,6 +150,10 @@ TEST_CASE("the include rule knows which unit a path and an include belong to", "
   CHECK(allowed.at("config").count("cluster") == 0);
   CHECK(allowed.at("state").count("node") == 0);
   CHECK(allowed.at("actors/numerics").count("state") == 0);
+  // The HTTP server sits below the metrics: it sees the core only.
+  CHECK(allowed.at("http") == std::set<std::string>{"core"});
+  CHECK(allowed.at("metrics").count("http") == 1);
+  CHECK(allowed.at("node").count("http") == 1);
 }
 
 TEST_CASE("the include scan reports an upward include with its file and line", "[layout]") {

@@ -714,25 +714,6 @@ child_spec make_worker_spec(shared_ptr_t s, size_t w) {
 
 namespace {
 
-/// Reads version `step` of `path` as `State` into `out`.
-template <class State>
-caf::error read_record(const state_store& store, const std::string& path, uint64_t step,
-                       State& out) {
-  using codec = state_codec<State>;
-  return store.read(path, step, [&](const record_view& rec) -> caf::error {
-    if (rec.info().schema_id != capnp::typeId<typename codec::schema>() ||
-        rec.info().schema_version != codec::version)
-      return state_error(path + "@" + std::to_string(step) +
-                         ": stored schema does not match the state type");
-    state_decoder dec{rec, payload_limits{}};
-    try {
-      return codec::load(dec, out);
-    } catch (const kj::Exception& e) {
-      return detail::load_exception(path, step, e.getDescription().cStr());
-    }
-  });
-}
-
 template <class State>
 checkpoint encode_record(const State& st, const std::string& path, uint64_t step) {
   using codec = state_codec<State>;
@@ -742,6 +723,56 @@ checkpoint encode_record(const State& st, const std::string& path, uint64_t step
 }
 
 } // namespace
+
+caf::error gather_shards(const state_store& store, const std::string& job_path, size_t shards,
+                         uint64_t step, size_t n, uint64_t fingerprint, gathered_shards& out) {
+  auto shard_path = [&](size_t k) { return job_path + "/shards/shard-" + std::to_string(k); };
+  out.params.assign(n, 0.0f);
+  out.m.clear();
+  out.v.clear();
+  std::vector<char> covered(n, 0);
+  std::optional<uint64_t> optimizer_steps;
+  for (size_t k = 0; k < shards; ++k) {
+    auto path = shard_path(k);
+    auto at = path + "@" + std::to_string(step);
+    shard_state st;
+    if (auto err = read_record(store, path, step, st))
+      return err;
+    if ((fingerprint != 0 && st.fingerprint != fingerprint) || st.step != step)
+      return state_error(at + ": belongs to another job");
+    if (st.first > n || st.count > n - st.first || !st.params || st.params->size() != st.count)
+      return state_error(at + ": parameters [" + std::to_string(st.first) + ", +" +
+                         std::to_string(st.count) + ") do not fit the model's " +
+                         std::to_string(n));
+    if (optimizer_steps && *optimizer_steps != st.optimizer_steps)
+      return state_error(at + ": optimizer steps differ from the other shards'");
+    optimizer_steps = st.optimizer_steps;
+    for (auto [buf, full] : {std::pair{st.m.get(), &out.m}, std::pair{st.v.get(), &out.v}}) {
+      if (buf == nullptr || buf->empty())
+        continue;
+      if (buf->size() != st.count)
+        return state_error(at + ": optimizer state does not match its parameters");
+      full->resize(n);
+      std::copy(buf->begin(), buf->end(), full->begin() + static_cast<long>(st.first));
+    }
+    for (size_t i = st.first; i < st.first + st.count; ++i) {
+      if (covered[i])
+        return state_error(at + ": parameter " + std::to_string(i) + " is held twice");
+      covered[i] = 1;
+    }
+    std::copy(st.params->begin(), st.params->end(),
+              out.params.begin() + static_cast<long>(st.first));
+  }
+  if (auto gap = std::find(covered.begin(), covered.end(), 0); gap != covered.end()) {
+    auto held = static_cast<size_t>(std::count(covered.begin(), covered.end(), 1));
+    return state_error(job_path + "/shards@" + std::to_string(step) +
+                       ": no shard holds parameter " + std::to_string(gap - covered.begin()) +
+                       " of the model's " + std::to_string(n) + " (the shards hold " +
+                       std::to_string(held) + (held < n ? "; another model?)" : ")"));
+  }
+  out.optimizer_steps = optimizer_steps.value_or(0);
+  return {};
+}
 
 caf::expected<uint64_t> reshard_committed(
     const training_job::shared& s, const std::string& job_path, size_t old_shards,
@@ -767,42 +798,13 @@ caf::expected<uint64_t> reshard_committed(
   }
   // The old shards' slices, put together (each parameter exactly once).
   const size_t n = s.cfg.net->parameter_count();
-  std::vector<float> params(n), m, v;
-  std::vector<char> covered(n, 0);
-  std::optional<uint64_t> optimizer_steps;
-  for (size_t k = 0; k < old_shards; ++k) {
-    auto path = shard_path(k);
-    auto at = path + "@" + std::to_string(step);
-    shard_state st;
-    if (auto err = read_record(store, path, step, st))
-      return err;
-    if (st.fingerprint != s.fingerprint || st.step != step)
-      return state_error(at + ": belongs to another job");
-    if (st.first > n || st.count > n - st.first || !st.params || st.params->size() != st.count)
-      return state_error(at + ": parameters [" + std::to_string(st.first) + ", +" +
-                         std::to_string(st.count) + ") do not fit the model's " +
-                         std::to_string(n));
-    if (optimizer_steps && *optimizer_steps != st.optimizer_steps)
-      return state_error(at + ": optimizer steps differ from the other shards'");
-    optimizer_steps = st.optimizer_steps;
-    for (auto [buf, full] : {std::pair{st.m.get(), &m}, std::pair{st.v.get(), &v}}) {
-      if (buf == nullptr || buf->empty())
-        continue;
-      if (buf->size() != st.count)
-        return state_error(at + ": optimizer state does not match its parameters");
-      full->resize(n);
-      std::copy(buf->begin(), buf->end(), full->begin() + static_cast<long>(st.first));
-    }
-    for (size_t i = st.first; i < st.first + st.count; ++i) {
-      if (covered[i])
-        return state_error(at + ": parameter " + std::to_string(i) + " is held twice");
-      covered[i] = 1;
-    }
-    std::copy(st.params->begin(), st.params->end(), params.begin() + static_cast<long>(st.first));
-  }
-  if (auto gap = std::find(covered.begin(), covered.end(), 0); gap != covered.end())
-    return state_error("no shard of step " + std::to_string(step) + " holds parameter " +
-                       std::to_string(gap - covered.begin()));
+  gathered_shards g;
+  if (auto err = gather_shards(store, job_path, old_shards, step, n, s.fingerprint, g))
+    return err;
+  auto& params = g.params;
+  auto& m = g.m;
+  auto& v = g.v;
+  auto optimizer_steps = g.optimizer_steps;
   for (size_t l = 0; l < old_loaders; ++l) {
     loader_state ls;
     if (auto err = read_record(store, loader_path(l), step, ls))
@@ -825,7 +827,7 @@ caf::expected<uint64_t> reshard_committed(
     st.step = step;
     st.first = s.shard_first[k];
     st.count = s.shard_count[k];
-    st.optimizer_steps = *optimizer_steps;
+    st.optimizer_steps = optimizer_steps;
     st.fingerprint = s.fingerprint;
     st.params = slice(params, st.first, st.count);
     st.m = slice(m, st.first, st.count);

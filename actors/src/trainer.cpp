@@ -19,6 +19,7 @@
 #include <caf/sec.hpp>
 
 #include "training_shared.hpp"
+#include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/recovery.hpp"
 #include "understudy/schema/training.capnp.h"
 #include "understudy/state/persistent.hpp"
@@ -990,6 +991,68 @@ child_spec make_trainer_spec(shared_ptr_t s) {
   // the job's supervisor; it ticks every half hang_floor.
   spec.liveness_deadline = std::chrono::duration_cast<caf::timespan>(s->cfg.hang_ceiling);
   return spec;
+}
+
+} // namespace understudy::actors
+
+namespace understudy::actors {
+
+caf::expected<uint64_t> newest_committed_step(const state_store& store, const std::string& job_path,
+                                              uint64_t max_step) {
+  auto trainer_path = job_path + "/trainer";
+  auto versions = store.versions(trainer_path);
+  if (!versions)
+    return std::move(versions.error());
+  // Newest first: the newest step whose trainer record and shards all verify.
+  for (auto i = versions->rbegin(); i != versions->rend(); ++i) {
+    if (i->step > max_step || i->step == 0)
+      continue;
+    trainer_state ts;
+    if (read_record(store, trainer_path, i->step, ts) || ts.step != i->step || ts.shards == 0)
+      continue;
+    bool intact = true;
+    for (uint64_t k = 0; intact && k < ts.shards; ++k) {
+      auto path = job_path + "/shards/shard-" + std::to_string(k);
+      auto newest = store.newest_intact(path, i->step);
+      if (!newest)
+        return std::move(newest.error());
+      intact = *newest == i->step;
+    }
+    if (intact)
+      return i->step;
+  }
+  return uint64_t{0};
+}
+
+caf::expected<committed_parameters> read_committed_parameters(const state_store& store,
+                                                              const std::string& job_path,
+                                                              const model& net, uint64_t step) {
+  if (step == 0) {
+    auto newest = newest_committed_step(store, job_path);
+    if (!newest)
+      return std::move(newest.error());
+    if (*newest == 0)
+      return make_error(state_errc::not_found,
+                        "the state store holds no committed step of the job " + job_path);
+    step = *newest;
+  }
+  auto trainer_path = job_path + "/trainer";
+  trainer_state ts;
+  if (auto err = read_record(store, trainer_path, step, ts))
+    return err;
+  if (ts.step != step || ts.shards == 0)
+    return make_error(state_errc::schema_mismatch,
+                      trainer_path + "@" + std::to_string(step) + ": names no shards of its step");
+  gathered_shards g;
+  if (auto err =
+          gather_shards(store, job_path, ts.shards, step, net.parameter_count(), ts.fingerprint, g))
+    return err;
+  committed_parameters out;
+  out.step = step;
+  out.params = std::move(g.params);
+  out.accuracy = ts.accuracy;
+  out.eval_step = ts.eval_step;
+  return out;
 }
 
 } // namespace understudy::actors

@@ -19,6 +19,7 @@
 #include <caf/skip.hpp>
 
 #include "understudy/actors/training.hpp"
+#include "understudy/state/persistent.hpp"
 
 namespace understudy::actors {
 
@@ -194,6 +195,42 @@ child_spec make_shard_spec(std::shared_ptr<training_job::shared> s, size_t k);
 child_spec make_loader_spec(std::shared_ptr<training_job::shared> s, size_t l);
 child_spec make_worker_spec(std::shared_ptr<training_job::shared> s, size_t w);
 child_spec make_trainer_spec(std::shared_ptr<training_job::shared> s);
+
+/// Reads version `step` of `path` as `State` into `out`.
+template <class State>
+caf::error read_record(const state_store& store, const std::string& path, uint64_t step,
+                       State& out) {
+  using codec = state_codec<State>;
+  return store.read(path, step, [&](const record_view& rec) -> caf::error {
+    if (rec.info().schema_id != capnp::typeId<typename codec::schema>() ||
+        rec.info().schema_version != codec::version)
+      return make_error(
+          state_errc::schema_mismatch,
+          path + "@" + std::to_string(step) + ": stored schema does not match the state type");
+    state_decoder dec{rec, payload_limits{}};
+    try {
+      return codec::load(dec, out);
+    } catch (const kj::Exception& e) {
+      return detail::load_exception(path, step, e.getDescription().cStr());
+    }
+  });
+}
+
+/// The parameters (and optimizer state) of a step, put together from its shards.
+struct gathered_shards {
+  std::vector<float> params;
+  /// Empty when the optimizer keeps none.
+  std::vector<float> m;
+  std::vector<float> v;
+  uint64_t optimizer_steps = 0;
+};
+
+/// Reads version `step` of shards 0 .. shards-1 of the job at `job_path` and
+/// puts their slices together into `out` (`n` parameters, each held exactly
+/// once). A nonzero `fingerprint` must match the shards'. Errors name the
+/// shard and step at fault (not_found, corrupt_record, schema_mismatch).
+caf::error gather_shards(const state_store& store, const std::string& job_path, size_t shards,
+                         uint64_t step, size_t n, uint64_t fingerprint, gathered_shards& out);
 
 /// Rewrites the newest committed step of the job at `job_path` in the local
 /// store, written with `old_shards` shards and `old_loaders` loaders, for the

@@ -20,6 +20,7 @@
 #include <catch2/catch.hpp>
 
 #include "support/state_test_util.hpp"
+#include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/state/runtime.hpp"
@@ -971,4 +972,46 @@ TEST_CASE(
   p.restarts = 2;
   p.lost_steps = 4;
   CHECK(describe_progress(p) == "step 3/10 loss 2.5e-06 accuracy 0.9721 restarts 2 lost 4");
+}
+
+TEST_CASE(
+    "a job's committed step is read back as the job ended it, and a corrupt chunk of the "
+    "newest step falls back to the one before",
+    "[training]") {
+  auto cfg = small_job(3);
+  state_dir dir;
+  auto result = run_job(cfg, dir.path);
+  auto open = [&] {
+    state_store_config sc;
+    sc.directory = dir.path;
+    sc.read_only = true;
+    auto store = state_store::open(sc);
+    REQUIRE(store);
+    return *store;
+  };
+  {
+    auto store = open();
+    CHECK(newest_committed_step(*store, "/job") == uint64_t{60});
+    auto read = read_committed_parameters(*store, "/job", *cfg.net);
+    REQUIRE(read);
+    CHECK(read->step == 60);
+    CHECK(read->params == result.params);
+    CHECK(read->eval_step == 40); // the last evaluation before the step's record
+    // Another model's shape is refused, naming the shard.
+    mlp other{{64, 17, 10}};
+    auto wrong = read_committed_parameters(*store, "/job", other);
+    REQUIRE_FALSE(wrong);
+    CHECK_THAT(describe(wrong.error()),
+               Catch::Contains("/job/shards@60") && Catch::Contains("another model"));
+    auto none = read_committed_parameters(*store, "/elsewhere", *cfg.net);
+    REQUIRE_FALSE(none);
+    CHECK(is(none.error(), state_errc::not_found));
+  }
+  test::flip_byte_in_chunk(dir.path, "/job/shards/shard-1", 60, 0, 0, 10);
+  auto store = open();
+  CHECK(newest_committed_step(*store, "/job") == uint64_t{59});
+  auto read = read_committed_parameters(*store, "/job", *cfg.net);
+  REQUIRE(read);
+  CHECK(read->step == 59);
+  CHECK(read->params != result.params);
 }

@@ -1,33 +1,24 @@
 #include "understudy/metrics/metrics.hpp"
 
-#include <netdb.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
-#include <cstring>
-#include <exception>
 #include <mutex>
 #include <sstream>
-#include <system_error>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include <caf/error.hpp>
 #include <caf/sec.hpp>
+
+#include "understudy/http/server.hpp"
 
 namespace understudy {
 
@@ -317,252 +308,41 @@ std::string host_port(const std::string& host, uint16_t port) {
   return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
-std::string errno_text(int code) {
-  return std::strerror(code);
-}
-
-using server_clock = std::chrono::steady_clock;
-
-/// How long a client may take to send its whole request, however it spreads
-/// the bytes: a client that trickles them is closed when this runs out.
-constexpr auto request_deadline = std::chrono::seconds(2);
-
-/// How long a client may take to read its whole response.
-constexpr auto reply_deadline = std::chrono::seconds(5);
-
-/// Requests larger than this are refused.
-constexpr size_t max_request_size = 8192;
-
-/// Connections served at once; more wait in the listen backlog.
-constexpr size_t max_connections = 32;
-
-/// A minimal HTTP/1.1 server for `/metrics`: one thread of its own that
-/// serves up to `max_connections` clients at once (one poll loop), each with a
-/// deadline for its request and one for its response, `Connection: close`.
-/// Not civetweb (prometheus-cpp's Exposer): civetweb creates its threads with
-/// 100 KiB stacks, which cannot hold the static TLS of a process that links
-/// cuBLAS (pthread_create fails with EINVAL), and our node processes do.
-class http_endpoint {
-public:
-  using body_fn = std::function<std::string()>;
-
-  /// Binds `host:port`, listens and starts the server thread.
-  static caf::expected<std::unique_ptr<http_endpoint>> start(const std::string& host, uint16_t port,
-                                                             body_fn body) {
-    auto where = host_port(host, port);
-    auto fail = [&](const std::string& why) {
-      return caf::make_error(caf::sec::cannot_open_port,
-                             "metrics endpoint cannot bind " + where + ": " + why);
-    };
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    addrinfo* res = nullptr;
-    auto service = std::to_string(port);
-    if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res); rc != 0)
-      return fail(::gai_strerror(rc));
-    std::unique_ptr<addrinfo, void (*)(addrinfo*)> guard{res, ::freeaddrinfo};
-    int fd = ::socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
-    if (fd < 0)
-      return fail(errno_text(errno));
-    // Lets a restarted node take its port back from connections in TIME_WAIT;
-    // a port another socket listens on stays refused.
-    int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (::bind(fd, res->ai_addr, res->ai_addrlen) != 0 || ::listen(fd, 16) != 0) {
-      int code = errno;
-      ::close(fd);
-      return fail(errno_text(code));
-    }
-    sockaddr_storage addr{};
-    socklen_t len = sizeof(addr);
-    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-      int code = errno;
-      ::close(fd);
-      return fail(errno_text(code));
-    }
-    uint16_t bound = addr.ss_family == AF_INET6
-                         ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
-                         : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-    int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (wake < 0) {
-      int code = errno;
-      ::close(fd);
-      return fail(errno_text(code));
-    }
-    std::unique_ptr<http_endpoint> ep{new http_endpoint(fd, wake, bound, std::move(body))};
-    try {
-      ep->thread_ = std::thread{[p = ep.get()] { p->run(); }};
-    } catch (const std::system_error& e) {
-      return fail(std::string{"cannot start the server thread: "} + e.what());
-    }
-    return ep;
-  }
-
-  ~http_endpoint() {
-    uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof(one));
-    if (thread_.joinable())
-      thread_.join();
-    ::close(listen_fd_);
-    ::close(wake_fd_);
-  }
-
-  http_endpoint(const http_endpoint&) = delete;
-  http_endpoint& operator=(const http_endpoint&) = delete;
-
-  uint16_t port() const noexcept { return port_; }
-
-private:
-  /// One client: its request as far as it came, then the response being sent.
-  struct connection {
-    int fd;
-    server_clock::time_point deadline;
-    std::string in;
-    std::string out;
-    size_t sent = 0;
-    bool replying = false;
-  };
-
-  http_endpoint(int listen_fd, int wake_fd, uint16_t port, body_fn body)
-      : listen_fd_(listen_fd), wake_fd_(wake_fd), port_(port), body_(std::move(body)) {}
-
-  void run() {
-    std::vector<connection> conns;
-    auto accept_paused_until = server_clock::time_point{};
-    std::vector<pollfd> fds;
-    for (;;) {
-      auto now = server_clock::now();
-      bool accepting = conns.size() < max_connections && now >= accept_paused_until;
-      fds.clear();
-      fds.push_back({wake_fd_, POLLIN, 0});
-      fds.push_back({accepting ? listen_fd_ : -1, POLLIN, 0});
-      auto wake_at = server_clock::time_point::max();
-      if (!accepting && conns.size() < max_connections)
-        wake_at = accept_paused_until;
-      for (const auto& c : conns) {
-        fds.push_back({c.fd, static_cast<short>(c.replying ? POLLOUT : POLLIN), 0});
-        wake_at = std::min(wake_at, c.deadline);
-      }
-      int timeout_ms = -1;
-      if (wake_at != server_clock::time_point::max())
-        timeout_ms = static_cast<int>(std::max<int64_t>(
-            0, std::chrono::ceil<std::chrono::milliseconds>(wake_at - now).count()));
-      int rc = ::poll(fds.data(), fds.size(), timeout_ms);
-      if (rc < 0 && errno != EINTR)
-        break;
-      if (rc > 0 && fds[0].revents != 0)
-        break;
-      now = server_clock::now();
-      for (size_t i = 0; i < conns.size(); ++i)
-        if (rc > 0 && fds[i + 2].revents != 0)
-          step(conns[i], now);
-      // Closed connections and those past their deadline go.
-      auto done = [&](connection& c) {
-        if (c.fd >= 0 && now < c.deadline)
-          return false;
-        if (c.fd >= 0)
-          ::close(c.fd);
-        return true;
-      };
-      conns.erase(std::remove_if(conns.begin(), conns.end(), done), conns.end());
-      if (rc > 0 && fds[1].revents != 0) {
-        int client = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (client >= 0)
-          conns.push_back(connection{client, now + request_deadline, {}, {}, 0, false});
-        // Out of descriptors: back off instead of spinning on a ready socket.
-        else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-          accept_paused_until = now + std::chrono::milliseconds(100);
-      }
-    }
-    for (auto& c : conns)
-      if (c.fd >= 0)
-        ::close(c.fd);
-  }
-
-  /// Reads from or writes to `c`, which poll found ready; sets `c.fd` to -1
-  /// after closing it when it is done.
-  void step(connection& c, server_clock::time_point now) {
-    if (c.replying) {
-      auto n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
-      if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
-        return;
-      if (n > 0)
-        c.sent += static_cast<size_t>(n);
-      if (n > 0 && c.sent < c.out.size())
-        return;
-      if (n > 0)
-        ::shutdown(c.fd, SHUT_WR);
-      ::close(c.fd);
-      c.fd = -1;
-      return;
-    }
-    char buf[2048];
-    auto n = ::recv(c.fd, buf, sizeof(buf), 0);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
-      return;
-    if (n <= 0) {
-      ::close(c.fd);
-      c.fd = -1;
-      return;
-    }
-    c.in.append(buf, static_cast<size_t>(n));
-    if (c.in.find("\r\n\r\n") != std::string::npos || c.in.find("\n\n") != std::string::npos)
-      c.out = respond(c.in);
-    else if (c.in.size() > max_request_size)
-      c.out = reply("431 Request Header Fields Too Large", "request too large\n", true);
-    else
-      return;
-    c.replying = true;
-    c.deadline = now + reply_deadline;
-  }
-
-  /// The response to the complete request `request`.
-  std::string respond(const std::string& request) {
-    auto line = request.substr(0, request.find_first_of("\r\n"));
-    auto sp1 = line.find(' ');
-    auto sp2 = line.find(' ', sp1 == std::string::npos ? sp1 : sp1 + 1);
-    if (sp1 == std::string::npos || sp2 == std::string::npos)
-      return reply("400 Bad Request", "bad request\n", true);
-    auto method = line.substr(0, sp1);
-    auto target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-    target = target.substr(0, target.find('?'));
-    bool head = method == "HEAD";
-    if (method != "GET" && !head)
-      return reply("405 Method Not Allowed", "only GET and HEAD\n", !head);
-    if (target != "/metrics")
-      return reply("404 Not Found", "metrics are at /metrics\n", !head);
-    std::string body;
-    try {
-      body = body_();
-    } catch (const std::exception& e) {
-      return reply("500 Internal Server Error", std::string{e.what()} + "\n", !head);
-    }
-    return reply("200 OK", body, !head, "text/plain; version=0.0.4; charset=utf-8");
-  }
-
-  static std::string reply(const std::string& status, const std::string& body, bool with_body,
-                           const char* type = "text/plain; charset=utf-8") {
-    std::string out = "HTTP/1.1 " + status + "\r\nContent-Type: " + type +
-                      "\r\nContent-Length: " + std::to_string(body.size()) +
-                      "\r\nConnection: close\r\n\r\n";
-    if (with_body)
-      out += body;
-    return out;
-  }
-
-  int listen_fd_;
-  int wake_fd_;
-  uint16_t port_;
-  body_fn body_;
-  std::thread thread_;
-};
-
 std::string serialize(const std::vector<prometheus::MetricFamily>& families) {
   std::ostringstream out;
   prometheus::TextSerializer{}.Serialize(out, families);
   return out.str();
+}
+
+/// The endpoint's server: one thread; a client must send its whole request
+/// within 2 s and read its response within 5 s; up to 32 clients at once.
+http::server_config endpoint_config(const metrics_config& cfg) {
+  http::server_config out;
+  out.name = "metrics endpoint";
+  out.host = cfg.host;
+  out.port = cfg.port;
+  out.threads = 1;
+  out.request_deadline = std::chrono::seconds(2);
+  out.reply_deadline = std::chrono::seconds(5);
+  out.max_header_bytes = 8192;
+  out.max_body_bytes = 8192;
+  out.max_connections = 32;
+  return out;
+}
+
+/// Answers `GET /metrics` (and HEAD) with a scrape of `st`.
+void serve_metrics(metrics_state& st, const http::request& req, const http::responder& reply) {
+  if (req.method != "GET" && req.method != "HEAD") {
+    auto r = http::response::text(405, "only GET and HEAD\n");
+    r.headers.emplace_back("Allow", "GET, HEAD");
+    return reply(std::move(r));
+  }
+  if (req.path != "/metrics")
+    return reply(http::response::text(404, "metrics are at /metrics\n"));
+  http::response r;
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  r.body = serialize(st.collect());
+  reply(std::move(r));
 }
 
 } // namespace
@@ -571,7 +351,7 @@ struct node_metrics::impl {
   metrics_config cfg;
   std::shared_ptr<metrics_state> st;
   /// Declared last: stops serving before the rest goes.
-  std::unique_ptr<http_endpoint> endpoint;
+  std::unique_ptr<http::server> endpoint;
 };
 
 caf::expected<std::unique_ptr<node_metrics>> node_metrics::start(metrics_config cfg) {
@@ -580,8 +360,9 @@ caf::expected<std::unique_ptr<node_metrics>> node_metrics::start(metrics_config 
                            std::string{"node_metrics: the node name is empty"});
   auto ptr = std::make_unique<impl>();
   ptr->st = std::make_shared<metrics_state>(cfg);
-  auto ep =
-      http_endpoint::start(cfg.host, cfg.port, [st = ptr->st] { return serialize(st->collect()); });
+  auto ep = http::server::start(
+      endpoint_config(cfg),
+      [st = ptr->st](http::request req, http::responder reply) { serve_metrics(*st, req, reply); });
   if (!ep)
     return std::move(ep.error());
   ptr->endpoint = std::move(*ep);

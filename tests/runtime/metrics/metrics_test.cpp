@@ -47,6 +47,28 @@ bool accepts_connections(uint16_t port) {
   return ok;
 }
 
+/// Sends `request` to 127.0.0.1:`port` and returns all the server sends until it closes.
+std::string exchange(uint16_t port, const std::string& request) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(request.size()));
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0)
+    out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
 } // namespace
 
 TEST_CASE("node metrics serve restarts recovery checkpoints and peer health over http",
@@ -186,6 +208,24 @@ TEST_CASE("the metrics endpoint answers other paths with not found and stops wit
   CHECK_FALSE(accepts_connections(port));
   // A supervisor may still hold the sink: it keeps working.
   sink->on_event(event(event_kind::child_exited, "w", "runtime_error: late", "restart"));
+}
+
+TEST_CASE("the metrics endpoint answers HEAD without a body and other methods with 405",
+          "[metrics]") {
+  auto m = start_metrics("n1");
+  auto head = exchange(m->port(), "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  INFO(head);
+  CHECK(head.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(head.find("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n") !=
+        std::string::npos);
+  CHECK(head.find("Content-Length: ") != std::string::npos);
+  CHECK(head.size() == head.find("\r\n\r\n") + 4); // no body
+  auto post = exchange(m->port(),
+                       "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                       "Connection: close\r\n\r\n");
+  INFO(post);
+  CHECK(post.rfind("HTTP/1.1 405", 0) == 0);
+  CHECK(post.find("Allow: GET, HEAD\r\n") != std::string::npos);
 }
 
 TEST_CASE("node metrics without a node name are refused", "[metrics]") {

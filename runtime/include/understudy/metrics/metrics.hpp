@@ -72,9 +72,10 @@ const std::vector<double>& metrics_duration_buckets();
 class node_metrics {
 public:
   /// Binds `cfg.host:cfg.port` and starts serving `GET /metrics` (Prometheus
-  /// text format) on a thread of its own, which serves up to 32 clients at
-  /// once and closes a client that has not sent its whole request within 2 s
-  /// (or read its response within 5 s), so a slow client delays no other.
+  /// text format) on an http::server with one thread of its own, which serves
+  /// up to 32 clients at once and closes a client that has not sent its whole
+  /// request within 2 s (or read its response within 5 s), so a slow client
+  /// delays no other.
   /// Errors: `caf::sec::cannot_open_port`, with a context naming the address
   /// and the reason (e.g. "metrics endpoint cannot bind 127.0.0.1:9470:
   /// Address already in use");

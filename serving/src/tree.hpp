@@ -1,0 +1,27 @@
+#pragma once
+
+// The serving tree's actors (service.cpp assembles them).
+
+#include <memory>
+#include <string>
+
+#include <caf/actor.hpp>
+
+#include "understudy/serving/front_end.hpp"
+#include "understudy/serving/service.hpp"
+
+namespace understudy::serving::detail {
+
+/// Replica `id` of `cfg` loading from `source`.
+child_spec replica_spec(const serve_config& cfg, std::shared_ptr<model_source> source,
+                        std::string id);
+
+/// The router of `cfg`'s replicas, found through the replicas' supervisor
+/// (`replicas`, kept current by the tree), with ids "replica-0" ... for
+/// `cfg.replicas + cfg.standbys` replicas.
+child_spec router_spec(const serve_config& cfg, std::shared_ptr<model_source> source,
+                       std::shared_ptr<router_handle> replicas,
+                       std::shared_ptr<router_handle> self_handle,
+                       std::shared_ptr<serving_metrics> metrics);
+
+} // namespace understudy::serving::detail
