@@ -41,6 +41,10 @@ std::map<std::string, std::set<std::string>> allowed_units() {
   m["actors"].insert("actors/numerics");
   m["gpu"] = runtime_all;
   m["gpu"].insert("actors/numerics");
+  // Serving serves the models the training component defines and commits.
+  m["serving"] = runtime_all;
+  m["serving"].insert("actors");
+  m["serving"].insert("actors/numerics");
   return m;
 }
 
@@ -62,6 +66,8 @@ std::string unit_of(const fs::path& rel) {
   }
   if (parts[0] == "gpu")
     return "gpu";
+  if (parts[0] == "serving")
+    return "serving";
   return "";
 }
 
@@ -90,7 +96,7 @@ std::vector<violation> scan(const fs::path& root) {
   static const std::regex include_re{R"(^\s*#\s*include\s*[<"](understudy/[^>"]+)[>"])"};
   const auto allowed = allowed_units();
   std::vector<violation> out;
-  for (const char* top : {"runtime", "actors", "gpu"}) {
+  for (const char* top : {"runtime", "actors", "gpu", "serving"}) {
     if (!fs::is_directory(root / top))
       continue;
     for (const auto& entry : fs::recursive_directory_iterator(root / top)) {
@@ -120,7 +126,7 @@ std::vector<violation> scan(const fs::path& root) {
 
 } // namespace
 
-TEST_CASE("every include in the runtime, actors and gpu points down the dependency order",
+TEST_CASE("every include in the runtime, actors, gpu and serving points down the dependency order",
           "[layout]") {
   const fs::path root{UNDERSTUDY_SOURCE_DIR};
   REQUIRE(fs::is_directory(root / "runtime" / "include" / "understudy" / "core"));
@@ -141,6 +147,7 @@ TEST_CASE("the include rule knows which unit a path and an include belong to", "
   CHECK(unit_of("actors/src/numerics/mlp.cpp") == "actors/numerics");
   CHECK(unit_of("actors/src/trainer.cpp") == "actors");
   CHECK(unit_of("gpu/src/gpu_actor.cpp") == "gpu");
+  CHECK(unit_of("serving/src/router.cpp") == "serving");
   CHECK(unit_of_include("understudy/cluster/cluster.hpp") == "cluster");
   CHECK(unit_of_include("understudy/schema/training.capnp.h") == "actors");
   CHECK(unit_of_include("understudy/schema/state.capnp.h") == "state");
@@ -154,6 +161,9 @@ TEST_CASE("the include rule knows which unit a path and an include belong to", "
   CHECK(allowed.at("http") == std::set<std::string>{"core"});
   CHECK(allowed.at("metrics").count("http") == 1);
   CHECK(allowed.at("node").count("http") == 1);
+  // Nothing below serving sees it; serving sees the training component.
+  CHECK(allowed.at("actors").count("serving") == 0);
+  CHECK(allowed.at("serving").count("actors") == 1);
 }
 
 TEST_CASE("the include scan reports an upward include with its file and line", "[layout]") {
@@ -169,10 +179,12 @@ TEST_CASE("the include scan reports an upward include with its file and line", "
         "#include \"understudy/config/ok.hpp\"\n#include \"understudy/cluster/cluster.hpp\"\n");
   write("actors/src/numerics/bad.cpp", "#include <understudy/state/state_store.hpp>\n");
   write("gpu/src/fine.cpp", "#include \"understudy/actors/numerics/mlp.hpp\"\n");
+  write("actors/src/bad.cpp", "#include \"understudy/serving/service.hpp\"\n");
   auto found = scan(root);
   fs::remove_all(root);
-  REQUIRE(found.size() == 2);
-  std::set<std::string> where{found[0].where, found[1].where};
+  REQUIRE(found.size() == 3);
+  std::set<std::string> where{found[0].where, found[1].where, found[2].where};
+  CHECK(where.count("actors/src/bad.cpp:1") == 1);
   CHECK(where.count("runtime/src/config/bad.cpp:2") == 1);
   CHECK(where.count("actors/src/numerics/bad.cpp:1") == 1);
 }
