@@ -184,6 +184,8 @@ public:
   }
 
   std::vector<std::string> leader_candidates(const node_config& nc) const override {
+    if (job_of(nc) == nullptr)
+      return {}; // no preference without a job
     return actors::leader_candidates(nc);
   }
 
@@ -199,6 +201,9 @@ public:
 
   caf::expected<std::unique_ptr<node_part>> attach(cluster_node& node, const node_config& nc,
                                                    node_metrics* metrics) const override {
+    // A cluster without a [job] (e.g. one that only serves) has no part of it.
+    if (job_of(nc) == nullptr)
+      return std::make_unique<node_part>();
     auto ct = cluster_training::create(node, nc);
     if (!ct)
       return ct.error();

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include "understudy/actors/training_component.hpp"
+#include "understudy/serving/serving_component.hpp"
 
 namespace understudy::cli {
 
@@ -33,7 +34,7 @@ CLI::App* add_node_command(CLI::App& app, node_options& opts) {
 }
 
 int run_node(node_options opts) {
-  opts.components = {actors::training_component()};
+  opts.components = {actors::training_component(), serving::serving_component()};
   node_output out{std::cout, std::cerr};
   return to_int(understudy::run_node(opts, out));
 }
@@ -47,7 +48,7 @@ CLI::App* add_status_command(CLI::App& app, status_options& opts) {
 }
 
 int run_status(status_options opts) {
-  opts.components = {actors::training_component()};
+  opts.components = {actors::training_component(), serving::serving_component()};
   return to_int(understudy::run_status(opts, std::cout, std::cerr));
 }
 
@@ -61,7 +62,7 @@ CLI::App* add_events_command(CLI::App& app, events_options& opts) {
 }
 
 int run_events(events_options opts) {
-  opts.components = {actors::training_component()};
+  opts.components = {actors::training_component(), serving::serving_component()};
   return to_int(understudy::run_events(opts, std::cout, std::cerr));
 }
 
@@ -92,7 +93,7 @@ int run_launch(launch_options opts, const char* argv0) {
                        level = opts.log_level](const std::string& name) {
     return std::vector<std::string>{exe, "node", file, "--name", name, "--log-level", level};
   };
-  opts.components = {actors::training_component()};
+  opts.components = {actors::training_component(), serving::serving_component()};
   node_output out{std::cout, std::cerr};
   return understudy::run_launch(opts, out);
 }

@@ -23,6 +23,7 @@
 #include "understudy/actors/training.hpp"
 #include "understudy/config/node_config.hpp"
 #include "understudy/core/errors.hpp"
+#include "understudy/serving/serving_component.hpp"
 
 using namespace understudy;
 using namespace understudy::actors;
@@ -429,7 +430,10 @@ TEST_CASE("docs/config.md documents exactly the keys the parser knows, with thei
     documented[{section, key}] = type;
   }
   std::set<std::pair<std::string, std::string>> known;
-  for (const auto& k : node_config_keys(job_config_options())) {
+  // The training component's [job] and the serving component's [serve].
+  auto options = job_config_options();
+  options.sections.push_back(serving::serve_section());
+  for (const auto& k : node_config_keys(options)) {
     INFO("[" << k.section << "] " << k.name);
     known.insert({k.section, k.name});
     auto it = documented.find({k.section, k.name});

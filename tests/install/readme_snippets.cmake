@@ -70,7 +70,10 @@ foreach(line IN LISTS lines)
     list(APPEND fragments "${name}")
   endif()
   if(block MATCHES "understudy/gpu/")
-    set(components runtime actors gpu)
+    list(APPEND components gpu)
+  endif()
+  if(block MATCHES "understudy/serving/")
+    list(APPEND components serving)
   endif()
 endforeach()
 if(in_block)
@@ -84,6 +87,7 @@ list(LENGTH fragments fragment_count)
 message(STATUS "README snippets: ${program_count} program(s) (${programs}), "
                "${fragment_count} fragment(s) (${fragments})")
 
+list(REMOVE_DUPLICATES components)
 string(CONCAT project "cmake_minimum_required(VERSION 3.20)\n"
                "project(understudy_readme_snippets LANGUAGES CXX)\n"
                "find_package(understudy REQUIRED COMPONENTS ${components})\n")

@@ -4,9 +4,11 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -17,6 +19,7 @@
 
 #include "support/cli_test_util.hpp"
 #include "support/daemon_test_util.hpp"
+#include "support/free_port.hpp"
 #include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
@@ -149,4 +152,77 @@ TEST_CASE("versions roll in under load with no failed request and no session goi
   CHECK(summary["regressions"] == 0);
   CHECK(summary["ok"] == summary["sent"]);
   CHECK(summary["versions"].size() >= 5); // a new version every 200 ms or so
+}
+
+namespace {
+
+/// The pid of the process whose command line holds every one of `parts` (0: none).
+pid_t find_process(const std::vector<std::string>& parts) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    std::ifstream in{e.path() / "cmdline"};
+    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    bool all = !cmd.empty();
+    for (const auto& p : parts)
+      all = all && cmd.find(p) != std::string::npos;
+    if (all)
+      return static_cast<pid_t>(std::stoi(name));
+  }
+  return 0;
+}
+
+} // namespace
+
+TEST_CASE(
+    "a launched cluster serves on every node, and one node's death leaves the other "
+    "serving with no failed request",
+    "[serving][system][cluster]") {
+  cli_test::scratch_dir dir;
+  // A trained state directory to serve.
+  REQUIRE(daemon_test::run_to_end({UNDERSTUDY_DIGITS_MLP_PATH, "--steps", "150", "--state-dir",
+                                   dir.path + "/trained", "--data", UNDERSTUDY_DIGITS_PATH},
+                                  dir.path, dir.path + "/train.log") == 0);
+  auto port = test::free_port();
+  auto file = dir.path + "/serve.toml";
+  std::ofstream{file} << "[cluster]\nname = \"serve\"\n"
+                      << "[cluster.failure_detection]\nheartbeat_interval = \"100ms\"\n"
+                      << "deadline = \"1s\"\n";
+  for (int i = 1; i <= 2; ++i)
+    std::ofstream{file, std::ios::app} << "[[node]]\nname = \"n" << i
+                                       << "\"\nhost = \"127.0.0.1\"\nport = " << test::free_port()
+                                       << "\nstate_dir = \"" << dir.path << "/n" << i << "\"\n";
+  std::ofstream{file, std::ios::app}
+      << "[serve]\nmodel = \"digits\"\nlayers = [64, 128, 10]\nstate_dir = \"" << dir.path
+      << "/trained\"\nreplicas = 2\nstandbys = 1\nport = " << port << "\n";
+  auto log = dir.path + "/launch.log";
+  daemon_test::background cluster{{UNDERSTUDY_CLI_PATH, "launch", file}, log};
+  wait_for_line(log, "node n1: serving digits");
+  auto text = wait_for_line(log, "node n2: serving digits");
+  std::vector<std::string> urls;
+  for (int i = 0; i < 2; ++i)
+    urls.push_back("http://127.0.0.1:" + std::to_string(port + i) + "/v1/models/digits:predict");
+  int status = -1;
+  auto both =
+      load(urls[0], dir.path, {"--url", urls[1], "--rate", "200", "--duration", "2s"}, &status);
+  CHECK(status == 0);
+  CHECK(both["ok"] == both["sent"]);
+  CHECK(both["versions"].contains("150"));
+  // The leader answers status with its own serving tree.
+  cli_test::scratch_dir sdir;
+  auto st = cli_test::run_cli({"status", file}, sdir.path);
+  CHECK(st.status == 0);
+  CHECK_THAT(st.out, Catch::Contains("serve: digits version 150"));
+  CHECK_THAT(st.out, Catch::Contains(": standby, version 150"));
+  // n1 dies; n2 goes on serving.
+  auto n1 = find_process({UNDERSTUDY_CLI_PATH, "node", file, "--name n1"});
+  REQUIRE(n1 > 0);
+  ::kill(n1, SIGKILL);
+  auto after = load(urls[1], dir.path, {"--rate", "200", "--duration", "2s"}, &status);
+  INFO("launch:\n" << cli_test::slurp(log));
+  CHECK(status == 0);
+  CHECK(after["ok"] == after["sent"]);
+  CHECK(after["failed"].dump() == "{}");
 }

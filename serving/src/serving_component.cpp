@@ -1,0 +1,279 @@
+#include "understudy/serving/serving_component.hpp"
+
+#include <algorithm>
+#include <any>
+#include <cstdio>
+#include <filesystem>
+#include <utility>
+
+#include <caf/actor_system.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+#include <nlohmann/json.hpp>
+
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/cluster/cluster.hpp"
+#include "understudy/serving/front_end.hpp"
+#include "understudy/supervision/supervisor.hpp"
+
+namespace understudy::serving {
+
+namespace {
+
+std::vector<config_key> serve_keys() {
+  std::vector<config_key> keys;
+  for (const auto& [name, type] :
+       std::vector<std::pair<const char*, const char*>>{{"model", "string"},
+                                                        {"layers", "integer list"},
+                                                        {"state_dir", "string"},
+                                                        {"job", "string"},
+                                                        {"replicas", "integer"},
+                                                        {"standbys", "integer"},
+                                                        {"port", "integer"},
+                                                        {"placement", "placement"},
+                                                        {"policy", "string"},
+                                                        {"max_batch", "integer"},
+                                                        {"max_outstanding", "integer"},
+                                                        {"max_attempts", "integer"},
+                                                        {"request_timeout", "duration"},
+                                                        {"watch_interval", "duration"}})
+    keys.push_back(config_key{"serve", name, type});
+  return keys;
+}
+
+caf::expected<std::any> parse_serve(config_table& r) {
+  serve_section_config c;
+  c.line = r.line();
+  auto& s = c.serve;
+  if (auto m = r.str("model", true))
+    s.model = *m;
+  if (auto layers = r.int_list("layers", 1, 65536, true)) {
+    if (layers->size() < 2)
+      r.fail(config_errc::invalid_value, r.line_of("layers"),
+             "'layers' in [serve] needs at least two sizes: inputs and classes");
+    for (auto x : *layers)
+      c.layers.push_back(static_cast<size_t>(x));
+  }
+  if (auto d = r.str("state_dir", true))
+    c.state_dir = *d;
+  if (auto j = r.str("job")) {
+    if (j->empty() || j->front() != '/')
+      r.fail(config_errc::invalid_value, r.line_of("job"),
+             "'job' in [serve] is the job's path in its state directory, e.g. \"/digits_mlp\"");
+    c.job = *j;
+  }
+  if (auto x = r.integer("replicas", 1, 1024))
+    s.replicas = static_cast<size_t>(*x);
+  if (auto x = r.integer("standbys", 0, 1024))
+    s.standbys = static_cast<size_t>(*x);
+  if (auto x = r.integer("port", 1, 65535))
+    c.port = static_cast<uint16_t>(*x);
+  if (auto p = r.str("policy")) {
+    if (auto pol = parse_balance_policy(*p))
+      s.policy = *pol;
+    else
+      r.bad_name("policy", *p, {"power_of_two", "round_robin", "least_outstanding"});
+  }
+  if (auto x = r.integer("max_batch", 1, 65536))
+    s.max_batch = static_cast<size_t>(*x);
+  if (auto x = r.integer("max_outstanding", 1, 1 << 20))
+    s.max_outstanding = static_cast<size_t>(*x);
+  if (auto x = r.integer("max_attempts", 1, 64))
+    s.max_attempts = static_cast<size_t>(*x);
+  if (auto x = r.duration("request_timeout", true))
+    s.request_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(*x);
+  if (auto x = r.duration("watch_interval", false))
+    s.watch_interval = std::chrono::duration_cast<std::chrono::milliseconds>(*x);
+  auto placement = r.placement("[serve]", placement_policy::any);
+  if (placement.policy == placement_policy::nodes)
+    c.nodes = placement.nodes;
+  else
+    for (const auto& n : r.context().nodes())
+      if (n.role == node_role::active)
+        c.nodes.push_back(n.name);
+  if (!r.failed() && c.port + c.nodes.size() - 1 > 65535)
+    r.fail(config_errc::invalid_value, r.line_of("port"),
+           "[serve] serves on port " + std::to_string(c.port) + " and the next " +
+               std::to_string(c.nodes.size() - 1) + ", beyond 65535");
+  if (!r.failed())
+    if (auto err = validate(s))
+      r.fail(config_errc::invalid_value, r.line(), describe(err));
+  return std::any{std::move(c)};
+}
+
+/// One node's serving unit: its tree, its front end.
+class serving_part : public node_part {
+public:
+  serving_part(caf::actor_system& sys, caf::actor tree, std::unique_ptr<front_end> fe,
+               std::shared_ptr<router_handle> router, std::string model, std::string url)
+      : sys_(sys),
+        tree_(std::move(tree)),
+        fe_(std::move(fe)),
+        router_(std::move(router)),
+        model_(std::move(model)),
+        url_(std::move(url)) {}
+
+  ~serving_part() override {
+    fe_.reset();
+    caf::anon_send_exit(tree_, caf::exit_reason::user_shutdown);
+  }
+
+  std::string status() const override {
+    auto st = current();
+    if (!st)
+      return "serve: " + model_ + " on " + url_ + ": the router does not answer\n";
+    std::string out = "serve: " + model_ + " version " + std::to_string(st->target) + " on " +
+                      url_ + ", answered " + std::to_string(st->answered) + ", failed " +
+                      std::to_string(st->failed) + ", overloaded " +
+                      std::to_string(st->overloaded) + ", retried " + std::to_string(st->retried) +
+                      "\n";
+    for (const auto& r : st->replicas)
+      out += "  " + r.id + ": " + r.state + ", version " + std::to_string(r.version) + "\n";
+    return out;
+  }
+
+  std::string status_json() const override {
+    using nlohmann::json;
+    auto st = current();
+    json serve{{"model", model_}, {"url", url_}};
+    if (st) {
+      json replicas = json::array();
+      for (const auto& r : st->replicas)
+        replicas.push_back({{"id", r.id}, {"state", r.state}, {"version", r.version}});
+      serve["version"] = st->target;
+      serve["replicas"] = replicas;
+      serve["answered"] = st->answered;
+      serve["failed"] = st->failed;
+      serve["overloaded"] = st->overloaded;
+      serve["retried"] = st->retried;
+    }
+    return json{{"serve", serve}}.dump();
+  }
+
+private:
+  caf::expected<serving_status> current() const {
+    caf::expected<serving_status> out{caf::sec::request_timeout};
+    auto r = router_->get();
+    if (!r)
+      return out;
+    caf::scoped_actor self{sys_};
+    self->request(r, std::chrono::seconds(2), status_atom::value)
+        .receive([&](serving_status& st) { out = std::move(st); },
+                 [&](caf::error& err) { out = std::move(err); });
+    return out;
+  }
+
+  caf::actor_system& sys_;
+  caf::actor tree_;
+  std::unique_ptr<front_end> fe_;
+  std::shared_ptr<router_handle> router_;
+  std::string model_;
+  std::string url_;
+};
+
+/// A part for a node that does not serve.
+class idle_part : public node_part {};
+
+class serving_node_component : public node_component {
+public:
+  void prepare_loading(node_config_options& opts) const override {
+    opts.sections.push_back(serve_section());
+  }
+
+  void register_types(caf::actor_system_config& cfg) const override { register_serving_types(cfg); }
+
+  /// Any serving node may lead a cluster that only serves (another
+  /// component's preference comes first).
+  std::vector<std::string> leader_candidates(const node_config& nc) const override {
+    const auto* c = serve_of(nc);
+    return c == nullptr ? std::vector<std::string>{} : c->nodes;
+  }
+
+  caf::error check(const node_config& nc) const override {
+    const auto* c = serve_of(nc);
+    if (c == nullptr)
+      return {};
+    std::error_code ec;
+    if (!std::filesystem::is_directory(c->state_dir, ec))
+      return make_error(config_errc::invalid_value,
+                        "[serve] state_dir " + c->state_dir + " is not a directory");
+    for (const auto& n : nc.nodes)
+      if (std::filesystem::equivalent(n.state_dir, c->state_dir, ec))
+        return make_error(config_errc::invalid_value,
+                          "[serve] state_dir " + c->state_dir + " is node " + n.name +
+                              "'s own state directory; serve from a training job's");
+    return {};
+  }
+
+  caf::expected<std::unique_ptr<node_part>> attach(cluster_node& node, const node_config& nc,
+                                                   node_metrics*) const override {
+    const auto* c = serve_of(nc);
+    const auto& me = node.self().name;
+    if (c == nullptr)
+      return std::unique_ptr<node_part>{std::make_unique<idle_part>()};
+    auto at = std::find(c->nodes.begin(), c->nodes.end(), me);
+    if (at == c->nodes.end())
+      return std::unique_ptr<node_part>{std::make_unique<idle_part>()};
+    if (auto err = check(nc))
+      return err;
+    auto port = static_cast<uint16_t>(c->port + (at - c->nodes.begin()));
+    state_store_config sc;
+    sc.directory = c->state_dir;
+    sc.read_only = true;
+    auto store = state_store::open(sc);
+    if (!store)
+      return make_error(
+          config_errc::invalid_value,
+          "[serve] cannot open state_dir " + c->state_dir + ": " + describe(store.error()));
+    auto net = std::make_shared<actors::mlp>(c->layers);
+    auto source = committed_steps(net, *store, c->job);
+    auto router = std::make_shared<router_handle>();
+    auto metrics = std::make_shared<serving_metrics>(c->serve.model);
+    auto& sys = node.agent().home_system();
+    supervisor_spec spec;
+    spec.name = "serve";
+    spec.children.push_back(serving_tree(c->serve, source, router, metrics));
+    auto tree = spawn_supervisor(sys, std::move(spec));
+    if (!tree)
+      return std::move(tree.error());
+    front_end_config fc;
+    fc.http.host = node.self().host;
+    fc.http.port = port;
+    fc.http.threads = 2;
+    fc.model = c->serve.model;
+    fc.input_dim = net->input_dim();
+    auto fe = front_end::start(sys, fc, router, metrics);
+    if (!fe) {
+      caf::anon_send_exit(*tree, caf::exit_reason::user_shutdown);
+      return std::move(fe.error());
+    }
+    auto url = (*fe)->url() + "/v1/models/" + c->serve.model + ":predict";
+    std::printf("node %s: serving %s (%s) on %s, %zu replicas and %zu standbys\n", me.c_str(),
+                c->serve.model.c_str(), net->describe().c_str(), url.c_str(), c->serve.replicas,
+                c->serve.standbys);
+    std::fflush(stdout);
+    return std::unique_ptr<node_part>{
+        std::make_unique<serving_part>(sys, *tree, std::move(*fe), router, c->serve.model, url)};
+  }
+};
+
+} // namespace
+
+config_section serve_section() {
+  config_section s;
+  s.name = "serve";
+  s.keys = serve_keys();
+  s.parse = parse_serve;
+  return s;
+}
+
+const serve_section_config* serve_of(const node_config& nc) {
+  return nc.section<serve_section_config>("serve");
+}
+
+std::shared_ptr<const node_component> serving_component() {
+  return std::make_shared<serving_node_component>();
+}
+
+} // namespace understudy::serving
