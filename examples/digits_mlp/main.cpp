@@ -29,6 +29,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "../common/digits_path.hpp"
 #include "../common/interrupt.hpp"
 #include "../common/progress_printer.hpp"
 #include "../common/report_feed.hpp"
@@ -45,13 +46,6 @@ using understudy::examples::interrupt_watch;
 using understudy::examples::progress_printer;
 using understudy::examples::report_feed;
 using clock_type = std::chrono::steady_clock;
-
-std::string default_data_path() {
-  const std::string local = "examples/data/digits.csv.gz";
-  if (std::filesystem::exists(local))
-    return local;
-  return UNDERSTUDY_DIGITS_DEFAULT;
-}
 
 } // namespace
 
@@ -108,7 +102,7 @@ int main(int argc, char** argv) {
   };
 
   if (data_path.empty())
-    data_path = default_data_path();
+    data_path = understudy::examples::default_digits_path();
   auto data = load_csv(data_path, csv_options{csv_options::last_column, 1.0f / 16.0f, 10});
   if (!data)
     return usage("cannot load the data set: " + describe(data.error()));

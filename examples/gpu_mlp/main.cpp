@@ -44,6 +44,7 @@
 #include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include "../common/digits_path.hpp"
 #include "../common/interrupt.hpp"
 #include "../common/progress_printer.hpp"
 #include "../common/report_feed.hpp"
@@ -77,13 +78,6 @@ using clock_type = std::chrono::steady_clock;
 // -- output -----------------------------------------------------------------------------
 
 // -- data -------------------------------------------------------------------------------
-
-std::string default_data_path() {
-  const std::string local = "examples/data/digits.csv.gz";
-  if (std::filesystem::exists(local))
-    return local;
-  return UNDERSTUDY_DIGITS_DEFAULT;
-}
 
 /// `n` samples of 64 features in [0, 1) labelled by a seeded random linear
 /// teacher (the class with the largest score): learnable, as large as asked.
@@ -814,7 +808,7 @@ int main(int argc, char** argv) {
     data = synthetic(static_cast<size_t>(n), seed);
   } else {
     if (data_spec.empty())
-      data_spec = default_data_path();
+      data_spec = understudy::examples::default_digits_path();
     auto loaded = load_csv(data_spec, csv_options{csv_options::last_column, 1.0f / 16.0f, 10});
     if (!loaded)
       return usage("cannot load the data set: " + describe(loaded.error()));

@@ -57,6 +57,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../common/digits_path.hpp"
 #include "../common/interrupt.hpp"
 
 namespace {
@@ -72,13 +73,6 @@ constexpr size_t max_answer_bytes = size_t{1} << 20;
 
 /// Distinct failure causes kept apart; more are counted under "other causes".
 constexpr size_t max_causes = 64;
-
-std::string default_data_path() {
-  std::string local = "examples/data/digits.csv.gz";
-  if (std::filesystem::exists(local))
-    return local;
-  return UNDERSTUDY_DIGITS_DEFAULT;
-}
 
 /// Parses "10s", "500ms", "250us", "2m", "1h" or a bare number of seconds.
 std::optional<std::chrono::nanoseconds> parse_duration(std::string_view text) {
@@ -931,7 +925,7 @@ int main(int argc, char** argv) {
       return usage("--url " + url + ": " + std::move(err));
 
   if (data_path.empty())
-    data_path = default_data_path();
+    data_path = understudy::examples::default_digits_path();
   data_rows rows;
   if (auto err = load_rows(data_path, scale, rows); !err.empty())
     return usage(err);

@@ -35,6 +35,7 @@
 #include <CLI/CLI.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include "../common/digits_path.hpp"
 #include "../common/interrupt.hpp"
 #include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/numerics/dataset.hpp"
@@ -49,13 +50,6 @@ using namespace understudy;
 using namespace understudy::actors;
 using understudy::examples::interrupt_watch;
 using clock_type = std::chrono::steady_clock;
-
-std::string default_data_path() {
-  const std::string local = "examples/data/digits.csv.gz";
-  if (std::filesystem::exists(local))
-    return local;
-  return UNDERSTUDY_DIGITS_DEFAULT;
-}
 
 /// "2s", "500ms", "0" -> milliseconds; -1 when malformed.
 int64_t parse_ms(const std::string& s) {
@@ -182,7 +176,7 @@ int main(int argc, char** argv) {
   caf::expected<supervisor_ref> job_tree{caf::sec::invalid_argument};
   auto start_training = [&](uint64_t steps) -> caf::error {
     if (data_path.empty())
-      data_path = default_data_path();
+      data_path = understudy::examples::default_digits_path();
     auto data = load_csv(data_path, csv_options{csv_options::last_column, 1.0f / 16.0f, 10});
     if (!data)
       return data.error();
