@@ -118,7 +118,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--watch", watch, "how often to look for a newer committed step")
       ->capture_default_str();
-  app.add_option("--crash-every", crash_every, "kill a random replica at this interval (0: never)")
+  app.add_option("--crash-every", crash_every,
+                 "kill a random replica in rotation at this interval (0: never)")
       ->capture_default_str();
   auto* poison_opt = app.add_option("--poison", poison,
                                     "a request whose first value equals this crashes its replica");
@@ -161,6 +162,10 @@ int main(int argc, char** argv) {
 
   runtime_config rcfg;
   rcfg.log_events = false;
+  // Latency first: an idle scheduler thread waits to be woken by new work at
+  // once instead of polling for it every 50 us (which leaves a request
+  // arriving meanwhile waiting for the poll).
+  rcfg.idle_poll = std::chrono::microseconds(0);
   rcfg.configure = [](caf::actor_system_config& cfg) { serving::register_serving_types(cfg); };
   runtime rt{rcfg};
   state_store_config stcfg;
@@ -277,8 +282,14 @@ int main(int argc, char** argv) {
       next_crash += std::chrono::milliseconds(crash_ms);
       auto reps = tree->nested("digits");
       auto reps2 = reps ? reps->nested("replicas") : reps;
-      if (reps2) {
-        auto id = "replica-" + std::to_string(rng() % (replicas + standbys));
+      // A replica in rotation, the one whose requests the router must save.
+      std::vector<std::string> active;
+      if (auto st = status())
+        for (const auto& r : st->replicas)
+          if (r.state == "active")
+            active.push_back(r.id);
+      if (reps2 && !active.empty()) {
+        auto id = active[rng() % active.size()];
         if (auto victim = reps2->resolve(id, std::chrono::milliseconds(200))) {
           self->send_exit(*victim, caf::exit_reason::kill);
           ++crashes;
