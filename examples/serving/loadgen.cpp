@@ -11,6 +11,7 @@
 //                   [--rate 100] [--duration 10s | --requests N] [--batch 1] [--sessions K]
 //                   [--data examples/data/digits.csv.gz] [--scale 0.0625] [--timeout 5s]
 //                   [--max-in-flight 4096] [--answers FILE] [--quiet | --live] [--json] [--spin]
+//                   [--failover [--try-timeout 500ms]]
 //
 // It sleeps between sends on a timerfd; --spin polls without sleeping instead (a whole core) where
 // wake-ups are slow. The summary's "send lag" shows how late the generator itself sent.
@@ -19,7 +20,10 @@
 // of its due time); failed, by cause (another HTTP status with the answer's cause, or curl's
 // transport error). A request due while --max-in-flight are outstanding is not sent: it is
 // counted as dropped by the generator. With --sessions, a session whose answer carries a version
-// lower than one it already saw counts a version regression.
+// lower than one it already saw counts a version regression. With --failover and several --url, a
+// try whose router is unreachable, does not answer within --try-timeout or has no replica (502, or
+// 503 other than overloaded) is sent to the next URL, as a client of several routers should; the
+// summary counts such tries apart.
 //
 // While it runs, stderr shows one line updated each second (on a terminal, or with --live). At the
 // end stdout gets a table and, with --json, one JSON line. Latency figures are of ok answers.
@@ -306,6 +310,9 @@ struct options {
   size_t batch = 1;
   uint64_t sessions = 0; ///< 0: no key
   std::chrono::nanoseconds timeout{std::chrono::seconds{5}};
+  /// With --failover: a try unanswered this long goes to the next URL.
+  std::chrono::nanoseconds try_timeout{0};
+  bool failover = false;
   size_t max_in_flight = 4096;
   bool live = false;
   bool spin = false; ///< never sleep between sends
@@ -320,6 +327,9 @@ struct tally {
   uint64_t timeouts = 0;
   uint64_t dropped = 0;
   uint64_t regressions = 0;
+  /// Tries sent again to the next URL (--failover): its router was unreachable,
+  /// did not answer in time, or had no replica.
+  uint64_t failed_over = 0;
   std::map<std::string, uint64_t> failed_by_cause;
   std::map<int64_t, uint64_t> versions;
   /// Answered instances, and those whose prediction equals the row's label.
@@ -331,6 +341,9 @@ struct tally {
 struct transfer {
   CURL* easy = nullptr;
   uint64_t index = 0;
+  /// The URL of its current try, and its tries so far.
+  size_t url = 0;
+  size_t tries = 0;
   clock_type::time_point due;
   std::string body;
   std::string answer;
@@ -502,9 +515,6 @@ private:
         std::chrono::duration_cast<std::chrono::nanoseconds>(now - when).count()));
     t->index = i;
     t->due = when;
-    t->answer.clear();
-    t->answer_too_large = false;
-    t->error[0] = '\0';
     auto instances = json::array();
     auto first = static_cast<size_t>((i * opt_.batch) % rows_.size());
     for (size_t k = 0; k < opt_.batch; ++k) {
@@ -516,20 +526,52 @@ private:
     if (opt_.sessions != 0)
       body["key"] = "s" + std::to_string(i % opt_.sessions);
     t->body = body.dump();
-    // The timeout counts from the due time, like the latency.
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(opt_.timeout - (now - when));
-    CURL* e = t->easy;
-    curl_easy_setopt(e, CURLOPT_URL, opt_.urls[i % opt_.urls.size()].c_str());
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->body.data());
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->body.size()));
+    t->url = static_cast<size_t>(i % opt_.urls.size());
+    t->tries = 0;
+    if (send(*t, now))
+      ++tally_.sent;
+  }
+
+  /// Sends `t` (again) to its current URL; false when it could not.
+  bool send(transfer& t, clock_type::time_point now) {
+    // The timeout counts from the due time, like the latency; with
+    // --failover a try gets at most --try-timeout of it.
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(opt_.timeout - (now - t.due));
+    if (opt_.failover && opt_.try_timeout.count() > 0)
+      left =
+          std::min(left, std::chrono::duration_cast<std::chrono::milliseconds>(opt_.try_timeout));
+    ++t.tries;
+    t.answer.clear();
+    t.answer_too_large = false;
+    t.error[0] = '\0';
+    CURL* e = t.easy;
+    curl_easy_setopt(e, CURLOPT_URL, opt_.urls[t.url].c_str());
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t.body.data());
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t.body.size()));
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::max<int64_t>(1, left.count())));
     if (curl_multi_add_handle(multi_, e) != CURLM_OK) {
-      idle_.push_back(t);
+      idle_.push_back(&t);
       fail("curl_multi_add_handle failed");
-      return;
+      return false;
     }
     ++in_flight_;
-    ++tally_.sent;
+    return true;
+  }
+
+  /// Whether a finished try of `t` goes to the next URL (--failover): its
+  /// router was unreachable, did not answer within --try-timeout, or had no
+  /// replica (502, or 503 other than overloaded), and time and URLs are left.
+  bool fails_over(const transfer& t, CURLcode result, clock_type::time_point now) const {
+    if (!opt_.failover || t.tries >= opt_.urls.size() || now - t.due >= opt_.timeout ||
+        t.answer_too_large)
+      return false;
+    if (result != CURLE_OK)
+      return true;
+    long status = 0;
+    curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status == 502)
+      return true;
+    return status == 503 && t.answer.find("\"overloaded\"") == std::string::npos;
   }
 
   void fail(const std::string& cause) {
@@ -553,7 +595,14 @@ private:
       curl_easy_getinfo(e, CURLINFO_PRIVATE, &t);
       curl_multi_remove_handle(multi_, e);
       --in_flight_;
-      finish(*t, result, clock_type::now());
+      auto now = clock_type::now();
+      if (fails_over(*t, result, now)) {
+        t->url = (t->url + 1) % opt_.urls.size();
+        ++tally_.failed_over;
+        send(*t, now);
+        continue;
+      }
+      finish(*t, result, now);
       idle_.push_back(t);
     }
   }
@@ -774,6 +823,8 @@ void print_summary(const options& opt, const generator& gen, double duration_s) 
     std::printf("    %-40s %" PRIu64 "\n", cause.c_str(), n);
   row("timeouts", r.timeouts);
   row("dropped by the generator", r.dropped);
+  if (opt.failover)
+    row("failed over (tries)", r.failed_over);
   row("version regressions", r.regressions);
   std::printf("  %-24s %10.1f ok/s over %.2fs\n", "throughput",
               elapsed > 0 ? static_cast<double>(r.ok) / elapsed : 0.0, elapsed);
@@ -824,6 +875,7 @@ void print_json(const generator& gen) {
   line["failed"] = std::move(failed);
   line["timeouts"] = r.timeouts;
   line["dropped"] = r.dropped;
+  line["failed_over"] = r.failed_over;
   line["regressions"] = r.regressions;
   line["p50_ms"] = ms_or_null(h.quantile(0.5));
   line["p90_ms"] = ms_or_null(h.quantile(0.9));
@@ -846,7 +898,8 @@ int main(int argc, char** argv) {
 
   CLI::App app{"serving_loadgen: open-loop load for a serving deployment's JSON API", program_name};
   options opt;
-  std::string duration_text, timeout_text = "5s", data_path, answers_path;
+  std::string duration_text, timeout_text = "5s", try_timeout_text = "500ms", data_path,
+                             answers_path;
   uint64_t requests = 0;
   double scale = 1.0 / 16;
   bool quiet = false, live = false, print_json_line = false;
@@ -874,6 +927,12 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", timeout_text,
                  "a request unanswered this long after its due time "
                  "counts as a timeout")
+      ->capture_default_str();
+  app.add_flag("--failover", opt.failover,
+               "as a client of several routers should: a try whose router is unreachable, does "
+               "not answer within --try-timeout or has no replica goes to the next --url");
+  app.add_option("--try-timeout", try_timeout_text,
+                 "with --failover: how long one try may take before the next URL gets it")
       ->capture_default_str();
   app.add_option("--max-in-flight", opt.max_in_flight,
                  "requests outstanding at most; one due beyond is dropped by the generator")
@@ -918,6 +977,10 @@ int main(int argc, char** argv) {
   if (!timeout || timeout->count() <= 0)
     return usage("--timeout " + timeout_text + ": not a positive duration (e.g. 5s, 500ms)");
   opt.timeout = *timeout;
+  auto try_timeout = parse_duration(try_timeout_text);
+  if (!try_timeout || try_timeout->count() <= 0)
+    return usage("--try-timeout " + try_timeout_text + ": not a positive duration (e.g. 500ms)");
+  opt.try_timeout = *try_timeout;
   if (!std::isfinite(scale))
     return usage("--scale must be a finite number");
   for (auto& url : opt.urls)

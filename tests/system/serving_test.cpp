@@ -226,3 +226,72 @@ TEST_CASE(
   CHECK(after["ok"] == after["sent"]);
   CHECK(after["failed"].dump() == "{}");
 }
+
+TEST_CASE(
+    "clients failing over between a cluster's routers see no failed request while one "
+    "node is frozen and another killed",
+    "[serving][system][cluster]") {
+  cli_test::scratch_dir dir;
+  REQUIRE(daemon_test::run_to_end({UNDERSTUDY_DIGITS_MLP_PATH, "--steps", "100", "--state-dir",
+                                   dir.path + "/trained", "--data", UNDERSTUDY_DIGITS_PATH},
+                                  dir.path, dir.path + "/train.log") == 0);
+  auto port = test::free_port();
+  auto file = dir.path + "/serve.toml";
+  std::ofstream{file} << "[cluster]\nname = \"serve3\"\n"
+                      << "[cluster.failure_detection]\nheartbeat_interval = \"100ms\"\n"
+                      << "deadline = \"1s\"\n";
+  for (int i = 1; i <= 3; ++i)
+    std::ofstream{file, std::ios::app} << "[[node]]\nname = \"n" << i
+                                       << "\"\nhost = \"127.0.0.1\"\nport = " << test::free_port()
+                                       << "\nstate_dir = \"" << dir.path << "/n" << i << "\"\n";
+  std::ofstream{file, std::ios::app}
+      << "[serve]\nmodel = \"digits\"\nlayers = [64, 128, 10]\nstate_dir = \"" << dir.path
+      << "/trained\"\nreplicas = 2\nstandbys = 1\nport = " << port << "\n";
+  auto log = dir.path + "/launch.log";
+  daemon_test::background cluster{{UNDERSTUDY_CLI_PATH, "launch", file}, log};
+  for (int i = 1; i <= 3; ++i)
+    wait_for_line(log, "node n" + std::to_string(i) + ": serving digits");
+  std::vector<std::string> args{UNDERSTUDY_LOADGEN_PATH,
+                                "--data",
+                                UNDERSTUDY_DIGITS_PATH,
+                                "--json",
+                                "--quiet",
+                                "--rate",
+                                "300",
+                                "--duration",
+                                "5s",
+                                "--failover",
+                                "--try-timeout",
+                                "300ms"};
+  for (int i = 0; i < 3; ++i) {
+    args.push_back("--url");
+    args.push_back("http://127.0.0.1:" + std::to_string(port + i) + "/v1/models/digits:predict");
+  }
+  auto load_log = dir.path + "/loadgen.log";
+  auto loadgen = daemon_test::spawn(args, dir.path, load_log, false);
+  auto n1 = find_process({UNDERSTUDY_CLI_PATH, "node", file, "--name n1"});
+  auto n3 = find_process({UNDERSTUDY_CLI_PATH, "node", file, "--name n3"});
+  REQUIRE(n1 > 0);
+  REQUIRE(n3 > 0);
+  // The fault schedule (not a synchronisation): n3 frozen for 1.5 s from 1 s
+  // in, past the 1 s deadline; n1 killed at 3 s.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  ::kill(n3, SIGSTOP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  ::kill(n3, SIGCONT);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ::kill(n1, SIGKILL);
+  int wstatus = 0;
+  ::waitpid(loadgen, &wstatus, 0);
+  auto out = cli_test::slurp(load_log);
+  INFO("loadgen:\n" << out << "\nlaunch:\n" << cli_test::slurp(log));
+  CHECK(WIFEXITED(wstatus));
+  CHECK(WEXITSTATUS(wstatus) == 0);
+  auto brace = out.rfind("\n{");
+  REQUIRE(brace != std::string::npos);
+  auto summary = json::parse(out.substr(brace + 1));
+  CHECK(summary["failed"].dump() == "{}");
+  CHECK(summary["timeouts"] == 0);
+  CHECK(summary["ok"] == summary["sent"]);
+  CHECK(summary["failed_over"].get<int>() > 0);
+}
