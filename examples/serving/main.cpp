@@ -19,20 +19,26 @@
 // One line, updated each second, shows the version served, the replicas by
 // state and the requests answered, failed, refused as overloaded and retried.
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
 
 #include "../common/digits_path.hpp"
@@ -41,6 +47,7 @@
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/actors/training.hpp"
+#include "understudy/process/process_host.hpp"
 #include "understudy/serving/front_end.hpp"
 #include "understudy/state/runtime.hpp"
 
@@ -70,6 +77,31 @@ int64_t parse_ms(const std::string& s) {
   return -1;
 }
 
+/// The pid of this process's child hosting replica `id` (--isolated), or 0.
+pid_t replica_process(const std::string& id) {
+  const std::string title = "understudy-actor: " + id;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    std::ifstream cmd{e.path() / "cmdline"};
+    std::string argv0;
+    std::getline(cmd, argv0, '\0');
+    if (argv0 != title)
+      continue;
+    std::ifstream stat{e.path() / "stat"};
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    auto close = text.rfind(')');
+    std::istringstream rest{close == std::string::npos ? "" : text.substr(close + 2)};
+    std::string state;
+    long ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == static_cast<long>(::getpid()))
+      return static_cast<pid_t>(std::stol(name));
+  }
+  return 0;
+}
+
 /// The replicas by state, e.g. "2 active, 1 standby".
 std::string describe_replicas(const serving::serving_status& st) {
   std::map<std::string, int> n;
@@ -85,6 +117,9 @@ std::string describe_replicas(const serving::serving_status& st) {
 } // namespace
 
 int main(int argc, char** argv) {
+  // A replica's own process (--isolated) runs that and nothing else.
+  if (auto status = serving::run_replica_process_if_requested())
+    return *status;
   interrupt_watch interrupt;
   CLI::App app{"digits_serving: serves the digits model over HTTP from supervised replicas",
                "digits_serving"};
@@ -95,6 +130,7 @@ int main(int argc, char** argv) {
   uint16_t port = 8080;
   double poison = 0;
   uint64_t seed = 1;
+  bool isolated = false;
   app.add_option("--state-dir", state_dir, "the digits job's state directory (digits_mlp's)")
       ->capture_default_str();
   app.add_option("--train-steps", train_steps,
@@ -118,6 +154,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--watch", watch, "how often to look for a newer committed step")
       ->capture_default_str();
+  app.add_flag("--isolated", isolated,
+               "each replica in an OS process of its own (--crash-every then SIGKILLs one)");
   app.add_option("--crash-every", crash_every,
                  "kill a random replica in rotation at this interval (0: never)")
       ->capture_default_str();
@@ -155,6 +193,7 @@ int main(int argc, char** argv) {
   scfg.max_outstanding = max_outstanding;
   scfg.watch_interval = std::chrono::milliseconds(watch_ms);
   scfg.seed = seed;
+  scfg.isolated = isolated;
   if (poison_opt->count() > 0)
     scfg.poison = static_cast<float>(poison);
   if (auto err = serving::validate(scfg))
@@ -166,7 +205,13 @@ int main(int argc, char** argv) {
   // once instead of polling for it every 50 us (which leaves a request
   // arriving meanwhile waiting for the poll).
   rcfg.idle_poll = std::chrono::microseconds(0);
-  rcfg.configure = [](caf::actor_system_config& cfg) { serving::register_serving_types(cfg); };
+  rcfg.configure = [isolated](caf::actor_system_config& cfg) {
+    serving::register_serving_types(cfg);
+    if (isolated) {
+      cfg.load<caf::io::middleman>(); // reaches the replicas' processes
+      register_process_types(cfg);
+    }
+  };
   runtime rt{rcfg};
   state_store_config stcfg;
   stcfg.directory = state_dir;
@@ -290,7 +335,13 @@ int main(int argc, char** argv) {
             active.push_back(r.id);
       if (reps2 && !active.empty()) {
         auto id = active[rng() % active.size()];
-        if (auto victim = reps2->resolve(id, std::chrono::milliseconds(200))) {
+        if (isolated) {
+          if (auto pid = replica_process(id); pid > 0 && ::kill(pid, SIGKILL) == 0) {
+            ++crashes;
+            std::printf("%sfault: SIGKILLed %s's process %d\n", tty ? "\r\033[K" : "", id.c_str(),
+                        static_cast<int>(pid));
+          }
+        } else if (auto victim = reps2->resolve(id, std::chrono::milliseconds(200))) {
           self->send_exit(*victim, caf::exit_reason::kill);
           ++crashes;
           std::printf("%sfault: killed %s\n", tty ? "\r\033[K" : "", id.c_str());

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "understudy/actors/committed_model.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/serving/errors.hpp"
 
 namespace understudy::serving {
@@ -19,6 +20,19 @@ public:
       : net_(std::move(net)), store_(std::move(store)), job_path_(std::move(job_path)) {}
 
   const actors::model& net() const override { return *net_; }
+
+  std::map<std::string, std::string> process_role() const override {
+    const auto* m = dynamic_cast<const actors::mlp*>(net_.get());
+    if (m == nullptr)
+      return {};
+    std::string layers;
+    for (auto n : m->layer_sizes())
+      layers += (layers.empty() ? "" : ",") + std::to_string(n);
+    return {{"source", "committed_steps"},
+            {"state_dir", store_->config().directory},
+            {"job", job_path_},
+            {"layers", layers}};
+  }
 
   caf::expected<uint64_t> newest() const override {
     return actors::newest_committed_step(*store_, job_path_);

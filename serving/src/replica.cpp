@@ -12,6 +12,8 @@
 #include <caf/typed_response_promise.hpp>
 
 #include "tree.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/process/process_host.hpp"
 
 namespace understudy::serving::detail {
 
@@ -164,19 +166,106 @@ struct replica_actor {
 
 } // namespace
 
+caf::behavior replica_behavior(caf::event_based_actor* self, const serve_config& cfg,
+                               std::shared_ptr<model_source> source, std::string id) {
+  capture_exceptions(self);
+  auto a = std::make_shared<replica_actor>();
+  a->self = self;
+  a->cfg = cfg;
+  a->source = std::move(source);
+  a->id = std::move(id);
+  self->attach_functor([a](const caf::error&) {});
+  return a->make();
+}
+
+namespace {
+
+/// Whether `text` may travel as a process role value.
+bool role_safe(const std::string& text) {
+  return text.find_first_of(";=") == std::string::npos;
+}
+
+} // namespace
+
 child_spec replica_spec(const serve_config& cfg, std::shared_ptr<model_source> source,
                         std::string id) {
-  auto spec = worker(id, [cfg, source, id](caf::event_based_actor* self) {
-    auto a = std::make_shared<replica_actor>();
-    a->self = self;
-    a->cfg = cfg;
-    a->source = source;
-    a->id = id;
-    self->attach_functor([a](const caf::error&) {});
-    return a->make();
-  });
+  child_spec spec;
+  spec.id = id;
+  if (!cfg.isolated) {
+    spec.start = [cfg, source, id](child_context& ctx) -> caf::expected<caf::actor> {
+      return caf::actor{ctx.system.spawn(replica_behavior, cfg, source, id)};
+    };
+  } else {
+    spec.start = [cfg, source, id](child_context& ctx) -> caf::expected<caf::actor> {
+      auto role = source->process_role();
+      if (role.empty())
+        return make_error(config_errc::invalid_value,
+                          "serve: isolated replicas need a source that a process of its own can "
+                          "open (a training job's state directory and an MLP)");
+      role["actor"] = "serving_replica";
+      role["id"] = id;
+      role["max_batch"] = std::to_string(cfg.max_batch);
+      role["max_delay_us"] = std::to_string(cfg.max_delay.count());
+      if (cfg.poison)
+        role["poison"] = std::to_string(*cfg.poison);
+      if (cfg.stall)
+        role["stall"] = std::to_string(*cfg.stall);
+      for (const auto& [key, value] : role)
+        if (!role_safe(value))
+          return make_error(config_errc::invalid_value,
+                            "serve: " + key + " \"" + value +
+                                "\" cannot reach a replica's process (no ';' or '=')");
+      process_spec ps;
+      ps.name = id;
+      ps.role = std::move(role);
+      return spawn_process_actor(ctx.system, std::move(ps));
+    };
+  }
   spec.shutdown = shutdown_spec::after(std::chrono::seconds(1));
   return spec;
 }
 
 } // namespace understudy::serving::detail
+
+namespace understudy::serving {
+
+std::optional<int> run_replica_process_if_requested() {
+  auto role = actor_host_role_from_env();
+  if (!role || role->get("actor") != "serving_replica")
+    return std::nullopt;
+  auto configure = [](caf::actor_system_config& cfg) { register_serving_types(cfg); };
+  auto make = [&role](caf::actor_system& sys) -> caf::expected<caf::actor> {
+    std::vector<size_t> layers;
+    std::string text = role->get("layers");
+    for (size_t at = 0; at < text.size();) {
+      auto comma = text.find(',', at);
+      layers.push_back(static_cast<size_t>(std::stoull(text.substr(at, comma - at))));
+      at = comma == std::string::npos ? text.size() : comma + 1;
+    }
+    std::shared_ptr<actors::mlp> net;
+    try {
+      net = std::make_shared<actors::mlp>(layers);
+    } catch (const std::exception& e) {
+      return make_error(config_errc::invalid_value,
+                        "replica process: layers \"" + text + "\": " + e.what());
+    }
+    state_store_config sc;
+    sc.directory = role->get("state_dir");
+    sc.read_only = true;
+    auto store = state_store::open(sc);
+    if (!store)
+      return std::move(store.error());
+    serve_config cfg;
+    cfg.max_batch = std::stoull(role->get("max_batch", "64"));
+    cfg.max_delay = std::chrono::microseconds(std::stoll(role->get("max_delay_us", "0")));
+    if (auto p = role->get("poison"); !p.empty())
+      cfg.poison = std::stof(p);
+    if (auto p = role->get("stall"); !p.empty())
+      cfg.stall = std::stof(p);
+    auto source = committed_steps(net, *store, role->get("job"));
+    return caf::actor{sys.spawn(detail::replica_behavior, cfg, source, role->get("id"))};
+  };
+  return run_actor_host(*role, configure, make, {});
+}
+
+} // namespace understudy::serving

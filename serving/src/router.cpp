@@ -255,10 +255,11 @@ struct router_actor {
     for (auto& [id, p] : inflight)
       if (p.slot == i && p.attempts > 0)
         orphans.push_back(id);
-    // A replica that failed on its own (an exception in a handler) may have
-    // failed on one of them: they are suspects. One killed from outside (its
-    // process or node lost, a kill) failed on none.
-    bool crashed = dm.reason == caf::sec::runtime_error;
+    // A replica that failed (an exception in a handler, its process ended)
+    // may have failed on one of them: they are suspects, computed alone from
+    // now on. One killed or stopped from outside failed on none.
+    bool crashed = dm.reason && dm.reason != caf::exit_reason::kill &&
+                   dm.reason != caf::exit_reason::user_shutdown;
     auto why = caf::make_error(caf::sec::request_receiver_down,
                                slots[i].id + " went down: " + describe(dm.reason));
     for (auto id : orphans)

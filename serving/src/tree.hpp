@@ -6,13 +6,19 @@
 #include <string>
 
 #include <caf/actor.hpp>
+#include <caf/event_based_actor.hpp>
 
 #include "understudy/serving/front_end.hpp"
 #include "understudy/serving/service.hpp"
 
 namespace understudy::serving::detail {
 
-/// Replica `id` of `cfg` loading from `source`.
+/// The behavior of replica `id` of `cfg` loading from `source`.
+caf::behavior replica_behavior(caf::event_based_actor* self, const serve_config& cfg,
+                               std::shared_ptr<model_source> source, std::string id);
+
+/// Replica `id` of `cfg` loading from `source` (in a process of its own with
+/// `cfg.isolated`).
 child_spec replica_spec(const serve_config& cfg, std::shared_ptr<model_source> source,
                         std::string id);
 

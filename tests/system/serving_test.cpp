@@ -68,6 +68,40 @@ json load(const std::string& url, const std::string& dir, const std::vector<std:
   return json::parse(out.substr(brace + 1));
 }
 
+/// Checks that every answer in `dir`/answers equals the model's own prediction
+/// of committed step `step` of the state in `dir`/state for its input.
+void check_answers(const std::string& dirpath, const json& summary, uint64_t step) {
+  // Every answer equals the model's own prediction for its input.
+  state_store_config sc;
+  sc.directory = dirpath + "/state";
+  sc.read_only = true;
+  auto store = state_store::open(sc);
+  REQUIRE(store);
+  actors::mlp net{{64, 128, 10}};
+  auto params = actors::read_committed_parameters(**store, "/digits_mlp", net);
+  REQUIRE(params);
+  CHECK(params->step == step);
+  auto data =
+      actors::load_csv(UNDERSTUDY_DIGITS_PATH,
+                       actors::csv_options{actors::csv_options::last_column, 1.0f / 16.0f, 10});
+  REQUIRE(data);
+  std::ifstream answers{dirpath + "/answers"};
+  size_t row = 0;
+  uint32_t label = 0;
+  uint64_t version = 0;
+  size_t checked = 0;
+  size_t wrong = 0;
+  while (answers >> row >> label >> version) {
+    REQUIRE(row < data->size());
+    uint32_t own = 0;
+    net.predict(params->params.data(), data->inputs.data() + row * 64, 1, &own);
+    wrong += own != label || version != step;
+    ++checked;
+  }
+  CHECK(checked == summary["ok"].get<size_t>());
+  CHECK(wrong == 0);
+}
+
 } // namespace
 
 TEST_CASE(
@@ -101,35 +135,37 @@ TEST_CASE(
     ++kills;
   CHECK(kills >= 10);
 
-  // Every answer equals the model's own prediction for its input.
-  state_store_config sc;
-  sc.directory = dir.path + "/state";
-  sc.read_only = true;
-  auto store = state_store::open(sc);
-  REQUIRE(store);
-  actors::mlp net{{64, 128, 10}};
-  auto params = actors::read_committed_parameters(**store, "/digits_mlp", net);
-  REQUIRE(params);
-  CHECK(params->step == 200);
-  auto data =
-      actors::load_csv(UNDERSTUDY_DIGITS_PATH,
-                       actors::csv_options{actors::csv_options::last_column, 1.0f / 16.0f, 10});
-  REQUIRE(data);
-  std::ifstream answers{dir.path + "/answers"};
-  size_t row = 0;
-  uint32_t label = 0;
-  uint64_t version = 0;
-  size_t checked = 0;
-  size_t wrong = 0;
-  while (answers >> row >> label >> version) {
-    REQUIRE(row < data->size());
-    uint32_t own = 0;
-    net.predict(params->params.data(), data->inputs.data() + row * 64, 1, &own);
-    wrong += own != label || version != 200;
-    ++checked;
-  }
-  CHECK(checked == summary["ok"].get<size_t>());
-  CHECK(wrong == 0);
+  check_answers(dir.path, summary, 200);
+}
+
+TEST_CASE(
+    "with each replica in a process of its own, replica processes SIGKILLed every 200 ms "
+    "fail no request and every answer is the model's own prediction",
+    "[serving][system]") {
+  cli_test::scratch_dir dir;
+  auto log = dir.path + "/serving.log";
+  daemon_test::background server{
+      {UNDERSTUDY_DIGITS_SERVING_PATH, "--state-dir", dir.path + "/state", "--data",
+       UNDERSTUDY_DIGITS_PATH, "--train-steps", "200", "--port", "0", "--isolated", "--crash-every",
+       "200ms", "--for", "60s"},
+      log};
+  auto url = served_url(log);
+  int status = -1;
+  auto summary =
+      load(url, dir.path, {"--rate", "300", "--duration", "4s", "--answers", dir.path + "/answers"},
+           &status);
+  auto served = cli_test::slurp(log);
+  UNSCOPED_INFO("digits_serving:\n" << served);
+  CHECK(status == 0);
+  CHECK(summary["failed"].dump() == "{}");
+  CHECK(summary["timeouts"] == 0);
+  CHECK(summary["ok"] == summary["sent"]);
+  auto kills = 0;
+  for (size_t at = served.find("'s process"); at != std::string::npos;
+       at = served.find("'s process", at + 1))
+    ++kills;
+  CHECK(kills >= 10);
+  check_answers(dir.path, summary, 200);
 }
 
 TEST_CASE("versions roll in under load with no failed request and no session going back",

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +32,11 @@ public:
   /// Loads version `step` (0: the newest). Errors (serving_errc::no_model):
   /// none committed, not that step, or its records do not fit the model.
   virtual caf::expected<model_version> load(uint64_t step) const = 0;
+  /// What a replica in a process of its own needs to open the same source
+  /// there (process_spec::role pairs, see run_replica_process_if_requested);
+  /// empty where the source cannot be opened elsewhere (versions in memory,
+  /// a model other than an MLP).
+  virtual std::map<std::string, std::string> process_role() const { return {}; }
 };
 
 /// The committed steps of the training job at `job_path` (e.g. "/digits_mlp")

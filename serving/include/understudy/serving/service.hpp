@@ -53,6 +53,12 @@ enum class balance_policy : uint8_t {
   least_outstanding,
 };
 
+/// In a program that serves with `isolated` replicas: when this process was
+/// started to host a replica (its environment says so), runs it and returns
+/// the process's exit status; none otherwise. Call it first in main(), before
+/// anything starts threads or opens LMDB.
+std::optional<int> run_replica_process_if_requested();
+
 /// Returns "power_of_two", "round_robin" or "least_outstanding".
 std::string to_string(balance_policy x);
 
@@ -87,6 +93,13 @@ struct serve_config {
   std::chrono::milliseconds watch_interval{500};
   /// Sessions remembered at most (the oldest are forgotten beyond).
   size_t max_sessions = 100000;
+  /// Each replica in an OS process of its own (runtime/process): a replica
+  /// that brings its process down (or a process killed) costs only that
+  /// replica. The source must say how to open it there (process_role), the
+  /// program must call run_replica_process_if_requested first in main(), and
+  /// the actor system needs CAF's middleman. The processes talk plain TCP on
+  /// loopback.
+  bool isolated = false;
   /// Fault injection for tests and demos: a request whose first input value
   /// equals this crashes the replica that computes it (with its batch).
   std::optional<float> poison;
