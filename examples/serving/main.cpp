@@ -131,6 +131,7 @@ int main(int argc, char** argv) {
   double poison = 0;
   uint64_t seed = 1;
   bool isolated = false;
+  bool hedge = false;
   app.add_option("--state-dir", state_dir, "the digits job's state directory (digits_mlp's)")
       ->capture_default_str();
   app.add_option("--train-steps", train_steps,
@@ -154,6 +155,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--watch", watch, "how often to look for a newer committed step")
       ->capture_default_str();
+  app.add_flag("--hedge", hedge,
+               "send a request unanswered after the recent p95 latency to a second replica too");
   app.add_flag("--isolated", isolated,
                "each replica in an OS process of its own (--crash-every then SIGKILLs one)");
   app.add_option("--crash-every", crash_every,
@@ -194,6 +197,7 @@ int main(int argc, char** argv) {
   scfg.watch_interval = std::chrono::milliseconds(watch_ms);
   scfg.seed = seed;
   scfg.isolated = isolated;
+  scfg.hedge = hedge;
   if (poison_opt->count() > 0)
     scfg.poison = static_cast<float>(poison);
   if (auto err = serving::validate(scfg))

@@ -59,9 +59,16 @@ json status_json(const std::string& model, const serving_status& st) {
                         {"outstanding", r.outstanding},
                         {"latency_ms", r.latency_ms},
                         {"downs", r.downs}});
-  return {{"model", model},          {"version", st.target},         {"replicas", replicas},
-          {"answered", st.answered}, {"failed", st.failed},          {"overloaded", st.overloaded},
-          {"retried", st.retried},   {"active", active_replicas(st)}};
+  return {{"model", model},
+          {"version", st.target},
+          {"replicas", replicas},
+          {"answered", st.answered},
+          {"failed", st.failed},
+          {"overloaded", st.overloaded},
+          {"retried", st.retried},
+          {"hedged", st.hedged},
+          {"hedges_won", st.hedges_won},
+          {"active", active_replicas(st)}};
 }
 
 } // namespace

@@ -27,6 +27,12 @@ using tick_atom = caf::atom_constant<caf::atom("sv_tick")>;
 using resolve_again_atom = caf::atom_constant<caf::atom("sv_reres")>;
 using load_again_atom = caf::atom_constant<caf::atom("sv_reload")>;
 using parked_timeout_atom = caf::atom_constant<caf::atom("sv_parkto")>;
+using hedge_atom = caf::atom_constant<caf::atom("sv_hedge")>;
+
+/// Answers whose latency the hedging delay is taken from, and how many must be
+/// in before requests are hedged.
+constexpr size_t latency_window = 256;
+constexpr size_t latency_min_samples = 32;
 
 using steady = std::chrono::steady_clock;
 
@@ -89,6 +95,8 @@ struct pending {
   bool alone = false;
   /// Waiting for a replica to enter the rotation.
   bool parked = false;
+  /// A hedge was sent for it.
+  bool hedged = false;
 };
 
 struct session {
@@ -108,6 +116,9 @@ struct router_actor {
   std::unordered_map<std::string, session> sessions;
   std::deque<std::string> session_order;
   std::deque<uint64_t> parked;
+  /// The latencies (ms) of the last answers, a ring.
+  std::vector<double> recent;
+  size_t recent_next = 0;
   uint64_t target = 0;
   uint64_t next_id = 1;
   size_t rr = 0;
@@ -158,6 +169,7 @@ struct router_actor {
             self->delayed_send(self, cfg.watch_interval, tick_atom::value);
         },
         [this](resolve_again_atom, size_t i) { resolve(i); },
+        [this](hedge_atom, uint64_t id, uint64_t attempt) { hedge(id, attempt); },
         [this](parked_timeout_atom, uint64_t id, uint64_t attempt) {
           auto it = inflight.find(id);
           if (it == inflight.end() || !it->second.parked || it->second.attempt_id != attempt)
@@ -488,6 +500,8 @@ struct router_actor {
     if (p.alone)
       s.lone = true;
     const bool alone = p.alone;
+    if (cfg.hedge && !alone && p.attempts == 1 && recent.size() >= latency_min_samples)
+      self->delayed_send(self, hedge_delay(), hedge_atom::value, id, attempt);
     self->request(s.handle, cfg.request_timeout, predict_atom::value, p.req.in, p.alone)
         .then(
             [this, id, attempt, i, epoch, sent, alone](prediction& out) {
@@ -499,6 +513,7 @@ struct router_actor {
                   --s.outstanding;
                 auto ms = std::chrono::duration<double, std::milli>(steady::now() - sent).count();
                 s.ewma_ms = 0.8 * s.ewma_ms + 0.2 * std::max(ms, 0.01);
+                record_latency(ms);
               }
               auto it = inflight.find(id);
               if (it == inflight.end() || it->second.attempt_id != attempt)
@@ -532,6 +547,63 @@ struct router_actor {
                 rebalance();
               else if (alone)
                 unpark();
+            });
+  }
+
+  void record_latency(double ms) {
+    if (recent.size() < latency_window) {
+      recent.push_back(ms);
+    } else {
+      recent[recent_next] = ms;
+      recent_next = (recent_next + 1) % latency_window;
+    }
+  }
+
+  /// The recent p95 latency, at least 1 ms.
+  caf::timespan hedge_delay() const {
+    auto sorted = recent;
+    auto k = sorted.size() * 95 / 100;
+    std::nth_element(sorted.begin(), sorted.begin() + static_cast<long>(k), sorted.end());
+    auto ms = std::max(1.0, sorted[k]);
+    return std::chrono::duration_cast<caf::timespan>(std::chrono::duration<double, std::milli>(ms));
+  }
+
+  /// Sends request `id`, still unanswered in attempt `attempt`, to a second
+  /// replica as well; the first answer is taken.
+  void hedge(uint64_t id, uint64_t attempt) {
+    auto it = inflight.find(id);
+    if (it == inflight.end() || it->second.attempt_id != attempt || it->second.hedged ||
+        it->second.parked || counts.hedged * 10 >= counts.answered)
+      return;
+    auto& p = it->second;
+    auto i = choose(p, nullptr);
+    if (i == slots.size())
+      return;
+    auto& s = slots[i];
+    p.hedged = true;
+    ++counts.hedged;
+    ++s.outstanding;
+    auto epoch = s.epoch;
+    self->request(s.handle, cfg.request_timeout, predict_atom::value, p.req.in, false)
+        .then(
+            [this, id, i, epoch](prediction& out) {
+              if (slots[i].epoch == epoch && slots[i].outstanding > 0)
+                --slots[i].outstanding;
+              auto it = inflight.find(id);
+              if (it == inflight.end())
+                return; // the first attempt answered first
+              auto& p = it->second;
+              out.attempts = p.attempts + 1;
+              if (auto* sess = session_of(p.req.key))
+                sess->min_version = std::max(sess->min_version, out.version);
+              ++counts.answered;
+              ++counts.hedges_won;
+              p.rp.deliver(std::move(out));
+              inflight.erase(it);
+            },
+            [this, i, epoch](caf::error&) {
+              if (slots[i].epoch == epoch && slots[i].outstanding > 0)
+                --slots[i].outstanding;
             });
   }
 

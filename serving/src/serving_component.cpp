@@ -37,7 +37,8 @@ std::vector<config_key> serve_keys() {
                                                         {"max_outstanding", "integer"},
                                                         {"max_attempts", "integer"},
                                                         {"request_timeout", "duration"},
-                                                        {"watch_interval", "duration"}})
+                                                        {"watch_interval", "duration"},
+                                                        {"hedge", "boolean"}})
     keys.push_back(config_key{"serve", name, type});
   return keys;
 }
@@ -85,6 +86,8 @@ caf::expected<std::any> parse_serve(config_table& r) {
     s.request_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(*x);
   if (auto x = r.duration("watch_interval", false))
     s.watch_interval = std::chrono::duration_cast<std::chrono::milliseconds>(*x);
+  if (auto h = r.boolean("hedge"))
+    s.hedge = *h;
   auto placement = r.placement("[serve]", placement_policy::any);
   if (placement.policy == placement_policy::nodes)
     c.nodes = placement.nodes;

@@ -397,3 +397,45 @@ TEST_CASE_METHOD(serving_fixture,
   CHECK(downs == 2);
   CHECK(states() == std::map<std::string, size_t>{{"active", 2}, {"standby", 1}});
 }
+
+TEST_CASE_METHOD(serving_fixture,
+                 "with hedging a request stuck on a hung replica is answered by its hedge long "
+                 "before its timeout",
+                 "[serving]") {
+  m.add(1);
+  auto cfg = config(2, 0);
+  cfg.policy = balance_policy::round_robin; // after 40 requests the next goes to replica-0
+  cfg.hedge = true;
+  cfg.stall = 77.0f;
+  start(cfg);
+  // Latencies to take the p95 from.
+  std::vector<predict_request> warm;
+  for (int i = 0; i < 40; ++i)
+    warm.push_back(make_request(inputs(1, i)));
+  for (auto& o : send_all(warm))
+    REQUIRE(o);
+  // replica-0 hangs, which the router does not know yet.
+  auto stall = inputs(1, 5);
+  stall[0] = 77.0f;
+  instances in;
+  in.count = 1;
+  in.values = std::make_shared<std::vector<float>>(stall);
+  self->send(handle(replicas_supervisor(), "replica-0"), predict_atom::value, in, false);
+  run();
+  auto req = make_request(inputs(1, 9));
+  auto h = self->request(router->get(), caf::infinite, predict_atom::value, req);
+  run();
+  advance(std::chrono::milliseconds(2)); // past the p95 (at least 1 ms), far below the 2 s timeout
+  bool answered = false;
+  h.receive(
+      [&](prediction& p) {
+        answered = true;
+        CHECK(p.replica == "replica-1");
+        CHECK(p.labels == m.expected(1, *req.in.values));
+      },
+      [&](caf::error& e) { FAIL(describe(e)); });
+  CHECK(answered);
+  auto st = status();
+  CHECK(st.hedged == 1);
+  CHECK(st.hedges_won == 1);
+}

@@ -104,6 +104,9 @@ struct serving_status {
   uint64_t failed = 0;
   uint64_t overloaded = 0;
   uint64_t retried = 0;
+  /// Hedges sent (serve_config::hedge) and those that answered first.
+  uint64_t hedged = 0;
+  uint64_t hedges_won = 0;
   /// Requests in flight now, and those of them waiting for a replica.
   uint64_t in_flight = 0;
   uint64_t waiting = 0;
@@ -112,7 +115,8 @@ struct serving_status {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, serving_status& x) {
   return f(caf::meta::type_name("understudy::serving::serving_status"), x.target, x.replicas,
-           x.answered, x.failed, x.overloaded, x.retried, x.in_flight, x.waiting);
+           x.answered, x.failed, x.overloaded, x.retried, x.hedged, x.hedges_won, x.in_flight,
+           x.waiting);
 }
 
 /// Replicas in rotation in `st` ("active").

@@ -91,6 +91,12 @@ struct serve_config {
   /// How often the router looks for a newer version in the source (0: only
   /// when told with update_atom).
   std::chrono::milliseconds watch_interval{500};
+  /// Hedged requests: a request not answered within the recent p95 latency
+  /// (of the last 256 answers, once 32 are in; at least 1 ms) is also sent to
+  /// another replica in rotation, and the first answer is taken. At most one
+  /// hedge per request, and no more hedges than a tenth of the answers, so a
+  /// slow deployment is not sent twice the load.
+  bool hedge = false;
   /// Sessions remembered at most (the oldest are forgotten beyond).
   size_t max_sessions = 100000;
   /// Each replica in an OS process of its own (runtime/process): a replica
