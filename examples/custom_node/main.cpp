@@ -174,7 +174,8 @@ private:
       return;
     end_ = work_end{{},
                     "ticks=" + std::to_string(opts_.ticks) + " count=" + std::to_string(count) +
-                        " on " + last_node};
+                        " on " + last_node,
+                    {}};
     cv_.notify_all();
   }
 

@@ -122,7 +122,7 @@ public:
     caf::anon_send_exit(tree_, caf::exit_reason::user_shutdown);
   }
 
-  std::string status() const override {
+  std::string node_status() const override {
     auto st = current();
     if (!st)
       return "serve: " + model_ + " on " + url_ + ": the router does not answer\n";
@@ -136,7 +136,7 @@ public:
     return out;
   }
 
-  std::string status_json() const override {
+  std::string node_status_json() const override {
     using nlohmann::json;
     auto st = current();
     json serve{{"model", model_}, {"url", url_}};

@@ -246,12 +246,23 @@ TEST_CASE(
   CHECK(status == 0);
   CHECK(both["ok"] == both["sent"]);
   CHECK(both["versions"].contains("150"));
-  // The leader answers status with its own serving tree.
+  // Every node's status shows the replicas it serves.
   cli_test::scratch_dir sdir;
   auto st = cli_test::run_cli({"status", file}, sdir.path);
   CHECK(st.status == 0);
-  CHECK_THAT(st.out, Catch::Contains("serve: digits version 150"));
+  for (int i = 0; i < 2; ++i)
+    CHECK_THAT(st.out, Catch::Contains("serve: digits version 150 on " + urls[i]));
   CHECK_THAT(st.out, Catch::Contains(": standby, version 150"));
+  auto js = cli_test::run_cli({"status", file, "--json"}, sdir.path);
+  CHECK(js.status == 0);
+  size_t with_replicas = 0;
+  std::istringstream lines{js.out};
+  for (std::string line; std::getline(lines, line);) {
+    auto doc = json::parse(line, nullptr, false);
+    if (doc.is_object() && doc.contains("serve") && doc["serve"]["replicas"].size() == 3)
+      ++with_replicas;
+  }
+  CHECK(with_replicas == 2);
   // n1 dies; n2 goes on serving.
   auto n1 = find_process({UNDERSTUDY_CLI_PATH, "node", file, "--name n1"});
   REQUIRE(n1 > 0);

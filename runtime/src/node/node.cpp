@@ -67,6 +67,14 @@ std::string node_part::status() const {
   return {};
 }
 
+std::string node_part::node_status() const {
+  return {};
+}
+
+std::string node_part::node_status_json() const {
+  return {};
+}
+
 std::string node_part::status_json() const {
   return {};
 }
@@ -433,7 +441,34 @@ private:
     }
     candidates_ = leader_candidates(nc_, opts_.components);
     node_->set_leader_candidates(candidates_);
+    // Every node reports its parts' own shares; the leader adds its tree.
+    node_->set_status_provider([this] { return parts_node_status(); });
+    node_->set_status_json_provider([this] { return parts_node_status_json(); });
     return std::nullopt;
+  }
+
+  /// The parts' lines on this node's own share (node_part::node_status).
+  std::string parts_node_status() const {
+    std::string text;
+    for (const auto& p : parts_)
+      text += p->node_status();
+    return text;
+  }
+
+  /// The same as one JSON object.
+  std::string parts_node_status_json() const {
+    nlohmann::json doc = nlohmann::json::object();
+    for (const auto& p : parts_)
+      merge_json(doc, p->node_status_json());
+    return doc.dump();
+  }
+
+  /// Adds the members of the JSON object `more` (if it is one) to `doc`.
+  static void merge_json(nlohmann::json& doc, const std::string& more) {
+    auto parsed = nlohmann::json::parse(more, nullptr, false);
+    if (parsed.is_object())
+      for (auto& [key, value] : parsed.items())
+        doc[key] = value;
   }
 
   /// Follows until this node leads: at once for the first candidate, or when
@@ -555,16 +590,13 @@ private:
       auto text = tree_status(tree_status_json(*nodep, root, root_path, *recent), root_path);
       for (const auto& p : parts_)
         text += p->status();
-      return text;
+      return text + parts_node_status();
     });
     node_->set_status_json_provider([this, nodep = node_.get(), root = *tree, recent, root_path] {
       auto doc = tree_status_json(*nodep, root, root_path, *recent);
-      for (const auto& p : parts_) {
-        auto more = nlohmann::json::parse(p->status_json(), nullptr, false);
-        if (more.is_object())
-          for (auto& [key, value] : more.items())
-            doc[key] = value;
-      }
+      for (const auto& p : parts_)
+        merge_json(doc, p->status_json());
+      merge_json(doc, parts_node_status_json());
       return doc.dump();
     });
     // The root supervisor ends on its own only when its restarts could not
@@ -601,7 +633,8 @@ private:
       return work_end{root_exit.reason
                           ? with_context(root_exit.reason, what)
                           : make_error(supervision_errc::start_failed, what + " (no reason given)"),
-                      ""};
+                      "",
+                      {}};
     };
     for (;;) {
       if (worker == parts_.end()) {

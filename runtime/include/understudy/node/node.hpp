@@ -158,6 +158,14 @@ public:
   /// (`understudy status --json`), e.g. {"job": {...}}; none ("") by default.
   virtual std::string status_json() const;
 
+  /// Lines on this node's own share (e.g. the replicas it serves), in every
+  /// node's status report, leader or not; none by default.
+  virtual std::string node_status() const;
+
+  /// The same as a JSON object whose members join every node's JSON status;
+  /// none ("") by default.
+  virtual std::string node_status_json() const;
+
   /// On the leader stopped before its work ended (Ctrl-C, SIGTERM): a line on
   /// where the work stands and how it resumes, e.g. the committed step; none
   /// by default.
