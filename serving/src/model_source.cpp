@@ -35,7 +35,24 @@ public:
   }
 
   caf::expected<uint64_t> newest() const override {
-    return actors::newest_committed_step(*store_, job_path_);
+    // Verifying a step reads all of it: only a trainer record newer than the
+    // step verified last is worth it (the router asks every watch_interval).
+    auto versions = store_->versions(job_path_ + "/trainer");
+    if (!versions)
+      return std::move(versions.error());
+    uint64_t newest_record = versions->empty() ? 0 : versions->back().step;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      if (newest_record != 0 && newest_record == verified_record_)
+        return verified_;
+    }
+    auto step = actors::newest_committed_step(*store_, job_path_);
+    if (!step)
+      return step;
+    std::lock_guard<std::mutex> guard{mtx_};
+    verified_record_ = newest_record;
+    verified_ = *step;
+    return step;
   }
 
   caf::expected<model_version> load(uint64_t step) const override {
@@ -73,6 +90,9 @@ private:
   std::string job_path_;
   mutable std::mutex mtx_;
   mutable model_version last_;
+  /// The newest trainer record seen by newest(), and the committed step it found then.
+  mutable uint64_t verified_record_ = 0;
+  mutable uint64_t verified_ = 0;
 };
 
 } // namespace

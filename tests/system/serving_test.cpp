@@ -1,8 +1,12 @@
 // Serving under load while replicas are killed and versions roll in:
 // digits_serving against serving_loadgen, both as a user runs them.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -210,6 +214,51 @@ pid_t find_process(const std::vector<std::string>& parts) {
   return 0;
 }
 
+/// The first of `n` consecutive ports on 127.0.0.1 that are free now, below
+/// the kernel's ephemeral range (where free_port's node ports come from), and
+/// apart for tests running at once (by their pid).
+uint16_t free_port_run(int n) {
+  for (int base = 20000 + static_cast<int>(::getpid() % 1000) * 10; base < 32000; base += 10) {
+    bool free = true;
+    for (int i = 0; i < n && free; ++i) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(static_cast<uint16_t>(base + i));
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      free = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+      if (fd >= 0)
+        ::close(fd);
+    }
+    if (free)
+      return static_cast<uint16_t>(base);
+  }
+  FAIL("no run of " << n << " free ports below 32000");
+  return 0;
+}
+
+/// Trains digits_mlp for `steps` into `dir`/trained and writes `dir`/serve.toml:
+/// a cluster of `nodes` nodes on loopback serving it from every node, the
+/// first on `port`. Returns the file's path.
+std::string serving_cluster(const std::string& dir, int nodes, uint64_t steps, uint16_t port) {
+  REQUIRE(
+      daemon_test::run_to_end({UNDERSTUDY_DIGITS_MLP_PATH, "--steps", std::to_string(steps),
+                               "--state-dir", dir + "/trained", "--data", UNDERSTUDY_DIGITS_PATH},
+                              dir, dir + "/train.log") == 0);
+  auto file = dir + "/serve.toml";
+  std::ofstream{file} << "[cluster]\nname = \"serve\"\n"
+                      << "[cluster.failure_detection]\nheartbeat_interval = \"100ms\"\n"
+                      << "deadline = \"1s\"\n";
+  for (int i = 1; i <= nodes; ++i)
+    std::ofstream{file, std::ios::app} << "[[node]]\nname = \"n" << i
+                                       << "\"\nhost = \"127.0.0.1\"\nport = " << test::free_port()
+                                       << "\nstate_dir = \"" << dir << "/n" << i << "\"\n";
+  std::ofstream{file, std::ios::app}
+      << "[serve]\nmodel = \"digits\"\nlayers = [64, 128, 10]\nstate_dir = \"" << dir
+      << "/trained\"\nreplicas = 2\nstandbys = 1\nport = " << port << "\n";
+  return file;
+}
+
 } // namespace
 
 TEST_CASE(
@@ -217,22 +266,8 @@ TEST_CASE(
     "serving with no failed request",
     "[serving][system][cluster]") {
   cli_test::scratch_dir dir;
-  // A trained state directory to serve.
-  REQUIRE(daemon_test::run_to_end({UNDERSTUDY_DIGITS_MLP_PATH, "--steps", "150", "--state-dir",
-                                   dir.path + "/trained", "--data", UNDERSTUDY_DIGITS_PATH},
-                                  dir.path, dir.path + "/train.log") == 0);
-  auto port = test::free_port();
-  auto file = dir.path + "/serve.toml";
-  std::ofstream{file} << "[cluster]\nname = \"serve\"\n"
-                      << "[cluster.failure_detection]\nheartbeat_interval = \"100ms\"\n"
-                      << "deadline = \"1s\"\n";
-  for (int i = 1; i <= 2; ++i)
-    std::ofstream{file, std::ios::app} << "[[node]]\nname = \"n" << i
-                                       << "\"\nhost = \"127.0.0.1\"\nport = " << test::free_port()
-                                       << "\nstate_dir = \"" << dir.path << "/n" << i << "\"\n";
-  std::ofstream{file, std::ios::app}
-      << "[serve]\nmodel = \"digits\"\nlayers = [64, 128, 10]\nstate_dir = \"" << dir.path
-      << "/trained\"\nreplicas = 2\nstandbys = 1\nport = " << port << "\n";
+  auto port = free_port_run(2);
+  auto file = serving_cluster(dir.path, 2, 150, port);
   auto log = dir.path + "/launch.log";
   daemon_test::background cluster{{UNDERSTUDY_CLI_PATH, "launch", file}, log};
   wait_for_line(log, "node n1: serving digits");
@@ -279,21 +314,8 @@ TEST_CASE(
     "node is frozen and another killed",
     "[serving][system][cluster]") {
   cli_test::scratch_dir dir;
-  REQUIRE(daemon_test::run_to_end({UNDERSTUDY_DIGITS_MLP_PATH, "--steps", "100", "--state-dir",
-                                   dir.path + "/trained", "--data", UNDERSTUDY_DIGITS_PATH},
-                                  dir.path, dir.path + "/train.log") == 0);
-  auto port = test::free_port();
-  auto file = dir.path + "/serve.toml";
-  std::ofstream{file} << "[cluster]\nname = \"serve3\"\n"
-                      << "[cluster.failure_detection]\nheartbeat_interval = \"100ms\"\n"
-                      << "deadline = \"1s\"\n";
-  for (int i = 1; i <= 3; ++i)
-    std::ofstream{file, std::ios::app} << "[[node]]\nname = \"n" << i
-                                       << "\"\nhost = \"127.0.0.1\"\nport = " << test::free_port()
-                                       << "\nstate_dir = \"" << dir.path << "/n" << i << "\"\n";
-  std::ofstream{file, std::ios::app}
-      << "[serve]\nmodel = \"digits\"\nlayers = [64, 128, 10]\nstate_dir = \"" << dir.path
-      << "/trained\"\nreplicas = 2\nstandbys = 1\nport = " << port << "\n";
+  auto port = free_port_run(3);
+  auto file = serving_cluster(dir.path, 3, 100, port);
   auto log = dir.path + "/launch.log";
   daemon_test::background cluster{{UNDERSTUDY_CLI_PATH, "launch", file}, log};
   for (int i = 1; i <= 3; ++i)
