@@ -21,9 +21,9 @@
 // transport error). A request due while --max-in-flight are outstanding is not sent: it is
 // counted as dropped by the generator. With --sessions, a session whose answer carries a version
 // lower than one it already saw counts a version regression. With --failover and several --url, a
-// try whose router is unreachable, does not answer within --try-timeout or has no replica (502, or
-// 503 other than overloaded) is sent to the next URL, as a client of several routers should; the
-// summary counts such tries apart.
+// try whose router is unreachable, does not answer within --try-timeout, is overloaded or has no
+// replica (503, 502) is sent to the next URL, as a client of several routers should; the summary
+// counts such tries apart.
 //
 // While it runs, stderr shows one line updated each second (on a terminal, or with --live). At the
 // end stdout gets a table and, with --json, one JSON line. Latency figures are of ok answers.
@@ -559,8 +559,8 @@ private:
   }
 
   /// Whether a finished try of `t` goes to the next URL (--failover): its
-  /// router was unreachable, did not answer within --try-timeout, or had no
-  /// replica (502, or 503 other than overloaded), and time and URLs are left.
+  /// router was unreachable, did not answer within --try-timeout, was
+  /// overloaded or had no replica (503, 502), and time and URLs are left.
   bool fails_over(const transfer& t, CURLcode result, clock_type::time_point now) const {
     if (!opt_.failover || t.tries >= opt_.urls.size() || now - t.due >= opt_.timeout ||
         t.answer_too_large)
@@ -569,9 +569,9 @@ private:
       return true;
     long status = 0;
     curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
-    if (status == 502)
-      return true;
-    return status == 503 && t.answer.find("\"overloaded\"") == std::string::npos;
+    // A router at its limit (503 overloaded) or without a replica (503, 502):
+    // another router may well have room.
+    return status == 502 || status == 503;
   }
 
   void fail(const std::string& cause) {
@@ -930,7 +930,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--failover", opt.failover,
                "as a client of several routers should: a try whose router is unreachable, does "
-               "not answer within --try-timeout or has no replica goes to the next --url");
+               "not answer within --try-timeout, is overloaded or has no replica goes to the "
+               "next --url");
   app.add_option("--try-timeout", try_timeout_text,
                  "with --failover: how long one try may take before the next URL gets it")
       ->capture_default_str();
