@@ -72,6 +72,21 @@ json load(const std::string& url, const std::string& dir, const std::vector<std:
   return json::parse(out.substr(brace + 1));
 }
 
+/// How often `needle` occurs in `text`.
+size_t occurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+    ++n;
+  return n;
+}
+
+/// Checks a load generator's summary: every request sent was answered.
+void check_all_answered(const json& summary) {
+  CHECK(summary["failed"].dump() == "{}");
+  CHECK(summary["timeouts"] == 0);
+  CHECK(summary["ok"] == summary["sent"]);
+}
+
 /// Checks that every answer in `dir`/answers equals the model's own prediction
 /// of committed step `step` of the state in `dir`/state for its input.
 void check_answers(const std::string& dirpath, const json& summary, uint64_t step) {
@@ -127,17 +142,11 @@ TEST_CASE(
   auto served = cli_test::slurp(log);
   UNSCOPED_INFO("digits_serving:\n" << served);
   CHECK(status == 0);
-  CHECK(summary["failed"].dump() == "{}");
-  CHECK(summary["timeouts"] == 0);
+  check_all_answered(summary);
   CHECK(summary["overloaded"] == 0); // 400/s is far below the replicas' capacity
-  CHECK(summary["ok"] == summary["sent"]);
   CHECK(summary["sent"].get<int>() >= 1500);
   // Replicas were killed while the load ran (about 25 in 4 s).
-  auto kills = 0;
-  for (size_t at = served.find("fault: killed"); at != std::string::npos;
-       at = served.find("fault: killed", at + 1))
-    ++kills;
-  CHECK(kills >= 10);
+  CHECK(occurrences(served, "fault: killed") >= 10);
 
   check_answers(dir.path, summary, 200);
 }
@@ -161,14 +170,8 @@ TEST_CASE(
   auto served = cli_test::slurp(log);
   UNSCOPED_INFO("digits_serving:\n" << served);
   CHECK(status == 0);
-  CHECK(summary["failed"].dump() == "{}");
-  CHECK(summary["timeouts"] == 0);
-  CHECK(summary["ok"] == summary["sent"]);
-  auto kills = 0;
-  for (size_t at = served.find("'s process"); at != std::string::npos;
-       at = served.find("'s process", at + 1))
-    ++kills;
-  CHECK(kills >= 10);
+  check_all_answered(summary);
+  CHECK(occurrences(served, "'s process") >= 10);
   check_answers(dir.path, summary, 200);
 }
 
@@ -187,10 +190,8 @@ TEST_CASE("versions roll in under load with no failed request and no session goi
       load(url, dir.path, {"--rate", "300", "--duration", "4s", "--sessions", "8"}, &status);
   UNSCOPED_INFO("digits_serving:\n" << cli_test::slurp(log));
   CHECK(status == 0);
-  CHECK(summary["failed"].dump() == "{}");
-  CHECK(summary["timeouts"] == 0);
+  check_all_answered(summary);
   CHECK(summary["regressions"] == 0);
-  CHECK(summary["ok"] == summary["sent"]);
   CHECK(summary["versions"].size() >= 5); // a new version every 200 ms or so
 }
 
@@ -279,7 +280,7 @@ TEST_CASE(
   auto both =
       load(urls[0], dir.path, {"--url", urls[1], "--rate", "200", "--duration", "2s"}, &status);
   CHECK(status == 0);
-  CHECK(both["ok"] == both["sent"]);
+  check_all_answered(both);
   CHECK(both["versions"].contains("150"));
   // Every node's status shows the replicas it serves.
   cli_test::scratch_dir sdir;
@@ -305,8 +306,7 @@ TEST_CASE(
   auto after = load(urls[1], dir.path, {"--rate", "200", "--duration", "2s"}, &status);
   INFO("launch:\n" << cli_test::slurp(log));
   CHECK(status == 0);
-  CHECK(after["ok"] == after["sent"]);
-  CHECK(after["failed"].dump() == "{}");
+  check_all_answered(after);
 }
 
 TEST_CASE(
@@ -359,8 +359,6 @@ TEST_CASE(
   auto brace = out.rfind("\n{");
   REQUIRE(brace != std::string::npos);
   auto summary = json::parse(out.substr(brace + 1));
-  CHECK(summary["failed"].dump() == "{}");
-  CHECK(summary["timeouts"] == 0);
-  CHECK(summary["ok"] == summary["sent"]);
+  check_all_answered(summary);
   CHECK(summary["failed_over"].get<int>() > 0);
 }
