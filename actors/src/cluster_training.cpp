@@ -13,6 +13,7 @@
 #include <caf/make_message.hpp>
 
 #include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/actors/training_component.hpp"
 #include "understudy/cluster/errors.hpp"
 #include "understudy/cluster/security.hpp"
 #include "understudy/core/errors.hpp"
@@ -107,7 +108,8 @@ caf::expected<caf::actor> start_isolated_worker(child_context& ctx, training_job
 
 } // namespace
 
-std::optional<int> host_isolated_training_actor() {
+std::optional<int> host_isolated_training_actor(
+    const std::vector<std::shared_ptr<const node_component>>& components) {
   auto role = actor_host_role_from_env();
   if (!role || role->get("actor") != isolated_worker)
     return std::nullopt;
@@ -115,13 +117,13 @@ std::optional<int> host_isolated_training_actor() {
     std::fprintf(stderr, "isolated worker: %s\n", what.c_str());
     return host_status::failed;
   };
-  auto nc = load_node_config(role->get("config"), job_config_options());
+  // As the node read it (with every section the node program knows): a file
+  // without [cluster.security] whose launch made certificates uses them (its
+  // node talks to this process over TLS then).
+  auto nc = load_config(role->get("config"),
+                        components.empty() ? node_components{training_component()} : components);
   if (!nc)
     return fail(describe(nc.error()));
-  // As the node read it: a file without [cluster.security] whose launch made
-  // certificates uses them (its node talks to this process over TLS then).
-  if (auto used = use_launch_credentials(*nc, false); !used)
-    return fail(describe(used.error()));
   auto tc = make_training_config(*nc);
   if (!tc)
     return fail(describe(tc.error()));

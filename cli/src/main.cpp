@@ -12,11 +12,18 @@
 #include "inspect.hpp"
 #include "node.hpp"
 #include "understudy/actors/cluster_training.hpp"
+#include "understudy/actors/training_component.hpp"
 #include "understudy/core/version.hpp"
+#include "understudy/serving/serving_component.hpp"
 
 int main(int argc, char** argv) {
-  // A process that a node started to host an isolated actor of its job.
-  if (auto status = understudy::actors::host_isolated_training_actor())
+  // A process that a node started to host an isolated actor: a worker of its
+  // job, or a replica it serves (each reads the node's file as the node did).
+  const understudy::node_components components{understudy::actors::training_component(),
+                                               understudy::serving::serving_component()};
+  if (auto status = understudy::actors::host_isolated_training_actor(components))
+    return *status;
+  if (auto status = understudy::serving::run_replica_process_if_requested(components))
     return *status;
   namespace cli = understudy::cli;
   CLI::App app{"understudy: a fault-tolerant actor runtime for training jobs", "understudy"};

@@ -1,10 +1,13 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
+#include <caf/actor_system_config.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/response_promise.hpp>
 #include <caf/sec.hpp>
@@ -13,6 +16,8 @@
 
 #include "tree.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/cluster/security.hpp"
+#include "understudy/node/node.hpp"
 #include "understudy/process/process_host.hpp"
 
 namespace understudy::serving::detail {
@@ -210,14 +215,16 @@ child_spec replica_spec(const serve_config& cfg, std::shared_ptr<model_source> s
         role["poison"] = std::to_string(*cfg.poison);
       if (cfg.stall)
         role["stall"] = std::to_string(*cfg.stall);
-      for (const auto& [key, value] : role)
+      process_spec ps;
+      ps.name = id;
+      ps.role = std::move(role);
+      if (cfg.prepare_process)
+        cfg.prepare_process(ps);
+      for (const auto& [key, value] : ps.role)
         if (!role_safe(value))
           return make_error(config_errc::invalid_value,
                             "serve: " + key + " \"" + value +
                                 "\" cannot reach a replica's process (no ';' or '=')");
-      process_spec ps;
-      ps.name = id;
-      ps.role = std::move(role);
       return spawn_process_actor(ctx.system, std::move(ps));
     };
   }
@@ -229,11 +236,39 @@ child_spec replica_spec(const serve_config& cfg, std::shared_ptr<model_source> s
 
 namespace understudy::serving {
 
-std::optional<int> run_replica_process_if_requested() {
+std::optional<int> run_replica_process_if_requested(
+    const std::vector<std::shared_ptr<const node_component>>& components) {
   auto role = actor_host_role_from_env();
   if (!role || role->get("actor") != "serving_replica")
     return std::nullopt;
-  auto configure = [](caf::actor_system_config& cfg) { register_serving_types(cfg); };
+  // A cluster node's replica: its node's config says how the two talk.
+  std::optional<node_config> nc;
+  const auto node = role->get("node");
+  if (auto file = role->get("config"); !file.empty()) {
+    auto fail = [&](const caf::error& err) {
+      std::fprintf(stderr, "serving replica %s of node %s: %s\n", role->get("id").c_str(),
+                   node.c_str(), describe(err).c_str());
+      return host_status::failed;
+    };
+    auto loaded = load_config(file, components);
+    if (!loaded)
+      return fail(loaded.error());
+    if (loaded->cluster.security)
+      if (auto err = check_node_certificate(*loaded, node))
+        return fail(err);
+    nc = std::move(*loaded);
+  }
+  auto configure = [&nc, &node](caf::actor_system_config& cfg) {
+    register_serving_types(cfg);
+    if (!nc)
+      return;
+    // The node closes connections that stay silent past its deadline: this
+    // process beats like a node. Mutual TLS with the node when it has
+    // security (its certificate checked above).
+    cfg.set("middleman.heartbeat-interval",
+            caf::timespan{nc->cluster.failure_detection.heartbeat_interval});
+    (void)prepare_hosted_process_tls(cfg, *nc, node);
+  };
   auto make = [&role](caf::actor_system& sys) -> caf::expected<caf::actor> {
     std::vector<size_t> layers;
     std::string text = role->get("layers");

@@ -60,6 +60,8 @@ const char* name_of(slot_state s) {
 struct slot {
   std::string id;
   caf::actor handle;
+  /// The node it runs on (with replicas placed on a cluster's nodes).
+  std::string node;
   /// The incarnation we last saw die (resolve may hand it out again until its
   /// supervisor has seen the exit too).
   caf::actor_addr dead;
@@ -110,6 +112,7 @@ struct router_actor {
   std::shared_ptr<model_source> source;
   std::shared_ptr<router_handle> replicas;
   std::shared_ptr<serving_metrics> metrics;
+  std::function<std::string(const caf::actor&)> node_of;
   std::vector<slot> slots;
   std::unordered_map<caf::actor_addr, size_t> by_addr;
   std::unordered_map<uint64_t, pending> inflight;
@@ -216,6 +219,7 @@ struct router_actor {
       return;
     }
     s.handle = a;
+    s.node = node_of ? node_of(a) : std::string{};
     s.state = slot_state::loading;
     s.version = 0;
     s.outstanding = 0;
@@ -270,8 +274,10 @@ struct router_actor {
     // A replica that failed (an exception in a handler, its process ended)
     // may have failed on one of them: they are suspects, computed alone from
     // now on. One killed or stopped from outside failed on none.
+    // Nor did one whose node was lost (its connection closed).
     bool crashed = dm.reason && dm.reason != caf::exit_reason::kill &&
-                   dm.reason != caf::exit_reason::user_shutdown;
+                   dm.reason != caf::exit_reason::user_shutdown &&
+                   dm.reason != caf::exit_reason::remote_link_unreachable;
     auto why = caf::make_error(caf::sec::request_receiver_down,
                                slots[i].id + " went down: " + describe(dm.reason));
     for (auto id : orphans)
@@ -691,8 +697,8 @@ struct router_actor {
         inflight.begin(), inflight.end(), [](const auto& kv) { return kv.second.parked; }));
     st.replicas.clear();
     for (const auto& s : slots)
-      st.replicas.push_back(
-          replica_view{s.id, name_of(s.state), s.version, s.outstanding, s.ewma_ms, s.downs});
+      st.replicas.push_back(replica_view{s.id, name_of(s.state), s.version, s.outstanding,
+                                         s.ewma_ms, s.downs, s.node});
     return st;
   }
 };
@@ -702,17 +708,20 @@ struct router_actor {
 child_spec router_spec(const serve_config& cfg, std::shared_ptr<model_source> source,
                        std::shared_ptr<router_handle> replicas,
                        std::shared_ptr<router_handle> self_handle,
-                       std::shared_ptr<serving_metrics> metrics) {
-  auto spec = worker("router", [cfg, source, replicas, metrics](caf::event_based_actor* self) {
-    auto a = std::make_shared<router_actor>();
-    a->self = self;
-    a->cfg = cfg;
-    a->source = source;
-    a->replicas = replicas;
-    a->metrics = metrics;
-    self->attach_functor([a](const caf::error&) {});
-    return a->make();
-  });
+                       std::shared_ptr<serving_metrics> metrics,
+                       std::function<std::string(const caf::actor&)> node_of) {
+  auto spec =
+      worker("router", [cfg, source, replicas, metrics, node_of](caf::event_based_actor* self) {
+        auto a = std::make_shared<router_actor>();
+        a->self = self;
+        a->cfg = cfg;
+        a->source = source;
+        a->replicas = replicas;
+        a->metrics = metrics;
+        a->node_of = node_of;
+        self->attach_functor([a](const caf::error&) {});
+        return a->make();
+      });
   auto inner = spec.start;
   spec.start = [inner, self_handle](child_context& ctx) -> caf::expected<caf::actor> {
     auto r = inner(ctx);

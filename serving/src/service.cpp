@@ -74,7 +74,7 @@ void router_handle::set(caf::actor a) {
 
 child_spec serving_tree(serve_config cfg, std::shared_ptr<model_source> source,
                         std::shared_ptr<router_handle> router,
-                        std::shared_ptr<serving_metrics> metrics) {
+                        std::shared_ptr<serving_metrics> metrics, replica_placement where) {
   supervisor_spec replicas;
   replicas.name = "replicas";
   replicas.strategy = restart_strategy::one_for_one;
@@ -82,8 +82,14 @@ child_spec serving_tree(serve_config cfg, std::shared_ptr<model_source> source,
   // of crashes, e.g. a poisonous request, must not take the tree down.
   replicas.intensity = restart_intensity{static_cast<int>(20 + 10 * (cfg.replicas + cfg.standbys)),
                                          std::chrono::seconds(10)};
-  for (size_t i = 0; i < cfg.replicas + cfg.standbys; ++i)
-    replicas.children.push_back(detail::replica_spec(cfg, source, "replica-" + std::to_string(i)));
+  for (size_t i = 0; i < cfg.replicas + cfg.standbys; ++i) {
+    auto spec = detail::replica_spec(cfg, source, "replica-" + std::to_string(i));
+    if (where.start) {
+      spec.start = nullptr;
+      spec.start_async = where.start(i);
+    }
+    replicas.children.push_back(std::move(spec));
+  }
   auto replicas_handle = std::make_shared<router_handle>();
   auto replicas_child = supervisor_child(std::move(replicas));
   auto inner = replicas_child.start;
@@ -97,9 +103,14 @@ child_spec serving_tree(serve_config cfg, std::shared_ptr<model_source> source,
   top.name = cfg.model;
   top.strategy = restart_strategy::one_for_one;
   top.children.push_back(std::move(replicas_child));
-  top.children.push_back(
-      detail::router_spec(cfg, source, replicas_handle, std::move(router), std::move(metrics)));
+  top.children.push_back(detail::router_spec(cfg, source, replicas_handle, std::move(router),
+                                             std::move(metrics), std::move(where.node_of)));
   return supervisor_child(std::move(top));
+}
+
+caf::expected<caf::actor> start_replica(child_context& ctx, const serve_config& cfg,
+                                        std::shared_ptr<model_source> source) {
+  return detail::replica_spec(cfg, std::move(source), ctx.id).start(ctx);
 }
 
 size_t active_replicas(const serving_status& st) {

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <any>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <mutex>
 #include <utility>
 
 #include <caf/actor_system.hpp>
@@ -14,6 +16,8 @@
 
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/cluster/cluster.hpp"
+#include "understudy/cluster/errors.hpp"
+#include "understudy/process/process_host.hpp"
 #include "understudy/serving/front_end.hpp"
 #include "understudy/supervision/supervisor.hpp"
 
@@ -38,7 +42,9 @@ std::vector<config_key> serve_keys() {
                                                         {"max_attempts", "integer"},
                                                         {"request_timeout", "duration"},
                                                         {"watch_interval", "duration"},
-                                                        {"hedge", "boolean"}})
+                                                        {"hedge", "boolean"},
+                                                        {"replica_placement", "string"},
+                                                        {"isolated", "boolean"}})
     keys.push_back(config_key{"serve", name, type});
   return keys;
 }
@@ -88,6 +94,14 @@ caf::expected<std::any> parse_serve(config_table& r) {
     s.watch_interval = std::chrono::duration_cast<std::chrono::milliseconds>(*x);
   if (auto h = r.boolean("hedge"))
     s.hedge = *h;
+  if (auto iso = r.boolean("isolated"))
+    s.isolated = *iso;
+  if (auto p = r.str("replica_placement")) {
+    if (*p == "spread" || *p == "local")
+      c.spread = *p == "spread";
+    else
+      r.bad_name("replica_placement", *p, {"spread", "local"});
+  }
   auto placement = r.placement("[serve]", placement_policy::any);
   if (placement.policy == placement_policy::nodes)
     c.nodes = placement.nodes;
@@ -105,19 +119,46 @@ caf::expected<std::any> parse_serve(config_table& r) {
   return std::any{std::move(c)};
 }
 
+/// The type of the replicas a node starts for the routers of the cluster.
+constexpr const char* replica_type = "understudy.serving.replica";
+
+/// Names the node an actor runs on while the node's serving part lives (the
+/// router asks from its own thread).
+class locator {
+public:
+  explicit locator(const cluster_node* node) : node_(node) {}
+
+  std::string of(const caf::actor& a) const {
+    std::lock_guard<std::mutex> guard{mtx_};
+    return node_ == nullptr ? std::string{} : node_->node_of(a);
+  }
+
+  void forget() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    node_ = nullptr;
+  }
+
+private:
+  mutable std::mutex mtx_;
+  const cluster_node* node_;
+};
+
 /// One node's serving unit: its tree, its front end.
 class serving_part : public node_part {
 public:
   serving_part(caf::actor_system& sys, caf::actor tree, std::unique_ptr<front_end> fe,
-               std::shared_ptr<router_handle> router, std::string model, std::string url)
+               std::shared_ptr<router_handle> router, std::string model, std::string url,
+               std::shared_ptr<locator> where)
       : sys_(sys),
         tree_(std::move(tree)),
         fe_(std::move(fe)),
         router_(std::move(router)),
         model_(std::move(model)),
-        url_(std::move(url)) {}
+        url_(std::move(url)),
+        where_(std::move(where)) {}
 
   ~serving_part() override {
+    where_->forget();
     fe_.reset();
     caf::anon_send_exit(tree_, caf::exit_reason::user_shutdown);
   }
@@ -132,7 +173,8 @@ public:
                       std::to_string(st->overloaded) + ", retried " + std::to_string(st->retried) +
                       "\n";
     for (const auto& r : st->replicas)
-      out += "  " + r.id + ": " + r.state + ", version " + std::to_string(r.version) + "\n";
+      out += "  " + r.id + (r.node.empty() ? std::string{} : " on " + r.node) + ": " + r.state +
+             ", version " + std::to_string(r.version) + "\n";
     return out;
   }
 
@@ -143,7 +185,11 @@ public:
     if (st) {
       json replicas = json::array();
       for (const auto& r : st->replicas)
-        replicas.push_back({{"id", r.id}, {"state", r.state}, {"version", r.version}});
+        replicas.push_back({{"id", r.id},
+                            {"state", r.state},
+                            {"version", r.version},
+                            {"node", r.node},
+                            {"downs", r.downs}});
       serve["version"] = st->target;
       serve["replicas"] = replicas;
       serve["answered"] = st->answered;
@@ -173,6 +219,7 @@ private:
   std::shared_ptr<router_handle> router_;
   std::string model_;
   std::string url_;
+  std::shared_ptr<locator> where_;
 };
 
 /// A part for a node that does not serve.
@@ -234,9 +281,65 @@ public:
     auto router = std::make_shared<router_handle>();
     auto metrics = std::make_shared<serving_metrics>(c->serve.model);
     auto& sys = node.agent().home_system();
+    const size_t count = c->serve.replicas + c->serve.standbys;
+    auto cfg = c->serve;
+    if (cfg.isolated)
+      // Each replica process reads this node's file and talks to it as the
+      // node talks to its peers (mutual TLS when the cluster has it).
+      cfg.prepare_process = [file = nc.origin, me,
+                             tls = sys.has_openssl_manager()](process_spec& ps) {
+        ps.name += " (isolated, on " + me + ")";
+        ps.role["config"] = file;
+        ps.role["node"] = me;
+        ps.tls = tls;
+      };
+    // Replicas this node runs for the routers of the cluster (its own among them).
+    node.add_factory(replica_type,
+                     [cfg, source, count](child_context& ctx,
+                                          const caf::message& args) -> caf::expected<caf::actor> {
+                       if (args.size() != 1 || !args.match_element<uint64_t>(0) ||
+                           args.get_as<uint64_t>(0) >= count ||
+                           ctx.id != "replica-" + std::to_string(args.get_as<uint64_t>(0)))
+                         return make_error(cluster_errc::malformed_message,
+                                           "spawn of a serving replica for " + ctx.path +
+                                               " refused: [serve] has " + std::to_string(count) +
+                                               " replicas and standbys per router, named "
+                                               "replica-0 to replica-" +
+                                               std::to_string(count - 1));
+                       return start_replica(ctx, cfg, source);
+                     });
+    auto where = std::make_shared<locator>(&node);
+    replica_placement placement;
+    if (c->spread && c->nodes.size() > 1) {
+      // The replicas start on the other serving nodes once those are up (or
+      // known dead) and connected to each other, not on this one because
+      // they have not connected yet.
+      const auto wait =
+          std::max<std::chrono::milliseconds>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                  nc.cluster.failure_detection.connection_timeout) *
+                                                  5,
+                                              std::chrono::seconds(10));
+      if (!node.await_decided(c->nodes, wait) || !node.await_mesh(wait).empty())
+        std::printf(
+            "node %s: not every serving node is up after %lld ms; the replicas that "
+            "cannot start on theirs start on the next live ones\n",
+            me.c_str(), static_cast<long long>(wait.count()));
+      const auto first = static_cast<size_t>(at - c->nodes.begin());
+      placement.start = [&node, nodes = c->nodes, first](size_t j) {
+        // Replica j's home is serving node first + j (cyclically); when it is
+        // lost, the next serving nodes in turn.
+        std::vector<std::string> failover;
+        for (size_t k = 1; k < nodes.size(); ++k)
+          failover.push_back(nodes[(first + j + k) % nodes.size()]);
+        return node.placed(replica_type, caf::make_message(static_cast<uint64_t>(j)),
+                           nodes[(first + j) % nodes.size()], std::move(failover), false);
+      };
+      placement.node_of = [where](const caf::actor& a) { return where->of(a); };
+    }
     supervisor_spec spec;
-    spec.name = "serve";
-    spec.children.push_back(serving_tree(c->serve, source, router, metrics));
+    // Unique across the cluster: replicas are known by their paths.
+    spec.name = "serve-" + me;
+    spec.children.push_back(serving_tree(cfg, source, router, metrics, placement));
     auto tree = spawn_supervisor(sys, std::move(spec));
     if (!tree)
       return std::move(tree.error());
@@ -252,12 +355,13 @@ public:
       return std::move(fe.error());
     }
     auto url = (*fe)->url() + "/v1/models/" + c->serve.model + ":predict";
-    std::printf("node %s: serving %s (%s) on %s, %zu replicas and %zu standbys\n", me.c_str(),
+    std::printf("node %s: serving %s (%s) on %s, %zu replicas and %zu standbys%s%s\n", me.c_str(),
                 c->serve.model.c_str(), net->describe().c_str(), url.c_str(), c->serve.replicas,
-                c->serve.standbys);
+                c->serve.standbys, placement.start ? " spread over the serving nodes" : "",
+                cfg.isolated ? ", each in a process of its own" : "");
     std::fflush(stdout);
-    return std::unique_ptr<node_part>{
-        std::make_unique<serving_part>(sys, *tree, std::move(*fe), router, c->serve.model, url)};
+    return std::unique_ptr<node_part>{std::make_unique<serving_part>(
+        sys, *tree, std::move(*fe), router, c->serve.model, url, where)};
   }
 };
 

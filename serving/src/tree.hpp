@@ -2,6 +2,7 @@
 
 // The serving tree's actors (service.cpp assembles them).
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -24,10 +25,12 @@ child_spec replica_spec(const serve_config& cfg, std::shared_ptr<model_source> s
 
 /// The router of `cfg`'s replicas, found through the replicas' supervisor
 /// (`replicas`, kept current by the tree), with ids "replica-0" ... for
-/// `cfg.replicas + cfg.standbys` replicas.
+/// `cfg.replicas + cfg.standbys` replicas; `node_of` (may be empty) names
+/// the node a replica runs on.
 child_spec router_spec(const serve_config& cfg, std::shared_ptr<model_source> source,
                        std::shared_ptr<router_handle> replicas,
                        std::shared_ptr<router_handle> self_handle,
-                       std::shared_ptr<serving_metrics> metrics);
+                       std::shared_ptr<serving_metrics> metrics,
+                       std::function<std::string(const caf::actor&)> node_of);
 
 } // namespace understudy::serving::detail

@@ -9,10 +9,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -215,6 +217,28 @@ pid_t find_process(const std::vector<std::string>& parts) {
   return 0;
 }
 
+/// The processes whose parent is `parent`.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    std::ifstream in{e.path() / "stat"};
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // pid (comm) state ppid ...: the comm may hold spaces, so from its ')'.
+    auto close = stat.rfind(')');
+    if (close == std::string::npos)
+      continue;
+    std::istringstream rest{stat.substr(close + 1)};
+    std::string state;
+    long ppid = 0;
+    if (rest >> state >> ppid && ppid == parent)
+      out.push_back(static_cast<pid_t>(std::stoi(name)));
+  }
+  return out;
+}
+
 /// The first of `n` consecutive ports on 127.0.0.1 that are free now, below
 /// the kernel's ephemeral range (where free_port's node ports come from), and
 /// apart for tests running at once (by their pid).
@@ -241,7 +265,8 @@ uint16_t free_port_run(int n) {
 /// Trains digits_mlp for `steps` into `dir`/trained and writes `dir`/serve.toml:
 /// a cluster of `nodes` nodes on loopback serving it from every node, the
 /// first on `port`. Returns the file's path.
-std::string serving_cluster(const std::string& dir, int nodes, uint64_t steps, uint16_t port) {
+std::string serving_cluster(const std::string& dir, int nodes, uint64_t steps, uint16_t port,
+                            const std::string& serve_extra = "") {
   REQUIRE(
       daemon_test::run_to_end({UNDERSTUDY_DIGITS_MLP_PATH, "--steps", std::to_string(steps),
                                "--state-dir", dir + "/trained", "--data", UNDERSTUDY_DIGITS_PATH},
@@ -256,15 +281,57 @@ std::string serving_cluster(const std::string& dir, int nodes, uint64_t steps, u
                                        << "\nstate_dir = \"" << dir << "/n" << i << "\"\n";
   std::ofstream{file, std::ios::app}
       << "[serve]\nmodel = \"digits\"\nlayers = [64, 128, 10]\nstate_dir = \"" << dir
-      << "/trained\"\nreplicas = 2\nstandbys = 1\nport = " << port << "\n";
+      << "/trained\"\nreplicas = 2\nstandbys = 1\nport = " << port << "\n"
+      << serve_extra;
   return file;
 }
 
 } // namespace
 
+/// The replicas each node's router shows in `understudy status FILE --json`
+/// (the nodes that answer): node name -> [(replica id, node it runs on, state)];
+/// `downs` (if given) adds up the times the routers saw a replica go down.
+std::map<std::string, std::vector<std::array<std::string, 3>>> replicas_by_router(
+    const std::string& file, uint64_t* downs = nullptr) {
+  cli_test::scratch_dir sdir;
+  auto js = cli_test::run_cli({"status", file, "--json"}, sdir.path);
+  std::map<std::string, std::vector<std::array<std::string, 3>>> out;
+  std::istringstream lines{js.out};
+  for (std::string line; std::getline(lines, line);) {
+    auto doc = json::parse(line, nullptr, false);
+    if (!doc.is_object() || !doc.contains("serve") || !doc["serve"].contains("replicas"))
+      continue;
+    auto& rs = out[doc.value("node", doc.value("name", std::string{"?"}))];
+    for (auto& r : doc["serve"]["replicas"]) {
+      if (downs != nullptr)
+        *downs += r["downs"].get<uint64_t>();
+      rs.push_back({r["id"].get<std::string>(), r["node"].get<std::string>(),
+                    r["state"].get<std::string>()});
+    }
+  }
+  return out;
+}
+
+/// Polls `understudy status` (bounded) until every router's replicas are
+/// active or standby and none runs on `gone`; whether they got there.
+bool replicas_settle(const std::string& file, size_t routers, const std::string& gone = "") {
+  for (int tries = 0; tries < 100; ++tries) {
+    auto now = replicas_by_router(file);
+    bool settled = now.size() == routers;
+    for (auto& [router, rs] : now)
+      settled = settled && router != gone && std::all_of(rs.begin(), rs.end(), [&](const auto& r) {
+                  return r[1] != gone && (r[2] == "active" || r[2] == "standby");
+                });
+    if (settled)
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100)); // polling a status, not a sync
+  }
+  return false;
+}
+
 TEST_CASE(
-    "a launched cluster serves on every node, and one node's death leaves the other "
-    "serving with no failed request",
+    "a launched cluster serves on every node with each router's replicas spread over the "
+    "nodes; one node's death moves its replicas and leaves no failed request",
     "[serving][system][cluster]") {
   cli_test::scratch_dir dir;
   auto port = free_port_run(2);
@@ -282,31 +349,112 @@ TEST_CASE(
   CHECK(status == 0);
   check_all_answered(both);
   CHECK(both["versions"].contains("150"));
-  // Every node's status shows the replicas it serves.
+  // Every node's status shows the replicas its router balances over: replica
+  // j of the i-th node's router runs on node i + j (cyclically).
   cli_test::scratch_dir sdir;
   auto st = cli_test::run_cli({"status", file}, sdir.path);
   CHECK(st.status == 0);
   for (int i = 0; i < 2; ++i)
     CHECK_THAT(st.out, Catch::Contains("serve: digits version 150 on " + urls[i]));
   CHECK_THAT(st.out, Catch::Contains(": standby, version 150"));
-  auto js = cli_test::run_cli({"status", file, "--json"}, sdir.path);
-  CHECK(js.status == 0);
-  size_t with_replicas = 0;
-  std::istringstream lines{js.out};
-  for (std::string line; std::getline(lines, line);) {
-    auto doc = json::parse(line, nullptr, false);
-    if (doc.is_object() && doc.contains("serve") && doc["serve"]["replicas"].size() == 3)
-      ++with_replicas;
+  auto spread = replicas_by_router(file);
+  REQUIRE(spread.size() == 2);
+  for (auto& [router, rs] : spread) {
+    INFO("router " << router);
+    REQUIRE(rs.size() == 3);
+    auto other = router == "n1" ? "n2" : "n1";
+    CHECK(rs[0][1] == router);
+    CHECK(rs[1][1] == other);
+    CHECK(rs[2][1] == router);
   }
-  CHECK(with_replicas == 2);
-  // n1 dies; n2 goes on serving.
+  // n1 dies while clients of n2 send requests: n2's replica on n1 goes with
+  // it, its requests are answered elsewhere, and it starts again on n2.
   auto n1 = find_process({UNDERSTUDY_CLI_PATH, "node", file, "--name n1"});
   REQUIRE(n1 > 0);
+  auto load_log = dir.path + "/after.log";
+  auto loadgen = daemon_test::spawn(
+      {UNDERSTUDY_LOADGEN_PATH, "--url", urls[1], "--data", UNDERSTUDY_DIGITS_PATH, "--json",
+       "--quiet", "--rate", "300", "--duration", "3s"},
+      dir.path, load_log, false);
+  // The fault schedule (not a synchronisation): n1 killed 1 s in.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
   ::kill(n1, SIGKILL);
-  auto after = load(urls[1], dir.path, {"--rate", "200", "--duration", "2s"}, &status);
-  INFO("launch:\n" << cli_test::slurp(log));
-  CHECK(status == 0);
-  check_all_answered(after);
+  int wstatus = 0;
+  ::waitpid(loadgen, &wstatus, 0);
+  auto out = cli_test::slurp(load_log);
+  INFO("loadgen:\n" << out << "\nlaunch:\n" << cli_test::slurp(log));
+  CHECK(WIFEXITED(wstatus));
+  auto brace = out.rfind("\n{");
+  REQUIRE(brace != std::string::npos);
+  check_all_answered(json::parse(out.substr(brace + 1)));
+  wait_for_line(log, "moved /serve-n2/digits/replicas/replica-1 from n1 (lost) to n2");
+  // Every replica of n2's router runs on n2 now, and each is serving again
+  // (bounded: the status is polled until the restarted one has loaded).
+  CHECK(replicas_settle(file, 1, "n1"));
+}
+
+TEST_CASE(
+    "a cluster's isolated replicas run in processes of their own; SIGKILLed under load, they "
+    "cost no request and come back",
+    "[serving][system][cluster]") {
+  cli_test::scratch_dir dir;
+  auto port = free_port_run(2);
+  auto file = serving_cluster(dir.path, 2, 150, port, "isolated = true\n");
+  auto log = dir.path + "/launch.log";
+  daemon_test::background cluster{{UNDERSTUDY_CLI_PATH, "launch", file}, log};
+  wait_for_line(log, "node n1: serving digits");
+  wait_for_line(log, "node n2: serving digits");
+  REQUIRE(replicas_settle(file, 2));
+  // Each node hosts 3 replica processes: its router's replicas 0 and 2 and
+  // the other's replica 1.
+  std::vector<pid_t> nodes;
+  for (auto name : {"--name n1", "--name n2"}) {
+    nodes.push_back(find_process({UNDERSTUDY_CLI_PATH, "node", file, name}));
+    REQUIRE(nodes.back() > 0);
+    CHECK(children_of(nodes.back()).size() == 3);
+  }
+  auto load_log = dir.path + "/loadgen.log";
+  std::vector<std::string> args{UNDERSTUDY_LOADGEN_PATH,
+                                "--data",
+                                UNDERSTUDY_DIGITS_PATH,
+                                "--json",
+                                "--quiet",
+                                "--rate",
+                                "300",
+                                "--duration",
+                                "3s"};
+  for (int i = 0; i < 2; ++i) {
+    args.push_back("--url");
+    args.push_back("http://127.0.0.1:" + std::to_string(port + i) + "/v1/models/digits:predict");
+  }
+  auto loadgen = daemon_test::spawn(args, dir.path, load_log, false);
+  // The fault schedule (not a synchronisation): 1 s in, every replica process
+  // of n1 SIGKILLed; 1 s later, one of n2's.
+  size_t killed = 0;
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  for (auto pid : children_of(nodes[0]))
+    killed += ::kill(pid, SIGKILL) == 0;
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  auto theirs = children_of(nodes[1]);
+  REQUIRE(!theirs.empty());
+  killed += ::kill(theirs.front(), SIGKILL) == 0;
+  int wstatus = 0;
+  ::waitpid(loadgen, &wstatus, 0);
+  auto out = cli_test::slurp(load_log);
+  INFO("loadgen:\n" << out << "\nlaunch:\n" << cli_test::slurp(log));
+  CHECK(killed == 4);
+  CHECK(WIFEXITED(wstatus));
+  auto brace = out.rfind("\n{");
+  REQUIRE(brace != std::string::npos);
+  check_all_answered(json::parse(out.substr(brace + 1)));
+  // The routers saw each killed replica go down, and every replica is back
+  // in a fresh process.
+  CHECK(replicas_settle(file, 2));
+  uint64_t downs = 0;
+  replicas_by_router(file, &downs);
+  CHECK(downs >= killed);
+  for (auto pid : nodes)
+    CHECK(children_of(pid).size() == 3);
 }
 
 TEST_CASE(

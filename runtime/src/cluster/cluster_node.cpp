@@ -316,6 +316,22 @@ bool cluster_node::await_peers(std::chrono::milliseconds timeout) const {
   });
 }
 
+bool cluster_node::await_decided(const std::vector<std::string>& names,
+                                 std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> guard{st_->mtx};
+  return st_->cv.wait_for(guard, timeout, [&] {
+    for (const auto& name : names) {
+      if (name == st_->self.name)
+        continue;
+      auto i = st_->peers.find(name);
+      if (i == st_->peers.end() ||
+          (i->second.state != peer_state::alive && i->second.state != peer_state::dead))
+        return false;
+    }
+    return true;
+  });
+}
+
 std::vector<std::string> cluster_node::await_mesh(std::chrono::milliseconds timeout) const {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   caf::scoped_actor self{st_->rt->system()};

@@ -14,6 +14,10 @@
 #include "understudy/config/node_config.hpp"
 #include "understudy/state/runtime.hpp"
 
+namespace understudy {
+class node_component;
+} // namespace understudy
+
 namespace understudy::actors {
 
 /// The training_config of `nc`'s [job] (job_of): loads its data file (relative to the
@@ -28,8 +32,11 @@ caf::expected<training_config> make_training_config(const node_config& nc);
 /// process's exit status (see run_actor_host); elsewhere it returns none at
 /// once. Such a worker runs in a process of its own on its node, so that a
 /// crash of that process (a segfault, a sticky CUDA error) costs only it: its
-/// supervisor restarts it in a fresh process.
-std::optional<int> host_isolated_training_actor();
+/// supervisor restarts it in a fresh process. The worker reads its node's
+/// config file with what `components` accept (those of the node program:
+/// every section its file may hold; empty: the training component's).
+std::optional<int> host_isolated_training_actor(
+    const std::vector<std::shared_ptr<const node_component>>& components = {});
 
 /// The nodes that may host the trainer, and so run the job's tree, in order
 /// of preference: [job.trainer]'s placement (its first node, then its

@@ -236,6 +236,12 @@ public:
   /// are. Not from an actor handler.
   bool await_peers(std::chrono::milliseconds timeout) const;
 
+  /// Blocks until each node of `names` other than this one is alive or
+  /// declared dead, or `timeout` passes; returns whether each is. Not from an
+  /// actor handler.
+  bool await_decided(const std::vector<std::string>& names,
+                     std::chrono::milliseconds timeout) const;
+
   /// Blocks until every connected peer says it is connected to every node that
   /// is not dead, or `timeout` passes; returns the links still missing then, as
   /// "A-B" (none: the mesh is complete). A leader asks before it starts the

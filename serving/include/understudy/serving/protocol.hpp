@@ -85,12 +85,15 @@ struct replica_view {
   double latency_ms = 0;
   /// Times the router saw it go down.
   uint64_t downs = 0;
+  /// The node it runs on, where its replicas are placed on a cluster's nodes
+  /// ("" otherwise).
+  std::string node;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, replica_view& x) {
   return f(caf::meta::type_name("understudy::serving::replica_view"), x.id, x.state, x.version,
-           x.outstanding, x.latency_ms, x.downs);
+           x.outstanding, x.latency_ms, x.downs, x.node);
 }
 
 /// The router's answer to status_atom.

@@ -28,10 +28,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <caf/actor.hpp>
 #include <caf/expected.hpp>
@@ -40,6 +42,11 @@
 #include "understudy/serving/model_source.hpp"
 #include "understudy/serving/protocol.hpp"
 #include "understudy/supervision/child_spec.hpp"
+
+namespace understudy {
+struct process_spec;
+class node_component;
+} // namespace understudy
 
 namespace understudy::serving {
 
@@ -56,8 +63,12 @@ enum class balance_policy : uint8_t {
 /// In a program that serves with `isolated` replicas: when this process was
 /// started to host a replica (its environment says so), runs it and returns
 /// the process's exit status; none otherwise. Call it first in main(), before
-/// anything starts threads or opens LMDB.
-std::optional<int> run_replica_process_if_requested();
+/// anything starts threads or opens LMDB. A replica of a cluster node
+/// (`[serve] isolated`) reads the node's config file with what `components`
+/// accept (those of the node program: every section its file may hold) and
+/// talks mutual TLS with its node when the cluster does.
+std::optional<int> run_replica_process_if_requested(
+    const std::vector<std::shared_ptr<const node_component>>& components = {});
 
 /// Returns "power_of_two", "round_robin" or "least_outstanding".
 std::string to_string(balance_policy x);
@@ -106,6 +117,9 @@ struct serve_config {
   /// the actor system needs CAF's middleman. The processes talk plain TCP on
   /// loopback.
   bool isolated = false;
+  /// With `isolated`: completes each replica process's spec before it starts
+  /// (the serving component adds its node's config file, name and TLS).
+  std::function<void(process_spec&)> prepare_process;
   /// Fault injection for tests and demos: a request whose first input value
   /// equals this crashes the replica that computes it (with its batch).
   std::optional<float> poison;
@@ -133,12 +147,27 @@ private:
   caf::actor router_;
 };
 
+/// Where a serving tree's replicas run when not in the tree's own actor
+/// system, e.g. on a cluster's nodes (cluster_node::placed): `start(i)` is
+/// the start function of replica i, `node_of` names the node an actor runs on
+/// (for status). Both empty: replicas run beside the router.
+struct replica_placement {
+  std::function<async_start_function(size_t index)> start;
+  std::function<std::string(const caf::actor&)> node_of;
+};
+
 /// The serving tree for `cfg` as a child of a supervisor (id `cfg.model`): a
 /// one_for_one supervisor holding a supervisor of `replicas + standbys`
 /// replicas ("replica-0", ...) and the router. `router` is kept pointing at
-/// the current router; `metrics` (may be null) gets the router's counts.
+/// the current router; `metrics` (may be null) gets the router's counts;
+/// `where` places the replicas (default: beside the router).
 child_spec serving_tree(serve_config cfg, std::shared_ptr<model_source> source,
                         std::shared_ptr<router_handle> router,
-                        std::shared_ptr<serving_metrics> metrics);
+                        std::shared_ptr<serving_metrics> metrics, replica_placement where = {});
+
+/// Replica `id` of `cfg` loading from `source`, started by `ctx` in its own
+/// actor system (a node's factory for replicas placed there).
+caf::expected<caf::actor> start_replica(child_context& ctx, const serve_config& cfg,
+                                        std::shared_ptr<model_source> source);
 
 } // namespace understudy::serving

@@ -12,12 +12,18 @@
 //   standbys = 1                     # per serving node
 //   port = 8080                      # the serving nodes' HTTP ports: port, port + 1, ...
 //   nodes = ["n1", "n2"]             # the serving nodes (default: every active node)
+//   replica_placement = "spread"     # or "local"
 //   policy, max_batch, max_outstanding, max_attempts, request_timeout, watch_interval
 //
 // Each serving node runs a serving tree of its own (router, replicas,
 // standbys) under a supervisor of its own, and an HTTP front end on its host at
 // its port; clients may use any of them, so a node's death leaves the others
-// serving. The replicas of one node do not move to another.
+// serving. With "spread" placement a router's replicas run across the serving
+// nodes (replica j of the i-th serving node's router on serving node i + j,
+// cyclically), started there through the cluster (cluster_node::placed): a
+// node's death moves the replicas it ran for the other routers to the next
+// live serving nodes, as any placed child moves; "local" keeps each router's
+// replicas beside it.
 //
 // Threads: as serving_tree and front_end. Errors: config_errc in the section.
 
@@ -41,6 +47,8 @@ struct serve_section_config {
   uint16_t port = 8080;
   /// The serving nodes, in order (node i serves on port + i).
   std::vector<std::string> nodes;
+  /// Each router's replicas across the serving nodes (false: beside it).
+  bool spread = true;
   /// The lines of the keys, for messages.
   int line = 0;
 };
