@@ -199,20 +199,30 @@ TEST_CASE("versions roll in under load with no failed request and no session goi
 
 namespace {
 
-/// The pid of the process whose command line holds every one of `parts` (0: none).
-pid_t find_process(const std::vector<std::string>& parts) {
+/// Every process now: its pid and the contents of its /proc/PID/`file`.
+std::vector<std::pair<pid_t, std::string>> processes(const char* file) {
+  std::vector<std::pair<pid_t, std::string>> out;
   for (const auto& e : std::filesystem::directory_iterator("/proc")) {
     auto name = e.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos)
       continue;
-    std::ifstream in{e.path() / "cmdline"};
-    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ifstream in{e.path() / file};
+    out.emplace_back(
+        static_cast<pid_t>(std::stoi(name)),
+        std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
+  }
+  return out;
+}
+
+/// The pid of the process whose command line holds every one of `parts` (0: none).
+pid_t find_process(const std::vector<std::string>& parts) {
+  for (auto& [pid, cmd] : processes("cmdline")) {
     std::replace(cmd.begin(), cmd.end(), '\0', ' ');
     bool all = !cmd.empty();
     for (const auto& p : parts)
       all = all && cmd.find(p) != std::string::npos;
     if (all)
-      return static_cast<pid_t>(std::stoi(name));
+      return pid;
   }
   return 0;
 }
@@ -220,12 +230,7 @@ pid_t find_process(const std::vector<std::string>& parts) {
 /// The processes whose parent is `parent`.
 std::vector<pid_t> children_of(pid_t parent) {
   std::vector<pid_t> out;
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    auto name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos)
-      continue;
-    std::ifstream in{e.path() / "stat"};
-    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const auto& [pid, stat] : processes("stat")) {
     // pid (comm) state ppid ...: the comm may hold spaces, so from its ')'.
     auto close = stat.rfind(')');
     if (close == std::string::npos)
@@ -234,7 +239,7 @@ std::vector<pid_t> children_of(pid_t parent) {
     std::string state;
     long ppid = 0;
     if (rest >> state >> ppid && ppid == parent)
-      out.push_back(static_cast<pid_t>(std::stoi(name)));
+      out.push_back(pid);
   }
   return out;
 }
@@ -329,6 +334,47 @@ bool replicas_settle(const std::string& file, size_t routers, const std::string&
   return false;
 }
 
+/// The load generator running in the background against the serving nodes
+/// whose HTTP ports are `ports`, at `rate` requests a second for `duration`.
+struct background_load {
+  background_load(const std::string& dir, const std::vector<uint16_t>& ports, const char* rate,
+                  const char* duration, const std::vector<std::string>& extra = {})
+      : log(dir + "/loadgen-" + std::to_string(ports.front()) + "-" + rate + ".log") {
+    std::vector<std::string> args{UNDERSTUDY_LOADGEN_PATH,
+                                  "--data",
+                                  UNDERSTUDY_DIGITS_PATH,
+                                  "--json",
+                                  "--quiet",
+                                  "--rate",
+                                  rate,
+                                  "--duration",
+                                  duration};
+    args.insert(args.end(), extra.begin(), extra.end());
+    for (auto p : ports) {
+      args.push_back("--url");
+      args.push_back("http://127.0.0.1:" + std::to_string(p) + "/v1/models/digits:predict");
+    }
+    pid = daemon_test::spawn(args, dir, log, false);
+  }
+
+  /// Waits for its end: its JSON summary (a failed check if it did not exit
+  /// normally or wrote none).
+  json finish() {
+    int wstatus = 0;
+    ::waitpid(pid, &wstatus, 0);
+    auto out = cli_test::slurp(log);
+    INFO("loadgen:\n" << out);
+    CHECK(WIFEXITED(wstatus));
+    CHECK(WEXITSTATUS(wstatus) == 0);
+    auto brace = out.rfind("\n{");
+    REQUIRE(brace != std::string::npos);
+    return json::parse(out.substr(brace + 1));
+  }
+
+  std::string log;
+  pid_t pid = -1;
+};
+
 TEST_CASE(
     "a launched cluster serves on every node with each router's replicas spread over the "
     "nodes; one node's death moves its replicas and leaves no failed request",
@@ -371,22 +417,13 @@ TEST_CASE(
   // it, its requests are answered elsewhere, and it starts again on n2.
   auto n1 = find_process({UNDERSTUDY_CLI_PATH, "node", file, "--name n1"});
   REQUIRE(n1 > 0);
-  auto load_log = dir.path + "/after.log";
-  auto loadgen = daemon_test::spawn(
-      {UNDERSTUDY_LOADGEN_PATH, "--url", urls[1], "--data", UNDERSTUDY_DIGITS_PATH, "--json",
-       "--quiet", "--rate", "300", "--duration", "3s"},
-      dir.path, load_log, false);
+  background_load after{dir.path, {static_cast<uint16_t>(port + 1)}, "300", "3s"};
   // The fault schedule (not a synchronisation): n1 killed 1 s in.
   std::this_thread::sleep_for(std::chrono::seconds(1));
   ::kill(n1, SIGKILL);
-  int wstatus = 0;
-  ::waitpid(loadgen, &wstatus, 0);
-  auto out = cli_test::slurp(load_log);
-  INFO("loadgen:\n" << out << "\nlaunch:\n" << cli_test::slurp(log));
-  CHECK(WIFEXITED(wstatus));
-  auto brace = out.rfind("\n{");
-  REQUIRE(brace != std::string::npos);
-  check_all_answered(json::parse(out.substr(brace + 1)));
+  auto summary = after.finish();
+  INFO("launch:\n" << cli_test::slurp(log));
+  check_all_answered(summary);
   wait_for_line(log, "moved /serve-n2/digits/replicas/replica-1 from n1 (lost) to n2");
   // Every replica of n2's router runs on n2 now, and each is serving again
   // (bounded: the status is polled until the restarted one has loaded).
@@ -413,21 +450,7 @@ TEST_CASE(
     REQUIRE(nodes.back() > 0);
     CHECK(children_of(nodes.back()).size() == 3);
   }
-  auto load_log = dir.path + "/loadgen.log";
-  std::vector<std::string> args{UNDERSTUDY_LOADGEN_PATH,
-                                "--data",
-                                UNDERSTUDY_DIGITS_PATH,
-                                "--json",
-                                "--quiet",
-                                "--rate",
-                                "300",
-                                "--duration",
-                                "3s"};
-  for (int i = 0; i < 2; ++i) {
-    args.push_back("--url");
-    args.push_back("http://127.0.0.1:" + std::to_string(port + i) + "/v1/models/digits:predict");
-  }
-  auto loadgen = daemon_test::spawn(args, dir.path, load_log, false);
+  background_load load{dir.path, {port, static_cast<uint16_t>(port + 1)}, "300", "3s"};
   // The fault schedule (not a synchronisation): 1 s in, every replica process
   // of n1 SIGKILLed; 1 s later, one of n2's.
   size_t killed = 0;
@@ -438,15 +461,10 @@ TEST_CASE(
   auto theirs = children_of(nodes[1]);
   REQUIRE(!theirs.empty());
   killed += ::kill(theirs.front(), SIGKILL) == 0;
-  int wstatus = 0;
-  ::waitpid(loadgen, &wstatus, 0);
-  auto out = cli_test::slurp(load_log);
-  INFO("loadgen:\n" << out << "\nlaunch:\n" << cli_test::slurp(log));
+  auto summary = load.finish();
+  INFO("launch:\n" << cli_test::slurp(log));
   CHECK(killed == 4);
-  CHECK(WIFEXITED(wstatus));
-  auto brace = out.rfind("\n{");
-  REQUIRE(brace != std::string::npos);
-  check_all_answered(json::parse(out.substr(brace + 1)));
+  check_all_answered(summary);
   // The routers saw each killed replica go down, and every replica is back
   // in a fresh process.
   CHECK(replicas_settle(file, 2));
@@ -468,24 +486,11 @@ TEST_CASE(
   daemon_test::background cluster{{UNDERSTUDY_CLI_PATH, "launch", file}, log};
   for (int i = 1; i <= 3; ++i)
     wait_for_line(log, "node n" + std::to_string(i) + ": serving digits");
-  std::vector<std::string> args{UNDERSTUDY_LOADGEN_PATH,
-                                "--data",
-                                UNDERSTUDY_DIGITS_PATH,
-                                "--json",
-                                "--quiet",
-                                "--rate",
-                                "300",
-                                "--duration",
-                                "5s",
-                                "--failover",
-                                "--try-timeout",
-                                "300ms"};
-  for (int i = 0; i < 3; ++i) {
-    args.push_back("--url");
-    args.push_back("http://127.0.0.1:" + std::to_string(port + i) + "/v1/models/digits:predict");
-  }
-  auto load_log = dir.path + "/loadgen.log";
-  auto loadgen = daemon_test::spawn(args, dir.path, load_log, false);
+  background_load load{dir.path,
+                       {port, static_cast<uint16_t>(port + 1), static_cast<uint16_t>(port + 2)},
+                       "300",
+                       "5s",
+                       {"--failover", "--try-timeout", "300ms"}};
   auto n1 = find_process({UNDERSTUDY_CLI_PATH, "node", file, "--name n1"});
   auto n3 = find_process({UNDERSTUDY_CLI_PATH, "node", file, "--name n3"});
   REQUIRE(n1 > 0);
@@ -498,15 +503,8 @@ TEST_CASE(
   ::kill(n3, SIGCONT);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   ::kill(n1, SIGKILL);
-  int wstatus = 0;
-  ::waitpid(loadgen, &wstatus, 0);
-  auto out = cli_test::slurp(load_log);
-  INFO("loadgen:\n" << out << "\nlaunch:\n" << cli_test::slurp(log));
-  CHECK(WIFEXITED(wstatus));
-  CHECK(WEXITSTATUS(wstatus) == 0);
-  auto brace = out.rfind("\n{");
-  REQUIRE(brace != std::string::npos);
-  auto summary = json::parse(out.substr(brace + 1));
+  auto summary = load.finish();
+  INFO("launch:\n" << cli_test::slurp(log));
   check_all_answered(summary);
   CHECK(summary["failed_over"].get<int>() > 0);
 }

@@ -163,7 +163,8 @@ caf::expected<node_config> parser::run(std::string_view text) {
       }
     }
   }
-  if (!failed() && cfg_.tree.children.empty())
+  // A section without a tree child of its own (e.g. [serve]) runs beside the tree.
+  if (!failed() && cfg_.tree.children.empty() && cfg_.sections.empty())
     note(0, "nothing to run: the tree has no children");
   if (!failed())
     resolve_placements();

@@ -397,9 +397,10 @@ private:
     out_.say("launch: node " + k.name + " " + how);
     if (interrupted_ &&
         !std::any_of(kids_.begin(), kids_.end(), [](const child& c) { return c.running; }))
-      out_.say(
-          "launch: stopped; run the same command again to resume the job from its last "
-          "committed step");
+      out_.say(nc_.tree.children.empty()
+                   ? std::string{"launch: stopped; run the same command again to start it again"}
+                   : std::string{"launch: stopped; run the same command again to resume the "
+                                 "job from its last committed step"});
     if (interrupted_ && k.name == leader_) {
       // The leader has stopped its tree: the others may go now.
       signal_all(SIGTERM);

@@ -466,6 +466,17 @@ TEST_CASE("a config with nothing to run says so", "[config]") {
   for (const auto& note : cfg->notes)
     nothing |= note == "empty.toml: nothing to run: the tree has no children";
   CHECK(nothing);
+  // A section that runs beside the tree (no tree child of its own, as
+  // [serve]) is something to run.
+  auto beside = probe_section();
+  beside.child_type.clear();
+  node_config_options opts;
+  opts.sections.push_back(beside);
+  auto served = parse_node_config(base + probe, "beside.toml", opts);
+  REQUIRE(served);
+  CHECK(served->tree.children.empty());
+  for (const auto& note : served->notes)
+    CHECK(note.find("nothing to run") == std::string::npos);
 }
 
 TEST_CASE("a security section gives every node its certificate and allows other hosts",
