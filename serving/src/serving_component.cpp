@@ -14,6 +14,7 @@
 #include <caf/send.hpp>
 #include <nlohmann/json.hpp>
 
+#include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/cluster/cluster.hpp"
 #include "understudy/cluster/errors.hpp"
@@ -62,7 +63,7 @@ caf::expected<std::any> parse_serve(config_table& r) {
     for (auto x : *layers)
       c.layers.push_back(static_cast<size_t>(x));
   }
-  if (auto d = r.str("state_dir", true))
+  if (auto d = r.str("state_dir"))
     c.state_dir = *d;
   if (auto j = r.str("job")) {
     if (j->empty() || j->front() != '/')
@@ -119,18 +120,32 @@ caf::expected<std::any> parse_serve(config_table& r) {
   return std::any{std::move(c)};
 }
 
+/// The gatherer's note to itself: copy what is new.
+using tick_gather_atom = caf::atom_constant<caf::atom("sv_gather")>;
+
 /// The type of the replicas a node starts for the routers of the cluster.
 constexpr const char* replica_type = "understudy.serving.replica";
 
-/// Names the node an actor runs on while the node's serving part lives (the
-/// router asks from its own thread).
-class locator {
+/// The node, for the serving tree's actors while the node's serving part
+/// lives (they ask from their own threads, and may run a little after it).
+class node_ref {
 public:
-  explicit locator(const cluster_node* node) : node_(node) {}
+  explicit node_ref(const cluster_node* node) : node_(node) {}
 
+  /// The node `a` runs on ("" once the part is gone).
   std::string of(const caf::actor& a) const {
     std::lock_guard<std::mutex> guard{mtx_};
     return node_ == nullptr ? std::string{} : node_->node_of(a);
+  }
+
+  /// cluster_node::request_versions while the part lives (no node asked after).
+  std::vector<std::string> request_versions(
+      caf::event_based_actor* self, const std::string& prefix, uint64_t after,
+      std::function<void(const std::string&, caf::expected<checkpoint_batch>)> each,
+      const std::vector<std::string>& skip) const {
+    std::lock_guard<std::mutex> guard{mtx_};
+    return node_ == nullptr ? std::vector<std::string>{}
+                            : node_->request_versions(self, prefix, after, std::move(each), skip);
   }
 
   void forget() {
@@ -143,12 +158,79 @@ private:
   const cluster_node* node_;
 };
 
+/// The path of the first training job in the tree `t` (depth first), or "".
+std::string tree_job_path(const tree_child& t) {
+  if (t.type == "training_job")
+    return t.path;
+  for (const auto& c : t.children)
+    if (auto p = tree_job_path(c); !p.empty())
+      return p;
+  return {};
+}
+
+/// The job a [serve] section serves: its `job`, else "/digits_mlp" in a state
+/// directory, else the path of the cluster's own training job ("" if none).
+std::string served_job(const node_config& nc, const serve_section_config& c) {
+  if (!c.job.empty())
+    return c.job;
+  return c.state_dir.empty() ? tree_job_path(nc.tree) : std::string{"/digits_mlp"};
+}
+
+/// Copies a cluster job's committed steps, spread over the nodes that hold
+/// them, into this serving node's copy (`store`): every `interval` it asks
+/// each live node whose last answer has come for the versions of the job newer
+/// than the copy's newest committed step, and commits what arrives (each
+/// checkpoint verified against its sender's checksums on receipt, under the
+/// job's path only, as a replica: a stored version is never replaced with
+/// other contents). A slow or frozen node delays only its own share. The model
+/// source reads the copy.
+caf::behavior gather_behavior(caf::event_based_actor* self, std::shared_ptr<node_ref> node,
+                              std::shared_ptr<state_store> store, std::string job,
+                              std::chrono::milliseconds interval) {
+  auto busy = std::make_shared<std::vector<std::string>>();
+  auto store_batch = [store, job](const std::string& from, const checkpoint_batch& batch) {
+    std::string problems;
+    std::vector<const checkpoint*> puts;
+    for (const auto& cp : batch.items)
+      if (cp && (cp->path == job || cp->path.rfind(job + "/", 0) == 0))
+        puts.push_back(cp.get());
+      else
+        problems += " " + from + " sent a version of another actor;";
+    std::vector<caf::error> results;
+    if (auto err = store->commit(puts, results, std::vector<bool>(puts.size(), true)))
+      problems += " storing what " + from + " sent: " + describe(err) + ";";
+    for (auto& e : results)
+      if (e)
+        problems += " " + from + ": " + describe(e) + ";";
+    return problems;
+  };
+  self->send(self, tick_gather_atom::value);
+  return {
+      [=](tick_gather_atom) {
+        auto after = actors::newest_committed_step(*store, job);
+        auto asked = node->request_versions(
+            self, job, after ? *after : 0,
+            [=](const std::string& from, caf::expected<checkpoint_batch> batch) {
+              busy->erase(std::remove(busy->begin(), busy->end(), from), busy->end());
+              auto problems =
+                  batch ? store_batch(from, *batch) : " " + from + ": " + describe(batch.error());
+              if (!problems.empty())
+                std::fprintf(stderr, "serving: copying %s's committed steps:%s\n", job.c_str(),
+                             problems.c_str());
+            },
+            *busy);
+        busy->insert(busy->end(), asked.begin(), asked.end());
+        self->delayed_send(self, interval, tick_gather_atom::value);
+      },
+  };
+}
+
 /// One node's serving unit: its tree, its front end.
 class serving_part : public node_part {
 public:
   serving_part(caf::actor_system& sys, caf::actor tree, std::unique_ptr<front_end> fe,
                std::shared_ptr<router_handle> router, std::string model, std::string url,
-               std::shared_ptr<locator> where)
+               std::shared_ptr<node_ref> where)
       : sys_(sys),
         tree_(std::move(tree)),
         fe_(std::move(fe)),
@@ -219,7 +301,7 @@ private:
   std::shared_ptr<router_handle> router_;
   std::string model_;
   std::string url_;
-  std::shared_ptr<locator> where_;
+  std::shared_ptr<node_ref> where_;
 };
 
 /// A part for a node that does not serve.
@@ -244,6 +326,14 @@ public:
     const auto* c = serve_of(nc);
     if (c == nullptr)
       return {};
+    if (c->state_dir.empty()) {
+      if (served_job(nc, *c).empty())
+        return make_error(config_errc::missing_key,
+                          nc.origin + ":" + std::to_string(c->line) +
+                              ": [serve] has no state_dir and the file runs no training job: "
+                              "name the state directory of the job to serve");
+      return {};
+    }
     std::error_code ec;
     if (!std::filesystem::is_directory(c->state_dir, ec))
       return make_error(config_errc::invalid_value,
@@ -268,16 +358,26 @@ public:
     if (auto err = check(nc))
       return err;
     auto port = static_cast<uint16_t>(c->port + (at - c->nodes.begin()));
+    // A state directory is served as it is (read-only); the cluster's own
+    // job from a copy of its committed steps that this node gathers.
+    const auto job = served_job(nc, *c);
+    const bool gathered = c->state_dir.empty();
     state_store_config sc;
-    sc.directory = c->state_dir;
-    sc.read_only = true;
+    sc.directory =
+        gathered
+            ? (std::filesystem::path{node.self().state_dir} / "served" / c->serve.model).string()
+            : c->state_dir;
+    sc.read_only = !gathered;
+    sc.mode = durability::none; // a copy: gathered again after a restart
+    // Replicas on other serving nodes load the version their router rolls to
+    // from their own node's copy: keep enough for the copies to overlap.
+    sc.retention.keep_last = 16;
     auto store = state_store::open(sc);
     if (!store)
-      return make_error(
-          config_errc::invalid_value,
-          "[serve] cannot open state_dir " + c->state_dir + ": " + describe(store.error()));
+      return make_error(config_errc::invalid_value,
+                        "[serve] cannot open " + sc.directory + ": " + describe(store.error()));
     auto net = std::make_shared<actors::mlp>(c->layers);
-    auto source = committed_steps(net, *store, c->job);
+    auto source = committed_steps(net, *store, job);
     auto router = std::make_shared<router_handle>();
     auto metrics = std::make_shared<serving_metrics>(c->serve.model);
     auto& sys = node.agent().home_system();
@@ -308,7 +408,7 @@ public:
                                                std::to_string(count - 1));
                        return start_replica(ctx, cfg, source);
                      });
-    auto where = std::make_shared<locator>(&node);
+    auto where = std::make_shared<node_ref>(&node);
     replica_placement placement;
     if (c->spread && c->nodes.size() > 1) {
       // The replicas start on the other serving nodes once those are up (or
@@ -339,6 +439,14 @@ public:
     supervisor_spec spec;
     // Unique across the cluster: replicas are known by their paths.
     spec.name = "serve-" + me;
+    if (gathered) {
+      auto every =
+          cfg.watch_interval.count() > 0 ? cfg.watch_interval : std::chrono::milliseconds(500);
+      spec.children.push_back(
+          worker("gather", [where, store = *store, job, every](caf::event_based_actor* self) {
+            return gather_behavior(self, where, store, job, every);
+          }));
+    }
     spec.children.push_back(serving_tree(cfg, source, router, metrics, placement));
     auto tree = spawn_supervisor(sys, std::move(spec));
     if (!tree)
@@ -355,9 +463,12 @@ public:
       return std::move(fe.error());
     }
     auto url = (*fe)->url() + "/v1/models/" + c->serve.model + ":predict";
-    std::printf("node %s: serving %s (%s) on %s, %zu replicas and %zu standbys%s%s\n", me.c_str(),
-                c->serve.model.c_str(), net->describe().c_str(), url.c_str(), c->serve.replicas,
-                c->serve.standbys, placement.start ? " spread over the serving nodes" : "",
+    const auto from =
+        gathered ? job + " as the cluster's nodes hold it" : job + " in " + c->state_dir;
+    std::printf("node %s: serving %s (%s, %s) on %s, %zu replicas and %zu standbys%s%s\n",
+                me.c_str(), c->serve.model.c_str(), net->describe().c_str(), from.c_str(),
+                url.c_str(), c->serve.replicas, c->serve.standbys,
+                placement.start ? " spread over the serving nodes" : "",
                 cfg.isolated ? ", each in a process of its own" : "");
     std::fflush(stdout);
     return std::unique_ptr<node_part>{std::make_unique<serving_part>(

@@ -446,6 +446,34 @@ TEST_CASE("docs/config.md documents exactly the keys the parser knows, with thei
   }
 }
 
+TEST_CASE("the serving example configs parse, and one serves the cluster's own training job",
+          "[config][job][serving]") {
+  auto options = job_config_options();
+  options.sections.push_back(serving::serve_section());
+  for (const char* name : {"serve.toml", "train_serve.toml"}) {
+    INFO(name);
+    auto path = (project_root() / "examples" / "cluster" / name).string();
+    auto cfg = load_node_config(path, options);
+    REQUIRE(cfg);
+    const auto* serve = serving::serve_of(*cfg);
+    REQUIRE(serve != nullptr);
+    CHECK(serve->serve.model == "digits");
+    // Without a state_dir the job served is the file's own ([job] under /root).
+    CHECK(serve->state_dir.empty() == (std::string{name} == "train_serve.toml"));
+  }
+  // A [serve] without a state_dir in a file that trains nothing is refused by
+  // the serving component's check, naming what to add.
+  auto text = lines({"[cluster]", "name = \"s\"", "[[node]]", "name = \"n1\"",
+                     "host = \"127.0.0.1\"", "port = 7001", "state_dir = \"/tmp/s\"", "[serve]",
+                     "model = \"m\"", "layers = [4, 3]"});
+  auto cfg = parse_node_config(text, "lonely.toml", options);
+  REQUIRE(cfg);
+  auto err = serving::serving_component()->check(*cfg);
+  REQUIRE(err);
+  CHECK_THAT(describe(err), Catch::Contains("lonely.toml:8: [serve] has no state_dir and the "
+                                            "file runs no training job"));
+}
+
 TEST_CASE("the full example in docs/config.md is a valid config", "[config][job]") {
   std::ifstream in{project_root() / "docs" / "config.md"};
   REQUIRE(in);

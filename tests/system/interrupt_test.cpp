@@ -38,9 +38,11 @@ bool await_step(const std::string& log, const std::regex& re, uint64_t step) {
   return false;
 }
 
-/// Sends SIGINT to `pid` and waits for it: its exit status, -1 if a signal ended it.
-int interrupt(pid_t pid) {
-  REQUIRE(::kill(pid, SIGINT) == 0);
+/// Sends SIGINT to `pid` (with `group`, to its whole process group, as Ctrl-C
+/// in a terminal does) and waits for it: its exit status, -1 if a signal
+/// ended it.
+int interrupt(pid_t pid, bool group = false) {
+  REQUIRE(::kill(group ? -pid : pid, SIGINT) == 0);
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -103,9 +105,11 @@ TEST_CASE(
   auto file = dir.path + "/cluster.toml";
   std::ofstream{file} << cluster_config(dir.path + "/state", 600);
   const auto log = dir.path + "/launch.log";
-  auto pid = daemon_test::spawn({UNDERSTUDY_CLI_PATH, "launch", file}, dir.path, log, false);
+  // In a process group of its own, which Ctrl-C signals as a whole: the
+  // launcher and every node get the SIGINT.
+  auto pid = daemon_test::spawn({UNDERSTUDY_CLI_PATH, "launch", file}, dir.path, log, true);
   REQUIRE(await_step(log, std::regex{R"(progress: step (\d+)/600)"}, 150));
-  CHECK(interrupt(pid) == 128 + SIGINT);
+  CHECK(interrupt(pid, true) == 128 + SIGINT);
   auto first = slurp(log);
   INFO(first);
   CHECK_THAT(first, Catch::Contains("launch: stopping the leader n1, which stops the other nodes"));

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -26,9 +27,14 @@
 #include "support/cli_test_util.hpp"
 #include "support/daemon_test_util.hpp"
 #include "support/free_port.hpp"
+#include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/committed_model.hpp"
+#include "understudy/actors/job_config.hpp"
 #include "understudy/actors/numerics/dataset.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/actors/training.hpp"
+#include "understudy/serving/serving_component.hpp"
+#include "understudy/state/runtime.hpp"
 
 using namespace understudy;
 using json = nlohmann::json;
@@ -507,4 +513,117 @@ TEST_CASE(
   INFO("launch:\n" << cli_test::slurp(log));
   check_all_answered(summary);
   CHECK(summary["failed_over"].get<int>() > 0);
+}
+
+TEST_CASE(
+    "a cluster serves its own training job while it trains: versions roll in from the steps "
+    "its nodes hold, and a served version is bit-exact the job's step",
+    "[serving][system][cluster]") {
+  cli_test::scratch_dir dir;
+  auto port = free_port_run(2);
+  auto file = dir.path + "/trainserve.toml";
+  std::ofstream{file} << "[cluster]\nname = \"trainserve\"\n"
+                      << "[cluster.failure_detection]\nheartbeat_interval = \"100ms\"\n"
+                      << "deadline = \"1s\"\n";
+  for (int i = 1; i <= 3; ++i)
+    std::ofstream{file, std::ios::app} << "[[node]]\nname = \"n" << i
+                                       << "\"\nhost = \"127.0.0.1\"\nport = " << test::free_port()
+                                       << "\nstate_dir = \"" << dir.path << "/n" << i << "\"\n";
+  // The job's shards on every node; served from n2 and n3, without a state
+  // directory: each gathers the committed steps the nodes hold.
+  std::ofstream{file, std::ios::app}
+      << "[job]\nmodel = \"mlp\"\nlayers = [64, 128, 10]\ndata = \"" << UNDERSTUDY_DIGITS_PATH
+      << "\"\ndata_scale = 0.0625\nworkers = 2\nshards = 3\nloaders = 1\nsteps = 1000000\n"
+      << "checkpoint_every = 100\neval_every = 0\n[job.shard]\nplacement = \"spread\"\n"
+      << "[serve]\nmodel = \"digits\"\nlayers = [64, 128, 10]\nreplicas = 2\nstandbys = 1\n"
+      << "port = " << port << "\nplacement = [\"n2\", \"n3\"]\nwatch_interval = \"100ms\"\n";
+  auto log = dir.path + "/launch.log";
+  json summary;
+  {
+    daemon_test::background cluster{{UNDERSTUDY_CLI_PATH, "launch", file}, log};
+    wait_for_line(log,
+                  "node n2: serving digits (mlp 64-128-10, /root/job as the cluster's "
+                  "nodes hold it)");
+    wait_for_line(log, "node n3: serving digits");
+    REQUIRE(replicas_settle(file, 2));
+    background_load load{dir.path,
+                         {port, static_cast<uint16_t>(port + 1)},
+                         "300",
+                         "3s",
+                         {"--sessions", "8", "--answers", dir.path + "/answers"}};
+    summary = load.finish();
+  }
+  auto out = cli_test::slurp(log);
+  INFO("launch:\n" << out);
+  check_all_answered(summary);
+  CHECK(summary["regressions"] == 0);
+  CHECK(summary["versions"].size() >= 2); // a commit every 100 steps, several a second
+  CHECK(out.find("sent a version of another actor") == std::string::npos);
+  // n2's copy of the job's committed steps (pieced together from what the
+  // nodes hold: n2 runs one shard and holds one other's copies).
+  state_store_config sc;
+  sc.directory = dir.path + "/n2/served/digits";
+  sc.read_only = true;
+  auto copy = state_store::open(sc);
+  REQUIRE(copy);
+  actors::mlp net{{64, 128, 10}};
+  // Every answer whose version the copy still holds is the model's own
+  // prediction at that version (it keeps the last 16).
+  auto data =
+      actors::load_csv(UNDERSTUDY_DIGITS_PATH,
+                       actors::csv_options{actors::csv_options::last_column, 1.0f / 16.0f, 10});
+  REQUIRE(data);
+  std::map<uint64_t, std::optional<actors::committed_parameters>> versions;
+  std::ifstream answers{dir.path + "/answers"};
+  size_t row = 0;
+  uint32_t label = 0;
+  uint64_t version = 0;
+  size_t checked = 0;
+  size_t wrong = 0;
+  while (answers >> row >> label >> version) {
+    REQUIRE(row < data->size());
+    auto [at, fresh] = versions.try_emplace(version);
+    if (fresh)
+      if (auto p = actors::read_committed_parameters(**copy, "/root/job", net, version))
+        at->second = std::move(*p);
+    if (!at->second)
+      continue;
+    uint32_t own = 0;
+    net.predict(at->second->params.data(), data->inputs.data() + row * 64, 1, &own);
+    wrong += own != label;
+    ++checked;
+  }
+  CHECK(wrong == 0);
+  CHECK(checked * 2 >= summary["ok"].get<size_t>());
+  // The newest version served is the job's own step, bit for bit: the same
+  // job run in this process to that step ends with the same parameters.
+  auto newest = actors::newest_committed_step(**copy, "/root/job");
+  REQUIRE(newest);
+  REQUIRE(*newest > 0);
+  auto served = actors::read_committed_parameters(**copy, "/root/job", net, *newest);
+  REQUIRE(served);
+  node_config_options opts;
+  opts.sections.push_back(actors::job_section());
+  opts.sections.push_back(serving::serve_section());
+  auto nc = load_node_config(file, opts);
+  REQUIRE(nc);
+  auto tc = actors::make_training_config(*nc);
+  REQUIRE(tc);
+  tc->steps = *newest;
+  runtime_config rc;
+  rc.log_events = false;
+  runtime rt{rc};
+  state_store_config single;
+  single.directory = dir.path + "/single";
+  auto p = rt.open_state(single);
+  REQUIRE(p);
+  auto job = actors::training_job::create(std::move(*tc), *p);
+  REQUIRE(job);
+  auto tree = rt.start(job->spec());
+  REQUIRE(tree);
+  auto result = job->wait(std::chrono::minutes(2));
+  REQUIRE(result);
+  rt.stop(*tree);
+  CHECK(actors::params_digest(served->params.data(), served->params.size()) ==
+        result->params_digest);
 }

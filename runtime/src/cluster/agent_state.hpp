@@ -53,6 +53,11 @@ using transfer_atom = caf::atom_constant<caf::atom("us_nxfer")>;
 /// (holds, path) -> step: the newest step this node holds of the actors at or
 /// under `path` (0: none).
 using holds_atom = caf::atom_constant<caf::atom("us_nholds")>;
+/// (export, prefix, after) -> checkpoint_batch: every verified version this
+/// node holds of the actors at or under `prefix` newer than step `after` (its
+/// own actors' and the copies it holds for others), for a component that
+/// reads a job's state spread over the nodes (cluster_node::request_versions).
+using export_atom = caf::atom_constant<caf::atom("us_nexport")>;
 /// (status) -> std::string: the node's status report.
 using status_atom = caf::atom_constant<caf::atom("us_nstat")>;
 /// (status_json_atom) -> std::string: the status report as a JSON object.

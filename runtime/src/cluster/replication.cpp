@@ -37,9 +37,10 @@ uint64_t newest_held(const state_store& store, const std::string& path) {
 
 namespace {
 
-/// Every verified version of the actors at or under `path` in `store`, as
-/// checkpoints (tensors copied out of the map).
-caf::expected<checkpoint_batch> export_versions(const state_store& store, const std::string& path) {
+/// Every verified version of the actors at or under `path` in `store` newer
+/// than step `after`, as checkpoints (tensors copied out of the map).
+caf::expected<checkpoint_batch> export_versions(const state_store& store, const std::string& path,
+                                                uint64_t after = 0) {
   checkpoint_batch out;
   auto paths = store.paths();
   if (!paths)
@@ -51,7 +52,7 @@ caf::expected<checkpoint_batch> export_versions(const state_store& store, const 
     if (!versions)
       return versions.error();
     for (const auto& v : *versions) {
-      if (!v.problem.empty())
+      if (!v.problem.empty() || v.step <= after)
         continue; // a damaged version stays behind; restore skips it too
       auto cp = std::make_shared<checkpoint>();
       auto err = store.read(p, v.step, [&](const record_view& r) -> caf::error {
@@ -271,6 +272,26 @@ caf::message_handler replication_handlers(caf::event_based_actor* self, const st
             return;
           }
           transfer(self, st, path, to, rp);
+        });
+        return rp;
+      },
+      [self, st](export_atom, const std::string& prefix,
+                 uint64_t after) -> caf::result<checkpoint_batch> {
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        auto rp = self->make_response_promise<checkpoint_batch>();
+        authenticate(self, st, sender, "", [self, st, prefix, after, rp](caf::error err) mutable {
+          if (err) {
+            rp.deliver(std::move(err));
+            return;
+          }
+          // Reading may take long for a large state: not on the agent.
+          self->spawn([st, prefix, after, rp]() mutable {
+            auto batch = export_versions(*st->p.store, prefix, after);
+            if (batch)
+              rp.deliver(std::move(*batch));
+            else
+              rp.deliver(std::move(batch.error()));
+          });
         });
         return rp;
       },

@@ -283,9 +283,15 @@ public:
     // went away is an EPIPE error, not the death of the node. Process-wide, as
     // signal dispositions are.
     ::signal(SIGPIPE, SIG_IGN);
-    // Signals go to one thread that asks the node to stop.
+    // Signals go to one thread that asks the node to stop. SIGINT only when
+    // this process did not inherit it ignored: `understudy launch` starts its
+    // nodes so, because a Ctrl-C in a terminal reaches every process of the
+    // group at once, and the launcher must stop the leader first (a blocked
+    // signal is delivered to sigwait even while its disposition is SIG_IGN).
     sigemptyset(&sigs_);
-    sigaddset(&sigs_, SIGINT);
+    struct sigaction inherited {};
+    if (::sigaction(SIGINT, nullptr, &inherited) != 0 || inherited.sa_handler != SIG_IGN)
+      sigaddset(&sigs_, SIGINT);
     sigaddset(&sigs_, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs_, nullptr);
   }

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <fstream>
@@ -343,6 +344,43 @@ TEST_CASE("a replica at a lower step deletes no stored version", "[cluster][host
   auto v3 = make_checkpoint("/job/shard-0", 3, 'c');
   REQUIRE_FALSE(store.commit({v3.get()}, results));
   CHECK(stored(store, "/job/shard-0") == versions{{2, 'z'}, {3, 'c'}});
+}
+
+TEST_CASE("an export request answers the verified versions under its prefix newer than its step",
+          "[cluster][hostile][state]") {
+  target_node n;
+  auto& store = *n.node->state_store().store;
+  auto a5 = make_checkpoint("/job/shard-0", 5, 'a');
+  auto a6 = make_checkpoint("/job/shard-0", 6, 'b');
+  auto t6 = make_checkpoint("/job/trainer", 6, 't');
+  auto other = make_checkpoint("/jobs/x", 6, 'o');
+  std::vector<caf::error> results;
+  REQUIRE_FALSE(store.commit({a5.get(), a6.get(), t6.get(), other.get()}, results));
+  replicator r{n.nc};
+  auto agent = r.connect(n.node->self().port);
+  caf::scoped_actor self{*r.sys};
+  auto ask = [&](const std::string& prefix, uint64_t after) {
+    std::vector<std::pair<std::string, uint64_t>> got;
+    self->request(agent, 10s, caf::atom("us_nexport"), prefix, after)
+        .receive(
+            [&](checkpoint_batch& b) {
+              CHECK(b.problem.empty());
+              for (auto& cp : b.items)
+                got.emplace_back(cp->path, cp->step);
+            },
+            [&](caf::error& err) { FAIL(describe(err)); });
+    std::sort(got.begin(), got.end());
+    return got;
+  };
+  using list = std::vector<std::pair<std::string, uint64_t>>;
+  // Under /job (not /jobs), newer than step 5, checked against their
+  // checksums on the way (the batch arrived without a problem).
+  CHECK(ask("/job", 5) == list{{"/job/shard-0", 6}, {"/job/trainer", 6}});
+  CHECK(ask("/job", 0) == list{{"/job/shard-0", 5}, {"/job/shard-0", 6}, {"/job/trainer", 6}});
+  CHECK(ask("/job", 6).empty());
+  // A huge prefix exports nothing, and the node goes on.
+  CHECK(ask("/" + std::string(1 << 20, 'p'), 0).empty());
+  CHECK(n.alive(*r.sys, agent));
 }
 
 TEST_CASE("a replica never replaces a stored version with other contents",

@@ -183,6 +183,21 @@ public:
   async_start_function placed(std::string type, caf::message args, std::string home,
                               std::vector<std::string> failover = {}, bool stateful = true);
 
+  /// Asks every node that is alive and connected, this one included, for the
+  /// verified checkpoint versions it holds at or under `prefix` newer than
+  /// step `after` (its own actors' and its copies of others'): `self` sends
+  /// the requests, and `each` gets, in `self`'s handlers, one answer per node:
+  /// its batch, checked against its sender's checksums on receipt, or an
+  /// error (a malformed or corrupt batch is one, naming the problem; so is no
+  /// answer within the connection timeout plus 30 s). Nodes named in `skip`
+  /// are not asked (e.g. those whose last answer has not come yet). Returns
+  /// the nodes asked. For a component that reads a job's state spread over
+  /// the nodes (serving a cluster's own training job does).
+  std::vector<std::string> request_versions(
+      caf::event_based_actor* self, const std::string& prefix, uint64_t after,
+      std::function<void(const std::string& node, caf::expected<checkpoint_batch> batch)> each,
+      const std::vector<std::string>& skip = {}) const;
+
   /// Builds the supervision tree a node config declares (`root`, its [tree])
   /// for the leader to run: every supervisor with its strategy, intensity and
   /// backoff (supervisors run on the leader), every child with its restart

@@ -7,7 +7,9 @@
 //   model = "digits"                 # the name in the API
 //   layers = [64, 128, 10]           # the model's shape (an MLP, as [job] names it)
 //   state_dir = "path"               # a training job's state directory to serve from
-//   job = "/digits_mlp"              # the job's path in it
+//                                    # (none: the file's own [job], gathered from the nodes)
+//   job = "/digits_mlp"              # the job's path in it (default: /digits_mlp, or the
+//                                    # path of the file's training job)
 //   replicas = 2                     # per serving node, in rotation
 //   standbys = 1                     # per serving node
 //   port = 8080                      # the serving nodes' HTTP ports: port, port + 1, ...
@@ -43,7 +45,9 @@ struct serve_section_config {
   serve_config serve;
   std::vector<size_t> layers;
   std::string state_dir;
-  std::string job = "/digits_mlp";
+  /// The job's path ("": /digits_mlp in a state directory, else the
+  /// cluster's own training job).
+  std::string job;
   uint16_t port = 8080;
   /// The serving nodes, in order (node i serves on port + i).
   std::vector<std::string> nodes;
