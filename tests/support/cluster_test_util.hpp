@@ -57,11 +57,15 @@ inline void replace_once(std::string& text, const std::string& from, const std::
   text.replace(at, from.size(), to);
 }
 
-/// The digest the job's config gives in one process, without faults.
-inline uint64_t fault_free_digest(const node_config& nc, const std::string& dir) {
+/// The digest the job's config gives in one process, without faults (after
+/// `steps` steps, if given, instead of the configured number).
+inline uint64_t fault_free_digest(const node_config& nc, const std::string& dir,
+                                  uint64_t steps = 0) {
   auto tc = make_training_config(nc);
   REQUIRE(tc);
   tc->faults.clear();
+  if (steps > 0)
+    tc->steps = steps;
   runtime_config rc;
   rc.log_events = false;
   runtime rt{rc};
