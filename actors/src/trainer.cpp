@@ -1055,4 +1055,38 @@ caf::expected<committed_parameters> read_committed_parameters(const state_store&
   return out;
 }
 
+caf::expected<committed_step_records> read_committed_step_records(const state_store& store,
+                                                                  const std::string& job_path,
+                                                                  uint64_t step) {
+  if (step == 0) {
+    auto newest = newest_committed_step(store, job_path);
+    if (!newest)
+      return std::move(newest.error());
+    step = *newest;
+  }
+  if (step == 0)
+    return make_error(state_errc::not_found,
+                      "the state store holds no committed step of the job " + job_path);
+  auto trainer_path = job_path + "/trainer";
+  trainer_state ts;
+  if (auto err = read_record(store, trainer_path, step, ts))
+    return make_error(state_errc::not_found, "no committed step " + std::to_string(step) +
+                                                 " of the job " + job_path + ": " + describe(err));
+  if (ts.step != step || ts.shards == 0)
+    return make_error(state_errc::corrupt_record,
+                      trainer_path + "@" + std::to_string(step) + ": names no shards of its step");
+  committed_step_records out;
+  out.step = step;
+  out.fingerprint = ts.fingerprint;
+  out.paths.push_back(trainer_path);
+  for (uint64_t k = 0; k < ts.shards; ++k)
+    out.paths.push_back(job_path + "/shards/shard-" + std::to_string(k));
+  for (uint64_t l = 0; l < ts.loaders; ++l)
+    out.paths.push_back(job_path + "/loaders/loader-" + std::to_string(l));
+  for (const auto& p : out.paths)
+    if (auto err = store.verify(p, step))
+      return err;
+  return out;
+}
+
 } // namespace understudy::actors

@@ -11,6 +11,7 @@
 #include "certs.hpp"
 #include "inspect.hpp"
 #include "node.hpp"
+#include "snapshot.hpp"
 #include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/training_component.hpp"
 #include "understudy/core/version.hpp"
@@ -41,6 +42,8 @@ int main(int argc, char** argv) {
   auto* status_cmd = cli::add_status_command(app, status);
   understudy::events_options events;
   auto* events_cmd = cli::add_events_command(app, events);
+  cli::snapshot_options snapshot;
+  auto* snapshot_cmd = cli::add_snapshot_command(app, snapshot);
   if (argc == 1) {
     // Alone, the command says what it can do (and, being no command, exits 2).
     std::cout << app.help();
@@ -64,6 +67,8 @@ int main(int argc, char** argv) {
     return cli::run_status(status);
   if (*events_cmd)
     return cli::run_events(events);
+  if (*snapshot_cmd)
+    return cli::run_snapshot(snapshot, std::cout, std::cerr);
   std::cerr << app.help();
   return cli::exit_failure;
 }

@@ -41,4 +41,21 @@ caf::expected<committed_parameters> read_committed_parameters(const state_store&
                                                               const std::string& job_path,
                                                               const model& net, uint64_t step = 0);
 
+/// The records that make up a committed step of a job, for copying it whole
+/// (snapshots): the trainer's, each shard's and each loader's, all at `step`.
+struct committed_step_records {
+  uint64_t step = 0;
+  /// The job's fingerprint as its trainer recorded it (see fingerprint()).
+  uint64_t fingerprint = 0;
+  std::vector<std::string> paths;
+};
+
+/// The records of committed step `step` (0: the newest committed step) of the
+/// job at `job_path` in `store`, each verified completely. Errors: not_found
+/// when the job has no committed step (or not `step`), corrupt_record naming
+/// a record that does not verify.
+caf::expected<committed_step_records> read_committed_step_records(const state_store& store,
+                                                                  const std::string& job_path,
+                                                                  uint64_t step = 0);
+
 } // namespace understudy::actors

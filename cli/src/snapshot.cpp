@@ -1,0 +1,250 @@
+#include "snapshot.hpp"
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "inspect.hpp"
+#include "understudy/actors/committed_model.hpp"
+#include "understudy/core/errors.hpp"
+#include "understudy/state/snapshot.hpp"
+#include "understudy/state/state_store.hpp"
+
+namespace understudy::cli {
+
+namespace {
+
+std::string hex64(uint64_t x) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(x));
+  return buf;
+}
+
+/// 1 for damaged data, 2 for the rest.
+int code_of(const caf::error& err) {
+  return is(err, state_errc::corrupt_record) || is(err, state_errc::truncated_chunk) ? exit_corrupt
+                                                                                     : exit_failure;
+}
+
+int run_export(const snapshot_options& o, std::ostream& out, std::ostream& err) {
+  const std::string prog = "understudy snapshot export: ";
+  std::error_code ec;
+  if (!std::filesystem::is_directory(o.first, ec)) {
+    err << prog << "no state directory '" << o.first << "'\n";
+    return exit_failure;
+  }
+  state_store_config sc;
+  sc.directory = o.first;
+  sc.read_only = true; // next to a job that is still writing it
+  auto store = state_store::open(sc);
+  if (!store) {
+    err << prog << "cannot open '" << o.first << "': " << describe(store.error()) << '\n';
+    return exit_failure;
+  }
+  auto recs = actors::read_committed_step_records(**store, o.job, o.step);
+  if (!recs) {
+    err << prog << o.first << ": " << describe(recs.error()) << '\n';
+    return code_of(recs.error());
+  }
+  auto info =
+      write_snapshot(**store, o.second, o.job, hex64(recs->fingerprint), recs->step, recs->paths);
+  if (!info) {
+    err << prog << describe(info.error()) << '\n';
+    return code_of(info.error());
+  }
+  out << "snapshot " << info->name << " of " << info->job << " (fingerprint " << info->fingerprint
+      << "): " << info->records << " records, " << format_bytes(info->bytes) << ", "
+      << format_bytes(info->new_bytes) << " new in " << o.second << '\n';
+  return exit_ok;
+}
+
+int run_import(const snapshot_options& o, std::ostream& out, std::ostream& err) {
+  const std::string prog = "understudy snapshot import: ";
+  // Every byte is verified before anything is written.
+  auto snap = read_snapshot(o.first, o.step == 0 ? "" : "step-" + std::to_string(o.step));
+  if (!snap) {
+    err << prog << describe(snap.error()) << "; nothing imported\n";
+    return code_of(snap.error());
+  }
+  state_store_config sc;
+  sc.directory = o.second;
+  auto store = state_store::open(sc);
+  if (!store) {
+    err << prog << "cannot open '" << o.second << "': " << describe(store.error()) << '\n';
+    return exit_failure;
+  }
+  // A state directory of another job is refused (one of this job takes the
+  // snapshot beside its own steps).
+  const auto& job = snap->info.job;
+  auto versions = (*store)->versions(job + "/trainer");
+  if (versions && !versions->empty()) {
+    auto there = actors::read_committed_step_records(**store, job, 0);
+    if (there && hex64(there->fingerprint) != snap->info.fingerprint) {
+      err << prog << o.second << " holds another job at " << job << " (fingerprint "
+          << hex64(there->fingerprint) << ", the snapshot's " << snap->info.fingerprint
+          << "); nothing imported\n";
+      return exit_failure;
+    }
+  }
+  std::vector<const checkpoint*> puts;
+  for (const auto& r : snap->records)
+    puts.push_back(r.get());
+  // As copies: a version already stored is never replaced with other
+  // contents, and nothing newer is removed.
+  std::vector<caf::error> results;
+  if (auto e = (*store)->commit(puts, results, std::vector<bool>(puts.size(), true))) {
+    err << prog << describe(e) << "; nothing imported\n";
+    return exit_failure;
+  }
+  int status = exit_ok;
+  for (size_t i = 0; i < results.size(); ++i)
+    if (results[i]) {
+      err << prog << puts[i]->path << "@" << puts[i]->step << ": " << describe(results[i]) << '\n';
+      status = exit_failure;
+    }
+  if (status != exit_ok)
+    return status;
+  out << "imported " << snap->info.name << " of " << job << " (" << snap->info.records
+      << " records, every checksum verified) into " << o.second << '\n';
+  return exit_ok;
+}
+
+int run_list(const snapshot_options& o, std::ostream& out, std::ostream& err) {
+  auto all = list_snapshots(o.first);
+  if (!all) {
+    err << "understudy snapshot list: " << describe(all.error()) << '\n';
+    return code_of(all.error());
+  }
+  if (o.json) {
+    for (const auto& s : *all)
+      out << nlohmann::json{{"name", s.name},
+                            {"job", s.job},
+                            {"fingerprint", s.fingerprint},
+                            {"step", s.step},
+                            {"records", s.records},
+                            {"bytes", s.bytes},
+                            {"new_bytes", s.new_bytes},
+                            {"created", s.created}}
+                 .dump()
+          << '\n';
+    return exit_ok;
+  }
+  uint64_t stored = 0;
+  out << "SNAPSHOT            STEP  RECORDS       SIZE        NEW  CREATED\n";
+  for (const auto& s : *all) {
+    char line[256];
+    std::snprintf(line, sizeof line, "%-16s %7llu %8zu %10s %10s  %s\n", s.name.c_str(),
+                  static_cast<unsigned long long>(s.step), s.records, format_bytes(s.bytes).c_str(),
+                  format_bytes(s.new_bytes).c_str(), s.created.c_str());
+    out << line;
+    stored += s.new_bytes;
+  }
+  out << all->size() << " snapshots";
+  if (!all->empty())
+    out << " of " << all->front().job << " (fingerprint " << all->front().fingerprint << ")";
+  out << ", " << format_bytes(stored) << " stored\n";
+  return exit_ok;
+}
+
+int run_verify(const snapshot_options& o, std::ostream& out, std::ostream& err) {
+  auto problems = verify_snapshots(o.first, o.step == 0 ? "" : "step-" + std::to_string(o.step));
+  if (!problems) {
+    err << "understudy snapshot verify: " << describe(problems.error()) << '\n';
+    return code_of(problems.error());
+  }
+  for (const auto& p : *problems)
+    err << "understudy snapshot verify: " << p << '\n';
+  if (!problems->empty())
+    return exit_corrupt;
+  out << "every snapshot checked verifies\n";
+  return exit_ok;
+}
+
+int run_prune(const snapshot_options& o, std::ostream& out, std::ostream& err) {
+  auto r = prune_snapshots(o.first, static_cast<size_t>(o.keep_last), o.keep_every);
+  if (!r) {
+    err << "understudy snapshot prune: " << describe(r.error()) << '\n';
+    return code_of(r.error());
+  }
+  out << "removed " << r->removed.size() << " snapshots";
+  for (const auto& n : r->removed)
+    out << " " << n;
+  out << "; " << r->objects_removed << " objects (" << format_bytes(r->bytes_removed)
+      << ") no kept snapshot used\n";
+  return exit_ok;
+}
+
+} // namespace
+
+CLI::App* add_snapshot_command(CLI::App& app, snapshot_options& opts) {
+  auto* sub = app.add_subcommand(
+      "snapshot",
+      "portable snapshots of a training job's committed steps: export, import, list, "
+      "verify, prune");
+  sub->require_subcommand(1);
+  sub->footer(
+      "Exits 0 on success, 1 when a snapshot or record is damaged (each problem named on "
+      "stderr), 2 for usage errors, another job's snapshot and I/O failures.");
+  auto* ex = sub->add_subcommand(
+      "export",
+      "write a committed step of the job in STATE_DIR to SNAPSHOT_DIR (only the chunks "
+      "no earlier snapshot there holds)");
+  ex->add_option("STATE_DIR", opts.first, "the job's state directory (it may still be training)")
+      ->required();
+  ex->add_option("SNAPSHOT_DIR", opts.second, "the snapshot directory (created if missing)")
+      ->required();
+  ex->add_option("--job", opts.job, "the job's path in the state directory")->capture_default_str();
+  ex->add_option("--step", opts.step, "the committed step (default: the newest)");
+  ex->callback([&opts] { opts.action = "export"; });
+  auto* im = sub->add_subcommand(
+      "import",
+      "verify a snapshot completely, then write it into STATE_DIR, from which the job "
+      "resumes");
+  im->add_option("SNAPSHOT_DIR", opts.first, "the snapshot directory")->required();
+  im->add_option("STATE_DIR", opts.second, "the state directory to fill (created if missing)")
+      ->required();
+  im->add_option("--step", opts.step, "the snapshot's step (default: the newest)");
+  im->callback([&opts] { opts.action = "import"; });
+  auto* ls = sub->add_subcommand("list", "list the snapshots of SNAPSHOT_DIR with their sizes");
+  ls->add_option("SNAPSHOT_DIR", opts.first, "the snapshot directory")->required();
+  ls->add_flag("--json", opts.json, "one JSON object per snapshot");
+  ls->callback([&opts] { opts.action = "list"; });
+  auto* ve = sub->add_subcommand("verify", "verify every file of the snapshots in SNAPSHOT_DIR");
+  ve->add_option("SNAPSHOT_DIR", opts.first, "the snapshot directory")->required();
+  ve->add_option("--step", opts.step, "only the snapshot of this step");
+  ve->callback([&opts] { opts.action = "verify"; });
+  auto* pr = sub->add_subcommand(
+      "prune",
+      "keep the newest snapshots and every K-th, remove the others and what only they "
+      "used");
+  pr->add_option("SNAPSHOT_DIR", opts.first, "the snapshot directory")->required();
+  pr->add_option("--keep-last", opts.keep_last, "keep the newest N snapshots (at least 1)")
+      ->required();
+  pr->add_option("--keep-every", opts.keep_every,
+                 "also keep every snapshot whose step is a "
+                 "multiple of K");
+  pr->callback([&opts] { opts.action = "prune"; });
+  return sub;
+}
+
+int run_snapshot(const snapshot_options& opts, std::ostream& out, std::ostream& err) {
+  if (opts.action == "export")
+    return run_export(opts, out, err);
+  if (opts.action == "import")
+    return run_import(opts, out, err);
+  if (opts.action == "list")
+    return run_list(opts, out, err);
+  if (opts.action == "verify")
+    return run_verify(opts, out, err);
+  if (opts.action == "prune")
+    return run_prune(opts, out, err);
+  err << "understudy snapshot: export, import, list, verify or prune\n";
+  return exit_failure;
+}
+
+} // namespace understudy::cli

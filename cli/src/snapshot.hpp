@@ -1,0 +1,42 @@
+#pragma once
+// `understudy snapshot export|import|list|verify|prune`: portable snapshots of
+// a training job's committed steps (understudy/state/snapshot.hpp).
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+
+namespace CLI {
+class App;
+} // namespace CLI
+
+namespace understudy::cli {
+
+/// Options of `understudy snapshot`.
+struct snapshot_options {
+  /// export: STATE_DIR SNAPSHOT_DIR; import: SNAPSHOT_DIR STATE_DIR; the
+  /// others: SNAPSHOT_DIR.
+  std::string first;
+  std::string second;
+  /// The job's path in the state directory.
+  std::string job = "/digits_mlp";
+  /// export: the committed step (0: the newest); import, verify: the
+  /// snapshot's step (0: the newest, verify: all).
+  uint64_t step = 0;
+  /// prune: keep the newest this many and every one whose step is a multiple
+  /// of keep_every.
+  uint64_t keep_last = 0;
+  uint64_t keep_every = 0;
+  bool json = false;
+  /// Which subcommand ran: "export", "import", "list", "verify", "prune".
+  std::string action;
+};
+
+/// Adds the `snapshot` subcommand (with its own subcommands) to `app`.
+CLI::App* add_snapshot_command(CLI::App& app, snapshot_options& opts);
+
+/// Runs it: output to `out`, problems to `err`. Returns an exit_code (1: a
+/// snapshot or record is damaged, 2: usage, another job, I/O).
+int run_snapshot(const snapshot_options& opts, std::ostream& out, std::ostream& err);
+
+} // namespace understudy::cli

@@ -1,0 +1,135 @@
+// `understudy snapshot` as a user runs it on digits_mlp's state directory:
+// export committed steps, list and verify them, import one into a fresh
+// directory and resume to the digest of a run never interrupted; a damaged
+// snapshot or another job's is refused and nothing is written.
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "support/cli_test_util.hpp"
+#include "support/cluster_test_util.hpp"
+
+using understudy::testing::run_program;
+
+namespace {
+
+/// Runs digits_mlp to `steps` in `state` (more args after); its output.
+std::string train(const std::string& state, uint64_t steps, const std::string& more = "") {
+  int status = -1;
+  auto out = run_program(UNDERSTUDY_DIGITS_MLP_PATH,
+                         "--steps " + std::to_string(steps) + " --checkpoint-every 10 --data " +
+                             UNDERSTUDY_DIGITS_PATH + " --state-dir " + state + " " + more,
+                         status);
+  INFO(out);
+  REQUIRE(status == 0);
+  return out;
+}
+
+std::string digest_of(const std::string& out) {
+  std::smatch m;
+  REQUIRE(std::regex_search(out, m, std::regex{R"(final: steps=\d+ .*params_digest=([0-9a-f]+))"}));
+  return m[1].str();
+}
+
+} // namespace
+
+TEST_CASE(
+    "a snapshot exported at a step and imported into a fresh directory resumes to the "
+    "digest of a run never interrupted",
+    "[snapshot][system]") {
+  cli_test::scratch_dir dir;
+  auto whole = digest_of(train(dir.path + "/whole", 300));
+  // A job trained in three legs, a snapshot after each.
+  const auto state = dir.path + "/state";
+  const auto snaps = dir.path + "/snaps";
+  for (uint64_t s : {100, 200, 300}) {
+    train(state, s);
+    auto ex = cli_test::run_cli({"snapshot", "export", state, snaps}, dir.path);
+    REQUIRE(ex.status == 0);
+    CHECK_THAT(ex.out, Catch::Contains("snapshot step-" + std::to_string(s) + " of /digits_mlp"));
+  }
+  auto ls = cli_test::run_cli({"snapshot", "list", snaps, "--json"}, dir.path);
+  REQUIRE(ls.status == 0);
+  std::vector<uint64_t> steps;
+  std::istringstream lines{ls.out};
+  for (std::string line; std::getline(lines, line);) {
+    auto doc = nlohmann::json::parse(line);
+    steps.push_back(doc["step"].get<uint64_t>());
+    CHECK(doc["records"] == 4); // the trainer, 2 shards, 1 loader
+  }
+  CHECK(steps == std::vector<uint64_t>{100, 200, 300});
+  CHECK(cli_test::run_cli({"snapshot", "verify", snaps}, dir.path).status == 0);
+  // Step 100 into a fresh directory; the job resumes there and ends as the
+  // run never interrupted.
+  const auto fresh = dir.path + "/fresh";
+  auto im = cli_test::run_cli({"snapshot", "import", snaps, fresh, "--step", "100"}, dir.path);
+  REQUIRE(im.status == 0);
+  CHECK_THAT(im.out, Catch::Contains("imported step-100 of /digits_mlp (4 records, every "
+                                     "checksum verified)"));
+  auto resumed = train(fresh, 300);
+  CHECK_THAT(resumed, Catch::Contains("resuming from committed step 100"));
+  CHECK(digest_of(resumed) == whole);
+}
+
+TEST_CASE(
+    "a damaged snapshot is named by verify and refused by import, and another job's is "
+    "refused; nothing is written",
+    "[snapshot][system]") {
+  cli_test::scratch_dir dir;
+  const auto state = dir.path + "/state";
+  const auto snaps = dir.path + "/snaps";
+  train(state, 100);
+  REQUIRE(cli_test::run_cli({"snapshot", "export", state, snaps}, dir.path).status == 0);
+  SECTION("a flipped byte") {
+    // The first tensor chunk of the first shard, as the manifest names it.
+    std::ifstream in{snaps + "/manifests/step-100.json"};
+    auto top = nlohmann::json::parse(in);
+    std::string id;
+    for (auto& r : top["manifest"]["records"])
+      if (r["path"] == "/digits_mlp/shards/shard-0")
+        id = r["tensors"][0]["chunks"][0]["object"].get<std::string>();
+    REQUIRE(id.size() == 64);
+    auto file = snaps + "/objects/" + id.substr(0, 2) + "/" + id;
+    {
+      std::fstream f{file, std::ios::in | std::ios::out | std::ios::binary};
+      f.seekp(17);
+      f.put('\x7f');
+    }
+    auto ve = cli_test::run_cli({"snapshot", "verify", snaps}, dir.path);
+    CHECK(ve.status == 1);
+    CHECK_THAT(ve.err, Catch::Contains("/digits_mlp/shards/shard-0@100") && Catch::Contains(id) &&
+                           Catch::Contains("does not match its checksum"));
+    auto im = cli_test::run_cli({"snapshot", "import", snaps, dir.path + "/fresh"}, dir.path);
+    CHECK(im.status == 1);
+    CHECK_THAT(im.err, Catch::Contains("nothing imported"));
+    CHECK_FALSE(std::filesystem::exists(dir.path + "/fresh"));
+  }
+  SECTION("another job") {
+    // The same program with another hidden layer: another fingerprint.
+    const auto other = dir.path + "/other";
+    train(other, 50, "--hidden 32");
+    // Its versions as inspect lists them, ages aside.
+    auto versions = [&] {
+      auto out = cli_test::run_cli({"inspect", other, "--json"}, dir.path).out;
+      return std::regex_replace(out, std::regex{R"("age_s":[0-9.e+-]+)"}, "");
+    };
+    auto before = versions();
+    auto im = cli_test::run_cli({"snapshot", "import", snaps, other}, dir.path);
+    CHECK(im.status == 2);
+    CHECK_THAT(im.err, Catch::Contains("holds another job at /digits_mlp") &&
+                           Catch::Contains("nothing imported"));
+    CHECK(versions() == before);
+    // Nor does its step join the first job's snapshots.
+    auto ex = cli_test::run_cli({"snapshot", "export", other, snaps}, dir.path);
+    CHECK(ex.status == 2);
+    CHECK_THAT(ex.err, Catch::Contains("holds snapshots of another job"));
+    auto ls = cli_test::run_cli({"snapshot", "list", snaps, "--json"}, dir.path);
+    CHECK(std::count(ls.out.begin(), ls.out.end(), '\n') == 1);
+  }
+}
