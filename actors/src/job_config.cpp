@@ -5,6 +5,7 @@
 #include <limits>
 #include <utility>
 
+#include "understudy/actors/snapshot_shipping.hpp"
 #include "understudy/core/errors.hpp"
 
 namespace understudy::actors {
@@ -304,9 +305,27 @@ config_section job_section() {
   return s;
 }
 
+namespace {
+
+std::string job_path_in(const tree_child& t) {
+  if (t.type == "training_job")
+    return t.path;
+  for (const auto& c : t.children)
+    if (auto p = job_path_in(c); !p.empty())
+      return p;
+  return {};
+}
+
+} // namespace
+
+std::string training_job_path(const node_config& nc) {
+  return job_path_in(nc.tree);
+}
+
 node_config_options job_config_options() {
   node_config_options opts;
   opts.sections.push_back(job_section());
+  opts.sections.push_back(snapshots_section());
   return opts;
 }
 

@@ -1055,6 +1055,12 @@ caf::expected<committed_parameters> read_committed_parameters(const state_store&
   return out;
 }
 
+std::string committed_step_records::fingerprint_hex() const {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(fingerprint));
+  return buf;
+}
+
 caf::expected<committed_step_records> read_committed_step_records(const state_store& store,
                                                                   const std::string& job_path,
                                                                   uint64_t step) {

@@ -12,6 +12,7 @@
 
 #include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/job_config.hpp"
+#include "understudy/actors/snapshot_shipping.hpp"
 #include "understudy/actors/training_metrics.hpp"
 #include "understudy/metrics/metrics.hpp"
 
@@ -30,8 +31,9 @@ std::string accuracy_text(double accuracy) {
 /// One node's share of the training job (see cluster_training).
 class training_part : public node_part {
 public:
-  training_part(std::unique_ptr<cluster_training> ct, std::unique_ptr<training_metrics> metrics)
-      : ct_(std::move(ct)), metrics_(std::move(metrics)) {}
+  training_part(std::unique_ptr<cluster_training> ct, std::unique_ptr<training_metrics> metrics,
+                std::unique_ptr<node_part> shipping)
+      : ct_(std::move(ct)), metrics_(std::move(metrics)), shipping_(std::move(shipping)) {}
 
   std::string takeover_reason() const override { return "the trainer's node is lost"; }
 
@@ -167,6 +169,8 @@ private:
   std::unique_ptr<training_metrics> metrics_;
   /// The latest progress, for the status report, and when and where this run
   /// started.
+  /// [snapshots] on the node that ships them.
+  std::unique_ptr<node_part> shipping_;
   mutable std::mutex mtx_;
   clock_type::time_point started_ = clock_type::now();
   uint64_t first_step_ = 0;
@@ -177,6 +181,7 @@ class training_node_component : public node_component {
 public:
   void prepare_loading(node_config_options& opts) const override {
     opts.sections.push_back(job_section());
+    opts.sections.push_back(snapshots_section());
   }
 
   void register_types(caf::actor_system_config& cfg) const override {
@@ -190,8 +195,14 @@ public:
   }
 
   caf::error check(const node_config& nc) const override {
-    if (job_of(nc) == nullptr)
+    if (job_of(nc) == nullptr) {
+      if (const auto* sc = snapshots_of(nc))
+        return make_error(config_errc::missing_key,
+                          nc.origin + ":" + std::to_string(sc->line) +
+                              ": [snapshots] ships a training job's committed steps; the file "
+                              "has no [job]");
       return {};
+    }
     // Loads the data and builds the model, as the leader will.
     auto tc = make_training_config(nc);
     if (!tc)
@@ -211,8 +222,11 @@ public:
     if (metrics != nullptr && job_of(nc) != nullptr)
       tm = std::make_unique<training_metrics>(*metrics, std::chrono::seconds(10),
                                               job_of(nc)->training.workers);
+    auto shipping = attach_snapshot_shipping(node, nc);
+    if (!shipping)
+      return shipping.error();
     return std::unique_ptr<node_part>{
-        std::make_unique<training_part>(std::move(*ct), std::move(tm))};
+        std::make_unique<training_part>(std::move(*ct), std::move(tm), std::move(*shipping))};
   }
 };
 

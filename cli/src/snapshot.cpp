@@ -19,12 +19,6 @@ namespace understudy::cli {
 
 namespace {
 
-std::string hex64(uint64_t x) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(x));
-  return buf;
-}
-
 /// 1 for damaged data, 2 for the rest.
 int code_of(const caf::error& err) {
   return is(err, state_errc::corrupt_record) || is(err, state_errc::truncated_chunk) ? exit_corrupt
@@ -52,7 +46,7 @@ int run_export(const snapshot_options& o, std::ostream& out, std::ostream& err) 
     return code_of(recs.error());
   }
   auto info =
-      write_snapshot(**store, o.second, o.job, hex64(recs->fingerprint), recs->step, recs->paths);
+      write_snapshot(**store, o.second, o.job, recs->fingerprint_hex(), recs->step, recs->paths);
   if (!info) {
     err << prog << describe(info.error()) << '\n';
     return code_of(info.error());
@@ -84,9 +78,9 @@ int run_import(const snapshot_options& o, std::ostream& out, std::ostream& err) 
   auto versions = (*store)->versions(job + "/trainer");
   if (versions && !versions->empty()) {
     auto there = actors::read_committed_step_records(**store, job, 0);
-    if (there && hex64(there->fingerprint) != snap->info.fingerprint) {
+    if (there && there->fingerprint_hex() != snap->info.fingerprint) {
       err << prog << o.second << " holds another job at " << job << " (fingerprint "
-          << hex64(there->fingerprint) << ", the snapshot's " << snap->info.fingerprint
+          << there->fingerprint_hex() << ", the snapshot's " << snap->info.fingerprint
           << "); nothing imported\n";
       return exit_failure;
     }

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "understudy/actors/committed_model.hpp"
+#include "understudy/actors/job_config.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
 #include "understudy/cluster/cluster.hpp"
 #include "understudy/cluster/errors.hpp"
@@ -120,9 +121,6 @@ caf::expected<std::any> parse_serve(config_table& r) {
   return std::any{std::move(c)};
 }
 
-/// The gatherer's note to itself: copy what is new.
-using tick_gather_atom = caf::atom_constant<caf::atom("sv_gather")>;
-
 /// The type of the replicas a node starts for the routers of the cluster.
 constexpr const char* replica_type = "understudy.serving.replica";
 
@@ -138,16 +136,6 @@ public:
     return node_ == nullptr ? std::string{} : node_->node_of(a);
   }
 
-  /// cluster_node::request_versions while the part lives (no node asked after).
-  std::vector<std::string> request_versions(
-      caf::event_based_actor* self, const std::string& prefix, uint64_t after,
-      std::function<void(const std::string&, caf::expected<checkpoint_batch>)> each,
-      const std::vector<std::string>& skip) const {
-    std::lock_guard<std::mutex> guard{mtx_};
-    return node_ == nullptr ? std::vector<std::string>{}
-                            : node_->request_versions(self, prefix, after, std::move(each), skip);
-  }
-
   void forget() {
     std::lock_guard<std::mutex> guard{mtx_};
     node_ = nullptr;
@@ -158,71 +146,12 @@ private:
   const cluster_node* node_;
 };
 
-/// The path of the first training job in the tree `t` (depth first), or "".
-std::string tree_job_path(const tree_child& t) {
-  if (t.type == "training_job")
-    return t.path;
-  for (const auto& c : t.children)
-    if (auto p = tree_job_path(c); !p.empty())
-      return p;
-  return {};
-}
-
 /// The job a [serve] section serves: its `job`, else "/digits_mlp" in a state
 /// directory, else the path of the cluster's own training job ("" if none).
 std::string served_job(const node_config& nc, const serve_section_config& c) {
   if (!c.job.empty())
     return c.job;
-  return c.state_dir.empty() ? tree_job_path(nc.tree) : std::string{"/digits_mlp"};
-}
-
-/// Copies a cluster job's committed steps, spread over the nodes that hold
-/// them, into this serving node's copy (`store`): every `interval` it asks
-/// each live node whose last answer has come for the versions of the job newer
-/// than the copy's newest committed step, and commits what arrives (each
-/// checkpoint verified against its sender's checksums on receipt, under the
-/// job's path only, as a replica: a stored version is never replaced with
-/// other contents). A slow or frozen node delays only its own share. The model
-/// source reads the copy.
-caf::behavior gather_behavior(caf::event_based_actor* self, std::shared_ptr<node_ref> node,
-                              std::shared_ptr<state_store> store, std::string job,
-                              std::chrono::milliseconds interval) {
-  auto busy = std::make_shared<std::vector<std::string>>();
-  auto store_batch = [store, job](const std::string& from, const checkpoint_batch& batch) {
-    std::string problems;
-    std::vector<const checkpoint*> puts;
-    for (const auto& cp : batch.items)
-      if (cp && (cp->path == job || cp->path.rfind(job + "/", 0) == 0))
-        puts.push_back(cp.get());
-      else
-        problems += " " + from + " sent a version of another actor;";
-    std::vector<caf::error> results;
-    if (auto err = store->commit(puts, results, std::vector<bool>(puts.size(), true)))
-      problems += " storing what " + from + " sent: " + describe(err) + ";";
-    for (auto& e : results)
-      if (e)
-        problems += " " + from + ": " + describe(e) + ";";
-    return problems;
-  };
-  self->send(self, tick_gather_atom::value);
-  return {
-      [=](tick_gather_atom) {
-        auto after = actors::newest_committed_step(*store, job);
-        auto asked = node->request_versions(
-            self, job, after ? *after : 0,
-            [=](const std::string& from, caf::expected<checkpoint_batch> batch) {
-              busy->erase(std::remove(busy->begin(), busy->end(), from), busy->end());
-              auto problems =
-                  batch ? store_batch(from, *batch) : " " + from + ": " + describe(batch.error());
-              if (!problems.empty())
-                std::fprintf(stderr, "serving: copying %s's committed steps:%s\n", job.c_str(),
-                             problems.c_str());
-            },
-            *busy);
-        busy->insert(busy->end(), asked.begin(), asked.end());
-        self->delayed_send(self, interval, tick_gather_atom::value);
-      },
-  };
+  return c.state_dir.empty() ? actors::training_job_path(nc) : std::string{"/digits_mlp"};
 }
 
 /// One node's serving unit: its tree, its front end.
@@ -443,9 +372,11 @@ public:
       auto every =
           cfg.watch_interval.count() > 0 ? cfg.watch_interval : std::chrono::milliseconds(500);
       spec.children.push_back(
-          worker("gather", [where, store = *store, job, every](caf::event_based_actor* self) {
-            return gather_behavior(self, where, store, job, every);
-          }));
+          worker("gather", node.gatherer(*store, job, every, [store = *store, job] {
+            // The versions newer than the copy's newest committed step.
+            auto newest = actors::newest_committed_step(*store, job);
+            return newest ? *newest : uint64_t{0};
+          })));
     }
     spec.children.push_back(serving_tree(cfg, source, router, metrics, placement));
     auto tree = spawn_supervisor(sys, std::move(spec));

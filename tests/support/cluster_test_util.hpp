@@ -85,9 +85,7 @@ inline uint64_t fault_free_digest(const node_config& nc, const std::string& dir,
 
 /// The fault-free digest of the job in the cluster config `file` (with its [job]).
 inline uint64_t config_digest(const std::string& file, const std::string& dir) {
-  node_config_options opts;
-  opts.sections.push_back(job_section());
-  auto nc = load_node_config(file, opts);
+  auto nc = load_node_config(file, job_config_options());
   REQUIRE(nc);
   return fault_free_digest(*nc, dir);
 }

@@ -3,6 +3,7 @@
 // directory and resume to the digest of a run never interrupted; a damaged
 // snapshot or another job's is refused and nothing is written.
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -14,6 +15,11 @@
 
 #include "support/cli_test_util.hpp"
 #include "support/cluster_test_util.hpp"
+#include "understudy/actors/committed_model.hpp"
+#include "understudy/actors/job_config.hpp"
+#include "understudy/actors/numerics/mlp.hpp"
+#include "understudy/actors/training.hpp"
+#include "understudy/state/state_store.hpp"
 
 using understudy::testing::run_program;
 
@@ -132,4 +138,42 @@ TEST_CASE(
     auto ls = cli_test::run_cli({"snapshot", "list", snaps, "--json"}, dir.path);
     CHECK(std::count(ls.out.begin(), ls.out.end(), '\n') == 1);
   }
+}
+
+TEST_CASE(
+    "a training cluster ships snapshots of its committed steps while it trains and a node "
+    "dies; a shipped step is bit-exact the job's",
+    "[snapshot][system][cluster]") {
+  cli_test::scratch_dir dir;
+  const auto snaps = dir.path + "/dr";
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << understudy::testing::cluster_config(dir.path + "/state", 600)
+                      << "[snapshots]\ndir = \"" << snaps
+                      << "\"\nevery = \"100ms\"\nnode = \"n2\"\nkeep_last = 3\n";
+  auto out = understudy::testing::launch_expecting(file, dir.path, "--kill n3@300", 600, "n1");
+  CHECK_THAT(out, Catch::Contains("node n2: ships snapshots of /root/job to " + snaps));
+  CHECK_THAT(out, Catch::Contains("shipped to " + snaps));
+  auto ls = cli_test::run_cli({"snapshot", "list", snaps, "--json"}, dir.path);
+  REQUIRE(ls.status == 0);
+  auto shipped = std::count(ls.out.begin(), ls.out.end(), '\n');
+  CHECK(shipped >= 1);
+  CHECK(shipped <= 3); // pruned to the last 3
+  CHECK(cli_test::run_cli({"snapshot", "verify", snaps}, dir.path).status == 0);
+  // The newest, imported, holds the job's parameters at its step bit for bit.
+  const auto fresh = dir.path + "/restored";
+  REQUIRE(cli_test::run_cli({"snapshot", "import", snaps, fresh}, dir.path).status == 0);
+  understudy::state_store_config sc;
+  sc.directory = fresh;
+  sc.read_only = true;
+  auto store = understudy::state_store::open(sc);
+  REQUIRE(store);
+  understudy::actors::mlp net{{64, 32, 10}};
+  auto params = understudy::actors::read_committed_parameters(**store, "/root/job", net);
+  REQUIRE(params);
+  understudy::node_config_options opts = understudy::actors::job_config_options();
+  auto nc = understudy::load_node_config(file, opts);
+  REQUIRE(nc);
+  CHECK(understudy::actors::params_digest(params->params.data(), params->params.size()) ==
+        understudy::testing::fault_free_digest(
+            *nc, dir.path + "/single-" + std::to_string(params->step), params->step));
 }

@@ -33,6 +33,17 @@ caf::message_handler membership_handlers(caf::event_based_actor* self, const sta
 /// replicate (from the local writer), replica, transfer and holds (replication.cpp).
 caf::message_handler replication_handlers(caf::event_based_actor* self, const state_ptr& st);
 
+/// cluster_node::request_versions on the node's state.
+std::vector<std::string> request_versions(
+    const state_ptr& st, caf::event_based_actor* self, const std::string& prefix, uint64_t after,
+    std::function<void(const std::string& node, caf::expected<checkpoint_batch> batch)> each,
+    const std::vector<std::string>& skip);
+
+/// The gathering actor of cluster_node::gatherer.
+caf::behavior gather(const state_ptr& st, caf::event_based_actor* self,
+                     std::shared_ptr<state_store> into, const std::string& prefix,
+                     caf::timespan interval, std::function<uint64_t()> after);
+
 /// spawn (from a peer's supervisor) and factory (a factory registered here): requests wait
 /// until the factory of their type is there (spawning.cpp).
 caf::message_handler spawning_handlers(caf::event_based_actor* self, const state_ptr& st);

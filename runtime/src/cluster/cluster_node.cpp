@@ -317,44 +317,6 @@ bool cluster_node::await_peers(std::chrono::milliseconds timeout) const {
   });
 }
 
-std::vector<std::string> cluster_node::request_versions(
-    caf::event_based_actor* self, const std::string& prefix, uint64_t after,
-    std::function<void(const std::string& node, caf::expected<checkpoint_batch> batch)> each,
-    const std::vector<std::string>& skip) const {
-  auto skipped = [&](const std::string& name) {
-    return std::find(skip.begin(), skip.end(), name) != skip.end();
-  };
-  std::vector<std::pair<std::string, caf::actor>> ask;
-  if (!skipped(st_->self.name))
-    ask.emplace_back(st_->self.name, st_->agent);
-  {
-    std::lock_guard<std::mutex> guard{st_->mtx};
-    for (auto& [name, e] : st_->peers)
-      if (e.state != peer_state::dead && st_->connected_locked(name) &&
-          !e.agent->getf(caf::abstract_actor::is_terminated_flag) && !skipped(name))
-        ask.emplace_back(name, e.agent);
-  }
-  auto shared = std::make_shared<decltype(each)>(std::move(each));
-  for (auto& [name, agent] : ask)
-    self->request(agent, st_->fd().connection_timeout + std::chrono::seconds(30),
-                  cluster_detail::export_atom::value, prefix, after)
-        .then(
-            [shared, name = name](checkpoint_batch& batch) {
-              auto why = "node " + name + " sent versions that are refused: " + batch.problem;
-              if (batch.corrupt)
-                (*shared)(name, make_error(state_errc::corrupt_record, why));
-              else if (!batch.problem.empty())
-                (*shared)(name, make_error(cluster_errc::malformed_message, why));
-              else
-                (*shared)(name, std::move(batch));
-            },
-            [shared, name = name](caf::error& err) { (*shared)(name, std::move(err)); });
-  std::vector<std::string> asked;
-  for (auto& a : ask)
-    asked.push_back(a.first);
-  return asked;
-}
-
 bool cluster_node::await_decided(const std::vector<std::string>& names,
                                  std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> guard{st_->mtx};

@@ -48,6 +48,9 @@ struct committed_step_records {
   /// The job's fingerprint as its trainer recorded it (see fingerprint()).
   uint64_t fingerprint = 0;
   std::vector<std::string> paths;
+
+  /// The fingerprint as a snapshot names it: 16 hexadecimal digits.
+  std::string fingerprint_hex() const;
 };
 
 /// The records of committed step `step` (0: the newest committed step) of the

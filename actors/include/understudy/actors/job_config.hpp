@@ -57,6 +57,10 @@ config_section job_section();
 /// Returns node_config_options with the `[job]` section registered.
 node_config_options job_config_options();
 
+/// The path in the tree of `nc` of its training job (the first child of type
+/// "training_job", depth first; e.g. "/root/job"), or "" if it runs none.
+std::string training_job_path(const node_config& nc);
+
 /// The parsed `[job]` of `nc`, or null if it has none (or `[job]` was not registered).
 const job_config* job_of(const node_config& nc);
 job_config* job_of(node_config& nc);

@@ -198,6 +198,21 @@ public:
       std::function<void(const std::string& node, caf::expected<checkpoint_batch> batch)> each,
       const std::vector<std::string>& skip = {}) const;
 
+  /// The behavior (made for each incarnation) of an actor that keeps `into`
+  /// (a store of this process, not
+  /// the node's own) a copy of the versions under `prefix` that the cluster's
+  /// nodes hold: every `interval` it asks each live node whose last answer has
+  /// come (request_versions) for the versions newer than `after()` and commits
+  /// what arrives as replicated puts: each verified against its sender's
+  /// checksums on receipt, only paths under `prefix`, a stored version never
+  /// replaced with other contents. A slow or frozen node delays only its own
+  /// share. Problems go to stderr, one line per answer. Spawn it under a
+  /// supervisor of yours (serving a cluster's job and shipping its snapshots
+  /// do, as a worker); the function may outlive this object.
+  std::function<caf::behavior(caf::event_based_actor*)> gatherer(
+      std::shared_ptr<::understudy::state_store> into, std::string prefix, caf::timespan interval,
+      std::function<uint64_t()> after) const;
+
   /// Builds the supervision tree a node config declares (`root`, its [tree])
   /// for the leader to run: every supervisor with its strategy, intensity and
   /// backoff (supervisors run on the leader), every child with its restart

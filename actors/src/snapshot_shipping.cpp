@@ -1,0 +1,165 @@
+#include "understudy/actors/snapshot_shipping.hpp"
+
+#include <algorithm>
+#include <any>
+#include <cstdio>
+#include <filesystem>
+#include <utility>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/send.hpp>
+
+#include "understudy/actors/committed_model.hpp"
+#include "understudy/actors/job_config.hpp"
+#include "understudy/state/snapshot.hpp"
+#include "understudy/supervision/supervisor.hpp"
+
+namespace understudy::actors {
+
+namespace {
+
+using ship_atom = caf::atom_constant<caf::atom("us_ship")>;
+
+caf::expected<std::any> parse_snapshots(config_table& t) {
+  snapshots_config c;
+  c.line = t.line();
+  if (auto d = t.str("dir", true))
+    c.dir = *d;
+  if (auto e = t.duration("every", true))
+    c.every = std::chrono::duration_cast<std::chrono::milliseconds>(*e);
+  if (auto n = t.str("node")) {
+    const auto& nodes = t.context().nodes();
+    if (std::none_of(nodes.begin(), nodes.end(), [&](const node_spec& s) { return s.name == *n; }))
+      t.fail(config_errc::unknown_node, t.line_of("node"),
+             "[snapshots] node '" + *n + "' is not a node of the file");
+    c.node = *n;
+  } else {
+    for (const auto& n : t.context().nodes())
+      if (n.role == node_role::active) {
+        c.node = n.name;
+        break;
+      }
+  }
+  if (auto k = t.integer("keep_last", 0, 1000000))
+    c.keep_last = static_cast<uint64_t>(*k);
+  if (auto k = t.integer("keep_every", 0, INT64_MAX))
+    c.keep_every = static_cast<uint64_t>(*k);
+  if (c.keep_every > 0 && c.keep_last == 0)
+    t.fail(config_errc::invalid_value, t.line_of("keep_every"),
+           "[snapshots] keep_every prunes only with keep_last (the newest snapshots to keep)");
+  return std::any{std::move(c)};
+}
+
+/// Writes the newest committed step of `job` in `copy` to `cfg.dir` every
+/// `cfg.every`, when it is newer than the last one written.
+caf::behavior ship(caf::event_based_actor* self, std::shared_ptr<state_store> copy, std::string job,
+                   snapshots_config cfg, std::string me) {
+  uint64_t shipped = 0;
+  if (auto there = list_snapshots(cfg.dir); there && !there->empty())
+    shipped = there->back().step;
+  self->send(self, ship_atom::value);
+  return {[=](ship_atom) mutable {
+    self->delayed_send(self, cfg.every, ship_atom::value);
+    auto newest = newest_committed_step(*copy, job);
+    if (!newest || *newest <= shipped)
+      return;
+    auto say = [&](const std::string& line) {
+      std::printf("node %s: %s\n", me.c_str(), line.c_str());
+      std::fflush(stdout);
+    };
+    auto recs = read_committed_step_records(*copy, job, *newest);
+    if (!recs) {
+      say("snapshot of step " + std::to_string(*newest) +
+          " not written: " + describe(recs.error()));
+      return;
+    }
+    auto info =
+        write_snapshot(*copy, cfg.dir, job, recs->fingerprint_hex(), recs->step, recs->paths);
+    if (!info) {
+      say("snapshot of step " + std::to_string(*newest) + " not written to " + cfg.dir + ": " +
+          describe(info.error()));
+      return;
+    }
+    shipped = info->step;
+    say("snapshot " + info->name + " of " + job + " shipped to " + cfg.dir + ": " +
+        std::to_string(info->records) + " records, " + std::to_string(info->new_bytes) +
+        " new bytes");
+    if (cfg.keep_last > 0) {
+      auto pruned = prune_snapshots(cfg.dir, cfg.keep_last, cfg.keep_every);
+      if (!pruned)
+        say("snapshots in " + cfg.dir + " not pruned: " + describe(pruned.error()));
+    }
+  }};
+}
+
+/// The shipping node's part: its supervisor goes with it.
+class shipping_part : public node_part {
+public:
+  explicit shipping_part(caf::actor tree) : tree_(std::move(tree)) {}
+  ~shipping_part() override { caf::anon_send_exit(tree_, caf::exit_reason::user_shutdown); }
+
+private:
+  caf::actor tree_;
+};
+
+} // namespace
+
+config_section snapshots_section() {
+  config_section s;
+  s.name = "snapshots";
+  for (const auto& [key, type] :
+       std::vector<std::pair<const char*, const char*>>{{"dir", "string"},
+                                                        {"every", "duration"},
+                                                        {"node", "string"},
+                                                        {"keep_last", "integer"},
+                                                        {"keep_every", "integer"}})
+    s.keys.push_back(config_key{"snapshots", key, type});
+  s.parse = parse_snapshots;
+  return s;
+}
+
+const snapshots_config* snapshots_of(const node_config& nc) {
+  return nc.section<snapshots_config>("snapshots");
+}
+
+caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node& node,
+                                                                   const node_config& nc) {
+  const auto* cfg = snapshots_of(nc);
+  if (cfg == nullptr || cfg->node != node.self().name)
+    return std::make_unique<node_part>();
+  auto job = training_job_path(nc);
+  if (job.empty())
+    return make_error(config_errc::missing_key,
+                      nc.origin + ":" + std::to_string(cfg->line) +
+                          ": [snapshots] ships a training job's committed steps; the file has "
+                          "no [job]");
+  state_store_config sc;
+  sc.directory = (std::filesystem::path{node.self().state_dir} / "snapshot-copy").string();
+  sc.mode = durability::none; // a copy: gathered again after a restart
+  sc.retention.keep_last = 4;
+  auto copy = state_store::open(sc);
+  if (!copy)
+    return make_error(config_errc::invalid_value,
+                      "[snapshots] cannot open " + sc.directory + ": " + describe(copy.error()));
+  auto store = *copy;
+  supervisor_spec spec;
+  spec.name = "snapshots";
+  spec.children.push_back(worker(
+      "gather", node.gatherer(store, job, std::min(cfg->every, std::chrono::milliseconds(1000)),
+                              [store, job] {
+                                auto newest = newest_committed_step(*store, job);
+                                return newest ? *newest : uint64_t{0};
+                              })));
+  spec.children.push_back(worker("ship", ship, store, job, *cfg, node.self().name));
+  auto tree = spawn_supervisor(node.agent().home_system(), std::move(spec));
+  if (!tree)
+    return std::move(tree.error());
+  std::printf("node %s: ships snapshots of %s to %s every %lld ms\n", node.self().name.c_str(),
+              job.c_str(), cfg->dir.c_str(), static_cast<long long>(cfg->every.count()));
+  std::fflush(stdout);
+  return std::unique_ptr<node_part>{std::make_unique<shipping_part>(*tree)};
+}
+
+} // namespace understudy::actors
