@@ -11,8 +11,11 @@
 #include <caf/exit_reason.hpp>
 #include <caf/send.hpp>
 
+#include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/job_config.hpp"
+#include "understudy/actors/training.hpp"
+#include "understudy/state/runtime.hpp"
 #include "understudy/state/snapshot.hpp"
 #include "understudy/supervision/supervisor.hpp"
 
@@ -160,6 +163,131 @@ caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node&
               job.c_str(), cfg->dir.c_str(), static_cast<long long>(cfg->every.count()));
   std::fflush(stdout);
   return std::unique_ptr<node_part>{std::make_unique<shipping_part>(*tree)};
+}
+
+namespace {
+
+/// The job's supervision spec nested under supervisors named after the
+/// leading parts of `path` (e.g. "/root/job": a "root" supervisor holding
+/// the job as "job"), so that its actors' paths are those of its records.
+caf::expected<supervisor_spec> spec_at(const training_job& job, const std::string& path) {
+  std::vector<std::string> parts;
+  for (size_t at = 1; at <= path.size();) {
+    auto slash = path.find('/', at);
+    parts.push_back(path.substr(at, slash == std::string::npos ? std::string::npos : slash - at));
+    at = slash == std::string::npos ? path.size() + 1 : slash + 1;
+  }
+  if (parts.empty() || std::any_of(parts.begin(), parts.end(), [](auto& p) { return p.empty(); }))
+    return make_error(config_errc::invalid_value, "no job path '" + path + "'");
+  auto spec = job.spec(parts.back());
+  for (size_t i = parts.size() - 1; i-- > 0;) {
+    supervisor_spec outer;
+    outer.name = parts[i];
+    outer.children.push_back(supervisor_child(std::move(spec)));
+    spec = std::move(outer);
+  }
+  return spec;
+}
+
+/// Imports snapshot `name` of `dir` into a fresh store at `into`.
+caf::error import_into(const std::string& dir, const std::string& name, const std::string& into) {
+  auto snap = read_snapshot(dir, name);
+  if (!snap)
+    return std::move(snap.error());
+  state_store_config sc;
+  sc.directory = into;
+  sc.mode = durability::none;
+  auto store = state_store::open(sc);
+  if (!store)
+    return std::move(store.error());
+  std::vector<const checkpoint*> puts;
+  for (const auto& r : snap->records)
+    puts.push_back(r.get());
+  std::vector<caf::error> results;
+  if (auto err = (*store)->commit(puts, results))
+    return err;
+  for (auto& e : results)
+    if (e)
+      return e;
+  return {};
+}
+
+} // namespace
+
+caf::expected<drill_report> run_drill(const node_config& nc, const std::string& scratch) {
+  using ms = std::chrono::milliseconds;
+  const auto* cfg = snapshots_of(nc);
+  auto job_path = training_job_path(nc);
+  if (cfg == nullptr || job_path.empty())
+    return make_error(config_errc::missing_key,
+                      nc.origin + ": a drill restores the [job] from its [snapshots] directory");
+  auto all = list_snapshots(cfg->dir);
+  if (!all)
+    return std::move(all.error());
+  if (all->size() < 2)
+    return make_error(state_errc::not_found,
+                      cfg->dir + " holds " + std::to_string(all->size()) +
+                          " snapshot(s); a drill replays from one to the next and needs two");
+  const auto& older = (*all)[all->size() - 2];
+  const auto& newer = all->back();
+  drill_report out;
+  out.restored_step = older.step;
+  out.compared_step = newer.step;
+  auto t0 = std::chrono::steady_clock::now();
+  std::error_code ec;
+  std::filesystem::remove_all(scratch, ec);
+  const auto restored = scratch + "/restored";
+  const auto shipped = scratch + "/shipped";
+  // Both verified completely on the way in.
+  if (auto err = import_into(cfg->dir, older.name, restored))
+    return err;
+  if (auto err = import_into(cfg->dir, newer.name, shipped))
+    return err;
+  auto tc = make_training_config(nc);
+  if (!tc)
+    return std::move(tc.error());
+  auto net = tc->net;
+  {
+    state_store_config sc;
+    sc.directory = shipped;
+    sc.read_only = true;
+    auto store = state_store::open(sc);
+    if (!store)
+      return std::move(store.error());
+    auto params = read_committed_parameters(**store, job_path, *net, newer.step);
+    if (!params)
+      return std::move(params.error());
+    out.shipped_digest = params_digest(params->params.data(), params->params.size());
+  }
+  out.restore_time = std::chrono::duration_cast<ms>(std::chrono::steady_clock::now() - t0);
+  // The replay: the job from the older step to the newer one, as the primary ran it.
+  auto t1 = std::chrono::steady_clock::now();
+  tc->faults.clear();
+  tc->steps = newer.step;
+  runtime_config rc;
+  rc.log_events = false;
+  runtime rt{rc};
+  state_store_config sc;
+  sc.directory = restored;
+  auto p = rt.open_state(sc);
+  if (!p)
+    return std::move(p.error());
+  auto job = training_job::create(std::move(*tc), *p);
+  if (!job)
+    return std::move(job.error());
+  auto spec = spec_at(*job, job_path);
+  if (!spec)
+    return std::move(spec.error());
+  auto tree = rt.start(std::move(*spec));
+  if (!tree)
+    return std::move(tree.error());
+  auto result = job->wait(std::chrono::minutes(30));
+  rt.stop(*tree);
+  if (!result)
+    return std::move(result.error());
+  out.replayed_digest = result->params_digest;
+  out.replay_time = std::chrono::duration_cast<ms>(std::chrono::steady_clock::now() - t1);
+  return out;
 }
 
 } // namespace understudy::actors

@@ -44,6 +44,8 @@ int main(int argc, char** argv) {
   auto* events_cmd = cli::add_events_command(app, events);
   cli::snapshot_options snapshot;
   auto* snapshot_cmd = cli::add_snapshot_command(app, snapshot);
+  cli::drill_options drill;
+  auto* drill_cmd = cli::add_drill_command(app, drill);
   if (argc == 1) {
     // Alone, the command says what it can do (and, being no command, exits 2).
     std::cout << app.help();
@@ -69,6 +71,8 @@ int main(int argc, char** argv) {
     return cli::run_events(events);
   if (*snapshot_cmd)
     return cli::run_snapshot(snapshot, std::cout, std::cerr);
+  if (*drill_cmd)
+    return cli::run_drill(drill, std::cout, std::cerr);
   std::cerr << app.help();
   return cli::exit_failure;
 }

@@ -39,4 +39,21 @@ CLI::App* add_snapshot_command(CLI::App& app, snapshot_options& opts);
 /// snapshot or record is damaged, 2: usage, another job, I/O).
 int run_snapshot(const snapshot_options& opts, std::ostream& out, std::ostream& err);
 
+/// Options of `understudy drill`.
+struct drill_options {
+  /// The node config file with the [job] and its [snapshots].
+  std::string file;
+  /// Where the restore goes (emptied first; default: a directory beside the
+  /// snapshots' named drill-scratch).
+  std::string scratch;
+};
+
+/// Adds the `drill` subcommand to `app`.
+CLI::App* add_drill_command(CLI::App& app, drill_options& opts);
+
+/// Runs a restore drill (actors::run_drill): 0 when the replay reproduced
+/// the shipped step bit for bit, 1 when it did not or a file is damaged, 2
+/// for usage errors and failures to run.
+int run_drill(const drill_options& opts, std::ostream& out, std::ostream& err);
+
 } // namespace understudy::cli

@@ -177,3 +177,72 @@ TEST_CASE(
         understudy::testing::fault_free_digest(
             *nc, dir.path + "/single-" + std::to_string(params->step), params->step));
 }
+
+TEST_CASE(
+    "a restore drill replays the shipped steps bit for bit, and catches a damaged or a "
+    "wrong shipped step",
+    "[snapshot][system][cluster]") {
+  cli_test::scratch_dir dir;
+  const auto snaps = dir.path + "/dr";
+  auto file = dir.path + "/cluster.toml";
+  std::ofstream{file} << understudy::testing::cluster_config(dir.path + "/state", 400)
+                      << "[snapshots]\ndir = \"" << snaps << "\"\nevery = \"100ms\"\n";
+  understudy::testing::launch_expecting(file, dir.path, "", 400, "n1");
+  auto ls = cli_test::run_cli({"snapshot", "list", snaps, "--json"}, dir.path);
+  REQUIRE(ls.status == 0);
+  std::vector<nlohmann::json> shipped;
+  std::istringstream lines{ls.out};
+  for (std::string line; std::getline(lines, line);)
+    shipped.push_back(nlohmann::json::parse(line));
+  REQUIRE(shipped.size() >= 2);
+  auto drill = cli_test::run_cli({"drill", file}, dir.path);
+  CHECK(drill.status == 0);
+  CHECK_THAT(drill.out, Catch::Contains("bit-exact, passed"));
+  // The newest step's first shard chunk, and the one before it.
+  auto manifest_file = [&](const nlohmann::json& s) {
+    return snaps + "/manifests/" + s["name"].get<std::string>() + ".json";
+  };
+  auto shard_chunk = [&](const nlohmann::json& top) -> std::string {
+    for (auto& r : top["manifest"]["records"])
+      if (r["path"] == "/root/job/shards/shard-0")
+        return r["tensors"][0]["chunks"][0]["object"].get<std::string>();
+    return "";
+  };
+  auto newest_file = manifest_file(shipped.back());
+  auto newest = nlohmann::json::parse(cli_test::slurp(newest_file));
+  auto before = nlohmann::json::parse(cli_test::slurp(manifest_file(shipped[shipped.size() - 2])));
+  auto id = shard_chunk(newest);
+  auto older_id = shard_chunk(before);
+  REQUIRE(id.size() == 64);
+  REQUIRE(older_id.size() == 64);
+  REQUIRE(id != older_id);
+  SECTION("a flipped byte in the newest step: named, the drill fails") {
+    {
+      std::fstream f{snaps + "/objects/" + id.substr(0, 2) + "/" + id,
+                     std::ios::in | std::ios::out | std::ios::binary};
+      f.seekp(9);
+      f.put('\x55');
+    }
+    auto failed = cli_test::run_cli({"drill", file}, dir.path);
+    CHECK(failed.status == 1);
+    CHECK_THAT(failed.err, Catch::Contains(id) && Catch::Contains("does not match its checksum"));
+  }
+  SECTION("a wrong step with valid checksums: the replay differs, the drill fails") {
+    // The newest manifest made to name the older step's shard chunk (a valid
+    // object of the same size), its own checksum made right again.
+    for (auto& r : newest["manifest"]["records"])
+      if (r["path"] == "/root/job/shards/shard-0")
+        r["tensors"][0]["chunks"][0]["object"] = older_id;
+    auto body = dir.path + "/body";
+    std::ofstream{body} << newest["manifest"].dump();
+    int status = -1;
+    auto sum = run_program("/usr/bin/sha256sum", body, status);
+    REQUIRE(status == 0);
+    newest["sha256"] = sum.substr(0, 64);
+    std::ofstream{newest_file} << newest.dump(1);
+    CHECK(cli_test::run_cli({"snapshot", "verify", snaps}, dir.path).status == 0);
+    auto failed = cli_test::run_cli({"drill", file}, dir.path);
+    CHECK(failed.status == 1);
+    CHECK_THAT(failed.err, Catch::Contains("DIFFERENT, failed"));
+  }
+}

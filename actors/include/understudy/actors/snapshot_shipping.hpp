@@ -53,4 +53,27 @@ const snapshots_config* snapshots_of(const node_config& nc);
 caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node& node,
                                                                    const node_config& nc);
 
+/// What a drill found.
+struct drill_report {
+  /// The snapshot restored and the one its replay is compared with.
+  uint64_t restored_step = 0;
+  uint64_t compared_step = 0;
+  /// The parameters' digests: the replay's and the shipped step's.
+  uint64_t replayed_digest = 0;
+  uint64_t shipped_digest = 0;
+  /// How long the restore (verification and import) and the replay took.
+  std::chrono::milliseconds restore_time{0};
+  std::chrono::milliseconds replay_time{0};
+  bool passed() const noexcept { return replayed_digest == shipped_digest; }
+};
+
+/// A restore drill of the job of `nc` from its [snapshots] directory: takes
+/// the two newest snapshots, verifies every file of both, imports the older
+/// into `scratch/restored` (a fresh directory), runs the job there (in this
+/// process, without its faults) up to the newer one's step, and compares the
+/// parameters it ends with against the newer snapshot's, bit for bit. Errors:
+/// missing_key (no [job] or [snapshots]), not_found (fewer than two
+/// snapshots), corrupt_record naming a damaged file, those of the run.
+caf::expected<drill_report> run_drill(const node_config& nc, const std::string& scratch);
+
 } // namespace understudy::actors
