@@ -2,14 +2,18 @@
 
 #include <algorithm>
 #include <any>
+#include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <utility>
 
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/send.hpp>
+#include <nlohmann/json.hpp>
 
 #include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/committed_model.hpp"
@@ -58,12 +62,23 @@ caf::expected<std::any> parse_snapshots(config_table& t) {
 /// Writes the newest committed step of `job` in `copy` to `cfg.dir` every
 /// `cfg.every`, when it is newer than the last one written.
 caf::behavior ship(caf::event_based_actor* self, std::shared_ptr<state_store> copy, std::string job,
-                   snapshots_config cfg, std::string me) {
+                   snapshots_config cfg, std::string me, std::string cluster) {
   uint64_t shipped = 0;
   if (auto there = list_snapshots(cfg.dir); there && !there->empty())
     shipped = there->back().step;
   self->send(self, ship_atom::value);
   return {[=](ship_atom) mutable {
+    if (auto p = promoted(cfg.dir); p && p->cluster != cluster) {
+      // Another site took the job over: this one ships nothing more.
+      std::printf(
+          "node %s: %s was promoted to cluster %s at step %llu (%s): this cluster is "
+          "superseded and ships no more snapshots\n",
+          me.c_str(), cfg.dir.c_str(), p->cluster.c_str(), static_cast<unsigned long long>(p->step),
+          p->when.c_str());
+      std::fflush(stdout);
+      self->quit();
+      return;
+    }
     self->delayed_send(self, cfg.every, ship_atom::value);
     auto newest = newest_committed_step(*copy, job);
     if (!newest || *newest <= shipped)
@@ -155,7 +170,10 @@ caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node&
                                 auto newest = newest_committed_step(*store, job);
                                 return newest ? *newest : uint64_t{0};
                               })));
-  spec.children.push_back(worker("ship", ship, store, job, *cfg, node.self().name));
+  // Once superseded it stops for good (temporary: not restarted).
+  auto shipper = worker("ship", ship, store, job, *cfg, node.self().name, nc.cluster.name);
+  shipper.restart = restart_type::temporary;
+  spec.children.push_back(std::move(shipper));
   auto tree = spawn_supervisor(node.agent().home_system(), std::move(spec));
   if (!tree)
     return std::move(tree.error());
@@ -288,6 +306,122 @@ caf::expected<drill_report> run_drill(const node_config& nc, const std::string& 
   out.replayed_digest = result->params_digest;
   out.replay_time = std::chrono::duration_cast<ms>(std::chrono::steady_clock::now() - t1);
   return out;
+}
+
+namespace {
+
+std::string promotion_file(const std::string& dir) {
+  return (std::filesystem::path{dir} / "PROMOTED").string();
+}
+
+std::string utc_now() {
+  auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+} // namespace
+
+std::optional<promotion> promoted(const std::string& dir) {
+  std::ifstream in{promotion_file(dir)};
+  if (!in)
+    return std::nullopt;
+  auto doc = nlohmann::json::parse(in, nullptr, false);
+  promotion p;
+  if (doc.is_object()) {
+    p.cluster = doc.value("cluster", std::string{});
+    p.step = doc.value("step", uint64_t{0});
+    p.when = doc.value("when", std::string{});
+  }
+  // A marker that cannot be read still says the job moved.
+  if (p.cluster.empty())
+    p.cluster = "(unreadable " + promotion_file(dir) + ")";
+  return p;
+}
+
+caf::error check_not_superseded(const node_config& nc) {
+  const auto* cfg = snapshots_of(nc);
+  if (cfg == nullptr)
+    return {};
+  auto p = promoted(cfg->dir);
+  if (!p || p->cluster == nc.cluster.name)
+    return {};
+  return make_error(config_errc::invalid_value,
+                    nc.origin + ": cluster " + nc.cluster.name +
+                        " is superseded: its job moved to cluster " + p->cluster + " at step " +
+                        std::to_string(p->step) + " (" + p->when + ", recorded in " +
+                        promotion_file(cfg->dir) + "); it drives nothing");
+}
+
+caf::expected<promotion> promote_site(const node_config& nc) {
+  const auto* cfg = snapshots_of(nc);
+  auto job_path = training_job_path(nc);
+  if (cfg == nullptr || job_path.empty())
+    return make_error(config_errc::missing_key,
+                      nc.origin +
+                          ": a promotion takes the [job] over from its [snapshots] "
+                          "directory");
+  if (auto p = promoted(cfg->dir); p && p->cluster != nc.cluster.name)
+    return make_error(config_errc::invalid_value,
+                      cfg->dir + " was promoted to cluster " + p->cluster + " already (step " +
+                          std::to_string(p->step) + ", " + p->when + ")");
+  auto tc = make_training_config(nc);
+  if (!tc)
+    return std::move(tc.error());
+  char fp[17];
+  std::snprintf(fp, sizeof fp, "%016llx", static_cast<unsigned long long>(fingerprint(*tc)));
+  auto all = list_snapshots(cfg->dir);
+  if (!all)
+    return std::move(all.error());
+  // The newest snapshot that verifies completely.
+  std::string problems;
+  for (auto it = all->rbegin(); it != all->rend(); ++it) {
+    if (it->job != job_path || it->fingerprint != fp)
+      return make_error(config_errc::invalid_value,
+                        cfg->dir + " holds snapshots of another job (" + it->job +
+                            ", fingerprint " + it->fingerprint + "); " + nc.origin + "'s job is " +
+                            job_path + ", fingerprint " + fp);
+    auto snap = read_snapshot(cfg->dir, it->name);
+    if (!snap) {
+      problems += " " + it->name + ": " + describe(snap.error()) + ";";
+      continue;
+    }
+    std::vector<const checkpoint*> puts;
+    for (const auto& r : snap->records)
+      puts.push_back(r.get());
+    for (const auto& n : nc.nodes) {
+      if (n.role != node_role::active)
+        continue;
+      state_store_config sc;
+      sc.directory = n.state_dir;
+      auto store = state_store::open(sc);
+      if (!store)
+        return make_error(
+            config_errc::invalid_value,
+            "cannot open node " + n.name + "'s " + n.state_dir + ": " + describe(store.error()));
+      std::vector<caf::error> results;
+      if (auto err = (*store)->commit(puts, results, std::vector<bool>(puts.size(), true)))
+        return err;
+      for (auto& e : results)
+        if (e)
+          return e;
+    }
+    promotion p{nc.cluster.name, it->step, utc_now()};
+    nlohmann::json doc{{"cluster", p.cluster}, {"step", p.step}, {"when", p.when}};
+    auto tmp = promotion_file(cfg->dir) + ".tmp";
+    std::ofstream{tmp} << doc.dump() << '\n';
+    std::error_code ec;
+    std::filesystem::rename(tmp, promotion_file(cfg->dir), ec);
+    if (ec)
+      return make_error(state_errc::io_error, "cannot record the promotion in " +
+                                                  promotion_file(cfg->dir) + ": " + ec.message());
+    return p;
+  }
+  return make_error(state_errc::not_found,
+                    cfg->dir + " holds no snapshot that verifies:" + problems);
 }
 
 } // namespace understudy::actors

@@ -195,6 +195,8 @@ public:
   }
 
   caf::error check(const node_config& nc) const override {
+    if (auto err = check_not_superseded(nc))
+      return err;
     if (job_of(nc) == nullptr) {
       if (const auto* sc = snapshots_of(nc))
         return make_error(config_errc::missing_key,

@@ -46,6 +46,8 @@ int main(int argc, char** argv) {
   auto* snapshot_cmd = cli::add_snapshot_command(app, snapshot);
   cli::drill_options drill;
   auto* drill_cmd = cli::add_drill_command(app, drill);
+  cli::promote_options promote;
+  auto* promote_cmd = cli::add_promote_command(app, promote);
   if (argc == 1) {
     // Alone, the command says what it can do (and, being no command, exits 2).
     std::cout << app.help();
@@ -73,6 +75,8 @@ int main(int argc, char** argv) {
     return cli::run_snapshot(snapshot, std::cout, std::cerr);
   if (*drill_cmd)
     return cli::run_drill(drill, std::cout, std::cerr);
+  if (*promote_cmd)
+    return cli::run_promote(promote, std::cout, std::cerr);
   std::cerr << app.help();
   return cli::exit_failure;
 }

@@ -1,5 +1,11 @@
 #include "snapshot.hpp"
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -11,6 +17,7 @@
 
 #include "inspect.hpp"
 #include "understudy/actors/committed_model.hpp"
+#include "understudy/actors/job_config.hpp"
 #include "understudy/actors/snapshot_shipping.hpp"
 #include "understudy/actors/training_component.hpp"
 #include "understudy/core/errors.hpp"
@@ -292,6 +299,101 @@ int run_drill(const drill_options& opts, std::ostream& out, std::ostream& err) {
                 report->passed() ? "bit-exact, passed" : "DIFFERENT, failed");
   (report->passed() ? out : err) << line;
   return report->passed() ? exit_ok : exit_corrupt;
+}
+
+namespace {
+
+/// Whether something accepts TCP connections at host:port (within 1 s).
+bool accepts(const std::string& host, uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0)
+    return false;
+  bool ok = false;
+  for (auto* a = res; a != nullptr && !ok; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+      continue;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      ok = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      int soerr = 0;
+      socklen_t len = sizeof soerr;
+      ok = ::poll(&p, 1, 1000) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 &&
+           soerr == 0;
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(res);
+  return ok;
+}
+
+} // namespace
+
+CLI::App* add_promote_command(CLI::App& app, promote_options& opts) {
+  auto* sub = app.add_subcommand(
+      "promote",
+      "make the cluster of FILE (a second site) take the job over from the newest "
+      "snapshot the primary shipped to its [snapshots] directory");
+  sub->footer(
+      "Then start it with `understudy launch FILE`. The primary, if it comes back, "
+      "refuses to start (it is superseded). Exits 0 when promoted, 1 when no snapshot "
+      "verifies, 2 when the primary is still reachable, for another job's snapshots and "
+      "usage errors.");
+  sub->add_option("FILE", opts.file, "the second site's node config file")->required();
+  sub->add_option("--primary", opts.primary,
+                  "the primary's node config file: promote only if none of its nodes accepts "
+                  "connections");
+  sub->add_flag("--force", opts.force, "promote without checking the primary");
+  return sub;
+}
+
+int run_promote(const promote_options& opts, std::ostream& out, std::ostream& err) {
+  const std::string prog = "understudy promote: ";
+  const node_components components{actors::training_component(), serving::serving_component()};
+  if (opts.primary.empty() && !opts.force) {
+    err << prog
+        << "name the primary's file (--primary FILE) so that its nodes can be checked to "
+           "be down, or pass --force\n";
+    return exit_failure;
+  }
+  if (!opts.primary.empty()) {
+    // Only its nodes' addresses are needed: parsed without the components'
+    // checks (which a superseded file would fail).
+    node_config_options popts;
+    for (const auto& c : components)
+      c->prepare_loading(popts);
+    auto primary = load_node_config(opts.primary, popts);
+    if (!primary) {
+      err << prog << describe(primary.error()) << '\n';
+      return exit_failure;
+    }
+    for (const auto& n : primary->nodes)
+      if (accepts(n.host, n.port)) {
+        err << prog << "the primary is alive and reachable: its node " << n.name << " at " << n.host
+            << ":" << n.port << " accepts connections; stop it (a promotion while it "
+            << "drives the job would run it twice), nothing promoted\n";
+        return exit_failure;
+      }
+  }
+  auto nc = load_config(opts.file, components);
+  if (!nc) {
+    err << prog << describe(nc.error()) << '\n';
+    return exit_failure;
+  }
+  auto p = actors::promote_site(*nc);
+  if (!p) {
+    err << prog << describe(p.error()) << '\n';
+    return is(p.error(), state_errc::not_found) ? exit_corrupt : exit_failure;
+  }
+  out << "promote: cluster " << p->cluster << " takes " << actors::training_job_path(*nc)
+      << " over at committed step " << p->step << " (" << p->when
+      << "), imported into every active node; start it with understudy launch " << opts.file
+      << '\n';
+  return exit_ok;
 }
 
 } // namespace understudy::cli

@@ -56,4 +56,24 @@ CLI::App* add_drill_command(CLI::App& app, drill_options& opts);
 /// for usage errors and failures to run.
 int run_drill(const drill_options& opts, std::ostream& out, std::ostream& err);
 
+/// Options of `understudy promote`.
+struct promote_options {
+  /// The second site's node config file (its nodes, the same [job], the
+  /// [snapshots] directory the primary shipped to).
+  std::string file;
+  /// The primary's node config file: each of its nodes must refuse
+  /// connections (the site is down) before the promotion.
+  std::string primary;
+  /// Promote without checking the primary.
+  bool force = false;
+};
+
+/// Adds the `promote` subcommand to `app`.
+CLI::App* add_promote_command(CLI::App& app, promote_options& opts);
+
+/// Runs it (actors::promote_site once the primary is found down): 0 when
+/// promoted, 1 when no snapshot verifies, 2 otherwise (a primary still
+/// reachable, another job, usage).
+int run_promote(const promote_options& opts, std::ostream& out, std::ostream& err);
+
 } // namespace understudy::cli

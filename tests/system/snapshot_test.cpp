@@ -3,11 +3,16 @@
 // directory and resume to the digest of a run never interrupted; a damaged
 // snapshot or another job's is refused and nothing is written.
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -15,6 +20,7 @@
 
 #include "support/cli_test_util.hpp"
 #include "support/cluster_test_util.hpp"
+#include "support/daemon_test_util.hpp"
 #include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/job_config.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
@@ -245,4 +251,69 @@ TEST_CASE(
     CHECK(failed.status == 1);
     CHECK_THAT(failed.err, Catch::Contains("DIFFERENT, failed"));
   }
+}
+
+TEST_CASE(
+    "a second site promoted after the first is destroyed finishes the job with the "
+    "fault-free digest, and the first, back, drives nothing",
+    "[snapshot][system][cluster]") {
+  cli_test::scratch_dir dir;
+  const auto dr = dir.path + "/dr";
+  const auto file_a = dir.path + "/site-a.toml";
+  const auto file_b = dir.path + "/site-b.toml";
+  auto site = [&](const std::string& name, const std::string& state) {
+    auto text = understudy::testing::cluster_config(state, 3000);
+    understudy::testing::replace_once(text, "name = \"test\"", "name = \"" + name + "\"");
+    return text + "[snapshots]\ndir = \"" + dr + "\"\nevery = \"100ms\"\n";
+  };
+  std::ofstream{file_a} << site("site-a", dir.path + "/a");
+  std::ofstream{file_b} << site("site-b", dir.path + "/b");
+  // Site A trains and ships; once it shipped twice, every one of its
+  // processes is killed and its state directories deleted.
+  const auto log_a = dir.path + "/a.log";
+  auto a = daemon_test::spawn({UNDERSTUDY_CLI_PATH, "launch", file_a}, dir.path, log_a, true);
+  std::string seen;
+  for (int i = 0; i < 600; ++i) {
+    seen = cli_test::slurp(log_a);
+    size_t shipped = 0;
+    for (auto at = seen.find("shipped to " + dr); at != std::string::npos;
+         at = seen.find("shipped to " + dr, at + 1))
+      ++shipped;
+    if (shipped >= 2)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50)); // polling a log, not a sync
+  }
+  // While A runs, a promotion is refused: nothing imported, nothing recorded.
+  auto early = cli_test::run_cli({"promote", file_b, "--primary", file_a}, dir.path);
+  CHECK(early.status == 2);
+  CHECK_THAT(early.err, Catch::Contains("the primary is alive and reachable"));
+  CHECK_FALSE(std::filesystem::exists(dr + "/PROMOTED"));
+  CHECK_FALSE(std::filesystem::exists(dir.path + "/b"));
+  ::kill(-a, SIGKILL);
+  int wstatus = 0;
+  ::waitpid(a, &wstatus, 0);
+  INFO("site A:\n" << cli_test::slurp(log_a));
+  REQUIRE(seen.find("shipped to " + dr) != std::string::npos);
+  std::filesystem::remove_all(dir.path + "/a");
+  // Without --primary (or --force) a promotion is refused.
+  CHECK(cli_test::run_cli({"promote", file_b}, dir.path).status == 2);
+  auto promoted = cli_test::run_cli({"promote", file_b, "--primary", file_a}, dir.path);
+  REQUIRE(promoted.status == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(
+      promoted.out, m,
+      std::regex{R"(cluster site-b takes /root/job over at committed step (\d+))"}));
+  auto step = m[1].str();
+  // B resumes from that step and ends with the digest of a run never
+  // interrupted.
+  auto out_b = understudy::testing::launch_expecting(file_b, dir.path, "", 3000, "n1");
+  CHECK_THAT(out_b, Catch::Contains("[n1] job: resuming from committed step " + step));
+  // A, started again, learns it was superseded and starts nothing.
+  int status = -1;
+  auto again = understudy::testing::run_cli("launch " + file_a, status);
+  CHECK(status != 0);
+  CHECK_THAT(again, Catch::Contains("cluster site-a is superseded: its job moved to cluster "
+                                    "site-b at step " +
+                                    step));
+  CHECK(again.find("job: ") == std::string::npos);
 }

@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "understudy/cluster/cluster.hpp"
@@ -75,5 +76,33 @@ struct drill_report {
 /// missing_key (no [job] or [snapshots]), not_found (fewer than two
 /// snapshots), corrupt_record naming a damaged file, those of the run.
 caf::expected<drill_report> run_drill(const node_config& nc, const std::string& scratch);
+
+/// Who took a job over from its snapshot directory (`dir`/PROMOTED).
+struct promotion {
+  /// The cluster ([cluster] name) that took it over, and from which step.
+  std::string cluster;
+  uint64_t step = 0;
+  std::string when;
+};
+
+/// The promotion recorded in snapshot directory `dir`, if any.
+std::optional<promotion> promoted(const std::string& dir);
+
+/// An error (config_errc::invalid_value) if `nc` has [snapshots] whose
+/// directory records that another cluster took its job over: a superseded
+/// site drives nothing.
+caf::error check_not_superseded(const node_config& nc);
+
+/// Makes the cluster of `nc` (a second site: its own nodes and etcd, the same
+/// [job]) take the job over from its [snapshots] directory: the newest
+/// snapshot that verifies completely (an older one if the newest is damaged)
+/// of the same job (fingerprint and path) is imported into every active
+/// node's state directory, so that `understudy launch` resumes it there, and
+/// the directory records the promotion, after which the old site's nodes
+/// refuse to start and its shipping stops. Errors: missing_key, not_found (no
+/// intact snapshot), invalid_value (another job's snapshots, a promotion by
+/// another cluster already), those of the import. Call it only once the old
+/// site is down (`understudy promote` checks that first).
+caf::expected<promotion> promote_site(const node_config& nc);
 
 } // namespace understudy::actors
