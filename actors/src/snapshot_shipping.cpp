@@ -68,7 +68,7 @@ caf::behavior ship(caf::event_based_actor* self, std::shared_ptr<state_store> co
     shipped = there->back().step;
   self->send(self, ship_atom::value);
   return {[=](ship_atom) mutable {
-    if (auto p = promoted(cfg.dir); p && p->cluster != cluster) {
+    if (auto p = read_promotion(cfg.dir); p && p->cluster != cluster) {
       // Another site took the job over: this one ships nothing more.
       std::printf(
           "node %s: %s was promoted to cluster %s at step %llu (%s): this cluster is "
@@ -218,16 +218,7 @@ caf::error import_into(const std::string& dir, const std::string& name, const st
   auto store = state_store::open(sc);
   if (!store)
     return std::move(store.error());
-  std::vector<const checkpoint*> puts;
-  for (const auto& r : snap->records)
-    puts.push_back(r.get());
-  std::vector<caf::error> results;
-  if (auto err = (*store)->commit(puts, results))
-    return err;
-  for (auto& e : results)
-    if (e)
-      return e;
-  return {};
+  return import_snapshot(*snap, **store);
 }
 
 } // namespace
@@ -308,55 +299,21 @@ caf::expected<drill_report> run_drill(const node_config& nc, const std::string& 
   return out;
 }
 
-namespace {
-
-std::string promotion_file(const std::string& dir) {
-  return (std::filesystem::path{dir} / "PROMOTED").string();
-}
-
-std::string utc_now() {
-  auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-} // namespace
-
-std::optional<promotion> promoted(const std::string& dir) {
-  std::ifstream in{promotion_file(dir)};
-  if (!in)
-    return std::nullopt;
-  auto doc = nlohmann::json::parse(in, nullptr, false);
-  promotion p;
-  if (doc.is_object()) {
-    p.cluster = doc.value("cluster", std::string{});
-    p.step = doc.value("step", uint64_t{0});
-    p.when = doc.value("when", std::string{});
-  }
-  // A marker that cannot be read still says the job moved.
-  if (p.cluster.empty())
-    p.cluster = "(unreadable " + promotion_file(dir) + ")";
-  return p;
-}
-
 caf::error check_not_superseded(const node_config& nc) {
   const auto* cfg = snapshots_of(nc);
   if (cfg == nullptr)
     return {};
-  auto p = promoted(cfg->dir);
+  auto p = read_promotion(cfg->dir);
   if (!p || p->cluster == nc.cluster.name)
     return {};
   return make_error(config_errc::invalid_value,
                     nc.origin + ": cluster " + nc.cluster.name +
                         " is superseded: its job moved to cluster " + p->cluster + " at step " +
-                        std::to_string(p->step) + " (" + p->when + ", recorded in " +
-                        promotion_file(cfg->dir) + "); it drives nothing");
+                        std::to_string(p->step) + " (" + p->when + ", recorded in " + cfg->dir +
+                        "/PROMOTED); it drives nothing");
 }
 
-caf::expected<promotion> promote_site(const node_config& nc) {
+caf::expected<snapshot_promotion> promote_site(const node_config& nc) {
   const auto* cfg = snapshots_of(nc);
   auto job_path = training_job_path(nc);
   if (cfg == nullptr || job_path.empty())
@@ -364,7 +321,7 @@ caf::expected<promotion> promote_site(const node_config& nc) {
                       nc.origin +
                           ": a promotion takes the [job] over from its [snapshots] "
                           "directory");
-  if (auto p = promoted(cfg->dir); p && p->cluster != nc.cluster.name)
+  if (auto p = read_promotion(cfg->dir); p && p->cluster != nc.cluster.name)
     return make_error(config_errc::invalid_value,
                       cfg->dir + " was promoted to cluster " + p->cluster + " already (step " +
                           std::to_string(p->step) + ", " + p->when + ")");
@@ -389,9 +346,6 @@ caf::expected<promotion> promote_site(const node_config& nc) {
       problems += " " + it->name + ": " + describe(snap.error()) + ";";
       continue;
     }
-    std::vector<const checkpoint*> puts;
-    for (const auto& r : snap->records)
-      puts.push_back(r.get());
     for (const auto& n : nc.nodes) {
       if (n.role != node_role::active)
         continue;
@@ -402,23 +356,10 @@ caf::expected<promotion> promote_site(const node_config& nc) {
         return make_error(
             config_errc::invalid_value,
             "cannot open node " + n.name + "'s " + n.state_dir + ": " + describe(store.error()));
-      std::vector<caf::error> results;
-      if (auto err = (*store)->commit(puts, results, std::vector<bool>(puts.size(), true)))
+      if (auto err = import_snapshot(*snap, **store))
         return err;
-      for (auto& e : results)
-        if (e)
-          return e;
     }
-    promotion p{nc.cluster.name, it->step, utc_now()};
-    nlohmann::json doc{{"cluster", p.cluster}, {"step", p.step}, {"when", p.when}};
-    auto tmp = promotion_file(cfg->dir) + ".tmp";
-    std::ofstream{tmp} << doc.dump() << '\n';
-    std::error_code ec;
-    std::filesystem::rename(tmp, promotion_file(cfg->dir), ec);
-    if (ec)
-      return make_error(state_errc::io_error, "cannot record the promotion in " +
-                                                  promotion_file(cfg->dir) + ": " + ec.message());
-    return p;
+    return record_promotion(cfg->dir, nc.cluster.name, it->step);
   }
   return make_error(state_errc::not_found,
                     cfg->dir + " holds no snapshot that verifies:" + problems);

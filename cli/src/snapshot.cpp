@@ -96,24 +96,12 @@ int run_import(const snapshot_options& o, std::ostream& out, std::ostream& err) 
       return exit_failure;
     }
   }
-  std::vector<const checkpoint*> puts;
-  for (const auto& r : snap->records)
-    puts.push_back(r.get());
   // As copies: a version already stored is never replaced with other
   // contents, and nothing newer is removed.
-  std::vector<caf::error> results;
-  if (auto e = (*store)->commit(puts, results, std::vector<bool>(puts.size(), true))) {
-    err << prog << describe(e) << "; nothing imported\n";
+  if (auto e = import_snapshot(*snap, **store)) {
+    err << prog << describe(e) << " (the records that did not conflict are stored)\n";
     return exit_failure;
   }
-  int status = exit_ok;
-  for (size_t i = 0; i < results.size(); ++i)
-    if (results[i]) {
-      err << prog << puts[i]->path << "@" << puts[i]->step << ": " << describe(results[i]) << '\n';
-      status = exit_failure;
-    }
-  if (status != exit_ok)
-    return status;
   out << "imported " << snap->info.name << " of " << job << " (" << snap->info.records
       << " records, every checksum verified) into " << o.second << '\n';
   return exit_ok;

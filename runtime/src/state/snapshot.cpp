@@ -538,6 +538,21 @@ caf::expected<loaded_snapshot> read_snapshot(const std::string& dir, const std::
   return out;
 }
 
+caf::error import_snapshot(const loaded_snapshot& snap, state_store& store) {
+  std::vector<const checkpoint*> puts;
+  for (const auto& r : snap.records)
+    puts.push_back(r.get());
+  std::vector<caf::error> results;
+  if (auto err = store.commit(puts, results, std::vector<bool>(puts.size(), true)))
+    return err;
+  for (size_t i = 0; i < results.size(); ++i)
+    if (results[i])
+      return make_error(
+          state_errc::version_conflict,
+          puts[i]->path + "@" + std::to_string(puts[i]->step) + ": " + describe(results[i]));
+  return {};
+}
+
 caf::expected<prune_report> prune_snapshots(const std::string& dir, size_t keep_last,
                                             uint64_t keep_every) {
   if (keep_last == 0)
@@ -584,6 +599,40 @@ caf::expected<prune_report> prune_snapshots(const std::string& dir, size_t keep_
         }
       }
   return out;
+}
+
+namespace {
+
+fs::path promotion_file(const std::string& dir) {
+  return fs::path{dir} / "PROMOTED";
+}
+
+} // namespace
+
+caf::expected<snapshot_promotion> record_promotion(const std::string& dir,
+                                                   const std::string& cluster, uint64_t step) {
+  snapshot_promotion p{cluster, step, now_iso()};
+  auto text = json{{"cluster", p.cluster}, {"step", p.step}, {"when", p.when}}.dump() + "\n";
+  if (auto err = write_file(promotion_file(dir), text.data(), text.size()))
+    return err;
+  return p;
+}
+
+std::optional<snapshot_promotion> read_promotion(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(promotion_file(dir), ec))
+    return std::nullopt;
+  std::ifstream in{promotion_file(dir)};
+  auto doc = json::parse(in, nullptr, false);
+  snapshot_promotion p;
+  if (doc.is_object()) {
+    p.cluster = doc.value("cluster", std::string{});
+    p.step = doc.value("step", uint64_t{0});
+    p.when = doc.value("when", std::string{});
+  }
+  if (p.cluster.empty())
+    p.cluster = "(unreadable " + promotion_file(dir).string() + ")";
+  return p;
 }
 
 } // namespace understudy

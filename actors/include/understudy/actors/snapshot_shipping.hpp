@@ -29,6 +29,7 @@
 #include "understudy/cluster/cluster.hpp"
 #include "understudy/config/config_section.hpp"
 #include "understudy/node/node.hpp"
+#include "understudy/state/snapshot.hpp"
 
 namespace understudy::actors {
 
@@ -77,17 +78,6 @@ struct drill_report {
 /// snapshots), corrupt_record naming a damaged file, those of the run.
 caf::expected<drill_report> run_drill(const node_config& nc, const std::string& scratch);
 
-/// Who took a job over from its snapshot directory (`dir`/PROMOTED).
-struct promotion {
-  /// The cluster ([cluster] name) that took it over, and from which step.
-  std::string cluster;
-  uint64_t step = 0;
-  std::string when;
-};
-
-/// The promotion recorded in snapshot directory `dir`, if any.
-std::optional<promotion> promoted(const std::string& dir);
-
 /// An error (config_errc::invalid_value) if `nc` has [snapshots] whose
 /// directory records that another cluster took its job over: a superseded
 /// site drives nothing.
@@ -103,6 +93,6 @@ caf::error check_not_superseded(const node_config& nc);
 /// intact snapshot), invalid_value (another job's snapshots, a promotion by
 /// another cluster already), those of the import. Call it only once the old
 /// site is down (`understudy promote` checks that first).
-caf::expected<promotion> promote_site(const node_config& nc);
+caf::expected<snapshot_promotion> promote_site(const node_config& nc);
 
 } // namespace understudy::actors

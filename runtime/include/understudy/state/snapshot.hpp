@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -86,6 +87,13 @@ struct loaded_snapshot {
 /// corrupt_record naming the first damaged file and the record it belongs to.
 caf::expected<loaded_snapshot> read_snapshot(const std::string& dir, const std::string& name = "");
 
+/// Writes the records of `snap` into `store` in one transaction, as copies
+/// (replicated puts): a version already stored is kept, and refused
+/// (version_conflict) when its contents differ; nothing newer is removed.
+/// Returns the first problem, naming the record (the records without one are
+/// stored all the same). For a store no writer actor uses at the same time.
+caf::error import_snapshot(const loaded_snapshot& snap, state_store& store);
+
 /// What prune_snapshots removed.
 struct prune_report {
   std::vector<std::string> removed;
@@ -98,5 +106,24 @@ struct prune_report {
 /// manifests, then the objects no kept snapshot refers to.
 caf::expected<prune_report> prune_snapshots(const std::string& dir, size_t keep_last,
                                             uint64_t keep_every = 0);
+
+/// A second site's takeover of the job whose snapshots `dir` holds, as the
+/// directory records it (`dir`/PROMOTED).
+struct snapshot_promotion {
+  /// The cluster that took the job over, and from which snapshot step.
+  std::string cluster;
+  uint64_t step = 0;
+  /// When (UTC, ISO 8601).
+  std::string when;
+};
+
+/// Records in `dir` that `cluster` took the job over at `step` (written to a
+/// temporary name, synced, renamed). Returns what it recorded.
+caf::expected<snapshot_promotion> record_promotion(const std::string& dir,
+                                                   const std::string& cluster, uint64_t step);
+
+/// The promotion `dir` records, if any (an unreadable record still counts:
+/// its cluster then names the file).
+std::optional<snapshot_promotion> read_promotion(const std::string& dir);
 
 } // namespace understudy
