@@ -243,8 +243,20 @@ caf::expected<drill_report> run_drill(const node_config& nc, const std::string& 
   out.restored_step = older.step;
   out.compared_step = newer.step;
   auto t0 = std::chrono::steady_clock::now();
+  // The scratch directory is emptied first: only one a drill made (or an
+  // empty or new one), never a directory holding anything else.
   std::error_code ec;
-  std::filesystem::remove_all(scratch, ec);
+  if (std::filesystem::exists(scratch, ec)) {
+    for (const auto& e : std::filesystem::directory_iterator(scratch, ec)) {
+      auto name = e.path().filename().string();
+      if (name != "restored" && name != "shipped")
+        return make_error(config_errc::invalid_value,
+                          "the drill's scratch directory " + scratch + " holds " + name +
+                              ", which a drill did not write; name an empty or new directory");
+    }
+    std::filesystem::remove_all(scratch + "/restored", ec);
+    std::filesystem::remove_all(scratch + "/shipped", ec);
+  }
   const auto restored = scratch + "/restored";
   const auto shipped = scratch + "/shipped";
   // Both verified completely on the way in.

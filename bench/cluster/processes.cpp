@@ -20,6 +20,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "child_groups.hpp"
 #include "cluster_bench.hpp"
 
 namespace cluster_bench {
@@ -37,41 +38,8 @@ bool options::wants(const std::string& name) const {
 
 namespace {
 
-// The live child groups, where a signal handler can read them: a fixed array of
-// lock-free atomics, because a handler may neither lock nor allocate. The bench is a
-// program, not a library, so this one process-wide table breaks no embedding rule.
-constexpr size_t max_groups = 64;
-std::atomic<pid_t> live_groups[max_groups];
-
-void add_group(pid_t pgid) {
-  for (auto& slot : live_groups) {
-    pid_t expected = 0;
-    if (slot.compare_exchange_strong(expected, pgid))
-      return;
-  }
-  // More than max_groups at once never happens here (at most a few nodes); the group
-  // is still killed by its owner's destructor.
-}
-
-void remove_group(pid_t pgid) {
-  for (auto& slot : live_groups) {
-    pid_t expected = pgid;
-    if (slot.compare_exchange_strong(expected, 0))
-      return;
-  }
-}
-
-/// Async-signal-safe.
-void kill_all_groups() {
-  for (auto& slot : live_groups) {
-    pid_t pgid = slot.load();
-    if (pgid > 0)
-      ::kill(-pgid, SIGKILL);
-  }
-}
-
 extern "C" void on_fatal_signal(int sig) {
-  kill_all_groups();
+  bench::kill_child_groups();
   ::_exit(128 + sig);
 }
 
@@ -153,7 +121,7 @@ std::unique_ptr<child_process> child_process::spawn(const std::vector<std::strin
   }
   // Both sides set the group, so that it exists whichever runs first.
   ::setpgid(pid, pid);
-  add_group(pid);
+  bench::add_child_group(pid);
   ::close(out);
   std::unique_ptr<child_process> child{new child_process};
   child->pid_ = pid;
@@ -209,7 +177,7 @@ void child_process::kill_group() {
     ::kill(-pid_, SIGKILL);
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  remove_group(pid_);
+  bench::remove_child_group(pid_);
   if (out_fd_ >= 0) {
     ::close(out_fd_);
     out_fd_ = -1;
@@ -261,7 +229,7 @@ void watchdog::run() {
         *deadline_ == deadline) {
       std::fprintf(stderr, "bench_cluster: %s did not finish in time; giving up\n", phase_.c_str());
       std::fflush(stdout);
-      kill_all_groups();
+      bench::kill_child_groups();
       ::_exit(1);
     }
   }

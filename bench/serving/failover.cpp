@@ -36,6 +36,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "child_groups.hpp"
 #include "serving_bench.hpp"
 
 namespace serving_bench {
@@ -51,36 +52,11 @@ using json = nlohmann::json;
 
 // -- child processes -----------------------------------------------------------------------
 
-// The live children's process groups, where a signal handler can read them: lock-free
-// atomics, because a handler may neither lock nor allocate.
-constexpr size_t max_groups = 32;
-std::atomic<pid_t> live_groups[max_groups];
-
-void add_group(pid_t pgid) {
-  for (auto& slot : live_groups) {
-    pid_t expected = 0;
-    if (slot.compare_exchange_strong(expected, pgid))
-      return;
-  }
-}
-
-void remove_group(pid_t pgid) {
-  for (auto& slot : live_groups) {
-    pid_t expected = pgid;
-    if (slot.compare_exchange_strong(expected, 0))
-      return;
-  }
-}
-
 /// The scratch directory, for the signal handler to remove ("" when none).
 char scratch_path[256];
 
 extern "C" void on_fatal_signal(int sig) {
-  for (auto& slot : live_groups) {
-    pid_t pgid = slot.load();
-    if (pgid > 0)
-      ::kill(-pgid, SIGKILL);
-  }
+  bench::kill_child_groups();
   // Reap them (the bench is their subreaper), so that no zombie is left to an init.
   for (int i = 0; i < 1000; ++i) {
     auto r = ::waitpid(-1, nullptr, WNOHANG);
@@ -156,7 +132,7 @@ public:
       throw bench_failure(std::string{"fork: "} + std::strerror(fork_errno));
     }
     ::setpgid(pid_, pid_); // also here: no race with a kill of the group right away
-    add_group(pid_);
+    bench::add_child_group(pid_);
     if (out[0] >= 0)
       reader_ = std::thread([this, fd = out[0]] { read_lines(fd); });
   }
@@ -188,7 +164,7 @@ public:
       reaped_ = true;
       status_ = status;
       reap_group();
-      remove_group(pid_);
+      bench::remove_child_group(pid_);
     }
     return at;
   }
@@ -212,7 +188,7 @@ public:
         status_ = status;
         ::kill(-pid_, SIGKILL); // anything it left in its group
         reap_group();
-        remove_group(pid_);
+        bench::remove_child_group(pid_);
         break;
       }
       if (clock_type::now() >= deadline)

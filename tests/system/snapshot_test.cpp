@@ -204,6 +204,16 @@ TEST_CASE(
   auto drill = cli_test::run_cli({"drill", file}, dir.path);
   CHECK(drill.status == 0);
   CHECK_THAT(drill.out, Catch::Contains("bit-exact, passed"));
+  // Again: it reuses its own scratch directory, and refuses one that holds
+  // anything else, leaving it as it was.
+  CHECK(cli_test::run_cli({"drill", file}, dir.path).status == 0);
+  const auto other = dir.path + "/precious";
+  std::filesystem::create_directories(other);
+  std::ofstream{other + "/keep.txt"} << "mine\n";
+  auto refused = cli_test::run_cli({"drill", file, "--scratch", other}, dir.path);
+  CHECK(refused.status == 2);
+  CHECK_THAT(refused.err, Catch::Contains("holds keep.txt, which a drill did not write"));
+  CHECK(cli_test::slurp(other + "/keep.txt") == "mine\n");
   // The newest step's first shard chunk, and the one before it.
   auto manifest_file = [&](const nlohmann::json& s) {
     return snaps + "/manifests/" + s["name"].get<std::string>() + ".json";
