@@ -7,6 +7,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <utility>
 
 #include <caf/actor_system.hpp>
@@ -19,6 +20,7 @@
 #include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/job_config.hpp"
 #include "understudy/actors/training.hpp"
+#include "understudy/metrics/metrics.hpp"
 #include "understudy/state/runtime.hpp"
 #include "understudy/state/snapshot.hpp"
 #include "understudy/supervision/supervisor.hpp"
@@ -30,12 +32,30 @@ namespace {
 using ship_atom = caf::atom_constant<caf::atom("us_ship")>;
 
 caf::expected<std::any> parse_snapshots(config_table& t) {
+  using ms = std::chrono::milliseconds;
   snapshots_config c;
   c.line = t.line();
   if (auto d = t.str("dir", true))
     c.dir = *d;
+  const bool every_set = t.has("every");
   if (auto e = t.duration("every", true))
-    c.every = std::chrono::duration_cast<std::chrono::milliseconds>(*e);
+    c.every = std::chrono::duration_cast<ms>(*e);
+  if (t.has("rpo") && !t.is_integer("rpo") && !t.is_string("rpo")) {
+    t.fail(config_errc::wrong_type, t.line_of("rpo"),
+           "'rpo' in [snapshots] is a duration (\"30s\") or a number of steps (100)");
+  } else if (t.is_integer("rpo")) {
+    if (auto k = t.integer("rpo", 1, INT64_MAX))
+      c.rpo_steps = static_cast<uint64_t>(*k);
+  } else if (auto r = t.duration("rpo", true)) {
+    c.rpo = std::chrono::duration_cast<ms>(*r);
+    if (!every_set)
+      c.every = std::min(c.every, std::max(ms{1}, c.rpo / 2));
+    else if (c.every > c.rpo)
+      t.fail(config_errc::invalid_value, t.line_of("every"),
+             "[snapshots] every (" + std::to_string(c.every.count()) + " ms) is longer than rpo (" +
+                 std::to_string(c.rpo.count()) +
+                 " ms): the declared recovery point could not be held");
+  }
   if (auto n = t.str("node")) {
     const auto& nodes = t.context().nodes();
     if (std::none_of(nodes.begin(), nodes.end(), [&](const node_spec& s) { return s.name == *n; }))
@@ -56,51 +76,166 @@ caf::expected<std::any> parse_snapshots(config_table& t) {
   if (c.keep_every > 0 && c.keep_last == 0)
     t.fail(config_errc::invalid_value, t.line_of("keep_every"),
            "[snapshots] keep_every prunes only with keep_last (the newest snapshots to keep)");
+  if (auto b = t.boolean("standby"))
+    c.standby = *b;
+  if (auto p = t.str("primary")) {
+    std::filesystem::path path{*p};
+    if (path.is_relative())
+      path = std::filesystem::path{t.context().origin()}.parent_path() / path;
+    c.primary = path.lexically_normal().string();
+  }
+  if (auto a = t.duration("promote_after", true))
+    c.promote_after = std::chrono::duration_cast<ms>(*a);
+  if (auto d = t.duration("drill_every", true))
+    c.drill_every = std::chrono::duration_cast<ms>(*d);
+  if (auto d = t.str("drill_dir"))
+    c.drill_dir = *d;
+  else if (!c.dir.empty())
+    c.drill_dir = c.dir + "-drill";
+  for (const char* key : {"primary", "promote_after", "drill_every", "drill_dir"})
+    if (!c.standby && t.has(key))
+      t.fail(config_errc::invalid_value, t.line_of(key),
+             std::string{"[snapshots] "} + key +
+                 " is a setting of a second site (standby = true), which `understudy standby` "
+                 "runs");
+  if (c.promote_after.count() > 0 && c.primary.empty())
+    t.fail(config_errc::missing_key, t.line_of("promote_after"),
+           "[snapshots] promote_after needs primary (the primary's node config file, whose "
+           "nodes are probed)");
   return std::any{std::move(c)};
 }
 
+/// The shipping's metrics (all zero when the node serves none).
+struct ship_metrics {
+  std::shared_ptr<metric_gauge> shipped_step, behind_steps, behind_seconds, rpo_steps, rpo_seconds,
+      last_ship_time;
+  std::shared_ptr<metric_counter> snapshots, bytes, failures;
+};
+
+ship_metrics make_ship_metrics(node_metrics* m, const snapshots_config& cfg) {
+  ship_metrics out;
+  if (m == nullptr)
+    return out;
+  out.shipped_step = m->add_gauge("understudy_dr_shipped_step",
+                                  "The newest committed step shipped as a snapshot.");
+  out.behind_steps = m->add_gauge(
+      "understudy_dr_recovery_point_steps",
+      "Committed steps not shipped yet: what losing the site now would lose, in steps.");
+  out.behind_seconds = m->add_gauge(
+      "understudy_dr_recovery_point_seconds",
+      "How long the oldest committed step not shipped yet has waited (0: none waits).");
+  out.rpo_steps =
+      m->add_gauge("understudy_dr_rpo_steps", "The declared recovery point in steps (0: none).");
+  out.rpo_seconds = m->add_gauge("understudy_dr_rpo_seconds",
+                                 "The declared recovery point in seconds (0: none).");
+  out.last_ship_time = m->add_gauge("understudy_dr_last_snapshot_timestamp_seconds",
+                                    "When the newest snapshot was shipped (Unix time).");
+  out.snapshots = m->add_counter("understudy_dr_snapshots_total", "Snapshots shipped.");
+  out.bytes = m->add_counter("understudy_dr_shipped_bytes_total",
+                             "Bytes written to the snapshot directory (new objects only).");
+  out.failures = m->add_counter("understudy_dr_ship_failures_total",
+                                "Rounds whose snapshot could not be written.");
+  out.rpo_steps->set(static_cast<double>(cfg.rpo_steps));
+  out.rpo_seconds->set(std::chrono::duration<double>(cfg.rpo).count());
+  return out;
+}
+
+/// The node a superseded site stops, while it exists (the part clears it).
+struct node_handle {
+  std::mutex mtx;
+  cluster_node* node = nullptr;
+};
+
+/// How often the shipper looks at the copy: a quarter of the rpo, at most a second.
+std::chrono::milliseconds ship_tick(const snapshots_config& cfg) {
+  using ms = std::chrono::milliseconds;
+  auto tick = std::min(cfg.every, ms{1000});
+  if (cfg.rpo.count() > 0)
+    tick = std::min(tick, cfg.rpo / 4);
+  return std::max(tick, ms{20});
+}
+
 /// Writes the newest committed step of `job` in `copy` to `cfg.dir` every
-/// `cfg.every`, when it is newer than the last one written.
+/// `cfg.every`, or sooner when the recovery point reaches half the rpo.
 caf::behavior ship(caf::event_based_actor* self, std::shared_ptr<state_store> copy, std::string job,
-                   snapshots_config cfg, std::string me, std::string cluster) {
-  uint64_t shipped = 0;
+                   snapshots_config cfg, std::string me, std::string cluster,
+                   std::shared_ptr<node_handle> handle, ship_metrics metrics) {
+  using clock = std::chrono::steady_clock;
+  auto rp = std::make_shared<recovery_point>();
   if (auto there = list_snapshots(cfg.dir); there && !there->empty())
-    shipped = there->back().step;
+    rp->shipped(there->back().step);
+  auto last_ship = std::make_shared<clock::time_point>(clock::now());
+  auto over_rpo = std::make_shared<bool>(false);
+  const auto tick = ship_tick(cfg);
+  auto say = [me](const std::string& line) {
+    std::printf("node %s: %s\n", me.c_str(), line.c_str());
+    std::fflush(stdout);
+  };
   self->send(self, ship_atom::value);
-  return {[=](ship_atom) mutable {
+  return {[=](ship_atom) {
     if (auto p = read_promotion(cfg.dir); p && p->cluster != cluster) {
-      // Another site took the job over: this one ships nothing more.
-      std::printf(
-          "node %s: %s was promoted to cluster %s at step %llu (%s): this cluster is "
-          "superseded and ships no more snapshots\n",
-          me.c_str(), cfg.dir.c_str(), p->cluster.c_str(), static_cast<unsigned long long>(p->step),
-          p->when.c_str());
-      std::fflush(stdout);
+      // Another site took the job over: this one drives nothing more.
+      say(cfg.dir + " was promoted to cluster " + p->cluster + " at step " +
+          std::to_string(p->step) + " (" + p->when +
+          "): this cluster is superseded; it ships nothing more and stops");
+      std::lock_guard<std::mutex> guard{handle->mtx};
+      if (handle->node != nullptr) {
+        handle->node->stop_peers();
+        handle->node->request_stop();
+      }
       self->quit();
       return;
     }
-    self->delayed_send(self, cfg.every, ship_atom::value);
+    self->delayed_send(self, tick, ship_atom::value);
+    auto now = clock::now();
     auto newest = newest_committed_step(*copy, job);
-    if (!newest || *newest <= shipped)
+    if (newest)
+      rp->committed(*newest, now);
+    auto report = [&] {
+      if (metrics.behind_steps) {
+        metrics.behind_steps->set(static_cast<double>(rp->behind_steps()));
+        metrics.behind_seconds->set(std::chrono::duration<double>(rp->behind(now)).count());
+        metrics.shipped_step->set(static_cast<double>(rp->shipped_step()));
+      }
+      bool over = (cfg.rpo_steps > 0 && rp->behind_steps() > cfg.rpo_steps) ||
+                  (cfg.rpo.count() > 0 && rp->behind(now) > cfg.rpo);
+      if (over && !*over_rpo)
+        say("the recovery point is behind its rpo: " + std::to_string(rp->behind_steps()) +
+            " steps, " + std::to_string(rp->behind(now).count()) + " ms not shipped");
+      *over_rpo = over;
+    };
+    bool due = now - *last_ship >= cfg.every ||
+               (cfg.rpo_steps > 0 && 2 * rp->behind_steps() >= cfg.rpo_steps) ||
+               (cfg.rpo.count() > 0 && 2 * rp->behind(now) >= cfg.rpo);
+    if (!newest || *newest <= rp->shipped_step() || !due) {
+      report();
       return;
-    auto say = [&](const std::string& line) {
-      std::printf("node %s: %s\n", me.c_str(), line.c_str());
-      std::fflush(stdout);
+    }
+    *last_ship = now;
+    auto fail = [&](const std::string& line) {
+      say(line);
+      if (metrics.failures)
+        metrics.failures->increment();
+      report();
     };
     auto recs = read_committed_step_records(*copy, job, *newest);
-    if (!recs) {
-      say("snapshot of step " + std::to_string(*newest) +
-          " not written: " + describe(recs.error()));
-      return;
-    }
+    if (!recs)
+      return fail("snapshot of step " + std::to_string(*newest) +
+                  " not written: " + describe(recs.error()));
     auto info =
         write_snapshot(*copy, cfg.dir, job, recs->fingerprint_hex(), recs->step, recs->paths);
-    if (!info) {
-      say("snapshot of step " + std::to_string(*newest) + " not written to " + cfg.dir + ": " +
-          describe(info.error()));
-      return;
+    if (!info)
+      return fail("snapshot of step " + std::to_string(*newest) + " not written to " + cfg.dir +
+                  ": " + describe(info.error()));
+    rp->shipped(info->step);
+    if (metrics.snapshots) {
+      metrics.snapshots->increment();
+      metrics.bytes->increment(static_cast<double>(info->new_bytes));
+      metrics.last_ship_time->set(
+          std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+              .count());
     }
-    shipped = info->step;
+    report();
     say("snapshot " + info->name + " of " + job + " shipped to " + cfg.dir + ": " +
         std::to_string(info->records) + " records, " + std::to_string(info->new_bytes) +
         " new bytes");
@@ -115,11 +250,19 @@ caf::behavior ship(caf::event_based_actor* self, std::shared_ptr<state_store> co
 /// The shipping node's part: its supervisor goes with it.
 class shipping_part : public node_part {
 public:
-  explicit shipping_part(caf::actor tree) : tree_(std::move(tree)) {}
-  ~shipping_part() override { caf::anon_send_exit(tree_, caf::exit_reason::user_shutdown); }
+  shipping_part(caf::actor tree, std::shared_ptr<node_handle> handle)
+      : tree_(std::move(tree)), handle_(std::move(handle)) {}
+  ~shipping_part() override {
+    {
+      std::lock_guard<std::mutex> guard{handle_->mtx};
+      handle_->node = nullptr;
+    }
+    caf::anon_send_exit(tree_, caf::exit_reason::user_shutdown);
+  }
 
 private:
   caf::actor tree_;
+  std::shared_ptr<node_handle> handle_;
 };
 
 } // namespace
@@ -132,7 +275,13 @@ config_section snapshots_section() {
                                                         {"every", "duration"},
                                                         {"node", "string"},
                                                         {"keep_last", "integer"},
-                                                        {"keep_every", "integer"}})
+                                                        {"keep_every", "integer"},
+                                                        {"rpo", "duration or integer"},
+                                                        {"standby", "boolean"},
+                                                        {"primary", "string"},
+                                                        {"promote_after", "duration"},
+                                                        {"drill_every", "duration"},
+                                                        {"drill_dir", "string"}})
     s.keys.push_back(config_key{"snapshots", key, type});
   s.parse = parse_snapshots;
   return s;
@@ -142,8 +291,29 @@ const snapshots_config* snapshots_of(const node_config& nc) {
   return nc.section<snapshots_config>("snapshots");
 }
 
+void recovery_point::committed(uint64_t step, time_point now) {
+  if (step > newest_)
+    newest_ = step;
+  if (newest_ > shipped_ && !waiting_since_)
+    waiting_since_ = now;
+}
+
+void recovery_point::shipped(uint64_t step) {
+  if (step > shipped_)
+    shipped_ = step;
+  if (newest_ <= shipped_)
+    waiting_since_.reset();
+}
+
+std::chrono::milliseconds recovery_point::behind(time_point now) const {
+  if (!waiting_since_ || now <= *waiting_since_)
+    return std::chrono::milliseconds{0};
+  return std::chrono::duration_cast<std::chrono::milliseconds>(now - *waiting_since_);
+}
+
 caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node& node,
-                                                                   const node_config& nc) {
+                                                                   const node_config& nc,
+                                                                   node_metrics* metrics) {
   const auto* cfg = snapshots_of(nc);
   if (cfg == nullptr || cfg->node != node.self().name)
     return std::make_unique<node_part>();
@@ -164,14 +334,15 @@ caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node&
   auto store = *copy;
   supervisor_spec spec;
   spec.name = "snapshots";
-  spec.children.push_back(worker(
-      "gather", node.gatherer(store, job, std::min(cfg->every, std::chrono::milliseconds(1000)),
-                              [store, job] {
-                                auto newest = newest_committed_step(*store, job);
-                                return newest ? *newest : uint64_t{0};
-                              })));
+  spec.children.push_back(worker("gather", node.gatherer(store, job, ship_tick(*cfg), [store, job] {
+    auto newest = newest_committed_step(*store, job);
+    return newest ? *newest : uint64_t{0};
+  })));
   // Once superseded it stops for good (temporary: not restarted).
-  auto shipper = worker("ship", ship, store, job, *cfg, node.self().name, nc.cluster.name);
+  auto handle = std::make_shared<node_handle>();
+  handle->node = &node;
+  auto shipper = worker<caf::detached>("ship", ship, store, job, *cfg, node.self().name,
+                                       nc.cluster.name, handle, make_ship_metrics(metrics, *cfg));
   shipper.restart = restart_type::temporary;
   spec.children.push_back(std::move(shipper));
   auto tree = spawn_supervisor(node.agent().home_system(), std::move(spec));
@@ -180,7 +351,7 @@ caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node&
   std::printf("node %s: ships snapshots of %s to %s every %lld ms\n", node.self().name.c_str(),
               job.c_str(), cfg->dir.c_str(), static_cast<long long>(cfg->every.count()));
   std::fflush(stdout);
-  return std::unique_ptr<node_part>{std::make_unique<shipping_part>(*tree)};
+  return std::unique_ptr<node_part>{std::make_unique<shipping_part>(*tree, std::move(handle))};
 }
 
 namespace {
@@ -316,6 +487,12 @@ caf::error check_not_superseded(const node_config& nc) {
   if (cfg == nullptr)
     return {};
   auto p = read_promotion(cfg->dir);
+  if (cfg->standby && (!p || p->cluster != nc.cluster.name))
+    return make_error(config_errc::invalid_value,
+                      nc.origin + ": cluster " + nc.cluster.name +
+                          " is a standby site ([snapshots] standby = true): it trains once "
+                          "promoted (`understudy promote`, or `understudy standby` when the "
+                          "primary is lost), not before");
   if (!p || p->cluster == nc.cluster.name)
     return {};
   return make_error(config_errc::invalid_value,

@@ -224,7 +224,7 @@ public:
     if (metrics != nullptr && job_of(nc) != nullptr)
       tm = std::make_unique<training_metrics>(*metrics, std::chrono::seconds(10),
                                               job_of(nc)->training.workers);
-    auto shipping = attach_snapshot_shipping(node, nc);
+    auto shipping = attach_snapshot_shipping(node, nc, metrics);
     if (!shipping)
       return shipping.error();
     return std::unique_ptr<node_part>{

@@ -1,6 +1,6 @@
 // The `understudy` command. One subcommand per task: `inspect`, `certs`, `node`,
-// `launch`, `status`, `events`. Exit codes: 0 success, 1 the task found a problem
-// (e.g. a corrupt record), 2 usage errors and failures to open or read.
+// `launch`, `status`, `events`, `snapshot`, `drill`, `promote`, `standby`. Exit codes: 0 success, 1
+// the task found a problem (e.g. a corrupt record), 2 usage errors and failures to open or read.
 
 #include <chrono>
 #include <iostream>
@@ -48,6 +48,8 @@ int main(int argc, char** argv) {
   auto* drill_cmd = cli::add_drill_command(app, drill);
   cli::promote_options promote;
   auto* promote_cmd = cli::add_promote_command(app, promote);
+  cli::standby_cli_options standby;
+  auto* standby_cmd = cli::add_standby_command(app, standby);
   if (argc == 1) {
     // Alone, the command says what it can do (and, being no command, exits 2).
     std::cout << app.help();
@@ -77,6 +79,15 @@ int main(int argc, char** argv) {
     return cli::run_drill(drill, std::cout, std::cerr);
   if (*promote_cmd)
     return cli::run_promote(promote, std::cout, std::cerr);
+  if (*standby_cmd) {
+    int rc = cli::run_standby(standby, std::cout, std::cerr);
+    if (rc != cli::exit_ok || !standby.promoted || standby.no_launch)
+      return rc;
+    // Promoted: this site runs the job now.
+    understudy::launch_options site;
+    site.file = standby.file;
+    return cli::run_launch(site, argv[0]);
+  }
   std::cerr << app.help();
   return cli::exit_failure;
 }

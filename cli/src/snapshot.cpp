@@ -5,7 +5,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -19,8 +21,11 @@
 #include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/job_config.hpp"
 #include "understudy/actors/snapshot_shipping.hpp"
+#include "understudy/actors/standby.hpp"
 #include "understudy/actors/training_component.hpp"
 #include "understudy/core/errors.hpp"
+#include "understudy/metrics/metrics.hpp"
+#include "understudy/node/event_journal.hpp"
 #include "understudy/node/node.hpp"
 #include "understudy/serving/serving_component.hpp"
 #include "understudy/state/snapshot.hpp"
@@ -291,32 +296,38 @@ int run_drill(const drill_options& opts, std::ostream& out, std::ostream& err) {
 
 namespace {
 
-/// Whether something accepts TCP connections at host:port (within 1 s).
-bool accepts(const std::string& host, uint16_t port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0)
-    return false;
-  bool ok = false;
-  for (auto* a = res; a != nullptr && !ok; a = a->ai_next) {
-    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-      continue;
-    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-      ok = true;
-    } else if (errno == EINPROGRESS) {
-      pollfd p{fd, POLLOUT, 0};
-      int soerr = 0;
-      socklen_t len = sizeof soerr;
-      ok = ::poll(&p, 1, 1000) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 &&
-           soerr == 0;
-    }
-    ::close(fd);
-  }
-  ::freeaddrinfo(res);
-  return ok;
+/// The nodes of the primary's file (only their addresses are needed: parsed
+/// without the components' checks, which a superseded file would fail).
+caf::expected<std::vector<actors::primary_node>> primary_nodes(const std::string& file,
+                                                               const node_components& components) {
+  node_config_options popts;
+  for (const auto& c : components)
+    c->prepare_loading(popts);
+  auto primary = load_node_config(file, popts);
+  if (!primary)
+    return std::move(primary.error());
+  std::vector<actors::primary_node> out;
+  for (const auto& n : primary->nodes)
+    out.push_back(actors::primary_node{n.name, n.host, n.port});
+  return out;
+}
+
+/// Parsed without checks: [snapshots] primary of `file`, if it names one.
+std::string configured_primary(const std::string& file, const node_components& components) {
+  node_config_options opts;
+  for (const auto& c : components)
+    c->prepare_loading(opts);
+  auto nc = load_node_config(file, opts);
+  if (!nc)
+    return {};
+  const auto* s = actors::snapshots_of(*nc);
+  return s == nullptr ? std::string{} : s->primary;
+}
+
+std::atomic<bool> standby_stop{false};
+
+void on_standby_signal(int) {
+  standby_stop = true;
 }
 
 } // namespace
@@ -342,25 +353,22 @@ CLI::App* add_promote_command(CLI::App& app, promote_options& opts) {
 int run_promote(const promote_options& opts, std::ostream& out, std::ostream& err) {
   const std::string prog = "understudy promote: ";
   const node_components components{actors::training_component(), serving::serving_component()};
-  if (opts.primary.empty() && !opts.force) {
+  auto primary_file =
+      opts.primary.empty() ? configured_primary(opts.file, components) : opts.primary;
+  if (primary_file.empty() && !opts.force) {
     err << prog
-        << "name the primary's file (--primary FILE) so that its nodes can be checked to "
-           "be down, or pass --force\n";
+        << "name the primary's file (--primary FILE, or [snapshots] primary) so that its "
+           "nodes can be checked to be down, or pass --force\n";
     return exit_failure;
   }
-  if (!opts.primary.empty()) {
-    // Only its nodes' addresses are needed: parsed without the components'
-    // checks (which a superseded file would fail).
-    node_config_options popts;
-    for (const auto& c : components)
-      c->prepare_loading(popts);
-    auto primary = load_node_config(opts.primary, popts);
+  if (!primary_file.empty() && !opts.force) {
+    auto primary = primary_nodes(primary_file, components);
     if (!primary) {
       err << prog << describe(primary.error()) << '\n';
       return exit_failure;
     }
-    for (const auto& n : primary->nodes)
-      if (accepts(n.host, n.port)) {
+    for (const auto& n : *primary)
+      if (actors::accepts_connections(n.host, n.port, std::chrono::seconds(1))) {
         err << prog << "the primary is alive and reachable: its node " << n.name << " at " << n.host
             << ":" << n.port << " accepts connections; stop it (a promotion while it "
             << "drives the job would run it twice), nothing promoted\n";
@@ -381,6 +389,112 @@ int run_promote(const promote_options& opts, std::ostream& out, std::ostream& er
       << " over at committed step " << p->step << " (" << p->when
       << "), imported into every active node; start it with understudy launch " << opts.file
       << '\n';
+  return exit_ok;
+}
+
+} // namespace understudy::cli
+
+namespace understudy::cli {
+
+CLI::App* add_standby_command(CLI::App& app, standby_cli_options& opts) {
+  auto* sub = app.add_subcommand(
+      "standby",
+      "keep the cluster of FILE (a second site, [snapshots] standby = true) ready to take "
+      "the job over: watch the snapshots, drill on a schedule, promote it when the primary "
+      "is lost ([snapshots] promote_after) and launch it");
+  sub->footer(
+      "Runs until the site is promoted (then it runs `understudy launch FILE`, unless "
+      "--no-launch) or Ctrl-C. Exits 2 for usage errors and a directory promoted to "
+      "another cluster.");
+  sub->add_option("FILE", opts.file, "the second site's node config file")->required();
+  sub->add_option("--primary", opts.primary,
+                  "the primary's node config file (default: [snapshots] primary)");
+  sub->add_option("--metrics", opts.metrics,
+                  "serve the standby's metrics (understudy_dr_*) at HOST:PORT");
+  sub->add_flag("--no-launch", opts.no_launch, "exit 0 once promoted instead of launching");
+  return sub;
+}
+
+int run_standby(standby_cli_options& opts, std::ostream& out, std::ostream& err) {
+  const std::string prog = "understudy standby: ";
+  const node_components components{actors::training_component(), serving::serving_component()};
+  // Loaded without the components' checks: a standby site refuses to start
+  // its nodes, which this command must not.
+  node_config_options lopts;
+  for (const auto& c : components)
+    c->prepare_loading(lopts);
+  auto nc = load_node_config(opts.file, lopts);
+  if (!nc) {
+    err << prog << describe(nc.error()) << '\n';
+    return exit_failure;
+  }
+  const auto* snaps = actors::snapshots_of(*nc);
+  if (snaps == nullptr || !snaps->standby) {
+    err << prog << opts.file << " is not a standby site: it needs [snapshots] standby = true\n";
+    return exit_failure;
+  }
+  actors::standby_options so;
+  auto primary_file = opts.primary.empty() ? snaps->primary : opts.primary;
+  if (!primary_file.empty()) {
+    auto primary = primary_nodes(primary_file, components);
+    if (!primary) {
+      err << prog << describe(primary.error()) << '\n';
+      return exit_failure;
+    }
+    so.primary = std::move(*primary);
+  }
+  std::unique_ptr<node_metrics> metrics;
+  if (!opts.metrics.empty()) {
+    auto colon = opts.metrics.rfind(':');
+    metrics_config mc;
+    mc.node = snaps->node;
+    int port = -1;
+    if (colon != std::string::npos) {
+      mc.host = opts.metrics.substr(0, colon);
+      try {
+        port = std::stoi(opts.metrics.substr(colon + 1));
+      } catch (const std::exception&) {
+        port = -1;
+      }
+    }
+    if (port < 0 || port > 65535 || mc.host.empty()) {
+      err << prog << "--metrics takes HOST:PORT, not '" << opts.metrics << "'\n";
+      return exit_failure;
+    }
+    mc.port = static_cast<uint16_t>(port);
+    auto m = node_metrics::start(mc);
+    if (!m) {
+      err << prog << describe(m.error()) << '\n';
+      return exit_failure;
+    }
+    metrics = std::move(*m);
+    out << "standby: metrics at http://" << mc.host << ":" << metrics->port() << "/metrics"
+        << std::endl;
+  }
+  for (const auto& n : nc->nodes)
+    if (n.name == snaps->node) {
+      if (auto j = event_journal::open(n.state_dir, n.name))
+        so.journal = *j;
+    }
+  so.metrics = metrics.get();
+  so.out = &out;
+  standby_stop = false;
+  struct sigaction sa {};
+  sa.sa_handler = on_standby_signal;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  so.stop_requested = [] { return standby_stop.load(); };
+  auto r = actors::run_standby(*nc, so);
+  if (!r) {
+    err << prog << describe(r.error()) << '\n';
+    return exit_failure;
+  }
+  if (!r->promoted) {
+    out << "standby: stopped, not promoted (" << r->drills_passed << " drills passed, "
+        << r->drills_failed << " failed)\n";
+    return exit_ok;
+  }
+  opts.promoted = true;
   return exit_ok;
 }
 

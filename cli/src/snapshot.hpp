@@ -76,4 +76,26 @@ CLI::App* add_promote_command(CLI::App& app, promote_options& opts);
 /// reachable, another job, usage).
 int run_promote(const promote_options& opts, std::ostream& out, std::ostream& err);
 
+/// Options of `understudy standby`.
+struct standby_cli_options {
+  /// The second site's node config file ([snapshots] standby = true).
+  std::string file;
+  /// The primary's node config file (default: [snapshots] primary).
+  std::string primary;
+  /// HOST:PORT for the standby's metrics endpoint; none if empty.
+  std::string metrics;
+  /// Exit once promoted instead of launching the site.
+  bool no_launch = false;
+  /// Set by run_standby when the site was promoted.
+  bool promoted = false;
+};
+
+/// Adds the `standby` subcommand to `app`.
+CLI::App* add_standby_command(CLI::App& app, standby_cli_options& opts);
+
+/// Runs it (actors::run_standby): 0 when promoted (opts.promoted set; the
+/// caller launches the site) or stopped, 2 for usage errors and a directory
+/// promoted to another cluster.
+int run_standby(standby_cli_options& opts, std::ostream& out, std::ostream& err);
+
 } // namespace understudy::cli

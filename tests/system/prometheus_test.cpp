@@ -73,7 +73,7 @@ TEST_CASE("the shipped alert rules load and pass promtool's unit tests", "[prome
   CHECK(run_to_end({promtool, "check", "rules", "understudy-alerts.yml"}, rules_dir,
                    dir.path + "/check.log") == 0);
   INFO(slurp(dir.path + "/check.log"));
-  CHECK_THAT(slurp(dir.path + "/check.log"), Catch::Contains("SUCCESS: 6 rules found"));
+  CHECK_THAT(slurp(dir.path + "/check.log"), Catch::Contains("SUCCESS: 8 rules found"));
   auto status = run_to_end({promtool, "test", "rules", "understudy-alerts.test.yml"}, rules_dir,
                            dir.path + "/test.log");
   INFO(slurp(dir.path + "/test.log"));
@@ -83,7 +83,8 @@ TEST_CASE("the shipped alert rules load and pass promtool's unit tests", "[prome
 
 TEST_CASE(
     "a real Prometheus scraping a launched cluster fires the node-down alert for a killed "
-    "node and the hang alert for a hung worker",
+    "node, the hang alert for a hung worker and the recovery-point alert for snapshots that "
+    "cannot be shipped",
     "[prometheus][cluster]") {
   auto prometheus = find_program("prometheus");
   if (prometheus.empty()) {
@@ -102,6 +103,11 @@ TEST_CASE(
     replace_once(text, name, name + "metrics_port = " + std::to_string(port) + "\n");
   }
   replace_once(text, "faults = \"worker:0@30\"", "faults = \"hang:worker:1@100\"");
+  // n2 ships snapshots with a recovery point of one second to a "directory"
+  // that is a file (as a mount gone bad): nothing ships, the copy falls behind.
+  const auto blocked = dir.path + "/dr-blocked";
+  std::ofstream{blocked} << "not a directory\n";
+  text += "[snapshots]\ndir = \"" + blocked + "\"\nnode = \"n2\"\nrpo = \"1s\"\n";
   auto file = dir.path + "/cluster.toml";
   std::ofstream{file} << text;
   // The shipped rules, with their `for:` durations cut to a second so that the
@@ -139,11 +145,11 @@ TEST_CASE(
   }
   background launch{{UNDERSTUDY_CLI_PATH, "launch", file, "--kill", "n3@300"},
                     dir.path + "/launch.log"};
-  // Until both alerts fire (up to 90 s), asking Prometheus's API twice a second.
+  // Until the three alerts fire (up to 90 s), asking Prometheus's API twice a second.
   const auto n3 = "127.0.0.1:" + std::to_string(metrics_ports[2]);
   std::set<std::string> firing;
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(90);
-  while (firing.size() < 2 && std::chrono::steady_clock::now() < until) {
+  while (firing.size() < 3 && std::chrono::steady_clock::now() < until) {
     if (auto body = get(api + "/api/v1/alerts")) {
       auto j = nlohmann::json::parse(*body, nullptr, false);
       if (!j.is_discarded() && j.contains("data"))
@@ -157,14 +163,19 @@ TEST_CASE(
           if (name == "UnderstudyHangDetected" &&
               labels.value("child", "") == "/root/job/workers/worker-1")
             firing.insert(name);
+          if (name == "UnderstudyRecoveryPointBehind" && labels.value("node", "") == "n2")
+            firing.insert(name);
         }
     }
-    if (firing.size() < 2)
+    if (firing.size() < 3)
       std::this_thread::sleep_for(std::chrono::milliseconds(500)); // polls a daemon
   }
   INFO(slurp(dir.path + "/launch.log"));
   CHECK(firing.count("UnderstudyNodeDown") == 1);
   CHECK(firing.count("UnderstudyHangDetected") == 1);
+  CHECK(firing.count("UnderstudyRecoveryPointBehind") == 1);
+  CHECK_THAT(slurp(dir.path + "/launch.log"),
+             Catch::Contains("the recovery point is behind its rpo"));
   // Every expression of the Grafana dashboard is valid PromQL for a real
   // Prometheus and finds its series on the live cluster: the metrics it needs
   // exist (from the start, at zero, where no event has happened yet).

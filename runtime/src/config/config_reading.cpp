@@ -463,6 +463,16 @@ bool config_table::is_table(const std::string& key) const {
   return v != nullptr && v->is_table();
 }
 
+bool config_table::is_integer(const std::string& key) const {
+  auto* v = impl_->reader.find(key);
+  return v != nullptr && v->is_integer();
+}
+
+bool config_table::is_string(const std::string& key) const {
+  auto* v = impl_->reader.find(key);
+  return v != nullptr && v->is_string();
+}
+
 int config_table::line_of(const std::string& key) const {
   return impl_->reader.line_of(key);
 }

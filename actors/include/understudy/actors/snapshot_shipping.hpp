@@ -6,19 +6,28 @@
 //   [snapshots]
 //   dir = "/mnt/dr/digits"   # a snapshot directory (understudy/state/snapshot.hpp)
 //   every = "10s"            # how often the newest committed step is shipped
+//   rpo = "30s"              # the declared recovery point: a duration, or a count of steps
 //   node = "n1"              # the node that writes them (default: the first active node)
 //   keep_last = 0            # after each, prune to the last N (0: keep all) ...
 //   keep_every = 0           # ... and every snapshot whose step is a multiple of K
 //
+//   # On a second site (standby.hpp): the same [job] and dir, its own nodes.
+//   standby = true           # trains nothing until promoted
+//   primary = "site-a.toml"  # the primary's file (its nodes are probed)
+//   promote_after = "30s"    # promote when the primary was unreachable this long
+//   drill_every = "1h"       # restore drills on a schedule
+//
 // The shipping node gathers the job's committed steps from the nodes that hold
 // them into a copy of its own (cluster_node::gatherer), off the training path,
 // and every `every` writes the newest committed step it has as a snapshot
-// (only the chunks the directory does not hold yet). Its lines say which step
-// went and how far it was behind the newest the cluster had committed then.
+// (only the chunks the directory does not hold yet); sooner when the recovery
+// point reaches half the declared `rpo`. Its metrics (understudy_dr_*) give
+// the live recovery point against the rpo. When the directory records that
+// another cluster took the job over, this cluster stops: it drives nothing.
 //
-// Threads: the gatherer on CAF's scheduler, the writer on a thread of its own
-// (it does file I/O). Errors: config_errc in the section; write problems are
-// logged and retried at the next round.
+// Threads: the gatherer on CAF's scheduler, the writer detached (a thread of
+// its own: it does file I/O). Errors: config_errc in the section; write
+// problems are logged, counted and retried at the next round.
 
 #include <chrono>
 #include <cstdint>
@@ -41,6 +50,19 @@ struct snapshots_config {
   std::string node;
   uint64_t keep_last = 0;
   uint64_t keep_every = 0;
+  /// The declared recovery point (0: none): as steps, or as time.
+  uint64_t rpo_steps = 0;
+  std::chrono::milliseconds rpo{0};
+  /// A second site: trains nothing until promoted.
+  bool standby = false;
+  /// The primary's node config file (as written, and resolved against this
+  /// file's directory), promotion after it was unreachable this long (0:
+  /// only `understudy promote`), drills every (0: none) into `drill_dir`
+  /// (default DIR-drill).
+  std::string primary;
+  std::chrono::milliseconds promote_after{0};
+  std::chrono::milliseconds drill_every{0};
+  std::string drill_dir;
   int line = 0;
 };
 
@@ -52,8 +74,32 @@ const snapshots_config* snapshots_of(const node_config& nc);
 
 /// On the node that [snapshots] names (with a [job]): the shipping, as a part
 /// of the node that stops it when it goes; a part that does nothing elsewhere.
+/// `metrics` (may be null) gets the understudy_dr_* metrics.
 caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node& node,
-                                                                   const node_config& nc);
+                                                                   const node_config& nc,
+                                                                   node_metrics* metrics);
+
+/// How far a copy of the job is behind the newest committed step: the steps
+/// not shipped yet, and how long the oldest of them has been waiting (since
+/// it was first seen). A plain object driven by its caller's clock.
+class recovery_point {
+public:
+  using time_point = std::chrono::steady_clock::time_point;
+  /// The newest committed step seen at `now`.
+  void committed(uint64_t step, time_point now);
+  /// Step `step` is shipped (everything up to it is safe).
+  void shipped(uint64_t step);
+  uint64_t shipped_step() const noexcept { return shipped_; }
+  uint64_t behind_steps() const noexcept { return newest_ > shipped_ ? newest_ - shipped_ : 0; }
+  /// Zero when nothing committed waits.
+  std::chrono::milliseconds behind(time_point now) const;
+
+private:
+  uint64_t newest_ = 0;
+  uint64_t shipped_ = 0;
+  /// When the first step past shipped_ was seen, while one waits.
+  std::optional<time_point> waiting_since_;
+};
 
 /// What a drill found.
 struct drill_report {
@@ -79,8 +125,8 @@ struct drill_report {
 caf::expected<drill_report> run_drill(const node_config& nc, const std::string& scratch);
 
 /// An error (config_errc::invalid_value) if `nc` has [snapshots] whose
-/// directory records that another cluster took its job over: a superseded
-/// site drives nothing.
+/// directory records that another cluster took its job over (a superseded
+/// site drives nothing), or if it is a standby site not promoted yet.
 caf::error check_not_superseded(const node_config& nc);
 
 /// Makes the cluster of `nc` (a second site: its own nodes and etcd, the same

@@ -113,6 +113,11 @@ public:
   /// Whether `key` is set to a table.
   bool is_table(const std::string& key) const;
 
+  /// Whether `key` is set to an integer (for a key that takes either a count
+  /// or a duration, e.g. [snapshots] rpo).
+  bool is_integer(const std::string& key) const;
+  bool is_string(const std::string& key) const;
+
   /// The line of `key`'s value, or of the table if it is not set.
   int line_of(const std::string& key) const;
 
