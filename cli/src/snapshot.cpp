@@ -473,8 +473,14 @@ int run_standby(standby_cli_options& opts, std::ostream& out, std::ostream& err)
   }
   for (const auto& n : nc->nodes)
     if (n.name == snaps->node) {
-      if (auto j = event_journal::open(n.state_dir, n.name))
-        so.journal = *j;
+      std::error_code ec;
+      std::filesystem::create_directories(n.state_dir, ec);
+      auto j = event_journal::open(n.state_dir, n.name);
+      if (!j) {
+        err << prog << "no event journal in " << n.state_dir << ": " << describe(j.error()) << '\n';
+        return exit_failure;
+      }
+      so.journal = *j;
     }
   so.metrics = metrics.get();
   so.out = &out;

@@ -21,6 +21,7 @@
 #include "support/cli_test_util.hpp"
 #include "support/cluster_test_util.hpp"
 #include "support/daemon_test_util.hpp"
+#include "support/netns_lab.hpp"
 #include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/job_config.hpp"
 #include "understudy/actors/numerics/mlp.hpp"
@@ -276,7 +277,10 @@ TEST_CASE(
     understudy::testing::replace_once(text, "name = \"test\"", "name = \"" + name + "\"");
     return text + "[snapshots]\ndir = \"" + dr + "\"\nevery = \"100ms\"\n";
   };
-  std::ofstream{file_a} << site("site-a", dir.path + "/a");
+  // A declares a recovery point of 150 steps: what B resumes from may be at
+  // most that far behind what A had committed when it was destroyed.
+  const uint64_t rpo = 150;
+  std::ofstream{file_a} << site("site-a", dir.path + "/a") << "rpo = " << rpo << "\n";
   std::ofstream{file_b} << site("site-b", dir.path + "/b");
   // Site A trains and ships; once it shipped twice, every one of its
   // processes is killed and its state directories deleted.
@@ -304,6 +308,21 @@ TEST_CASE(
   ::waitpid(a, &wstatus, 0);
   INFO("site A:\n" << cli_test::slurp(log_a));
   REQUIRE(seen.find("shipped to " + dr) != std::string::npos);
+  // What A had committed: the newest trainer record (written once a step is
+  // committed) that any of its stores holds.
+  uint64_t committed_a = 0;
+  for (const char* n : {"n1", "n2", "n3", "s1"}) {
+    understudy::state_store_config sc;
+    sc.directory = dir.path + "/a/" + n;
+    sc.read_only = true;
+    if (!std::filesystem::exists(sc.directory + "/data.mdb"))
+      continue;
+    auto store = understudy::state_store::open(sc);
+    REQUIRE(store);
+    if (auto c = (*store)->newest_intact("/root/job/trainer"))
+      committed_a = std::max(committed_a, *c);
+  }
+  REQUIRE(committed_a > 0);
   std::filesystem::remove_all(dir.path + "/a");
   // Without --primary (or --force) a promotion is refused.
   CHECK(cli_test::run_cli({"promote", file_b}, dir.path).status == 2);
@@ -314,6 +333,8 @@ TEST_CASE(
       promoted.out, m,
       std::regex{R"(cluster site-b takes /root/job over at committed step (\d+))"}));
   auto step = m[1].str();
+  INFO("A had committed step " << committed_a << "; B took over at step " << step);
+  CHECK(std::stoull(step) + rpo >= committed_a);
   // B resumes from that step and ends with the digest of a run never
   // interrupted.
   auto out_b = understudy::testing::launch_expecting(file_b, dir.path, "", 3000, "n1");
@@ -326,4 +347,96 @@ TEST_CASE(
                                     "site-b at step " +
                                     step));
   CHECK(again.find("job: ") == std::string::npos);
+}
+
+TEST_CASE(
+    "a standby site in a network of its own drills on a schedule, promotes itself once the "
+    "primary's network is cut, and finishes with the fault-free digest; the primary, still "
+    "running, learns it was superseded and stops",
+    "[snapshot][system][cluster][netns]") {
+  if (!test::netns_lab::available()) {
+    WARN(test::netns_skip_message);
+    return;
+  }
+  test::netns_lab lab;
+  const auto& host_a = lab.add("a", 1);
+  const auto& host_b = lab.add("b", 2);
+  cli_test::scratch_dir dir;
+  const auto dr = dir.path + "/dr";
+  const auto file_a = dir.path + "/site-a.toml";
+  const auto file_b = dir.path + "/site-b.toml";
+  const uint64_t steps = 6000;
+  auto site = [&](const std::string& name, const std::string& ip, const std::string& state) {
+    auto text = understudy::testing::cluster_config(state, steps);
+    understudy::testing::replace_once(text, "name = \"test\"", "name = \"" + name + "\"");
+    for (auto at = text.find("127.0.0.1"); at != std::string::npos; at = text.find("127.0.0.1"))
+      text.replace(at, 9, ip);
+    // Off loopback, mutual TLS: each site its own certificates.
+    understudy::testing::replace_once(text, "[cluster.failure_detection]",
+                                      "[cluster.security]\ndir = \"" + dir.path + "/certs-" + name +
+                                          "\"\n\n[cluster.failure_detection]");
+    return text + "[snapshots]\ndir = \"" + dr + "\"\nevery = \"100ms\"\n";
+  };
+  // Each site's nodes on its own host (and each launch with its own local
+  // etcd); they share only the snapshot directory.
+  std::ofstream{file_a} << site("site-a", host_a.ip, dir.path + "/a") << "rpo = 150\n";
+  std::ofstream{file_b} << site("site-b", host_b.ip, dir.path + "/b")
+                        << "standby = true\nprimary = \"site-a.toml\"\npromote_after = "
+                           "\"1s\"\ndrill_every = \"200ms\"\n";
+  for (const auto& f : {file_a, file_b})
+    REQUIRE(std::system(
+                (std::string{UNDERSTUDY_CLI_PATH} + " certs " + f + " >/dev/null 2>&1").c_str()) ==
+            0);
+  // A standby site does not start before it is promoted.
+  int status = -1;
+  auto refused = understudy::testing::run_cli("launch " + file_b, status);
+  CHECK(status != 0);
+  CHECK_THAT(refused, Catch::Contains("cluster site-b is a standby site"));
+  const auto log_a = dir.path + "/a.log";
+  const auto log_b = dir.path + "/b.log";
+  auto a = lab.start("a", {UNDERSTUDY_CLI_PATH, "launch", file_a}, log_a);
+  auto b = lab.start("b", {UNDERSTUDY_CLI_PATH, "standby", file_b}, log_b);
+  auto count = [](const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  // A ships; B drills what it ships.
+  for (int i = 0; i < 1200; ++i) {
+    if (count(cli_test::slurp(log_a), "shipped to " + dr) >= 3 &&
+        count(cli_test::slurp(log_b), "bit-exact, passed") >= 1)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50)); // polling logs, not a sync
+  }
+  INFO("site A:\n" << cli_test::slurp(log_a) << "\nstandby B:\n" << cli_test::slurp(log_b));
+  REQUIRE(count(cli_test::slurp(log_b), "bit-exact, passed") >= 1);
+  CHECK(cli_test::slurp(log_b).find("job: ") == std::string::npos);
+  // A's network is cut: A runs on, unreachable. B promotes itself after a
+  // second, launches, and finishes the job.
+  lab.cut("a");
+  CHECK(lab.wait_exit(b, std::chrono::minutes(3)) == 0);
+  auto out_b = cli_test::slurp(log_b);
+  INFO("standby B, to its end:\n" << out_b);
+  CHECK_THAT(out_b, Catch::Contains("standby: no node of the primary accepts connections"));
+  std::smatch m;
+  REQUIRE(std::regex_search(
+      out_b, m, std::regex{R"(cluster site-b takes /root/job over at committed step (\d+))"}));
+  auto step = m[1].str();
+  CHECK_THAT(out_b, Catch::Contains("job: resuming from committed step " + step));
+  REQUIRE(std::regex_search(out_b, m,
+                            std::regex{R"(\] final: steps=(\d+) .*params_digest=([0-9a-f]+))"}));
+  CHECK(m[1] == std::to_string(steps));
+  CHECK(m[2] ==
+        understudy::testing::hex(understudy::testing::config_digest(file_a, dir.path + "/single")));
+  // A stopped on its own once the directory recorded the promotion, before
+  // its end, and says why.
+  CHECK(lab.wait_exit(a, std::chrono::seconds(30)) != -1);
+  auto out_a = cli_test::slurp(log_a);
+  CHECK_THAT(out_a, Catch::Contains("was promoted to cluster site-b at step " + step + " ("));
+  CHECK_THAT(out_a, Catch::Contains("this cluster is superseded; it ships nothing more and stops"));
+  CHECK(out_a.find("final: ") == std::string::npos);
+  // The drills are events of the standby node's journal.
+  CHECK_THAT(cli_test::slurp(dir.path + "/b/n1/events.jsonl"),
+             Catch::Contains("bit-exact, passed"));
 }
