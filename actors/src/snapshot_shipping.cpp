@@ -219,6 +219,15 @@ caf::behavior ship(caf::event_based_actor* self, std::shared_ptr<state_store> co
       report();
     };
     auto recs = read_committed_step_records(*copy, job, *newest);
+    if (!recs && is(recs.error(), state_errc::not_found)) {
+      // The gatherer stored newer steps meanwhile and the copy's retention
+      // dropped this one: the newest again.
+      if (auto again = newest_committed_step(*copy, job); again && *again > *newest) {
+        newest = again;
+        rp->committed(*newest, now);
+        recs = read_committed_step_records(*copy, job, *newest);
+      }
+    }
     if (!recs)
       return fail("snapshot of step " + std::to_string(*newest) +
                   " not written: " + describe(recs.error()));
@@ -502,36 +511,36 @@ caf::error check_not_superseded(const node_config& nc) {
                         "/PROMOTED); it drives nothing");
 }
 
-caf::expected<snapshot_promotion> promote_site(const node_config& nc) {
-  const auto* cfg = snapshots_of(nc);
+caf::expected<snapshot_info> import_into_cluster(const node_config& nc, const std::string& dir,
+                                                 uint64_t step) {
   auto job_path = training_job_path(nc);
-  if (cfg == nullptr || job_path.empty())
+  if (job_path.empty())
     return make_error(config_errc::missing_key,
                       nc.origin +
-                          ": a promotion takes the [job] over from its [snapshots] "
-                          "directory");
-  if (auto p = read_promotion(cfg->dir); p && p->cluster != nc.cluster.name)
-    return make_error(config_errc::invalid_value,
-                      cfg->dir + " was promoted to cluster " + p->cluster + " already (step " +
-                          std::to_string(p->step) + ", " + p->when + ")");
+                          ": an import into a cluster fills its [job]'s nodes; the file "
+                          "has no [job]");
   auto tc = make_training_config(nc);
   if (!tc)
     return std::move(tc.error());
   char fp[17];
   std::snprintf(fp, sizeof fp, "%016llx", static_cast<unsigned long long>(fingerprint(*tc)));
-  auto all = list_snapshots(cfg->dir);
+  auto all = list_snapshots(dir);
   if (!all)
     return std::move(all.error());
-  // The newest snapshot that verifies completely.
+  // The snapshot asked for, or the newest that verifies completely.
   std::string problems;
   for (auto it = all->rbegin(); it != all->rend(); ++it) {
+    if (step != 0 && it->step != step)
+      continue;
     if (it->job != job_path || it->fingerprint != fp)
       return make_error(config_errc::invalid_value,
-                        cfg->dir + " holds snapshots of another job (" + it->job +
-                            ", fingerprint " + it->fingerprint + "); " + nc.origin + "'s job is " +
-                            job_path + ", fingerprint " + fp);
-    auto snap = read_snapshot(cfg->dir, it->name);
+                        dir + " holds snapshots of another job (" + it->job + ", fingerprint " +
+                            it->fingerprint + "); " + nc.origin + "'s job is " + job_path +
+                            ", fingerprint " + fp);
+    auto snap = read_snapshot(dir, it->name);
     if (!snap) {
+      if (step != 0)
+        return std::move(snap.error());
       problems += " " + it->name + ": " + describe(snap.error()) + ";";
       continue;
     }
@@ -548,10 +557,29 @@ caf::expected<snapshot_promotion> promote_site(const node_config& nc) {
       if (auto err = import_snapshot(*snap, **store))
         return err;
     }
-    return record_promotion(cfg->dir, nc.cluster.name, it->step);
+    return snap->info;
   }
-  return make_error(state_errc::not_found,
-                    cfg->dir + " holds no snapshot that verifies:" + problems);
+  if (step != 0)
+    return make_error(state_errc::not_found,
+                      dir + " holds no snapshot of step " + std::to_string(step));
+  return make_error(state_errc::not_found, dir + " holds no snapshot that verifies:" + problems);
+}
+
+caf::expected<snapshot_promotion> promote_site(const node_config& nc) {
+  const auto* cfg = snapshots_of(nc);
+  if (cfg == nullptr || training_job_path(nc).empty())
+    return make_error(config_errc::missing_key,
+                      nc.origin +
+                          ": a promotion takes the [job] over from its [snapshots] "
+                          "directory");
+  if (auto p = read_promotion(cfg->dir); p && p->cluster != nc.cluster.name)
+    return make_error(config_errc::invalid_value,
+                      cfg->dir + " was promoted to cluster " + p->cluster + " already (step " +
+                          std::to_string(p->step) + ", " + p->when + ")");
+  auto info = import_into_cluster(nc, cfg->dir);
+  if (!info)
+    return std::move(info.error());
+  return record_promotion(cfg->dir, nc.cluster.name, info->step);
 }
 
 } // namespace understudy::actors

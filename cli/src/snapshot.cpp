@@ -73,8 +73,43 @@ int run_export(const snapshot_options& o, std::ostream& out, std::ostream& err) 
   return exit_ok;
 }
 
+int run_import_cluster(const snapshot_options& o, std::ostream& out, std::ostream& err) {
+  const std::string prog = "understudy snapshot import: ";
+  auto nc = load_config(o.cluster, {actors::training_component(), serving::serving_component()});
+  if (!nc) {
+    err << prog << describe(nc.error()) << "; nothing imported\n";
+    return exit_failure;
+  }
+  // Its stores are written: only while none of its nodes runs.
+  for (const auto& n : nc->nodes)
+    if (actors::accepts_connections(n.host, n.port, std::chrono::seconds(1))) {
+      err << prog << "node " << n.name << " of " << o.cluster << " runs (" << n.host << ":"
+          << n.port << " accepts connections): stop the cluster first; nothing imported\n";
+      return exit_failure;
+    }
+  auto info = actors::import_into_cluster(*nc, o.first, o.step);
+  if (!info) {
+    err << prog << describe(info.error()) << "; nothing imported\n";
+    return code_of(info.error());
+  }
+  out << "imported " << info->name << " of " << info->job << " (" << info->records
+      << " records, every checksum verified) into every active node of " << o.cluster
+      << "; understudy launch " << o.cluster << " resumes it from step " << info->step << '\n';
+  return exit_ok;
+}
+
 int run_import(const snapshot_options& o, std::ostream& out, std::ostream& err) {
   const std::string prog = "understudy snapshot import: ";
+  if (!o.cluster.empty() && !o.second.empty()) {
+    err << prog << "name a STATE_DIR or --cluster FILE, not both\n";
+    return exit_failure;
+  }
+  if (!o.cluster.empty())
+    return run_import_cluster(o, out, err);
+  if (o.second.empty()) {
+    err << prog << "name the STATE_DIR to fill, or --cluster FILE\n";
+    return exit_failure;
+  }
   // Every byte is verified before anything is written.
   auto snap = read_snapshot(o.first, o.step == 0 ? "" : "step-" + std::to_string(o.step));
   if (!snap) {
@@ -204,9 +239,13 @@ CLI::App* add_snapshot_command(CLI::App& app, snapshot_options& opts) {
       "verify a snapshot completely, then write it into STATE_DIR, from which the job "
       "resumes");
   im->add_option("SNAPSHOT_DIR", opts.first, "the snapshot directory")->required();
-  im->add_option("STATE_DIR", opts.second, "the state directory to fill (created if missing)")
-      ->required();
-  im->add_option("--step", opts.step, "the snapshot's step (default: the newest)");
+  im->add_option("STATE_DIR", opts.second, "the state directory to fill (created if missing)");
+  im->add_option("--cluster", opts.cluster,
+                 "instead, fill every active node of the (stopped) cluster of this node config "
+                 "file, whose [job] must be the snapshot's");
+  im->add_option("--step", opts.step,
+                 "the snapshot's step (default: the newest; with --cluster, the newest that "
+                 "verifies)");
   im->callback([&opts] { opts.action = "import"; });
   auto* ls = sub->add_subcommand("list", "list the snapshots of SNAPSHOT_DIR with their sizes");
   ls->add_option("SNAPSHOT_DIR", opts.first, "the snapshot directory")->required();

@@ -18,6 +18,9 @@ struct snapshot_options {
   /// others: SNAPSHOT_DIR.
   std::string first;
   std::string second;
+  /// import: the node config file of a (stopped) cluster to fill instead of
+  /// a state directory.
+  std::string cluster;
   /// The job's path in the state directory.
   std::string job = "/digits_mlp";
   /// export: the committed step (0: the newest); import, verify: the

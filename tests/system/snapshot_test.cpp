@@ -3,6 +3,8 @@
 // directory and resume to the digest of a run never interrupted; a damaged
 // snapshot or another job's is refused and nothing is written.
 
+#include "understudy/state/snapshot.hpp"
+
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -183,6 +185,32 @@ TEST_CASE(
   CHECK(understudy::actors::params_digest(params->params.data(), params->params.size()) ==
         understudy::testing::fault_free_digest(
             *nc, dir.path + "/single-" + std::to_string(params->step), params->step));
+  // The oldest kept snapshot, imported into a fresh cluster of the same job,
+  // resumes there and ends with the digest of a run never interrupted.
+  auto all = understudy::list_snapshots(snaps);
+  REQUIRE(all);
+  REQUIRE_FALSE(all->empty());
+  const auto oldest = all->front().step;
+  auto file2 = dir.path + "/cluster2.toml";
+  std::ofstream{file2} << understudy::testing::cluster_config(dir.path + "/state2", 600);
+  auto imported = cli_test::run_cli(
+      {"snapshot", "import", snaps, "--cluster", file2, "--step", std::to_string(oldest)},
+      dir.path);
+  INFO(imported.err);
+  REQUIRE(imported.status == 0);
+  CHECK_THAT(imported.out, Catch::Contains("into every active node of " + file2));
+  auto resumed = understudy::testing::launch_expecting(file2, dir.path, "", 600, "n1");
+  CHECK_THAT(resumed,
+             Catch::Contains("job: resuming from committed step " + std::to_string(oldest)));
+  // Another job's cluster (another seed) is refused, and nothing is written.
+  auto file3 = dir.path + "/cluster3.toml";
+  auto other = understudy::testing::cluster_config(dir.path + "/state3", 600);
+  understudy::testing::replace_once(other, "seed = 5", "seed = 6");
+  std::ofstream{file3} << other;
+  auto refused = cli_test::run_cli({"snapshot", "import", snaps, "--cluster", file3}, dir.path);
+  CHECK(refused.status == 2);
+  CHECK_THAT(refused.err, Catch::Contains("holds snapshots of another job"));
+  CHECK_FALSE(std::filesystem::exists(dir.path + "/state3"));
 }
 
 TEST_CASE(

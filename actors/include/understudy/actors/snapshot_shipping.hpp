@@ -129,6 +129,16 @@ caf::expected<drill_report> run_drill(const node_config& nc, const std::string& 
 /// site drives nothing), or if it is a standby site not promoted yet.
 caf::error check_not_superseded(const node_config& nc);
 
+/// Fills the cluster of `nc` (stopped: its nodes' state directories) from the
+/// snapshot directory `dir`: snapshot `step`, or (0) the newest that verifies
+/// completely, of the same job (fingerprint and path), imported into every
+/// active node's store as copies (a stored version is never replaced), so
+/// that `understudy launch` resumes the job from it. Returns the snapshot.
+/// Errors: missing_key (no [job]), not_found (no such or no intact snapshot),
+/// invalid_value (another job's snapshots), corrupt_record, those of the import.
+caf::expected<snapshot_info> import_into_cluster(const node_config& nc, const std::string& dir,
+                                                 uint64_t step = 0);
+
 /// Makes the cluster of `nc` (a second site: its own nodes and etcd, the same
 /// [job]) take the job over from its [snapshots] directory: the newest
 /// snapshot that verifies completely (an older one if the newest is damaged)
