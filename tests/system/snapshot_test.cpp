@@ -23,6 +23,7 @@
 #include "support/cli_test_util.hpp"
 #include "support/cluster_test_util.hpp"
 #include "support/daemon_test_util.hpp"
+#include "support/metrics_test_util.hpp"
 #include "support/netns_lab.hpp"
 #include "understudy/actors/committed_model.hpp"
 #include "understudy/actors/job_config.hpp"
@@ -289,6 +290,46 @@ TEST_CASE(
     auto failed = cli_test::run_cli({"drill", file}, dir.path);
     CHECK(failed.status == 1);
     CHECK_THAT(failed.err, Catch::Contains("DIFFERENT, failed"));
+    // A standby site drilling on a schedule reports it as a metric (which
+    // the UnderstudyDrillFailed alert reads) and a line.
+    auto standby_file = dir.path + "/standby.toml";
+    auto text = understudy::testing::cluster_config(dir.path + "/standby", 400);
+    understudy::testing::replace_once(text, "name = \"test\"", "name = \"site-b\"");
+    std::ofstream{standby_file} << text << "[snapshots]\ndir = \"" << snaps
+                                << "\"\nstandby = true\ndrill_every = \"100ms\"\n";
+    const auto log = dir.path + "/standby.log";
+    auto pid = daemon_test::spawn(
+        {UNDERSTUDY_CLI_PATH, "standby", standby_file, "--metrics", "127.0.0.1:0", "--no-launch"},
+        dir.path, log, true);
+    std::smatch m;
+    double drill_failed = 0, failures = 0;
+    for (int i = 0; i < 600 && drill_failed != 1; ++i) {
+      auto out = cli_test::slurp(log);
+      if (std::regex_search(out, m, std::regex{R"(metrics at http://127.0.0.1:(\d+)/metrics)"}) &&
+          out.find("DIFFERENT, failed") != std::string::npos) {
+        auto xs = metrics_test::parse_exposition(
+            metrics_test::fetch_metrics(static_cast<uint16_t>(std::stoi(m[1].str()))));
+        drill_failed = metrics_test::value_of(xs, "understudy_dr_last_drill_failed");
+        failures = metrics_test::value_of(xs, "understudy_dr_drills_failed_total");
+      }
+      if (drill_failed != 1)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50)); // polling a daemon
+    }
+    ::kill(pid, SIGTERM);
+    int wstatus = 0;
+    ::waitpid(pid, &wstatus, 0);
+    auto out = cli_test::slurp(log);
+    INFO(out);
+    CHECK(drill_failed == 1);
+    CHECK(failures >= 1);
+    CHECK_THAT(out,
+               Catch::Contains("standby: drill of step") && Catch::Contains("DIFFERENT, failed"));
+    CHECK_THAT(out, Catch::Contains("standby: stopped, not promoted (0 drills passed"));
+    CHECK(WIFEXITED(wstatus));
+    CHECK(WEXITSTATUS(wstatus) == 0);
+    // Nothing was promoted or written to the standby's nodes but its journal.
+    CHECK_FALSE(std::filesystem::exists(snaps + "/PROMOTED"));
+    CHECK_FALSE(std::filesystem::exists(dir.path + "/standby/n1/data.mdb"));
   }
 }
 
