@@ -56,6 +56,27 @@ void parse_role(config_table& job, const std::string& role, job_config& j) {
   }
   policy->intensity = r->intensity(policy->intensity);
   policy->backoff = r->backoff();
+  for (const char* key : {"hang_floor", "hang_ceiling"}) {
+    if (!r->has(key))
+      continue;
+    if (role == "trainer") {
+      r->fail(config_errc::invalid_value, r->line_of(key),
+              std::string{"'"} + key +
+                  "' in [job.trainer]: the trainer's own deadline is [job] hang_ceiling; "
+                  "a role's bounds are for shards, loaders and workers");
+      return;
+    }
+    if (auto x = r->duration(key, true))
+      (std::string{key} == "hang_floor" ? policy->hang_floor : policy->hang_ceiling) =
+          std::chrono::duration_cast<std::chrono::milliseconds>(*x);
+  }
+  if (auto [key, err] = check_liveness(j.training); err) {
+    std::string k = key;
+    if (k.rfind(role + ".", 0) == 0) {
+      r->fail(config_errc::invalid_job, r->line_of(k.substr(role.size() + 1)), describe(err));
+      return;
+    }
+  }
   *placement = r->placement("[job." + role + "]", placement->policy);
 }
 
@@ -287,7 +308,9 @@ std::vector<config_key> job_keys() {
                      {"backoff", "table"},
                      {"placement", "placement"},
                      {"process", "string"},
-                     {"gpus", "integer"}});
+                     {"gpus", "integer"},
+                     {"hang_floor", "duration"},
+                     {"hang_ceiling", "duration"}});
   return keys;
 }
 

@@ -681,6 +681,20 @@ struct trainer_actor {
     return std::clamp<caf::timespan>(scaled, cfg.hang_floor, cfg.hang_ceiling);
   }
 
+  /// How long participant `index` (shards, loaders, workers in that order)
+  /// may take to answer a liveness round: the deadline within its role's own
+  /// bounds, where it has them (role_policy::hang_floor).
+  caf::timespan answer_deadline(size_t index) const {
+    const auto& cfg = s->cfg;
+    const role_policy& p = index < cfg.shards                 ? cfg.shard_policy
+                           : index < cfg.shards + cfg.loaders ? cfg.loader_policy
+                                                              : cfg.worker_policy;
+    auto floor = p.hang_floor.count() > 0 ? p.hang_floor : cfg.hang_floor;
+    auto ceiling = p.hang_ceiling.count() > 0 ? p.hang_ceiling : cfg.hang_ceiling;
+    return std::clamp<caf::timespan>(deadline(), std::chrono::duration_cast<caf::timespan>(floor),
+                                     std::chrono::duration_cast<caf::timespan>(ceiling));
+  }
+
   /// How often the trainer looks for a missed deadline: half the floor.
   caf::timespan tick_interval() const {
     return std::chrono::duration_cast<caf::timespan>(s->cfg.hang_floor) / 2;
@@ -740,7 +754,7 @@ struct trainer_actor {
         answered();
         continue;
       }
-      self->request(hdl, deadline(), alive_atom::value)
+      self->request(hdl, answer_deadline(i), alive_atom::value)
           .then(
               [answered](alive_atom) { answered(); },
               [this, answered, killed, att, seen, i, hdl](caf::error& err) {

@@ -206,6 +206,32 @@ std::pair<const char*, caf::error> check_liveness(const training_config& cfg) {
             bad_config("training: hang_ceiling must be from hang_floor (" +
                        std::to_string(cfg.hang_floor.count()) + " ms) to 24 h, not " +
                        std::to_string(cfg.hang_ceiling.count()) + " ms")};
+  struct role_bounds {
+    const char* name;
+    const char* floor_key;
+    const char* ceiling_key;
+    const role_policy* policy;
+  };
+  for (const auto& r :
+       {role_bounds{"shard", "shard.hang_floor", "shard.hang_ceiling", &cfg.shard_policy},
+        role_bounds{"loader", "loader.hang_floor", "loader.hang_ceiling", &cfg.loader_policy},
+        role_bounds{"worker", "worker.hang_floor", "worker.hang_ceiling", &cfg.worker_policy}}) {
+    const auto& p = *r.policy;
+    if (p.hang_floor.count() == 0 && p.hang_ceiling.count() == 0)
+      continue;
+    auto floor = p.hang_floor.count() > 0 ? p.hang_floor : cfg.hang_floor;
+    auto ceiling = p.hang_ceiling.count() > 0 ? p.hang_ceiling : cfg.hang_ceiling;
+    if (floor < std::chrono::milliseconds(10))
+      return {r.floor_key, bad_config(std::string{"training: the "} + r.name +
+                                      "s' hang_floor must be at least 10 ms, not " +
+                                      std::to_string(floor.count()) + " ms")};
+    if (ceiling < floor || ceiling > std::chrono::hours(24))
+      return {p.hang_ceiling.count() > 0 ? r.ceiling_key : r.floor_key,
+              bad_config(std::string{"training: the "} + r.name +
+                         "s' hang_ceiling must be from their hang_floor (" +
+                         std::to_string(floor.count()) + " ms) to 24 h, not " +
+                         std::to_string(ceiling.count()) + " ms")};
+  }
   if (!(cfg.hang_factor >= 1.0 && cfg.hang_factor <= 1000.0))
     return {"hang_factor", bad_config("training: hang_factor must be from 1 to 1000, not " +
                                       std::to_string(cfg.hang_factor))};

@@ -297,6 +297,15 @@ TEST_CASE("bad [job] sections are rejected with file, line and problem", "[confi
        config_errc::invalid_job, "bad.toml:13: invalid_argument: training: hang_ceiling must be"},
       {"a step deadline factor below one", base + job + lines({"hang_factor = 0.5"}),
        config_errc::invalid_job, "bad.toml:12: invalid_argument: training: hang_factor must be"},
+      {"a role's hang ceiling below its floor",
+       base + job + lines({"[job.loader]", "hang_floor = \"2s\"", "hang_ceiling = \"1s\""}),
+       config_errc::invalid_job,
+       "bad.toml:14: invalid_argument: training: the loaders' hang_ceiling must be from their "
+       "hang_floor (2000 ms) to 24 h, not 1000 ms"},
+      {"hang bounds for the trainer", base + job + lines({"[job.trainer]", "hang_floor = \"2s\""}),
+       config_errc::invalid_value,
+       "bad.toml:13: 'hang_floor' in [job.trainer]: the trainer's own deadline is [job] "
+       "hang_ceiling"},
       {"an isolated shard (its actors write the node's state store)",
        base + job + lines({"[job.shard]", "process = \"isolated\""}), config_errc::invalid_job,
        "bad.toml:12: [job.shard] process = \"isolated\" is not supported"},

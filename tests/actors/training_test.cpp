@@ -194,6 +194,38 @@ TEST_CASE(
   CHECK(faulty.longest_hang_detection < cfg.hang_ceiling);
 }
 
+TEST_CASE("a role's own hang floor lets its actors take longer to answer before they count as hung",
+          "[training]") {
+  auto cfg = small_job(5);
+  cfg.hang_floor = std::chrono::milliseconds(100);
+  // Loaders whose reads may block: not hung before 600 ms. Workers keep the job's floor.
+  cfg.loader_policy.hang_floor = std::chrono::milliseconds(600);
+  auto log = std::make_shared<event_log>();
+  auto [clean, faulty] = clean_and_faulty(cfg, "hang:worker:1@15,hang:loader:1@45", log);
+  CHECK(faulty.hangs == 2);
+  CHECK(faulty.params_digest == clean.params_digest);
+  size_t seen = 0;
+  for (const auto& ev : log->snapshot()) {
+    if (ev.kind != event_kind::hang_detected)
+      continue;
+    ++seen;
+    INFO(ev.supervisor << "/" << ev.child << " after " << ev.duration.count() << " ns");
+    if (ev.child == "loader-1")
+      CHECK(ev.duration >= std::chrono::milliseconds(600));
+    else
+      CHECK(ev.duration < std::chrono::milliseconds(600));
+  }
+  CHECK(seen == 2);
+  // Bounds a role cannot have: refused, naming them.
+  auto bad = small_job(5);
+  bad.worker_policy.hang_floor = std::chrono::milliseconds(500);
+  bad.worker_policy.hang_ceiling = std::chrono::milliseconds(200);
+  auto err = validate(bad);
+  REQUIRE(err);
+  CHECK_THAT(describe(err), Catch::Contains("the workers' hang_ceiling must be from their "
+                                            "hang_floor (500 ms) to 24 h, not 200 ms"));
+}
+
 TEST_CASE(
     "a worker that stays far behind the others is restarted as a straggler, and the job "
     "ends with the fault-free parameters",

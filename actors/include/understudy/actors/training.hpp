@@ -79,6 +79,13 @@ struct role_policy {
   restart_strategy strategy = restart_strategy::one_for_one;
   restart_intensity intensity{20, std::chrono::seconds(10)};
   backoff_policy backoff;
+  /// The role's own bounds of the step deadline (training_config::hang_floor),
+  /// zero: the job's. The trainer waits for an answer from one of the role's
+  /// actors at least hang_floor and at most hang_ceiling before it finds it
+  /// hung (e.g. a longer floor for loaders whose reads block for seconds).
+  /// Shards, loaders and workers only.
+  std::chrono::milliseconds hang_floor{0};
+  std::chrono::milliseconds hang_ceiling{0};
 };
 
 /// Everything that defines a synchronous data-parallel training job. Changing
@@ -130,8 +137,9 @@ struct training_config {
   /// If every one answers and the job still has not moved, a message was lost:
   /// the step is redone from the committed one, and the deadline doubles until
   /// a step is applied again. Until 8 steps have been timed, the deadline is
-  /// hang_ceiling. The trainer itself ticks every half hang_floor: one that
-  /// does not tick for hang_ceiling (a hung handler) is killed by the job's
+  /// hang_ceiling. A role's own hang_floor and hang_ceiling (role_policy)
+  /// bound the wait for its actors' answers instead. The trainer itself ticks every half
+  /// hang_floor: one that does not tick for hang_ceiling (a hung handler) is killed by the job's
   /// supervisor as hung and restarted.
   std::chrono::milliseconds hang_floor{250};
   std::chrono::milliseconds hang_ceiling{10000};
