@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <any>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -110,6 +111,10 @@ struct ship_metrics {
   std::shared_ptr<metric_gauge> shipped_step, behind_steps, behind_seconds, rpo_steps, rpo_seconds,
       last_ship_time;
   std::shared_ptr<metric_counter> snapshots, bytes, failures;
+  /// When the oldest committed step not shipped was committed (system clock, ns since the
+  /// epoch; 0: none waits), as of the shipper's last look: each scrape ages it to the moment.
+  std::shared_ptr<std::atomic<int64_t>> oldest_waiting_ns =
+      std::make_shared<std::atomic<int64_t>>(0);
 };
 
 ship_metrics make_ship_metrics(node_metrics* m, const snapshots_config& cfg) {
@@ -135,6 +140,13 @@ ship_metrics make_ship_metrics(node_metrics* m, const snapshots_config& cfg) {
                              "Bytes written to the snapshot directory (new objects only).");
   out.failures = m->add_counter("understudy_dr_ship_failures_total",
                                 "Rounds whose snapshot could not be written.");
+  m->on_scrape([gauge = out.behind_seconds, oldest = out.oldest_waiting_ns] {
+    auto at = oldest->load();
+    auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    gauge->set(at == 0 || now <= at ? 0.0 : static_cast<double>(now - at) / 1e9);
+  });
   out.rpo_steps->set(static_cast<double>(cfg.rpo_steps));
   out.rpo_seconds->set(std::chrono::duration<double>(cfg.rpo).count());
   return out;
@@ -188,25 +200,35 @@ caf::behavior ship(caf::event_based_actor* self, std::shared_ptr<state_store> co
     }
     self->delayed_send(self, tick, ship_atom::value);
     auto now = clock::now();
+    auto wall = std::chrono::system_clock::now();
     auto newest = newest_committed_step(*copy, job);
-    if (newest)
-      rp->committed(*newest, now);
+    // Every committed step the copy holds past the shipped one, with its commit time.
+    if (auto vs = copy->versions(job + "/trainer"))
+      for (const auto& v : *vs)
+        if (v.problem.empty() && newest && v.step <= *newest)
+          rp->committed(v.step, v.created);
     auto report = [&] {
       if (metrics.behind_steps) {
         metrics.behind_steps->set(static_cast<double>(rp->behind_steps()));
-        metrics.behind_seconds->set(std::chrono::duration<double>(rp->behind(now)).count());
+        metrics.behind_seconds->set(std::chrono::duration<double>(rp->behind(wall)).count());
+        auto oldest = rp->oldest_waiting();
+        metrics.oldest_waiting_ns->store(
+            oldest
+                ? std::chrono::duration_cast<std::chrono::nanoseconds>(oldest->time_since_epoch())
+                      .count()
+                : 0);
         metrics.shipped_step->set(static_cast<double>(rp->shipped_step()));
       }
       bool over = (cfg.rpo_steps > 0 && rp->behind_steps() > cfg.rpo_steps) ||
-                  (cfg.rpo.count() > 0 && rp->behind(now) > cfg.rpo);
+                  (cfg.rpo.count() > 0 && rp->behind(wall) > cfg.rpo);
       if (over && !*over_rpo)
         say("the recovery point is behind its rpo: " + std::to_string(rp->behind_steps()) +
-            " steps, " + std::to_string(rp->behind(now).count()) + " ms not shipped");
+            " steps, " + std::to_string(rp->behind(wall).count()) + " ms not shipped");
       *over_rpo = over;
     };
     bool due = now - *last_ship >= cfg.every ||
                (cfg.rpo_steps > 0 && 2 * rp->behind_steps() >= cfg.rpo_steps) ||
-               (cfg.rpo.count() > 0 && 2 * rp->behind(now) >= cfg.rpo);
+               (cfg.rpo.count() > 0 && 2 * rp->behind(wall) >= cfg.rpo);
     if (!newest || *newest <= rp->shipped_step() || !due) {
       report();
       return;
@@ -218,21 +240,38 @@ caf::behavior ship(caf::event_based_actor* self, std::shared_ptr<state_store> co
         metrics.failures->increment();
       report();
     };
+    // The newest committed step whose every record (trainer, shards, loaders) the copy
+    // holds: the gatherer may have a step's trainer and shards before its loaders, and the
+    // copy's retention may drop a step meanwhile; then an older one goes now.
     auto recs = read_committed_step_records(*copy, job, *newest);
+    for (uint64_t below = *newest, tries = 0; !recs && is(recs.error(), state_errc::not_found) &&
+                                              below > rp->shipped_step() + 1 && tries < 8;
+         ++tries) {
+      auto older = newest_committed_step(*copy, job, below - 1);
+      if (!older || *older <= rp->shipped_step())
+        break;
+      below = *older;
+      recs = read_committed_step_records(*copy, job, *older);
+    }
     if (!recs && is(recs.error(), state_errc::not_found)) {
-      // The gatherer stored newer steps meanwhile and the copy's retention
-      // dropped this one: the newest again.
-      if (auto again = newest_committed_step(*copy, job); again && *again > *newest) {
-        newest = again;
-        rp->committed(*newest, now);
-        recs = read_committed_step_records(*copy, job, *newest);
-      }
+      // No step newer than the shipped one is complete in the copy yet: not a failure, the
+      // gathering is behind (the recovery point, and its alert, show how far).
+      *last_ship = now - cfg.every; // due again at the next tick
+      report();
+      return;
     }
     if (!recs)
       return fail("snapshot of step " + std::to_string(*newest) +
                   " not written: " + describe(recs.error()));
     auto info =
         write_snapshot(*copy, cfg.dir, job, recs->fingerprint_hex(), recs->step, recs->paths);
+    if (!info && is(info.error(), state_errc::not_found)) {
+      // The copy's retention dropped a record of the step while it was written (the
+      // gathering moves on meanwhile): the next tick ships a newer one.
+      *last_ship = now - cfg.every;
+      report();
+      return;
+    }
     if (!info)
       return fail("snapshot of step " + std::to_string(*newest) + " not written to " + cfg.dir +
                   ": " + describe(info.error()));
@@ -300,24 +339,37 @@ const snapshots_config* snapshots_of(const node_config& nc) {
   return nc.section<snapshots_config>("snapshots");
 }
 
-void recovery_point::committed(uint64_t step, time_point now) {
-  if (step > newest_)
-    newest_ = step;
-  if (newest_ > shipped_ && !waiting_since_)
-    waiting_since_ = now;
+void recovery_point::committed(uint64_t step, time_point at) {
+  if (step <= shipped_)
+    return;
+  newest_ = std::max(newest_, step);
+  waiting_.emplace(step, at);
 }
 
 void recovery_point::shipped(uint64_t step) {
-  if (step > shipped_)
-    shipped_ = step;
-  if (newest_ <= shipped_)
-    waiting_since_.reset();
+  if (step <= shipped_)
+    return;
+  shipped_ = step;
+  newest_ = std::max(newest_, step);
+  waiting_.erase(waiting_.begin(), waiting_.upper_bound(step));
+}
+
+std::optional<recovery_point::time_point> recovery_point::oldest_waiting() const {
+  if (waiting_.empty())
+    return std::nullopt;
+  // The oldest commit time among the waiting steps (clocks of several nodes: not monotonic
+  // in the step).
+  auto oldest = waiting_.begin()->second;
+  for (const auto& [step, at] : waiting_)
+    oldest = std::min(oldest, at);
+  return oldest;
 }
 
 std::chrono::milliseconds recovery_point::behind(time_point now) const {
-  if (!waiting_since_ || now <= *waiting_since_)
+  auto oldest = oldest_waiting();
+  if (!oldest || now <= *oldest)
     return std::chrono::milliseconds{0};
-  return std::chrono::duration_cast<std::chrono::milliseconds>(now - *waiting_since_);
+  return std::chrono::duration_cast<std::chrono::milliseconds>(now - *oldest);
 }
 
 caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node& node,
@@ -335,7 +387,7 @@ caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node&
   state_store_config sc;
   sc.directory = (std::filesystem::path{node.self().state_dir} / "snapshot-copy").string();
   sc.mode = durability::none; // a copy: gathered again after a restart
-  sc.retention.keep_last = 4;
+  sc.retention.keep_last = 8;
   auto copy = state_store::open(sc);
   if (!copy)
     return make_error(config_errc::invalid_value,

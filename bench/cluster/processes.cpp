@@ -1,4 +1,5 @@
-// Child processes, the signal handlers and the watchdog of bench_cluster, scratch space.
+// Child processes, the signal handlers and the watchdog of bench_cluster (and
+// bench_disaster_recovery, which links this file too), scratch space.
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -227,7 +228,8 @@ void watchdog::run() {
     auto deadline = *deadline_;
     if (cv_.wait_until(guard, deadline) == std::cv_status::timeout && deadline_ &&
         *deadline_ == deadline) {
-      std::fprintf(stderr, "bench_cluster: %s did not finish in time; giving up\n", phase_.c_str());
+      std::fprintf(stderr, "%s: %s did not finish in time; giving up\n",
+                   program_invocation_short_name, phase_.c_str());
       std::fflush(stdout);
       bench::kill_child_groups();
       ::_exit(1);
@@ -239,10 +241,9 @@ void watchdog::run() {
 
 scratch_dir::scratch_dir(const std::string& name) {
   auto tmpl =
-      (std::filesystem::temp_directory_path() / ("understudy-bench-cluster-" + name + "-XXXXXX"))
-          .string();
+      (std::filesystem::temp_directory_path() / ("understudy-bench-" + name + "-XXXXXX")).string();
   if (::mkdtemp(tmpl.data()) == nullptr) {
-    std::perror("bench_cluster: mkdtemp");
+    std::perror("mkdtemp");
     return;
   }
   path = tmpl;

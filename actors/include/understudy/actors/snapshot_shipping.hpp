@@ -31,6 +31,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -80,25 +81,28 @@ caf::expected<std::unique_ptr<node_part>> attach_snapshot_shipping(cluster_node&
                                                                    node_metrics* metrics);
 
 /// How far a copy of the job is behind the newest committed step: the steps
-/// not shipped yet, and how long the oldest of them has been waiting (since
-/// it was first seen). A plain object driven by its caller's clock.
+/// not shipped yet, and how long ago the oldest of them was committed (its
+/// trainer record's creation time, on the node that committed it). A plain
+/// object driven by its caller's clock.
 class recovery_point {
 public:
-  using time_point = std::chrono::steady_clock::time_point;
-  /// The newest committed step seen at `now`.
-  void committed(uint64_t step, time_point now);
+  using time_point = std::chrono::system_clock::time_point;
+  /// Step `step` was committed at `at` (a step at or below the shipped one is ignored).
+  void committed(uint64_t step, time_point at);
   /// Step `step` is shipped (everything up to it is safe).
   void shipped(uint64_t step);
   uint64_t shipped_step() const noexcept { return shipped_; }
   uint64_t behind_steps() const noexcept { return newest_ > shipped_ ? newest_ - shipped_ : 0; }
-  /// Zero when nothing committed waits.
+  /// Since the oldest step not shipped was committed; zero when none waits.
   std::chrono::milliseconds behind(time_point now) const;
+  /// When the oldest step not shipped was committed, if one waits.
+  std::optional<time_point> oldest_waiting() const;
 
 private:
   uint64_t newest_ = 0;
   uint64_t shipped_ = 0;
-  /// When the first step past shipped_ was seen, while one waits.
-  std::optional<time_point> waiting_since_;
+  /// The commit times of the steps past shipped_ that were seen.
+  std::map<uint64_t, time_point> waiting_;
 };
 
 /// What a drill found.
