@@ -1,6 +1,7 @@
 // The `understudy` command. One subcommand per task: `inspect`, `certs`, `node`,
-// `launch`, `status`, `events`, `snapshot`, `drill`, `promote`, `standby`. Exit codes: 0 success, 1
-// the task found a problem (e.g. a corrupt record), 2 usage errors and failures to open or read.
+// `launch`, `status`, `events`, `snapshot`, `drill`, `promote`, `standby`, `simulate`. Exit codes:
+// 0 success, 1 the task found a problem (e.g. a corrupt record), 2 usage errors and failures to
+// open or read.
 
 #include <chrono>
 #include <iostream>
@@ -11,6 +12,7 @@
 #include "certs.hpp"
 #include "inspect.hpp"
 #include "node.hpp"
+#include "simulate.hpp"
 #include "snapshot.hpp"
 #include "understudy/actors/cluster_training.hpp"
 #include "understudy/actors/training_component.hpp"
@@ -48,6 +50,8 @@ int main(int argc, char** argv) {
   auto* drill_cmd = cli::add_drill_command(app, drill);
   cli::promote_options promote;
   auto* promote_cmd = cli::add_promote_command(app, promote);
+  cli::simulate_options simulate;
+  auto* simulate_cmd = cli::add_simulate_command(app, simulate);
   cli::standby_cli_options standby;
   auto* standby_cmd = cli::add_standby_command(app, standby);
   if (argc == 1) {
@@ -79,6 +83,8 @@ int main(int argc, char** argv) {
     return cli::run_drill(drill, std::cout, std::cerr);
   if (*promote_cmd)
     return cli::run_promote(promote, std::cout, std::cerr);
+  if (*simulate_cmd)
+    return cli::run_simulate(simulate, std::cout, std::cerr);
   if (*standby_cmd) {
     int rc = cli::run_standby(standby, std::cout, std::cerr);
     if (rc != cli::exit_ok || !standby.promoted || standby.no_launch)

@@ -116,30 +116,35 @@ TEST_CASE("a standby site refuses to start its nodes until it is promoted", "[co
   CHECK_FALSE(check_not_superseded(*primary));
 }
 
-TEST_CASE("the recovery point counts the committed steps not shipped and how long they wait",
-          "[dr]") {
+TEST_CASE(
+    "the recovery point counts the committed steps not shipped and since when the oldest "
+    "was committed",
+    "[dr]") {
   using tp = recovery_point::time_point;
-  const tp t0{std::chrono::seconds(100)};
+  const tp t0{std::chrono::seconds(1000000)};
   recovery_point rp;
   CHECK(rp.behind_steps() == 0);
   CHECK(rp.behind(t0) == 0ms);
   rp.committed(10, t0);
-  CHECK(rp.behind_steps() == 10);
-  // The oldest unshipped step's wait counts from when it was first seen.
   rp.committed(20, t0 + 300ms);
   CHECK(rp.behind_steps() == 20);
+  // Since the oldest unshipped step was committed, whenever the copy saw it.
   CHECK(rp.behind(t0 + 500ms) == 500ms);
-  // Shipping part of it: steps past the shipped one still wait, since t0.
+  // Shipping part of it: the oldest waiting one is now step 20.
   rp.shipped(10);
   CHECK(rp.behind_steps() == 10);
-  CHECK(rp.behind(t0 + 600ms) == 600ms);
-  // All of it: nothing waits; the next step's wait starts when it is seen.
+  CHECK(rp.behind(t0 + 600ms) == 300ms);
+  // All of it: nothing waits; a step at or below the shipped one is no news.
   rp.shipped(20);
   CHECK(rp.behind_steps() == 0);
   CHECK(rp.behind(t0 + 700ms) == 0ms);
+  rp.committed(15, t0 + 800ms);
+  CHECK(rp.behind(t0 + 900ms) == 0ms);
   rp.committed(25, t0 + 800ms);
   CHECK(rp.behind(t0 + 1000ms) == 200ms);
-  // A shipped step older than what was shipped changes nothing.
+  // Commit times from several nodes' clocks need not grow with the step.
+  rp.committed(30, t0 + 750ms);
+  CHECK(rp.behind(t0 + 1000ms) == 250ms);
   rp.shipped(5);
   CHECK(rp.shipped_step() == 20);
 }

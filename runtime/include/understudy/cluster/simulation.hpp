@@ -1,0 +1,98 @@
+#pragma once
+
+// A whole cluster's coordination in one process, on simulated time, with faults drawn from a
+// seed (`understudy simulate`). N nodes run the real membership core (membership, fencing,
+// leadership: runtime/src/cluster/membership_core.hpp) against the real in-memory coordination
+// service (linearizable, with leases on the simulated clock); the network, the processes and
+// the service fail as the seed decides:
+// - fault sites, each enabled for a run with probability one half (FoundationDB style, so
+//   that rare combinations happen): node kills (restarted later as a new incarnation), pauses
+//   of any length (SIGSTOP, GC, VM steal), two-way partitions of a node from others, one-way
+//   cuts, heartbeats lost, duplicated and delayed, the coordination service down, one node cut
+//   off from it;
+// - faults happen in the first two thirds of the run; then everything heals, stopped nodes
+//   start again, and the cluster must settle.
+// Invariants, checked on every input a node processes:
+// - no term is gained by two nodes; a node that acts as leader (processes an input while it
+//   leads) of a term older than one another node has acted as leader of (it was paused or cut
+//   off and has not heard yet) is refused by every node that knows the newer term: its epoch is
+//   fenced there, so nothing it sends is acted on (no split brain);
+// - once the faults stop, within a bound (ttl + 2 deadlines + 2 s): exactly one leader, which
+//   every running node knows, and every running node sees every other alive; from then on
+//   nobody is declared dead or fenced.
+// One seed decides everything: the same seed gives the same run, event for event (its trace).
+//
+// Not simulated: the training job's commit protocol (its actors run on CAF), disks, clock
+// jumps (the core reads a monotonic clock) and forged messages (the transport authenticates
+// them; see hostile_peer_test).
+//
+// Threads: simulate() runs on the caller's thread. Errors: none (a run reports violations).
+
+#include <chrono>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace understudy {
+
+/// What one simulated run is.
+struct simulation_options {
+  uint64_t seed = 1;
+  /// Nodes n1..nN.
+  size_t nodes = 3;
+  /// Simulated time: faults in its first two thirds.
+  std::chrono::milliseconds duration{60000};
+  std::chrono::milliseconds heartbeat_interval{100};
+  std::chrono::milliseconds deadline{1000};
+  std::chrono::milliseconds session_ttl{3000};
+  /// Draw faults (false: a fault-free run).
+  bool faults = true;
+  /// Faults of the schedule to leave out (by index): for shrinking a failing schedule.
+  std::set<size_t> skip;
+  /// Kill the leader at this simulated time and start it again a second later (0: not), on
+  /// top of the drawn faults: the detection and failover figures of a fault-free run.
+  std::chrono::milliseconds kill_leader_at{0};
+  /// Keep the trace (every fault and every action but heartbeats and renewals).
+  bool trace = false;
+};
+
+/// What one simulated run did and found.
+struct simulation_report {
+  uint64_t seed = 0;
+  size_t nodes = 0;
+  /// The invariants it broke (empty: passed), each with its simulated time.
+  std::vector<std::string> violations;
+  /// The fault schedule the seed drew, in order (index: its place in the schedule).
+  std::vector<std::string> faults;
+  /// The trace (with simulation_options::trace).
+  std::string trace;
+  /// Simulated seconds, events run, heartbeats sent.
+  double simulated_s = 0;
+  uint64_t events = 0;
+  uint64_t beats = 0;
+  /// Terms gained (leader elections), and peers declared dead.
+  size_t terms = 0;
+  size_t deaths = 0;
+  /// Kill of a node to the coordinator declaring it dead (per kill detected), and kill of the
+  /// leader to the next leader gaining its term (per leader kill), in milliseconds.
+  std::vector<double> detection_ms;
+  std::vector<double> failover_ms;
+  /// Each input an old leader processed after a newer term's leader had acted: how long after
+  /// (the window its fencing had to cover).
+  std::vector<double> stale_leader_ms;
+  /// Share of the simulated time in which some node led (acted as leader within the last
+  /// heartbeat interval).
+  double led_share = 0;
+  bool passed() const noexcept { return violations.empty(); }
+};
+
+/// Runs one simulation (see the top of this file).
+simulation_report simulate(const simulation_options& opts);
+
+/// Shrinks the fault schedule of a failing run: leaves out faults one at a time while the run
+/// still fails, and returns the indices of the faults it kept (a failing run with fewer
+/// faults; the run itself if nothing could go).
+std::vector<size_t> shrink_simulation(const simulation_options& opts);
+
+} // namespace understudy
