@@ -505,6 +505,16 @@ TEST_CASE(
   CHECK_THAT(out_a, Catch::Contains("was promoted to cluster site-b at step " + step + " ("));
   CHECK_THAT(out_a, Catch::Contains("this cluster is superseded; it ships nothing more and stops"));
   CHECK(out_a.find("final: ") == std::string::npos);
+  // A, started again (its network back), drives nothing: it refuses as superseded.
+  lab.heal("a");
+  const auto again_log = dir.path + "/a-again.log";
+  auto again = lab.start("a", {UNDERSTUDY_CLI_PATH, "launch", file_a}, again_log);
+  CHECK(lab.wait_exit(again, std::chrono::seconds(60)) != 0);
+  auto out_again = cli_test::slurp(again_log);
+  CHECK_THAT(out_again, Catch::Contains("cluster site-a is superseded: its job moved to cluster "
+                                        "site-b at step " +
+                                        step));
+  CHECK(out_again.find("job: ") == std::string::npos);
   // The drills are events of the standby node's journal.
   CHECK_THAT(cli_test::slurp(dir.path + "/b/n1/events.jsonl"),
              Catch::Contains("bit-exact, passed"));
