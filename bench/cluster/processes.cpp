@@ -19,7 +19,6 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "child_groups.hpp"
 #include "cluster_bench.hpp"
@@ -27,14 +26,7 @@
 namespace cluster_bench {
 
 bool options::wants(const std::string& name) const {
-  if (only.empty())
-    return true;
-  std::stringstream in{only};
-  std::string item;
-  while (std::getline(in, item, ','))
-    if (item == name)
-      return true;
-  return false;
+  return bench::in_list(only, name);
 }
 
 namespace {

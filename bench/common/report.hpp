@@ -130,6 +130,24 @@ inline void print_report(const std::string& bench_name, const std::vector<figure
     print_json(bench_name, f);
 }
 
+// -- selection ---------------------------------------------------------------------------
+
+/// Whether `name` is one of the comma-separated `list` (an empty list names everything): a
+/// benchmark's --only.
+inline bool in_list(const std::string& list, const std::string& name) {
+  if (list.empty())
+    return true;
+  size_t at = 0;
+  while (at <= list.size()) {
+    auto comma = list.find(',', at);
+    auto end = comma == std::string::npos ? list.size() : comma;
+    if (list.compare(at, end - at, name) == 0 && end - at == name.size())
+      return true;
+    at = end + 1;
+  }
+  return false;
+}
+
 // -- alternating order -------------------------------------------------------------------
 
 /// Runs both sides of round `r`: A first in even rounds, B first in odd ones.

@@ -50,7 +50,6 @@
 #include <optional>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -86,16 +85,7 @@ struct options {
   std::string only;
 
   /// Whether group `name` runs.
-  [[nodiscard]] bool wants(const std::string& name) const {
-    if (only.empty())
-      return true;
-    std::stringstream in{only};
-    std::string item;
-    while (std::getline(in, item, ','))
-      if (item == name)
-        return true;
-    return false;
-  }
+  [[nodiscard]] bool wants(const std::string& name) const { return bench::in_list(only, name); }
 };
 
 // -- the jobs -------------------------------------------------------------------------------
