@@ -564,7 +564,7 @@ caf::error check_not_superseded(const node_config& nc) {
 }
 
 caf::expected<snapshot_info> import_into_cluster(const node_config& nc, const std::string& dir,
-                                                 uint64_t step) {
+                                                 uint64_t step, uint64_t* resharded_step) {
   auto job_path = training_job_path(nc);
   if (job_path.empty())
     return make_error(config_errc::missing_key,
@@ -596,18 +596,32 @@ caf::expected<snapshot_info> import_into_cluster(const node_config& nc, const st
       problems += " " + it->name + ": " + describe(snap.error()) + ";";
       continue;
     }
+    // Every active node gets the whole step; with other counts of shards or
+    // loaders than the snapshot's, each reshards it alike in its own store.
     for (const auto& n : nc.nodes) {
       if (n.role != node_role::active)
         continue;
+      runtime_config rc; // one store per runtime: one per node
+      rc.log_events = false;
+      runtime rt{rc};
       state_store_config sc;
       sc.directory = n.state_dir;
-      auto store = state_store::open(sc);
-      if (!store)
-        return make_error(
-            config_errc::invalid_value,
-            "cannot open node " + n.name + "'s " + n.state_dir + ": " + describe(store.error()));
-      if (auto err = import_snapshot(*snap, **store))
+      auto p = rt.open_state(sc);
+      if (!p)
+        return make_error(config_errc::invalid_value, "cannot open node " + n.name + "'s " +
+                                                          n.state_dir + ": " + describe(p.error()));
+      if (auto err = import_snapshot(*snap, *p->store))
         return err;
+      auto job = training_job::create(*tc, *p);
+      if (!job)
+        return std::move(job.error());
+      auto resharded = job->reshard_stored(job_path);
+      if (!resharded)
+        return make_error(state_errc::not_found,
+                          "node " + n.name + ": cannot reshard " + snap->info.name +
+                              " for this job's counts: " + describe(resharded.error()));
+      if (resharded_step != nullptr)
+        *resharded_step = *resharded;
     }
     return snap->info;
   }

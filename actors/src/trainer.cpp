@@ -255,8 +255,11 @@ struct trainer_actor {
       return make_error(config_errc::invalid_job,
                         "the job's state was written with " + counts(v.shards, v.loaders) +
                             ", this job has " + counts(cfg.shards, cfg.loaders) +
-                            ": a cluster cannot reshard its state (the records are spread over "
-                            "its nodes); keep the counts, or change only the workers");
+                            ": a cluster cannot reshard its state in place (the records are "
+                            "spread over its nodes); keep the counts, change only the workers, "
+                            "or import a snapshot of it into a stopped cluster with the new "
+                            "counts (understudy snapshot import DIR --cluster FILE), which "
+                            "reshards it on every node");
     auto record = v;
     auto path = st->identity().path;
     auto incarnation = st->identity().incarnation;
@@ -1010,6 +1013,38 @@ child_spec make_trainer_spec(shared_ptr_t s) {
 } // namespace understudy::actors
 
 namespace understudy::actors {
+
+caf::expected<uint64_t> training_job::reshard_stored(const std::string& job_path) {
+  auto& store = *s_->p.store;
+  const auto& cfg = s_->cfg;
+  auto trainer_path = job_path + "/trainer";
+  auto versions = store.versions(trainer_path);
+  if (!versions)
+    return std::move(versions.error());
+  // The newest trainer record that reads: the committed step and its counts.
+  trainer_state ts;
+  bool found = false;
+  for (auto i = versions->rbegin(); i != versions->rend() && !found; ++i)
+    found = i->step != 0 && !read_record(store, trainer_path, i->step, ts) && ts.step == i->step;
+  if (!found || (ts.shards == cfg.shards && ts.loaders == cfg.loaders))
+    return uint64_t{0};
+  if (ts.shards == 0 || ts.loaders == 0)
+    return make_error(state_errc::schema_mismatch,
+                      trainer_path + "@" + std::to_string(ts.step) +
+                          " names no counts of shards and loaders: cannot reshard it");
+  auto identity_incarnation = versions->back().incarnation;
+  auto record = ts;
+  return reshard_committed(*s_, job_path, ts.shards, ts.loaders, [&](uint64_t at) {
+    record.step = at;
+    record.workers = cfg.workers;
+    record.shards = cfg.shards;
+    record.loaders = cfg.loaders;
+    state_encoder enc;
+    state_codec<trainer_state>::save(record, enc);
+    return enc.finish(trainer_path, at, capnp::typeId<schema::TrainerState>(),
+                      state_codec<trainer_state>::version, identity_incarnation);
+  });
+}
 
 caf::expected<uint64_t> newest_committed_step(const state_store& store, const std::string& job_path,
                                               uint64_t max_step) {

@@ -87,14 +87,22 @@ int run_import_cluster(const snapshot_options& o, std::ostream& out, std::ostrea
           << n.port << " accepts connections): stop the cluster first; nothing imported\n";
       return exit_failure;
     }
-  auto info = actors::import_into_cluster(*nc, o.first, o.step);
+  uint64_t resharded = 0;
+  auto info = actors::import_into_cluster(*nc, o.first, o.step, &resharded);
   if (!info) {
-    err << prog << describe(info.error()) << "; nothing imported\n";
+    err << prog << describe(info.error())
+        << " (the nodes before it may hold the step now: an import writes copies only and "
+           "may be run again)\n";
     return code_of(info.error());
   }
   out << "imported " << info->name << " of " << info->job << " (" << info->records
       << " records, every checksum verified) into every active node of " << o.cluster
       << "; understudy launch " << o.cluster << " resumes it from step " << info->step << '\n';
+  if (resharded != 0)
+    out << "resharded step " << resharded
+        << " on every node for the counts of shards and "
+           "loaders of "
+        << o.cluster << '\n';
   return exit_ok;
 }
 

@@ -428,11 +428,41 @@ TEST_CASE(
     REQUIRE_FALSE(result);
     CHECK_THAT(describe(result.error()),
                Catch::Contains("written with 2 shards and 2 loaders") &&
-                   Catch::Contains("this job has 3 shards and 2 loaders"));
+                   Catch::Contains("this job has 3 shards and 2 loaders") &&
+                   Catch::Contains("understudy snapshot import DIR --cluster FILE"));
   }
   // Nothing was changed: the same counts with other workers go on.
   runtime rt{quiet()};
   auto job = make_job(rt, with_counts(cfg, {5, 2, 2}), dir.path);
+  job.reshard_on_resume(false);
+  auto tree = rt.start(job.spec());
+  REQUIRE(tree);
+  auto result = job.wait(std::chrono::seconds(60));
+  rt.stop(*tree);
+  REQUIRE(result);
+  CHECK(result->resumed_from == 20);
+  state_dir full_dir;
+  CHECK(result->params_digest == run_job(cfg, full_dir.path).params_digest);
+}
+
+TEST_CASE("a store that holds a whole committed step is resharded in place for other counts, "
+          "as every node of a cluster does after an import",
+          "[training]") {
+  auto cfg = small_job(14);
+  state_dir dir;
+  auto part = with_counts(cfg, {3, 2, 2});
+  part.steps = 20;
+  run_job(part, dir.path);
+  runtime rt{quiet()};
+  auto job = make_job(rt, with_counts(cfg, {2, 3, 3}), dir.path);
+  auto step = job.reshard_stored("/job");
+  REQUIRE(step);
+  CHECK(*step == 20);
+  // Again: the counts match now, nothing to do.
+  auto again = job.reshard_stored("/job");
+  REQUIRE(again);
+  CHECK(*again == 0);
+  // A job that may not reshard (a cluster) resumes from it with the new counts.
   job.reshard_on_resume(false);
   auto tree = rt.start(job.spec());
   REQUIRE(tree);

@@ -203,6 +203,23 @@ TEST_CASE(
   auto resumed = understudy::testing::launch_expecting(file2, dir.path, "", 600, "n1");
   CHECK_THAT(resumed,
              Catch::Contains("job: resuming from committed step " + std::to_string(oldest)));
+  // Into a cluster of the same job with other counts of shards and loaders
+  // (2 and 2 instead of 3 and 3): every node reshards the step alike, and the
+  // job resumes there with the same digest (the counts are no part of the maths).
+  auto file4 = dir.path + "/cluster4.toml";
+  auto fewer = understudy::testing::cluster_config(dir.path + "/state4", 600);
+  understudy::testing::replace_once(fewer, "shards = 3\nloaders = 3", "shards = 2\nloaders = 2");
+  std::ofstream{file4} << fewer;
+  auto resharded = cli_test::run_cli(
+      {"snapshot", "import", snaps, "--cluster", file4, "--step", std::to_string(oldest)},
+      dir.path);
+  INFO(resharded.err);
+  REQUIRE(resharded.status == 0);
+  CHECK_THAT(resharded.out,
+             Catch::Contains("resharded step " + std::to_string(oldest) + " on every node"));
+  auto resumed4 = understudy::testing::launch_expecting(file4, dir.path, "", 600, "n1");
+  CHECK_THAT(resumed4,
+             Catch::Contains("job: resuming from committed step " + std::to_string(oldest)));
   // Another job's cluster (another seed) is refused, and nothing is written.
   auto file3 = dir.path + "/cluster3.toml";
   auto other = understudy::testing::cluster_config(dir.path + "/state3", 600);

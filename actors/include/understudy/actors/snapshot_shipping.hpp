@@ -137,11 +137,15 @@ caf::error check_not_superseded(const node_config& nc);
 /// snapshot directory `dir`: snapshot `step`, or (0) the newest that verifies
 /// completely, of the same job (fingerprint and path), imported into every
 /// active node's store as copies (a stored version is never replaced), so
-/// that `understudy launch` resumes the job from it. Returns the snapshot.
+/// that `understudy launch` resumes the job from it; when the job's counts of
+/// shards or loaders differ from the snapshot's, every node reshards the step
+/// alike in its store (training_job::reshard_stored; `resharded_step` gets the
+/// step, 0 when nothing needed it). Returns the snapshot.
 /// Errors: missing_key (no [job]), not_found (no such or no intact snapshot),
 /// invalid_value (another job's snapshots), corrupt_record, those of the import.
 caf::expected<snapshot_info> import_into_cluster(const node_config& nc, const std::string& dir,
-                                                 uint64_t step = 0);
+                                                 uint64_t step = 0,
+                                                 uint64_t* resharded_step = nullptr);
 
 /// Makes the cluster of `nc` (a second site: its own nodes and etcd, the same
 /// [job]) take the job over from its [snapshots] directory: the newest

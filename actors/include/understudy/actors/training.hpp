@@ -315,6 +315,16 @@ public:
   /// then fails with an error that says so.
   void reshard_on_resume(bool enabled);
 
+  /// Reshards the newest committed step of the job at `job_path` in this
+  /// job's own state store for this job's counts of shards and loaders, when
+  /// the store holds that step whole (every old shard's and loader's record)
+  /// and its counts differ, as a resume through the local store does: for a
+  /// cluster whose every node got the whole step (`understudy snapshot import
+  /// --cluster`), each node reshards alike. Returns the step resharded, 0 when
+  /// nothing needed it (no committed step, the same counts). Errors: those of
+  /// reading the records, not_found when a record of the step is missing.
+  caf::expected<uint64_t> reshard_stored(const std::string& job_path);
+
   /// Called by the trainer after every committed step (and on its evaluations).
   void on_progress(std::function<void(const training_progress&)> fn);
 
