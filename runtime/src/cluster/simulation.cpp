@@ -210,7 +210,7 @@ simulation_report simulate(const simulation_options& opts) {
   std::mt19937_64 rng{opts.seed};
   auto schedule = draw_faults(rng, opts, fault_end);
   std::mt19937_64 net_rng{opts.seed ^ 0x9e3779b97f4a7c15ULL};
-  double p_drop = 0, p_dup = 0, p_delay = 0;
+  double p_drop = 0, p_dup = 0, p_delay = 0, p_stale = 0;
   if (opts.faults) {
     std::uniform_real_distribution<double> u(0, 1);
     if (u(rng) < 0.5)
@@ -219,6 +219,8 @@ simulation_report simulate(const simulation_options& opts) {
       p_dup = 0.1 * u(rng);
     if (u(rng) < 0.5)
       p_delay = 0.2 * u(rng);
+    if (u(rng) < 0.5)
+      p_stale = 0.02 * u(rng);
   }
   if (p_drop > 0)
     rep.faults.push_back("heartbeats lost with probability " + std::to_string(p_drop));
@@ -227,6 +229,10 @@ simulation_report simulate(const simulation_options& opts) {
   if (p_delay > 0)
     rep.faults.push_back("heartbeats delayed up to 300 ms with probability " +
                          std::to_string(p_delay));
+  if (p_stale > 0)
+    rep.faults.push_back("heartbeats replayed 1 to 10 s late (stale epochs after restarts) with "
+                         "probability " +
+                         std::to_string(p_stale));
   sim.network = [&](const std::string&, const std::string&) {
     cluster_sim::fate f;
     if (sim.now - origin >= fault_end)
@@ -237,6 +243,13 @@ simulation_report simulate(const simulation_options& opts) {
     if (u(net_rng) < p_delay)
       f.extra = std::chrono::duration_cast<caf::timespan>(
           std::chrono::microseconds(static_cast<int64_t>(u(net_rng) * 300000)));
+    if (u(net_rng) < p_stale) {
+      // A beat that arrives long after it was sent (a stale copy replayed, a connection's
+      // buffer flushed late): by then its sender may be a newer incarnation, or fenced.
+      f.duplicate = true;
+      f.extra = std::chrono::duration_cast<caf::timespan>(
+          std::chrono::microseconds(static_cast<int64_t>(1e6 + u(net_rng) * 9e6)));
+    }
     return f;
   };
   // Kills and leadership for the detection and failover figures.

@@ -8,8 +8,8 @@
 // - fault sites, each enabled for a run with probability one half (FoundationDB style, so
 //   that rare combinations happen): node kills (restarted later as a new incarnation), pauses
 //   of any length (SIGSTOP, GC, VM steal), two-way partitions of a node from others, one-way
-//   cuts, heartbeats lost, duplicated and delayed, the coordination service down, one node cut
-//   off from it;
+//   cuts, heartbeats lost, duplicated, delayed and replayed seconds late (stale epochs), the
+//   coordination service down, one node cut off from it;
 // - faults happen in the first two thirds of the run; then everything heals, stopped nodes
 //   start again, and the cluster must settle.
 // Invariants, checked on every input a node processes:
