@@ -62,13 +62,30 @@ void memory_coordination_service::changed_locked(std::vector<delivery>& out) {
   watchers_.erase(std::remove_if(watchers_.begin(), watchers_.end(),
                                  [](const watcher& w) { return w.to.expired(); }),
                   watchers_.end());
+  if (!shared_view_ || shared_view_->revision != view_.revision ||
+      shared_view_->members.size() != view_.members.size())
+    shared_view_ = std::make_shared<const coordination_view>(view_);
   for (auto& w : watchers_) {
     auto c = w.to.lock();
     if (!c || !usable_locked(c->name_) || (w.any && w.sent >= view_.revision))
       continue;
     w.sent = view_.revision;
     w.any = true;
-    out.push_back({c, [f = w.f, v = view_] { f(v); }});
+    std::lock_guard<std::mutex> guard{w.pending->mtx};
+    w.pending->latest = shared_view_;
+    if (w.pending->posted)
+      continue; // the delivery on its way takes this newer view
+    w.pending->posted = true;
+    out.push_back({c, [f = w.f, pending = w.pending] {
+                     std::shared_ptr<const coordination_view> v;
+                     {
+                       std::lock_guard<std::mutex> guard{pending->mtx};
+                       v = std::move(pending->latest);
+                       pending->posted = false;
+                     }
+                     if (v)
+                       f(*v);
+                   }});
   }
 }
 

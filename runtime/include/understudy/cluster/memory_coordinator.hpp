@@ -9,6 +9,7 @@
 // Threads: the service is safe from any thread. A memory_coordinator runs its callbacks and
 // its watchers on the executor given at construction (default: a thread of its own, which
 // also expires overdue sessions while idle), one at a time, in the order the service answered.
+// A watcher that is behind gets the newest view, not each one in between.
 //
 // Errors: `coordination_errc::unavailable` while the service (or this node's access to it) is
 // off; `coordination_errc::session_lost` once this node's session expired or it was declared
@@ -97,13 +98,24 @@ private:
   uint64_t next_epoch_ = 0;
   coordination_view view_;
   std::map<std::string, session> sessions_;
+  /// A watcher's newest undelivered view: a change while one is on its way replaces it, so a
+  /// watcher that is behind gets the newest view once, not every one in between (with N
+  /// nodes joining, N views to each of N watchers would be N^2).
+  struct pending_view {
+    std::mutex mtx;
+    std::shared_ptr<const coordination_view> latest;
+    bool posted = false;
+  };
   struct watcher {
     std::weak_ptr<memory_coordinator> to;
     std::function<void(const coordination_view&)> f;
     /// The newest revision it was sent.
     uint64_t sent = 0;
     bool any = false;
+    std::shared_ptr<pending_view> pending = std::make_shared<pending_view>();
   };
+  /// The current view, shared by the deliveries of one revision.
+  std::shared_ptr<const coordination_view> shared_view_;
   std::vector<watcher> watchers_;
 };
 
