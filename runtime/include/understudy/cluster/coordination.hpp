@@ -108,7 +108,9 @@ public:
   /// Ends this node's session (its member key and its leadership go at once).
   virtual void leave(callback<caf::unit_t> done) = 0;
 
-  /// Calls `f` with the current view, then with each newer one.
+  /// Calls `f` with the current view, then with newer ones as they come: each
+  /// is newer than the one before, and a watcher that is behind may get only
+  /// the newest of several (the in-memory service coalesces them).
   virtual void watch(std::function<void(const coordination_view&)> f) = 0;
 
   /// The session's time to live.
