@@ -158,12 +158,17 @@ struct node_handle {
   cluster_node* node = nullptr;
 };
 
-/// How often the shipper looks at the copy: a quarter of the rpo, at most a second.
+/// How often the shipper looks at the copy (and the gatherer asks the nodes): a quarter of a
+/// duration rpo, 100 ms with an rpo in steps, at most a second.
 std::chrono::milliseconds ship_tick(const snapshots_config& cfg) {
   using ms = std::chrono::milliseconds;
   auto tick = std::min(cfg.every, ms{1000});
   if (cfg.rpo.count() > 0)
     tick = std::min(tick, cfg.rpo / 4);
+  // A recovery point in steps: the job's pace is unknown, so look often (a job of 1,000
+  // steps/s is then at most about 100 steps behind before the gathering and the shipping).
+  if (cfg.rpo_steps > 0)
+    tick = std::min(tick, ms{100});
   return std::max(tick, ms{20});
 }
 

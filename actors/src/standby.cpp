@@ -132,6 +132,7 @@ caf::expected<standby_result> run_standby(const node_config& nc, const standby_o
   promotion_watch watch{std::max(cfg->promote_after, std::chrono::milliseconds{1})};
   auto next_drill = clock_type::now() + cfg->drill_every;
   std::future<caf::expected<drill_report>> drill;
+  uint64_t newest_step = 0, drilled_step = 0;
   say("cluster " + nc.cluster.name + " stands by for " + training_job_path(nc) + " from " +
       cfg->dir +
       (automatic ? ", promoted once the primary was unreachable for " +
@@ -191,6 +192,7 @@ caf::expected<standby_result> run_standby(const node_config& nc, const standby_o
     // The directory: the newest snapshot and how old it is.
     if (auto all = list_snapshots(cfg->dir); all && !all->empty()) {
       const auto& newest = all->back();
+      newest_step = newest.step;
       if (m.snapshot_step) {
         m.snapshot_step->set(static_cast<double>(newest.step));
         if (auto t = unix_seconds(newest.created); t >= 0)
@@ -200,8 +202,10 @@ caf::expected<standby_result> run_standby(const node_config& nc, const standby_o
     // A scheduled drill, off this loop's thread.
     if (drill.valid() && drill.wait_for(std::chrono::seconds(0)) == std::future_status::ready)
       finish_drill();
-    if (cfg->drill_every.count() > 0 && !drill.valid() && now >= next_drill) {
+    if (cfg->drill_every.count() > 0 && !drill.valid() && now >= next_drill &&
+        newest_step != drilled_step) {
       next_drill = now + cfg->drill_every;
+      drilled_step = newest_step; // the same newest snapshot is not drilled twice
       drill = std::async(std::launch::async,
                          [&nc, dir = cfg->drill_dir]() -> caf::expected<drill_report> {
                            auto r = run_drill(nc, dir);
