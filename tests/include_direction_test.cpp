@@ -188,3 +188,26 @@ TEST_CASE("the include scan reports an upward include with its file and line", "
   CHECK(where.count("runtime/src/config/bad.cpp:2") == 1);
   CHECK(where.count("actors/src/numerics/bad.cpp:1") == 1);
 }
+
+TEST_CASE("no test name holds a semicolon, which CTest would split into names that run nothing",
+          "[layout]") {
+  // catch_discover_tests registers each name as a CMake list item: a ';' splits it into
+  // fragments that match no test, and each fragment then "passes" without running anything.
+  auto list = fs::temp_directory_path() / ("understudy-test-names-" + std::to_string(::getpid()));
+  auto cmd = "/proc/" + std::to_string(::getpid()) + "/exe --list-test-names-only > " +
+             list.string() + " 2>/dev/null";
+  // Catch2 exits with the number of names listed (at most 255): not a failure.
+  auto status = std::system(cmd.c_str());
+  REQUIRE(status != -1);
+  std::ifstream in{list};
+  size_t names = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty())
+      continue;
+    ++names;
+    INFO(line);
+    CHECK(line.find(';') == std::string::npos);
+  }
+  fs::remove(list);
+  CHECK(names > 100);
+}

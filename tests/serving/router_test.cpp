@@ -360,7 +360,7 @@ TEST_CASE("a serve config is checked", "[serving]") {
 
 TEST_CASE_METHOD(serving_fixture,
                  "a request that hangs its replica times out, is retried alone, and fails when "
-                 "it hangs that one too; both hung replicas are killed and come back",
+                 "it hangs that one too: both hung replicas are killed and come back",
                  "[serving]") {
   m.add(1);
   auto cfg = config(2, 1);

@@ -403,7 +403,7 @@ struct background_load {
 
 TEST_CASE(
     "a launched cluster serves on every node with each router's replicas spread over the "
-    "nodes; one node's death moves its replicas and leaves no failed request",
+    "nodes: one node's death moves its replicas and leaves no failed request",
     "[serving][system][cluster]") {
   cli_test::scratch_dir dir;
   auto port = free_port_run(2);
@@ -457,7 +457,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "a cluster's isolated replicas run in processes of their own; SIGKILLed under load, they "
+    "a cluster's isolated replicas run in processes of their own: SIGKILLed under load, they "
     "cost no request and come back",
     "[serving][system][cluster]") {
   cli_test::scratch_dir dir;

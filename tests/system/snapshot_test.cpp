@@ -95,7 +95,7 @@ TEST_CASE(
 
 TEST_CASE(
     "a damaged snapshot is named by verify and refused by import, and another job's is "
-    "refused; nothing is written",
+    "refused: nothing is written",
     "[snapshot][system]") {
   cli_test::scratch_dir dir;
   const auto state = dir.path + "/state";
@@ -152,7 +152,7 @@ TEST_CASE(
 
 TEST_CASE(
     "a training cluster ships snapshots of its committed steps while it trains and a node "
-    "dies; a shipped step is bit-exact the job's",
+    "dies: a shipped step is bit-exact the job's",
     "[snapshot][system][cluster]") {
   cli_test::scratch_dir dir;
   const auto snaps = dir.path + "/dr";
@@ -437,7 +437,7 @@ TEST_CASE(
 
 TEST_CASE(
     "a standby site in a network of its own drills on a schedule, promotes itself once the "
-    "primary's network is cut, and finishes with the fault-free digest; the primary, still "
+    "primary's network is cut, and finishes with the fault-free digest: the primary, still "
     "running, learns it was superseded and stops",
     "[snapshot][system][cluster][netns]") {
   if (!test::netns_lab::available()) {

@@ -90,6 +90,10 @@ private:
   /// Where the child ran last: its checkpoints are there and, copied, on that
   /// node's buddy.
   std::shared_ptr<std::string> last_;
+  /// Whether an incarnation was started by this placement (in this process):
+  /// until then `last_` is only the child's home, whose checkpoints may be
+  /// older than another node's (the child moved in an earlier run).
+  std::shared_ptr<bool> started_ = std::make_shared<bool>(false);
 };
 
 caf::error placement::await_permission(const child_context& ctx) const {
@@ -124,7 +128,10 @@ caf::expected<std::string> placement::find_source(child_context& ctx) const {
   // the newest step of it (asked in the order of the buddy chain from there,
   // then the others: a child's copies are on the buddy of the node it ran on
   // or, while that buddy was dead, further down its chain).
-  if (usable(*last_))
+  // Once started here, where it ran last wrote its newest checkpoints. A first
+  // start (a cold start of the cluster) asks every node instead: in an
+  // earlier run the child may have moved from its home and gone on there.
+  if (usable(*last_) && (*started_ || !stateful_))
     return *last_;
   if (!stateful_)
     return std::string{};
@@ -344,6 +351,7 @@ caf::expected<caf::actor> placement::place(child_context& ctx) const {
       copied_note = ", " + std::to_string(*copied) + " checkpoint versions copied from " + *source;
     }
     auto moved = [&] {
+      *started_ = true;
       if (name == *last_)
         return;
       char ms[32];

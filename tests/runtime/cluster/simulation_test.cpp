@@ -39,7 +39,7 @@ TEST_CASE("300 seeds of faults on 3 nodes and 50 on 5 keep every invariant",
   CHECK(terms > runs);
 }
 
-TEST_CASE("one seed gives one run, event for event; another seed another", "[simulation]") {
+TEST_CASE("one seed gives one run, event for event: another seed another", "[simulation]") {
   simulation_options o;
   o.seed = 42;
   o.trace = true;
