@@ -101,6 +101,27 @@ bool is_down_error(const caf::error& err) {
          is(err, state_errc::not_replicated);
 }
 
+/// Reshards the committed step of the job at `job_path`, written with the
+/// counts of shards and loaders in `old` (the trainer's record), for the job's
+/// counts; the trainer's record of the new counts (`out`) goes into the same
+/// transaction, at `trainer_path` with `incarnation`.
+caf::expected<uint64_t> reshard_for_counts(const training_job::shared& s,
+                                           const std::string& job_path,
+                                           const std::string& trainer_path, uint64_t incarnation,
+                                           const trainer_state& old, trainer_state& out) {
+  out = old;
+  return reshard_committed(s, job_path, old.shards, old.loaders, [&](uint64_t at) {
+    out.step = at;
+    out.workers = s.cfg.workers;
+    out.shards = s.cfg.shards;
+    out.loaders = s.cfg.loaders;
+    state_encoder enc;
+    state_codec<trainer_state>::save(out, enc);
+    return enc.finish(trainer_path, at, capnp::typeId<schema::TrainerState>(),
+                      state_codec<trainer_state>::version, incarnation);
+  });
+}
+
 struct trainer_actor {
   caf::event_based_actor* self;
   shared_ptr_t s;
@@ -260,19 +281,9 @@ struct trainer_actor {
                             "or import a snapshot of it into a stopped cluster with the new "
                             "counts (understudy snapshot import DIR --cluster FILE), which "
                             "reshards it on every node");
-    auto record = v;
-    auto path = st->identity().path;
-    auto incarnation = st->identity().incarnation;
-    auto step = reshard_committed(*s, s->job_path, v.shards, v.loaders, [&](uint64_t at) {
-      record.step = at;
-      record.workers = cfg.workers;
-      record.shards = cfg.shards;
-      record.loaders = cfg.loaders;
-      state_encoder enc;
-      state_codec<trainer_state>::save(record, enc);
-      return enc.finish(path, at, capnp::typeId<schema::TrainerState>(),
-                        state_codec<trainer_state>::version, incarnation);
-    });
+    trainer_state record;
+    auto step = reshard_for_counts(*s, s->job_path, st->identity().path, st->identity().incarnation,
+                                   v, record);
     if (!step)
       return make_error(state_errc::not_found, "cannot resume the job's state, written with " +
                                                    counts(v.shards, v.loaders) + ", with " +
@@ -1032,18 +1043,8 @@ caf::expected<uint64_t> training_job::reshard_stored(const std::string& job_path
     return make_error(state_errc::schema_mismatch,
                       trainer_path + "@" + std::to_string(ts.step) +
                           " names no counts of shards and loaders: cannot reshard it");
-  auto identity_incarnation = versions->back().incarnation;
-  auto record = ts;
-  return reshard_committed(*s_, job_path, ts.shards, ts.loaders, [&](uint64_t at) {
-    record.step = at;
-    record.workers = cfg.workers;
-    record.shards = cfg.shards;
-    record.loaders = cfg.loaders;
-    state_encoder enc;
-    state_codec<trainer_state>::save(record, enc);
-    return enc.finish(trainer_path, at, capnp::typeId<schema::TrainerState>(),
-                      state_codec<trainer_state>::version, identity_incarnation);
-  });
+  trainer_state record;
+  return reshard_for_counts(*s_, job_path, trainer_path, versions->back().incarnation, ts, record);
 }
 
 caf::expected<uint64_t> newest_committed_step(const state_store& store, const std::string& job_path,

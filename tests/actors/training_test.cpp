@@ -445,9 +445,10 @@ TEST_CASE(
   CHECK(result->params_digest == run_job(cfg, full_dir.path).params_digest);
 }
 
-TEST_CASE("a store that holds a whole committed step is resharded in place for other counts, "
-          "as every node of a cluster does after an import",
-          "[training]") {
+TEST_CASE(
+    "a store that holds a whole committed step is resharded in place for other counts, "
+    "as every node of a cluster does after an import",
+    "[training]") {
   auto cfg = small_job(14);
   state_dir dir;
   auto part = with_counts(cfg, {3, 2, 2});

@@ -230,9 +230,10 @@ simulation_report simulate(const simulation_options& opts) {
     rep.faults.push_back("heartbeats delayed up to 300 ms with probability " +
                          std::to_string(p_delay));
   if (p_stale > 0)
-    rep.faults.push_back("heartbeats replayed 1 to 10 s late (stale epochs after restarts) with "
-                         "probability " +
-                         std::to_string(p_stale));
+    rep.faults.push_back(
+        "heartbeats replayed 1 to 10 s late (stale epochs after restarts) with "
+        "probability " +
+        std::to_string(p_stale));
   sim.network = [&](const std::string&, const std::string&) {
     cluster_sim::fate f;
     if (sim.now - origin >= fault_end)
