@@ -1,6 +1,6 @@
-// The OpenSSL error-queue guard: this file defines SSL_read, SSL_write,
-// SSL_connect and SSL_accept, which take the place of OpenSSL's own in the
-// whole process. Why, and what that does to a program linking the runtime:
+// The OpenSSL interposers: this file defines SSL_read, SSL_write,
+// SSL_connect, SSL_accept, SSL_pending and SSL_set_fd, which take the place of
+// OpenSSL's own in the whole process. Why, and what that does to a program linking the runtime:
 // see "OpenSSL interposition" in understudy/cluster/security.hpp.
 
 #include <dlfcn.h>
@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "tls_fast_path.hpp"
 #include "tls_peer_names.hpp"
 #include "understudy/cluster/security.hpp"
 
@@ -49,13 +50,36 @@ extern "C" {
 // static: one pointer per process, as the symbol it replaces is one per process).
 
 int SSL_read(SSL* ssl, void* buf, int num) {
-  static auto next = understudy::openssl_next<int (*)(SSL*, void*, int)>("SSL_read");
-  return understudy::call_ssl(next, ssl, buf, num);
+  using fn = int (*)(SSL*, void*, int);
+  static auto next = understudy::openssl_next<fn>("SSL_read");
+  return understudy::call_ssl(
+      [](SSL* s, void* b, int n) { return understudy::detail::tls_fast_path_read(next, s, b, n); },
+      ssl, buf, num);
 }
 
 int SSL_write(SSL* ssl, const void* buf, int num) {
-  static auto next = understudy::openssl_next<int (*)(SSL*, const void*, int)>("SSL_write");
-  return understudy::call_ssl(next, ssl, buf, num);
+  using fn = int (*)(SSL*, const void*, int);
+  static auto next = understudy::openssl_next<fn>("SSL_write");
+  return understudy::call_ssl(
+      [](SSL* s, const void* b, int n) {
+        return understudy::detail::tls_fast_path_write(next, s, b, n);
+      },
+      ssl, buf, num);
+}
+
+int SSL_pending(const SSL* ssl) {
+  static auto next = understudy::openssl_next<int (*)(const SSL*)>("SSL_pending");
+  return understudy::detail::tls_fast_path_pending(next, ssl);
+}
+
+// CAF's openssl session hands each connection its socket here: those
+// connections (and no others) get the fast path of tls_fast_path.hpp.
+int SSL_set_fd(SSL* ssl, int fd) {
+  static auto next = understudy::openssl_next<int (*)(SSL*, int)>("SSL_set_fd");
+  const int ret = next(ssl, fd);
+  if (ret == 1)
+    understudy::detail::tls_fast_path_attach(ssl, fd, __builtin_return_address(0));
+  return ret;
 }
 
 int SSL_connect(SSL* ssl) {
