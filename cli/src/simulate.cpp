@@ -27,6 +27,10 @@ CLI::App* add_simulate_command(CLI::App& app, simulate_options& opts) {
   sub->add_option("--nodes", opts.nodes, "nodes in the cluster")
       ->capture_default_str()
       ->check(CLI::Range(2, 2000));
+  sub->add_option("--monitors", opts.monitors,
+                  "how many peers watch each node (larger clusters watch on a ring)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   sub->add_option("--seconds", opts.seconds,
                   "simulated seconds per run (faults in the first "
                   "two thirds)")
@@ -46,6 +50,7 @@ int run_simulate(const simulate_options& opts, std::ostream& out, std::ostream& 
   }
   simulation_options so;
   so.nodes = opts.nodes;
+  so.monitors = opts.monitors;
   so.duration = std::chrono::milliseconds{static_cast<int64_t>(opts.seconds * 1000)};
   so.faults = !opts.no_faults;
   so.trace = !opts.trace.empty();
@@ -94,7 +99,8 @@ int run_simulate(const simulate_options& opts, std::ostream& out, std::ostream& 
       out << " of the schedule above\n";
     }
     out << "  replay: understudy simulate --seed " << seed << " --nodes " << opts.nodes
-        << " --seconds " << opts.seconds << " --trace seed-" << seed << ".txt\n";
+        << " --monitors " << opts.monitors << " --seconds " << opts.seconds << " --trace seed-"
+        << seed << ".txt\n";
   }
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto median = [](std::vector<double> xs) {

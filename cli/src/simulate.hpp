@@ -20,6 +20,7 @@ struct simulate_options {
   uint64_t first = 1;
   uint64_t seed = 0;
   size_t nodes = 3;
+  size_t monitors = 4;
   /// Simulated seconds per run.
   double seconds = 60;
   /// Write the (one) run's trace here.

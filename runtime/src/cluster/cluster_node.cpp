@@ -228,6 +228,7 @@ caf::expected<std::shared_ptr<cluster_node>> cluster_node::start(
   ms.heartbeat_interval = fd.heartbeat_interval;
   ms.phi_threshold = fd.phi_threshold;
   ms.deadline = fd.deadline;
+  ms.monitors = fd.monitors;
   ms.session_ttl = coord->session_ttl();
   st->core = std::make_unique<cluster_detail::membership_core>(ms);
   st->core->joined(joined->first, joined->second);

@@ -48,6 +48,9 @@ public:
     caf::timespan interval = 100ms;
     caf::timespan deadline = 1s;
     std::chrono::milliseconds ttl = 3s;
+    size_t monitors = 4;
+    /// Each named node's clock rate (1: exact), for every incarnation of it.
+    std::map<std::string, double> rates;
     caf::timespan net_latency = 1ms;
     caf::timespan coord_latency = 1ms;
   };
@@ -98,12 +101,15 @@ public:
     auto id = nodes_.size();
     auto n = std::make_unique<node>();
     n->name = name;
+    if (auto r = o_.rates.find(name); r != o_.rates.end())
+      n->rate = r->second;
     membership_settings s;
     s.self = name;
     s.peers = o_.names;
     s.heartbeat_interval = o_.interval;
     s.deadline = o_.deadline;
     s.session_ttl = o_.ttl;
+    s.monitors = o_.monitors;
     n->core = std::make_unique<membership_core>(s);
     n->coord = memory_coordinator::make(service, [this, id](std::function<void()> f) {
       post(id, now + o_.coord_latency, std::move(f));
@@ -111,8 +117,9 @@ public:
     nodes_.push_back(std::move(n));
     current_[name] = id;
     auto& c = *nodes_[id];
-    c.coord->watch([this, id](const coordination_view& v) { nodes_[id]->core->view(v, now); });
-    auto sent = now;
+    c.coord->watch(
+        [this, id](const coordination_view& v) { nodes_[id]->core->view(v, local(id)); });
+    auto sent = local(id);
     c.coord->join(name, [this, id, sent, name](caf::expected<uint64_t> e) {
       if (!e) {
         // The service was off or cut off from this node: the process exits, and its
@@ -125,7 +132,7 @@ public:
       }
       nodes_[id]->core->joined(*e, sent);
     });
-    c.core->set_candidates(o_.names, now);
+    c.core->set_candidates(o_.names, local(id));
     schedule_tick(id);
     return id;
   }
@@ -142,6 +149,25 @@ public:
     auto id = current_.at(name);
     nodes_[id]->paused = true;
     at(now + d, [this, id] { resume(id); });
+  }
+
+  /// The clock of `name`'s current incarnation steps forward by `d` (it keeps running).
+  void jump_clock(const std::string& name, caf::timespan d) {
+    nodes_[current_.at(name)]->skew += d;
+  }
+
+  /// The clock of `name`'s current incarnation runs at `rate` times real time from now on.
+  void set_clock_rate(const std::string& name, double rate) {
+    auto& n = *nodes_[current_.at(name)];
+    auto before = local(current_.at(name));
+    n.rate = rate;
+    n.skew = before - (origin + scaled(now - origin, rate));
+  }
+
+  /// What the clock of node incarnation `id` reads now.
+  time_point local(size_t id) const {
+    auto& n = *nodes_[id];
+    return origin + scaled(now - origin, n.rate) + n.skew;
   }
 
   /// Cuts (or heals) what `from` sends to `to` (one way).
@@ -219,6 +245,8 @@ public:
 
   membership_core& core(const std::string& name) { return *nodes_[current_.at(name)]->core; }
   membership_core& incarnation(size_t id) { return *nodes_[id]->core; }
+  const options& opts() const noexcept { return o_; }
+
   size_t current(const std::string& name) const { return current_.at(name); }
   bool stopped(const std::string& name) const {
     auto& n = *nodes_[current_.at(name)];
@@ -278,6 +306,9 @@ public:
 private:
   struct node {
     std::string name;
+    /// Its clock: origin + (now - origin) * rate + skew.
+    caf::timespan skew{0};
+    double rate = 1.0;
     std::unique_ptr<membership_core> core;
     std::shared_ptr<memory_coordinator> coord;
     bool paused = false;
@@ -289,6 +320,19 @@ private:
     size_t node;
     std::function<void()> f;
   };
+
+  static clock_type::duration scaled(clock_type::duration d, double rate) {
+    return std::chrono::duration_cast<clock_type::duration>(
+        std::chrono::duration<double, std::nano>(static_cast<double>(d.count()) * rate));
+  }
+
+  /// The simulation's time at which node incarnation `id`'s clock reads `t` (not before now).
+  time_point to_sim(size_t id, time_point t) const {
+    auto& n = *nodes_[id];
+    auto since = std::chrono::duration<double, std::nano>(
+        static_cast<double>((t - n.skew - origin).count()) / n.rate);
+    return std::max(now, origin + std::chrono::duration_cast<clock_type::duration>(since));
+  }
 
   void post(size_t id, time_point t, std::function<void()> f) {
     events_.emplace(std::make_pair(t, seq_++), event{id, std::move(f)});
@@ -319,8 +363,8 @@ private:
 
   void schedule_tick(size_t id) {
     auto& c = *nodes_[id]->core;
-    post(id, c.next_tick(now), [this, id] {
-      nodes_[id]->core->tick(now);
+    post(id, to_sim(id, c.next_tick(local(id))), [this, id] {
+      nodes_[id]->core->tick(local(id));
       schedule_tick(id);
     });
   }
@@ -333,21 +377,24 @@ private:
     n.closed = true;
     for (auto& [peer, pid] : current_)
       if (peer != n.name)
-        post(pid, now + o_.net_latency,
-             [this, pid = pid, name = n.name] { nodes_[pid]->core->connection_lost(name, now); });
+        post(pid, now + o_.net_latency, [this, pid = pid, name = n.name] {
+          nodes_[pid]->core->connection_lost(name, local(pid));
+        });
   }
 
-  void send_beat(size_t from, uint64_t epoch) {
+  void send_beat(size_t from, uint64_t epoch, const std::vector<std::string>& targets) {
     auto& src = *nodes_[from];
-    for (auto& [peer, pid] : current_) {
-      if (peer == src.name || cuts_.count({src.name, peer}) != 0)
+    for (auto& peer : targets) {
+      auto running = current_.find(peer);
+      if (running == current_.end() || peer == src.name || cuts_.count({src.name, peer}) != 0)
         continue;
+      const size_t pid = running->second;
       ++beats_sent;
       fate f = network ? network(src.name, peer) : fate{};
       if (f.drop)
         continue;
-      auto deliver = [this, pid = pid, name = src.name, epoch] {
-        if (!nodes_[pid]->core->beat(name, epoch, now))
+      auto deliver = [this, pid, name = src.name, epoch] {
+        if (!nodes_[pid]->core->beat(name, epoch, local(pid)))
           refused.emplace_back(nodes_[pid]->name, name, epoch);
       };
       post(pid, now + o_.net_latency + f.extra, deliver);
@@ -362,21 +409,22 @@ private:
       log.push_back({now, n.name, n.core->epoch(), a});
       switch (a.kind) {
         case kind::send_beats:
-          send_beat(id, a.epoch);
+          send_beat(id, a.epoch, a.targets);
           break;
         case kind::declare_dead:
           n.coord->declare_dead(a.peer, a.epoch,
                                 [this, id, peer = a.peer, e = a.epoch](caf::expected<bool> r) {
-                                  nodes_[id]->core->declared(peer, e, r, now);
+                                  nodes_[id]->core->declared(peer, e, r, local(id));
                                 });
           break;
         case kind::campaign:
-          n.coord->campaign(
-              [this, id](caf::expected<uint64_t> t) { nodes_[id]->core->campaigned(t, now); });
+          n.coord->campaign([this, id](caf::expected<uint64_t> t) {
+            nodes_[id]->core->campaigned(t, local(id));
+          });
           break;
         case kind::keep_alive:
           n.coord->keep_alive([this, id, sent = a.at](caf::expected<caf::unit_t> r) {
-            nodes_[id]->core->kept_alive(r, sent, now);
+            nodes_[id]->core->kept_alive(r, sent, local(id));
           });
           break;
         case kind::fenced:

@@ -78,9 +78,9 @@ void run_actions(caf::event_based_actor* self, const state_ptr& st) {
         std::vector<caf::actor> to;
         {
           std::lock_guard<std::mutex> guard{st->mtx};
-          for (auto& [name, e] : st->peers)
-            if (e.agent && e.state != peer_state::dead)
-              to.push_back(e.agent);
+          for (auto& name : a.targets)
+            if (auto e = st->peers.find(name); e != st->peers.end() && e->second.agent)
+              to.push_back(e->second.agent);
         }
         for (auto& h : to)
           self->send(h, beat_atom::value, st->self.name, a.epoch, core.leader());

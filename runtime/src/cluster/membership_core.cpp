@@ -71,7 +71,8 @@ membership_core::time_point membership_core::next_tick(time_point now) const {
   auto slack = std::chrono::microseconds(100);
   for (auto& [name, p] : peers_) {
     auto last = p.detector.last();
-    if (!last || (p.state != peer_state::alive && p.state != peer_state::suspected))
+    if (!last || (p.state != peer_state::alive && p.state != peer_state::suspected) ||
+        watching_.count(name) == 0)
       continue;
     auto due = *last + s_.deadline + s_.heartbeat_interval + slack;
     t = std::min(t, now + std::max<clock_type::duration>(due - observed_, {}));
@@ -113,7 +114,11 @@ void membership_core::tick(time_point now) {
   if (!beaten_ || now >= last_beat_ + interval) {
     last_beat_ = beaten_ && now - last_beat_ < 2 * interval ? last_beat_ + interval : now;
     beaten_ = true;
-    push({membership_action_kind::send_beats, {}, epoch_, peer_state::unknown, {}, {}});
+    update_ring();
+    membership_action a{
+        membership_action_kind::send_beats, {}, epoch_, peer_state::unknown, {}, {}};
+    a.targets = beat_to_;
+    push(std::move(a));
   }
   // Four renewals per time to live: a pause of up to a deadline (plus the
   // time since the last renewal) leaves the session a second or more.
@@ -126,18 +131,74 @@ void membership_core::tick(time_point now) {
   maybe_campaign(now);
 }
 
+void membership_core::update_ring() {
+  if (!ring_dirty_)
+    return;
+  ring_dirty_ = false;
+  std::vector<std::string> old_watching(watching_.begin(), watching_.end());
+  beat_to_.clear();
+  watching_.clear();
+  if (!ring_mode()) {
+    for (auto& [name, p] : peers_) {
+      watching_.insert(name);
+      if (p.state != peer_state::dead)
+        beat_to_.push_back(name);
+    }
+    return;
+  }
+  // The members of the coordinator's newest view, this node included, by name (peers_ is
+  // ordered): every node computes the same ring from the same view. Before the first view,
+  // the nodes not dead.
+  auto on_ring = [this](const std::string& name, const peer& p) {
+    if (!have_view_)
+      return p.state != peer_state::dead;
+    auto m = last_view_.members.find(name);
+    return m != last_view_.members.end() && m->second > p.fenced;
+  };
+  std::vector<std::string> ring;
+  bool placed = false;
+  for (auto& [name, p] : peers_) {
+    if (!placed && s_.self < name) {
+      ring.push_back(s_.self);
+      placed = true;
+    }
+    if (on_ring(name, p))
+      ring.push_back(name);
+  }
+  if (!placed)
+    ring.push_back(s_.self);
+  const size_t n = ring.size();
+  const size_t me =
+      static_cast<size_t>(std::find(ring.begin(), ring.end(), s_.self) - ring.begin());
+  const size_t k = std::min(std::max<size_t>(s_.monitors, 1), n - 1);
+  for (size_t i = 1; i <= k; ++i) {
+    beat_to_.push_back(ring[(me + i) % n]);
+    watching_.insert(ring[(me + n - i) % n]);
+  }
+  // A peer newly watched has not been beating to this node: its silence counts from now.
+  for (auto& name : watching_)
+    if (!std::binary_search(old_watching.begin(), old_watching.end(), name)) {
+      auto& p = peers_.at(name);
+      if (p.state == peer_state::alive || p.state == peer_state::suspected) {
+        p.detector = phi_accrual{s_.heartbeat_interval};
+        p.detector.heartbeat(observed_);
+      }
+    }
+}
+
 void membership_core::detect(time_point now) {
+  update_ring();
   const auto limit = s_.deadline + s_.heartbeat_interval;
-  auto watched = [](const peer& p) {
+  auto watched = [this](const std::string& name, const peer& p) {
     return (p.state == peer_state::alive || p.state == peer_state::suspected) &&
-           p.detector.last().has_value();
+           p.detector.last().has_value() && watching_.count(name) != 0;
   };
   // A node that finds most of its peers silent at once is more likely the one cut off: it
   // reports them a deadline later, so that, if it is, the others report it first.
   size_t live = 0;
   size_t silent = 0;
   for (auto& [name, p] : peers_)
-    if (watched(p)) {
+    if (watched(name, p)) {
       ++live;
       if (observed_ - *p.detector.last() > limit)
         ++silent;
@@ -145,8 +206,16 @@ void membership_core::detect(time_point now) {
   // (One silent peer is no such sign: in a cluster of two it would always be "most".)
   const auto report_after = silent > 1 && 2 * silent > live ? limit + s_.deadline : limit;
   for (auto& [name, p] : peers_) {
-    if (!watched(p))
+    if (!watched(name, p)) {
+      // On a ring, a peer this node does not watch and reports no more (the coordinator kept
+      // it) is alive again while the view shows it a member.
+      if (ring_mode() && p.state == peer_state::suspected && p.declare_epoch == 0 && have_view_) {
+        auto m = last_view_.members.find(name);
+        if (m != last_view_.members.end() && m->second == p.epoch)
+          set_state(name, p, peer_state::alive, "a member at epoch " + std::to_string(p.epoch));
+      }
       continue;
+    }
     auto last = p.detector.last();
     if (observed_ - *last > report_after) {
       want_declare(name, p, "silent past the deadline", now);
@@ -215,6 +284,7 @@ void membership_core::view(const coordination_view& v, time_point now) {
   revision_ = v.revision;
   have_view_ = true;
   last_view_ = v;
+  ring_dirty_ = true;
 
   if (epoch_ != 0) {
     auto f = v.fenced.find(s_.self);
@@ -252,6 +322,15 @@ void membership_core::view(const coordination_view& v, time_point now) {
     }
     if (m != v.members.end() && m->second == p.epoch)
       p.member_seen = true;
+    // On a ring, a peer this node does not watch never beats to it: the view vouches for it.
+    if (ring_mode() && m != v.members.end() && m->second == p.epoch && p.epoch > p.fenced &&
+        (p.state == peer_state::unknown || p.state == peer_state::dead)) {
+      set_state(name, p, peer_state::alive, "a member at epoch " + std::to_string(p.epoch));
+      if (watching_.count(name) != 0) {
+        p.detector = phi_accrual{s_.heartbeat_interval};
+        p.detector.heartbeat(observed_);
+      }
+    }
     if (p.epoch == 0 || p.state == peer_state::dead)
       continue;
     if (p.epoch <= p.fenced) {
@@ -446,6 +525,8 @@ void membership_core::fence(std::string why) {
 void membership_core::set_state(const std::string& name, peer& p, peer_state s, std::string why) {
   if (p.state == s)
     return;
+  if ((p.state == peer_state::dead) != (s == peer_state::dead))
+    ring_dirty_ = true;
   p.state = s;
   p.reason = why;
   push({membership_action_kind::peer_changed, name, p.epoch, s, std::move(why), {}});

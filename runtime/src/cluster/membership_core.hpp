@@ -11,6 +11,14 @@
 //   closed, is only *reported* to the coordinator (declare_dead); it is dead when the
 //   coordinator's view says so, never before. A node that cannot reach the coordinator
 //   therefore declares nobody dead.
+// - Each node watches a few peers, not all: in a cluster of more than `monitors` + 1 nodes,
+//   the members of the coordinator's newest view form a ring ordered by name (so that every
+//   node computes the same ring), each node beats to the `monitors` nodes
+//   after it and watches the `monitors` before it, so a node's beats and checks per interval
+//   do not grow with the cluster. A peer it does not watch is alive while the coordinator's
+//   view shows it a member (its watchers report it otherwise). When a view changes the ring,
+//   a newly watched peer gets one deadline of grace from then: it learns of the change from
+//   the same view. Smaller clusters are watched all to all.
 // - Its own pauses are not the peers' silence: silence is measured on an observed time that
 //   advances by each gap between inputs, capped at one heartbeat interval, so a freeze of this
 //   process (SIGSTOP, GC, VM steal) counts as at most one interval. The deadline counts from
@@ -31,6 +39,7 @@
 // Threads: none; call it from one thread at a time (it is not synchronised).
 // Errors: none of its own; the coordinator's answers arrive as `caf::expected`.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -62,11 +71,13 @@ struct membership_settings {
   caf::timespan deadline = std::chrono::seconds(1);
   /// The coordinator's session time to live (coordinator::session_ttl).
   caf::timespan session_ttl = std::chrono::seconds(3);
+  /// How many peers watch each node (see the top of this file); at least 1.
+  size_t monitors = 4;
 };
 
 /// What the core asks its owner to do.
 enum class membership_action_kind : uint8_t {
-  /// Send a heartbeat carrying `epoch` (this node's) to every peer not dead.
+  /// Send a heartbeat carrying `epoch` (this node's) to each peer of `targets`.
   send_beats,
   /// Call coordinator::declare_dead(peer, epoch) and report with declared().
   declare_dead,
@@ -98,6 +109,8 @@ struct membership_action {
   std::string text;
   /// keep_alive: when it was asked for (pass it back to kept_alive).
   std::chrono::steady_clock::time_point at{};
+  /// send_beats: the peers to beat to.
+  std::vector<std::string> targets{};
 };
 
 /// Membership, fencing and leadership of one node, on injected time (see the top of this file).
@@ -181,6 +194,12 @@ public:
   /// Why it was fenced ("" if it was not).
   const std::string& fenced_reason() const noexcept { return fenced_reason_; }
 
+  /// The peers this node beats to (its watchers), in ring order.
+  const std::vector<std::string>& beat_targets() const noexcept { return beat_to_; }
+
+  /// Whether this node watches `peer` (checks its heartbeats against the deadline).
+  bool watches(const std::string& peer) const { return watching_.count(peer) != 0; }
+
   /// This node's observed time (see the top of this file).
   time_point observed() const noexcept { return observed_; }
 
@@ -211,6 +230,10 @@ private:
   void want_declare(const std::string& name, peer& p, std::string why, time_point now);
   void send_declares(time_point now);
   void detect(time_point now);
+  /// Recomputes whom this node beats to and watches, if the ring changed.
+  void update_ring();
+  /// Whether nodes are watched on a ring rather than all to all.
+  bool ring_mode() const noexcept { return peers_.size() > std::max<size_t>(s_.monitors, 1); }
   void maybe_campaign(time_point now);
   void fence(std::string why);
   /// Fences this node if `err` says its session is lost; whether it did.
@@ -223,6 +246,10 @@ private:
   std::map<std::string, peer> peers_;
   std::vector<std::string> candidates_;
   std::vector<membership_action> actions_;
+  /// The ring: whom this node beats to and whom it watches; recomputed when dirty.
+  std::vector<std::string> beat_to_;
+  std::set<std::string> watching_;
+  bool ring_dirty_ = true;
 
   uint64_t epoch_ = 0;
   bool started_ = false;

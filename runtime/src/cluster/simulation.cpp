@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 
 #include "cluster/cluster_sim.hpp"
 
@@ -196,6 +197,24 @@ simulation_report simulate(const simulation_options& opts) {
   o.interval = opts.heartbeat_interval;
   o.deadline = opts.deadline;
   o.ttl = opts.session_ttl;
+  o.monitors = opts.monitors;
+  // The clocks' faults come from a stream of their own, so that the other faults a seed draws
+  // stay as they were before clocks were simulated: each node's clock drifting up to 1% fast or
+  // slow (every incarnation of it: its hardware), and forward jumps.
+  std::mt19937_64 clock_rng{opts.seed ^ 0x5bd1e9955bd1e995ULL};
+  std::uniform_real_distribution<double> clock_u(0, 1);
+  const bool drift = opts.faults && clock_u(clock_rng) < 0.5;
+  const bool jumps = opts.faults && clock_u(clock_rng) < 0.5;
+  std::string drifts;
+  if (drift)
+    for (size_t i = 0; i < opts.nodes; ++i) {
+      const double rate = 1.0 + (2 * clock_u(clock_rng) - 1) * 0.01;
+      o.rates[node_name(i)] = rate;
+      char buf[48];
+      std::snprintf(buf, sizeof buf, "%s%s %+.3f%%", drifts.empty() ? "" : ", ",
+                    node_name(i).c_str(), (rate - 1) * 100);
+      drifts += buf;
+    }
   cluster_sim sim(o);
   const auto origin = sim.origin;
   const ms fault_end = opts.duration * 2 / 3;
@@ -209,6 +228,28 @@ simulation_report simulate(const simulation_options& opts) {
   // fault when shrinking keeps the others as they were).
   std::mt19937_64 rng{opts.seed};
   auto schedule = draw_faults(rng, opts, fault_end);
+  if (jumps) {
+    auto count = 1 + clock_rng() % 5;
+    for (size_t k = 0; k < count; ++k) {
+      scheduled_fault f;
+      f.at = ms{static_cast<int64_t>(1000 + clock_u(clock_rng) *
+                                                static_cast<double>(fault_end.count() - 1000))};
+      auto victim = node_name(clock_rng() % opts.nodes);
+      auto d = ms{static_cast<int64_t>(
+          std::exp(std::log(50.0) + clock_u(clock_rng) * (std::log(5000.0) - std::log(50.0))))};
+      f.what = "the clock of " + victim + " jumps " + std::to_string(d.count()) + " ms ahead";
+      f.apply = [victim, d](cluster_sim& sim) {
+        if (!sim.down(victim))
+          sim.jump_clock(victim, d);
+      };
+      schedule.push_back(std::move(f));
+    }
+    std::stable_sort(
+        schedule.begin(), schedule.end(),
+        [](const scheduled_fault& a, const scheduled_fault& b) { return a.at < b.at; });
+  }
+  if (drift)
+    rep.faults.push_back("clocks drift: " + drifts);
   std::mt19937_64 net_rng{opts.seed ^ 0x9e3779b97f4a7c15ULL};
   double p_drop = 0, p_dup = 0, p_delay = 0, p_stale = 0;
   if (opts.faults) {
@@ -287,6 +328,20 @@ simulation_report simulate(const simulation_options& opts) {
             if (sim.down(n))
               sim.start(n);
           });
+          return;
+        }
+    });
+  }
+  if (opts.freeze_leader_at.count() > 0) {
+    const auto len = std::chrono::duration_cast<ms>(3 * opts.deadline);
+    rep.faults.push_back(fmt_ms(static_cast<double>(opts.freeze_leader_at.count())) +
+                         ": freeze the leader for " + std::to_string(len.count()) + " ms");
+    sim.at(origin + opts.freeze_leader_at, [&sim, &o, &killed_at, &leader_killed_at, len] {
+      for (const auto& n : o.names)
+        if (!sim.down(n) && sim.core(n).leads()) {
+          killed_at[{n, sim.core(n).epoch()}] = sim.now;
+          leader_killed_at = sim.now;
+          sim.pause(n, len);
           return;
         }
     });
@@ -404,9 +459,14 @@ simulation_report simulate(const simulation_options& opts) {
   rep.events = sim.events_run;
   rep.beats = sim.beats_sent;
   rep.terms = sim.terms().size();
-  for (const auto& r : sim.log)
+  std::set<std::string> reported;
+  for (const auto& r : sim.log) {
     if (r.action.kind == kind::peer_changed && r.action.state == peer_state::dead)
       ++rep.deaths;
+    if (r.action.kind == kind::declare_dead)
+      reported.insert(r.action.peer);
+  }
+  rep.reported = reported.size();
   rep.led_share = samples == 0 ? 0 : static_cast<double>(led) / static_cast<double>(samples);
   if (opts.trace) {
     for (const auto& f : rep.faults)

@@ -118,6 +118,8 @@ void parser::parse_failure_detection(table_reader& cluster) {
     fd.deadline = *d;
   if (auto d = r.duration("connection_timeout", true))
     fd.connection_timeout = *d;
+  if (auto m = r.integer("monitors", 1, 64))
+    fd.monitors = static_cast<size_t>(*m);
   if (failed())
     return;
   // Heartbeats faster than 1 ms flood every peer; a deadline shorter than

@@ -29,7 +29,8 @@ std::vector<config_key> node_config_keys(const node_config_options& options) {
   add("cluster.failure_detection", {{"heartbeat_interval", "duration"},
                                     {"phi_threshold", "float"},
                                     {"deadline", "duration"},
-                                    {"connection_timeout", "duration"}});
+                                    {"connection_timeout", "duration"},
+                                    {"monitors", "integer"}});
   add("cluster.coordination", {{"endpoints", "string list"},
                                {"ca", "string"},
                                {"cert", "string"},

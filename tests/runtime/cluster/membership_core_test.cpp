@@ -738,3 +738,88 @@ TEST_CASE("memory coordinator: without an executor, callbacks run on a thread of
   CHECK(thread != std::this_thread::get_id());
   CHECK(a->session_ttl() == 1000ms);
 }
+
+// -- watching on a ring --------------------------------------------------------------------------
+
+namespace {
+
+/// Twelve nodes, n01 .. n12, each watched by three: settled, every node sees every other alive.
+std::unique_ptr<cluster_sim> settled_ring() {
+  cluster_sim::options o;
+  o.names.clear();
+  for (int i = 1; i <= 12; ++i)
+    o.names.push_back(std::string{i < 10 ? "n0" : "n"} + std::to_string(i));
+  o.monitors = 3;
+  auto sim = std::make_unique<cluster_sim>(o);
+  sim->run_for(3s);
+  INFO(sim->text());
+  for (auto& n : o.names) {
+    REQUIRE(sim->core(n).epoch() != 0);
+    REQUIRE(sim->core(n).leader() == "n01");
+    for (auto& p : sim->core(n).peers())
+      REQUIRE(p.state == peer_state::alive);
+  }
+  REQUIRE(sim->of(kind::declare_dead).empty());
+  return sim;
+}
+
+} // namespace
+
+TEST_CASE("membership core: on a ring of twelve each node beats to the three after it only",
+          "[cluster][membership_core]") {
+  auto sim = settled_ring();
+  const auto beats_before = sim->beats_sent;
+  sim->run_for(10s);
+  INFO(sim->text());
+  CHECK(sim->of(kind::declare_dead).empty());
+  // 12 nodes x 3 watchers x 10 beats a second, not 12 x 11 x 10.
+  CHECK(sim->beats_sent - beats_before <= 12 * 3 * 10 * 10 + 12 * 3);
+  CHECK(sim->beats_sent - beats_before >= 12 * 3 * 10 * 10 - 12 * 3);
+  CHECK(sim->core("n05").beat_targets() == std::vector<std::string>{"n06", "n07", "n08"});
+  CHECK(sim->core("n11").beat_targets() == std::vector<std::string>{"n12", "n01", "n02"});
+  CHECK(sim->core("n05").watches("n02"));
+  CHECK(sim->core("n05").watches("n04"));
+  CHECK_FALSE(sim->core("n05").watches("n06"));
+  CHECK_FALSE(sim->core("n05").watches("n01"));
+}
+
+TEST_CASE(
+    "membership core: on a ring a silent node is reported by its watchers, and the ring "
+    "closes over it without a false suspicion",
+    "[cluster][membership_core]") {
+  auto sim = settled_ring();
+  auto cut_at = sim->now;
+  for (auto& other : sim->opts().names)
+    if (other != "n05")
+      sim->cut("n05", other);
+  sim->run_for(5s);
+  INFO(sim->text());
+  std::optional<time_point> first;
+  for (auto& r : sim->of(kind::peer_changed))
+    if (r.action.peer == "n05" && r.action.state == peer_state::dead && !first)
+      first = r.at;
+  REQUIRE(first);
+  CHECK(*first - cut_at <= 1s + 100ms + 100ms + 25ms);
+  // Only the nodes n05 beat to watched it, so only they reported it.
+  std::set<std::string> reporters;
+  for (auto& r : sim->of(kind::declare_dead))
+    if (r.action.peer == "n05")
+      reporters.insert(r.node);
+  CHECK_FALSE(reporters.empty());
+  for (auto& r : reporters)
+    CHECK((r == "n06" || r == "n07" || r == "n08"));
+  CHECK(sim->core("n05").fenced());
+  // The ring closed: n04 beats to n06 .. n08 now, and n08 watches n04 (after a grace).
+  CHECK(sim->core("n04").beat_targets() == std::vector<std::string>{"n06", "n07", "n08"});
+  CHECK(sim->core("n08").watches("n04"));
+  sim->run_for(20s);
+  for (auto& r : sim->of(kind::declare_dead))
+    CHECK(r.action.peer == "n05");
+  for (auto& n : sim->opts().names) {
+    if (n == "n05")
+      continue;
+    CHECK_FALSE(sim->core(n).fenced());
+    for (auto& p : sim->core(n).peers())
+      CHECK(p.state == (p.name == "n05" ? peer_state::dead : peer_state::alive));
+  }
+}

@@ -97,6 +97,9 @@ TEST_CASE("bad config files are rejected with file, line and problem", "[config]
        config_errc::wrong_type,
        "bad.toml:10: 'phi_threshold' in [cluster.failure_detection] must be a number, not a "
        "string"},
+      {"no peer watching each node", base + lines({"[cluster.failure_detection]", "monitors = 0"}),
+       config_errc::invalid_value,
+       "bad.toml:10: 'monitors' in [cluster.failure_detection] must be from 1 to 64, not 0"},
       {"a placement given as a number", base + lines({"[tree]", "placement = 3"}),
        config_errc::wrong_type,
        "bad.toml:10: 'placement' in [tree] must be a node name, a list of node names, \"any\" or "
@@ -511,4 +514,14 @@ TEST_CASE("every config error has a distinct name and means the file must be fix
   CHECK(is(err, config_errc::unknown_key));
   CHECK_FALSE(is(err, state_errc::invalid_config));
   CHECK(describe(err) == "unknown_key: a.toml:3: unknown key 'x' in [cluster]");
+}
+
+TEST_CASE("monitors sets how many peers watch each node, 4 unless set", "[config]") {
+  auto plain = parse_node_config(base, "ok.toml");
+  REQUIRE(plain);
+  CHECK(plain->cluster.failure_detection.monitors == 4);
+  auto seven =
+      parse_node_config(base + lines({"[cluster.failure_detection]", "monitors = 7"}), "ok.toml");
+  REQUIRE(seven);
+  CHECK(seven->cluster.failure_detection.monitors == 7);
 }

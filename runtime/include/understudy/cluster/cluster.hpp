@@ -101,8 +101,10 @@ using peer_listener = std::function<void(const peer_view& peer)>;
 /// One node of a cluster declared in a node config file: its actor system
 /// talks to the other nodes through CAF's middleman (heartbeats and connection
 /// timeout on), it publishes a node agent on its configured address only, it
-/// watches every peer (heartbeats, phi-accrual suspicion, a hard deadline) and
-/// reports the silent or disconnected ones to the cluster's coordinator, which
+/// watches its peers (heartbeats, phi-accrual suspicion, a hard deadline; all of
+/// them in a small cluster, a few neighbours on a ring in a large one, see
+/// `failure_detection_spec::monitors`) and reports the silent or disconnected
+/// ones to the cluster's coordinator, which
 /// alone declares a node dead (its epoch is refused from then on), it
 /// replicates every checkpoint its writer commits to its buddy node (a put is
 /// acknowledged once the copy is durable there, and fails naming the node

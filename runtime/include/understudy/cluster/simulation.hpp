@@ -9,7 +9,8 @@
 //   that rare combinations happen): node kills (restarted later as a new incarnation), pauses
 //   of any length (SIGSTOP, GC, VM steal), two-way partitions of a node from others, one-way
 //   cuts, heartbeats lost, duplicated, delayed and replayed seconds late (stale epochs), the
-//   coordination service down, one node cut off from it;
+//   coordination service down, one node cut off from it, clocks drifting up to 1% fast or slow
+//   and jumping ahead (each node reads a clock of its own);
 // - faults happen in the first two thirds of the run; then everything heals, stopped nodes
 //   start again, and the cluster must settle.
 // Invariants, checked on every input a node processes:
@@ -22,9 +23,10 @@
 //   nobody is declared dead or fenced.
 // One seed decides everything: the same seed gives the same run, event for event (its trace).
 //
-// Not simulated: the training job's commit protocol (its actors run on CAF), disks, clock
-// jumps (the core reads a monotonic clock) and forged messages (the transport authenticates
-// them; see hostile_peer_test).
+// Past `monitors` + 1 nodes the nodes watch each other on a ring (membership_core.hpp).
+//
+// Not simulated: the training job's commit protocol (its actors run on CAF), disks, and forged
+// messages (the transport authenticates them; see hostile_peer_test).
 //
 // Threads: simulate() runs on the caller's thread. Errors: none (a run reports violations).
 
@@ -46,6 +48,8 @@ struct simulation_options {
   std::chrono::milliseconds heartbeat_interval{100};
   std::chrono::milliseconds deadline{1000};
   std::chrono::milliseconds session_ttl{3000};
+  /// How many peers watch each node (membership_settings::monitors; the nodes' default).
+  size_t monitors = 4;
   /// Draw faults (false: a fault-free run).
   bool faults = true;
   /// Faults of the schedule to leave out (by index): for shrinking a failing schedule.
@@ -53,6 +57,9 @@ struct simulation_options {
   /// Kill the leader at this simulated time and start it again a second later (0: not), on
   /// top of the drawn faults: the detection and failover figures of a fault-free run.
   std::chrono::milliseconds kill_leader_at{0};
+  /// If not zero: at this time the leader freezes (its connections stay open, it goes silent)
+  /// for three deadlines; detection and failover are measured from the freeze.
+  std::chrono::milliseconds freeze_leader_at{0};
   /// Keep the trace (every fault and every action but heartbeats and renewals).
   bool trace = false;
 };
@@ -74,6 +81,9 @@ struct simulation_report {
   /// Terms gained (leader elections), and peers declared dead.
   size_t terms = 0;
   size_t deaths = 0;
+  /// Distinct nodes some node reported to the coordinator (declare_dead): in a run whose only
+  /// fault is one node killed or frozen, more than one is a false suspicion.
+  size_t reported = 0;
   /// Kill of a node to the coordinator declaring it dead (per kill detected), and kill of the
   /// leader to the next leader gaining its term (per leader kill), in milliseconds.
   std::vector<double> detection_ms;

@@ -103,7 +103,7 @@ struct metrics_spec {
 
 /// `[cluster.failure_detection]`: how nodes watch each other.
 struct failure_detection_spec {
-  /// Each node sends a heartbeat to every peer this often.
+  /// Each node sends a heartbeat to the peers that watch it this often.
   caf::timespan heartbeat_interval = std::chrono::milliseconds(100);
   /// A peer whose phi-accrual suspicion level exceeds this is suspected.
   double phi_threshold = 8.0;
@@ -113,6 +113,10 @@ struct failure_detection_spec {
   /// Connecting to a peer (and CAF's middleman connection timeout) gives up
   /// after this long.
   caf::timespan connection_timeout = std::chrono::seconds(2);
+  /// How many peers watch each node: in a cluster of more than monitors + 1
+  /// nodes, each node beats to the `monitors` nodes after it on a ring of the
+  /// live nodes by name (smaller clusters watch all to all).
+  size_t monitors = 4;
 };
 
 /// `[cluster.coordination]`: the etcd cluster that decides membership, epochs
