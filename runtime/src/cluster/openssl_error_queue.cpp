@@ -1,5 +1,5 @@
 // The OpenSSL interposers: this file defines SSL_read, SSL_write,
-// SSL_connect, SSL_accept, SSL_pending and SSL_set_fd, which take the place of
+// SSL_connect, SSL_accept and SSL_set_fd, which take the place of
 // OpenSSL's own in the whole process. Why, and what that does to a program linking the runtime:
 // see "OpenSSL interposition" in understudy/cluster/security.hpp.
 
@@ -50,11 +50,8 @@ extern "C" {
 // static: one pointer per process, as the symbol it replaces is one per process).
 
 int SSL_read(SSL* ssl, void* buf, int num) {
-  using fn = int (*)(SSL*, void*, int);
-  static auto next = understudy::openssl_next<fn>("SSL_read");
-  return understudy::call_ssl(
-      [](SSL* s, void* b, int n) { return understudy::detail::tls_fast_path_read(next, s, b, n); },
-      ssl, buf, num);
+  static auto next = understudy::openssl_next<int (*)(SSL*, void*, int)>("SSL_read");
+  return understudy::call_ssl(next, ssl, buf, num);
 }
 
 int SSL_write(SSL* ssl, const void* buf, int num) {
@@ -65,11 +62,6 @@ int SSL_write(SSL* ssl, const void* buf, int num) {
         return understudy::detail::tls_fast_path_write(next, s, b, n);
       },
       ssl, buf, num);
-}
-
-int SSL_pending(const SSL* ssl) {
-  static auto next = understudy::openssl_next<int (*)(const SSL*)>("SSL_pending");
-  return understudy::detail::tls_fast_path_pending(next, ssl);
 }
 
 // CAF's openssl session hands each connection its socket here: those

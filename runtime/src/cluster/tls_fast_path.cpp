@@ -1,5 +1,5 @@
-// The fast path of CAF's TLS connections: read-ahead and a coalescing write
-// BIO. Why and what: tls_fast_path.hpp.
+// The fast path of CAF's TLS connections: a coalescing write BIO. Why and
+// what: tls_fast_path.hpp.
 
 #include "tls_fast_path.hpp"
 
@@ -10,7 +10,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -30,9 +29,6 @@ constexpr int record_bytes = 16384;
 
 /// Buffered ciphertext beyond which the write BIO sends before it takes more.
 constexpr size_t coalesce_bytes = 256 * 1024;
-
-/// OpenSSL's read buffer with read-ahead: one recv takes this much.
-constexpr size_t read_buffer_bytes = 128 * 1024;
 
 /// The write side of one connection.
 struct coalescer {
@@ -224,8 +220,6 @@ bool tls_fast_path_install(SSL* ssl, int fd) {
     return false;
   static_cast<coalescer*>(BIO_get_data(w))->fd = fd;
   SSL_set0_wbio(ssl, w);
-  SSL_set_read_ahead(ssl, 1);
-  SSL_set_default_read_buffer_len(ssl, read_buffer_bytes);
   installed.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
@@ -252,33 +246,6 @@ int tls_fast_path_write(int (*next)(SSL*, const void*, int), SSL* ssl, const voi
   if (ret > 0)
     c->flush();
   return ret;
-}
-
-int tls_fast_path_read(int (*next)(SSL*, void*, int), SSL* ssl, void* buf, int num) {
-  int got = next(ssl, buf, num);
-  // OpenSSL returns one record per call; more are often read ahead already.
-  while (got > 0 && got < num && SSL_has_pending(ssl) == 1) {
-    ERR_clear_error();
-    const int more = next(ssl, static_cast<char*>(buf) + got, num - got);
-    if (more <= 0) {
-      // Only part of a record is buffered and the socket has no more yet, or
-      // the connection ended: the next call reports that, these bytes first.
-      ERR_clear_error();
-      break;
-    }
-    got += more;
-  }
-  return got;
-}
-
-int tls_fast_path_pending(int (*next)(const SSL*), const SSL* ssl) {
-  const int pending = next(ssl);
-  // CAF's read loop stops after a number of reads unless SSL_pending covers
-  // what it still needs; records read ahead would then wait for a socket event
-  // that may never come. Any buffered byte means: read on.
-  if (coalescer_of(ssl) != nullptr && SSL_has_pending(ssl) == 1)
-    return INT_MAX;
-  return pending;
 }
 
 } // namespace understudy::detail

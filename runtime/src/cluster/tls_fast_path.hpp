@@ -3,25 +3,19 @@
 // Private to runtime/src/cluster: the fast path of CAF's TLS connections,
 // driven from the OpenSSL interposers of openssl_error_queue.cpp.
 //
-// CAF 0.17's openssl session makes every TLS byte cost system calls that plain
-// CAF does not: OpenSSL reads each record with two recv calls (its 5-byte
-// header, then its body) and writes each 16 KiB record with a send of its own,
-// where plain CAF moves a whole buffer per call; measured, 64 KiB messages over
-// TLS made about twelve times the system calls of plain TCP. For the
-// connections CAF's openssl module makes (and no other TLS connection of the
-// process), the fast path
-//   - reads ahead: OpenSSL fills a 128 KiB buffer per recv and one SSL_read
-//     returns as many buffered records as the caller's buffer takes;
-//   - coalesces writes: all records of a large SSL_write but its last go into
-//     a buffer of the connection's own write BIO and leave in sends of up to
-//     256 KiB; the last record takes OpenSSL's ordinary non-blocking path, so a
-//     full socket still shows as SSL_ERROR_WANT_WRITE with CAF's write buffer
-//     not yet empty, and CAF keeps polling for writability until every
-//     buffered byte has left (nothing is ever left in the buffer once CAF
-//     believes its data is written);
-//   - tells CAF's read loop, through SSL_pending, that records are still
-//     buffered, so that data read ahead is never left waiting for a socket
-//     event that will not come.
+// CAF 0.17's openssl session writes each 16 KiB TLS record with a send of its
+// own, where plain CAF sends a whole buffer per call. For the connections CAF's
+// openssl module makes (and no other TLS connection of the process), the fast
+// path coalesces writes: all records of a large SSL_write but its last go into
+// a buffer of the connection's own write BIO and leave in sends of up to
+// 256 KiB; the last record takes OpenSSL's ordinary non-blocking path, so a
+// full socket still shows as SSL_ERROR_WANT_WRITE with CAF's write buffer not
+// yet empty, and CAF keeps polling for writability until every buffered byte
+// has left (nothing is ever left in the buffer once CAF believes its data is
+// written).
+//
+// Reads stay as OpenSSL makes them: read-ahead (fewer recv calls) was tried and
+// made 64 B messages slower (0.80x raw CAF to 0.60-0.65x in bench/cluster).
 
 #include <openssl/ssl.h>
 
@@ -30,8 +24,8 @@
 namespace understudy::detail {
 
 /// Called after OpenSSL's SSL_set_fd with the address it returns to: when that
-/// address lies in CAF's openssl module, gives `ssl` the fast path (read-ahead
-/// and a coalescing write BIO on `fd`). Other callers' connections are left as
+/// address lies in CAF's openssl module, gives `ssl` the fast path (a
+/// coalescing write BIO on `fd`). Other callers' connections are left as
 /// OpenSSL made them.
 void tls_fast_path_attach(SSL* ssl, int fd, const void* caller);
 
@@ -47,11 +41,5 @@ bool tls_fast_path_on(const SSL* ssl);
 
 /// SSL_write for a connection with the fast path: `next` is OpenSSL's.
 int tls_fast_path_write(int (*next)(SSL*, const void*, int), SSL* ssl, const void* buf, int num);
-
-/// SSL_read for a connection with the fast path: `next` is OpenSSL's.
-int tls_fast_path_read(int (*next)(SSL*, void*, int), SSL* ssl, void* buf, int num);
-
-/// SSL_pending for a connection with the fast path: `next` is OpenSSL's.
-int tls_fast_path_pending(int (*next)(const SSL*), const SSL* ssl);
 
 } // namespace understudy::detail

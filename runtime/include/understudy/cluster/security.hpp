@@ -222,7 +222,7 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 // -- OpenSSL interposition ------------------------------------------------------------------
 //
 // What: runtime/src/cluster/openssl_error_queue.cpp defines SSL_read,
-// SSL_write, SSL_connect, SSL_accept, SSL_pending and SSL_set_fd. A static
+// SSL_write, SSL_connect, SSL_accept and SSL_set_fd. A static
 // runtime links them into every program that uses `prepare_node_system_config`,
 // `publish_at` or `connect_to_peer` (the cluster and the `understudy` command
 // do), a shared runtime into every program that loads it. There they take
@@ -234,11 +234,8 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 //     `tls_peer_name`;
 //   - SSL_set_fd, called by CAF's openssl session (and by no other caller:
 //     the call's return address must lie in CAF's openssl module), gives that
-//     connection a fast path: OpenSSL reads ahead 128 KiB per recv, one
-//     SSL_read returns every buffered record the caller's buffer takes,
-//     SSL_pending says so while records are buffered, and a large SSL_write
-//     sends its records in batches of up to 256 KiB instead of one send per
-//     16 KiB record. A write is reported done only once every byte of it has
+//     connection a fast path: a large SSL_write sends its records in batches
+//     of up to 256 KiB instead of one send per 16 KiB record. A write is reported done only once every byte of it has
 //     left: all records but the last are batched, the last goes OpenSSL's
 //     ordinary way, so a full socket still shows as SSL_ERROR_WANT_WRITE.
 //     For every other connection these calls return OpenSSL's results
@@ -251,10 +248,10 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 // sessions run on the middleman's one thread, so when one peer's connection
 // fails (a node is killed), the next read on every other connection saw that
 // stale error, reported as SSL_ERROR_SSL, and CAF closed them all: the whole
-// cluster lost its connections at once. The fast path: CAF's session reads
-// every record with two recv calls and writes it with a send of its own, and
-// 64 KiB messages made about twelve times the system calls over TLS that they
-// make over plain TCP (bench/cluster). CAF gives no hook around these calls,
+// cluster lost its connections at once. The fast path: CAF's session writes
+// every 16 KiB record with a send of its own where plain CAF sends its whole
+// buffer at once (bench/cluster: 64 KiB messages over TLS reach about 0.35x
+// raw CAF without it). CAF gives no hook around these calls,
 // and its sessions keep their SSL objects private, so interposing is the only
 // place to clear the queue, to learn a peer's certificate, and to batch I/O.
 //
@@ -263,8 +260,7 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 // (OpenSSL's documentation tells callers not to rely on that). Each call also
 // costs a dlsym once per process and an ex-data lookup per call; the peer-name
 // table holds one entry per live TLS connection of the process; a connection
-// with the fast path holds up to 256 KiB of ciphertext and a 128 KiB read
-// buffer.
+// with the fast path holds up to 256 KiB of ciphertext.
 
 /// Returns whether SSL_read and SSL_write in this process resolve to the
 /// runtime's interposers (see above), so that a stale OpenSSL error cannot
