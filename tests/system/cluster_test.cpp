@@ -125,6 +125,26 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "nodes watched on a ring (monitors = 1) find a killed leader and a frozen node, and the "
+    "digest is unchanged",
+    "[cluster]") {
+  // Four nodes with one watcher each: every node beats to the next one on the ring of etcd's
+  // members only, and knows the others alive from etcd.
+  temp_dir dir{"cluster-test"};
+  auto file = dir.path + "/cluster.toml";
+  auto text = cluster_config(dir.path + "/state", 300);
+  replace_once(text, "connection_timeout = \"2s\"\n",
+               "connection_timeout = \"2s\"\nmonitors = 1\n");
+  std::ofstream{file} << text;
+  auto out = launch_expecting(file, dir.path, "--kill n1@100 --freeze n3@200:2s", 300, "n2");
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("[n2] node n2: taking over the job's tree"));
+  CHECK(std::regex_search(out, std::regex{R"(\[n2\] node n2: peer n3 is dead)"}));
+  CHECK(out.find("node n2: fenced") == std::string::npos);
+  CHECK(out.find("[s1] node s1: taking over") == std::string::npos);
+}
+
+TEST_CASE(
     "an elastic job that loses two nodes with one spare parks a worker, goes on with the others, "
     "takes a node that comes back and ends with the fault-free digest",
     "[cluster]") {
