@@ -11,7 +11,6 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include <caf/openssl/session.hpp>
@@ -111,14 +110,12 @@ int coalescer_write(BIO* b, const char* data, int len) {
       return -1;
     }
   }
-  for (;;) {
-    auto n = ::send(c->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n >= 0)
-      return static_cast<int>(n);
-    if (retry_errno(errno))
-      BIO_set_retry_write(b);
-    return -1;
-  }
+  auto n = ::send(c->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (n >= 0)
+    return static_cast<int>(n);
+  if (retry_errno(errno))
+    BIO_set_retry_write(b);
+  return -1;
 }
 
 long coalescer_ctrl(BIO* b, int cmd, long, void* ptr) {

@@ -235,9 +235,10 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 //   - SSL_set_fd, called by CAF's openssl session (and by no other caller:
 //     the call's return address must lie in CAF's openssl module), gives that
 //     connection a fast path: a large SSL_write sends its records in batches
-//     of up to 256 KiB instead of one send per 16 KiB record. A write is reported done only once every byte of it has
-//     left: all records but the last are batched, the last goes OpenSSL's
-//     ordinary way, so a full socket still shows as SSL_ERROR_WANT_WRITE.
+//     of up to 256 KiB instead of one send per 16 KiB record. A write is
+//     reported done only once every byte of it has left: all records but the
+//     last are batched, the last goes OpenSSL's ordinary way, so a full socket
+//     still shows as SSL_ERROR_WANT_WRITE.
 //     For every other connection these calls return OpenSSL's results
 //     unchanged.
 //
