@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -61,9 +62,15 @@ TEST_CASE("a spawn request with an out-of-range index is refused and the node go
   };
   runtime rt{rc};
   REQUIRE(prepared);
-  auto node = cluster_node::start(
-      rt, *nc, "n1", nullptr, {},
-      memory_coordinator::make(std::make_shared<memory_coordination_service>()));
+  // n2 joined the coordination service (its session outlives the test): the rogue below holds
+  // its certificate, and says hello at the epoch the service gave it.
+  auto service = std::make_shared<memory_coordination_service>(std::chrono::hours(1));
+  auto n2_session = memory_coordinator::make(service);
+  std::promise<caf::expected<uint64_t>> joined;
+  n2_session->join("n2", [&](caf::expected<uint64_t> e) { joined.set_value(std::move(e)); });
+  auto n2_epoch = joined.get_future().get();
+  REQUIRE(n2_epoch);
+  auto node = cluster_node::start(rt, *nc, "n1", nullptr, {}, memory_coordinator::make(service));
   REQUIRE(node);
   std::mutex mtx;
   std::vector<std::string> notes;
@@ -87,7 +94,7 @@ TEST_CASE("a spawn request with an out-of-range index is refused and the node go
   REQUIRE(agent);
   caf::scoped_actor self{rogue};
   bool admitted = false;
-  self->request(*agent, 10s, caf::atom("us_nhello"), std::string{"n2"}, uint64_t{1}, std::string{})
+  self->request(*agent, 10s, caf::atom("us_nhello"), std::string{"n2"}, *n2_epoch, std::string{})
       .receive([&](const std::string&, uint64_t, const std::string&) { admitted = true; },
                [&](caf::error&) {});
   REQUIRE(admitted);

@@ -144,6 +144,10 @@ struct cluster_node::state {
   std::map<caf::node_id, std::vector<std::function<void(const std::optional<std::string>&,
                                                         const std::string&, const caf::error&)>>>
       tls_waiting;
+  /// Hellos from peers at an epoch that the coordinator's view has not shown here yet, in the
+  /// order they came (the agent's thread only): each is tried again after every view and
+  /// tick, and returns whether it was answered (admitted, refused, or its deadline passed).
+  std::vector<std::function<bool()>> pending_hellos;
   /// Hear what the node does on its own account (e.g. an actor it moved).
   std::vector<std::function<void(const std::string&)>> note_listeners;
 

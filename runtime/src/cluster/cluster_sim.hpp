@@ -190,9 +190,24 @@ public:
   /// Whether the current incarnation of `name` is paused.
   bool paused(const std::string& name) const { return nodes_[current_.at(name)]->paused; }
 
-  /// Events run so far, and heartbeats sent.
+  /// Events run so far, heartbeats sent, and heartbeats received at an epoch newer than the
+  /// receiver's view showed (not acted on).
   uint64_t events_run = 0;
   uint64_t beats_sent = 0;
+  uint64_t beats_unconfirmed = 0;
+
+  /// The current incarnation of `from` sends `to` a heartbeat that claims `epoch`, whatever
+  /// its own is: a node with a valid certificate that lies in what it writes (the connection
+  /// still names it). Lost if `from` is down or cut off from `to`.
+  void forge_beat(const std::string& from, const std::string& to, uint64_t epoch) {
+    auto src = current_.find(from);
+    auto dst = current_.find(to);
+    if (src == current_.end() || dst == current_.end() || from == to ||
+        cuts_.count({from, to}) != 0 || nodes_[src->second]->killed)
+      return;
+    post(dst->second, now + o_.net_latency,
+         [this, pid = dst->second, from, epoch] { receive_beat(pid, from, epoch); });
+  }
 
   /// Called after every input a node processed (and the actions it queued were carried out),
   /// with the incarnation's id: the simulation's invariants look at the node then.
@@ -393,14 +408,19 @@ private:
       fate f = network ? network(src.name, peer) : fate{};
       if (f.drop)
         continue;
-      auto deliver = [this, pid, name = src.name, epoch] {
-        if (!nodes_[pid]->core->beat(name, epoch, local(pid)))
-          refused.emplace_back(nodes_[pid]->name, name, epoch);
-      };
+      auto deliver = [this, pid, name = src.name, epoch] { receive_beat(pid, name, epoch); };
       post(pid, now + o_.net_latency + f.extra, deliver);
       if (f.duplicate)
         post(pid, now + o_.net_latency + f.extra + 3ms, deliver);
     }
+  }
+
+  void receive_beat(size_t to, const std::string& from, uint64_t epoch) {
+    auto verdict = nodes_[to]->core->beat(from, epoch, local(to));
+    if (verdict == beat_verdict::refused)
+      refused.emplace_back(nodes_[to]->name, from, epoch);
+    else if (verdict == beat_verdict::unconfirmed)
+      ++beats_unconfirmed;
   }
 
   void pump(size_t id) {

@@ -222,14 +222,16 @@ void on_down(caf::event_based_actor* self, const state_ptr& st, const caf::down_
   run_actions(self, st);
 }
 
-/// A message from `name` at `epoch` that proves it lives (hello, heartbeat): false if the
-/// core refuses the epoch (fenced, older than one known, unknown peer). Records its agent.
-bool admit(caf::event_based_actor* self, const state_ptr& st, const std::string& name,
-           uint64_t epoch, const caf::actor& a) {
+/// A message from `name` at `epoch` that proves it lives (hello, heartbeat): what the core made
+/// of it (refused: a fenced epoch, one older than known, an unknown peer; unconfirmed: newer
+/// than the coordinator's view shows here yet). Once accepted, records its agent.
+beat_verdict admit(caf::event_based_actor* self, const state_ptr& st, const std::string& name,
+                   uint64_t epoch, const caf::actor& a) {
   auto now = clock_type::now();
-  if (!st->core->beat(name, epoch, now)) {
+  auto verdict = st->core->beat(name, epoch, now);
+  if (verdict != beat_verdict::accepted) {
     run_actions(self, st);
-    return false;
+    return verdict;
   }
   {
     std::lock_guard<std::mutex> guard{st->mtx};
@@ -245,7 +247,7 @@ bool admit(caf::event_based_actor* self, const state_ptr& st, const std::string&
     }
   }
   run_actions(self, st);
-  return true;
+  return beat_verdict::accepted;
 }
 
 /// Whether a certificate naming `cn` (none: no name) may send a message that
@@ -381,9 +383,15 @@ void on_up(caf::event_based_actor* self, const state_ptr& st, const std::string&
                 st->announce(describe(err));
                 return;
               }
-              if (!admit(self, st, peer, epoch, a))
+              // Unconfirmed (it restarted, and the view showing so has not come yet): the
+              // connector dials it again.
+              auto verdict = admit(self, st, peer, epoch, a);
+              if (verdict == beat_verdict::refused)
                 st->announce("peer " + peer + " answers as epoch " + std::to_string(epoch) +
                              ", which is fenced or stale: not admitted");
+              else if (verdict == beat_verdict::unconfirmed)
+                st->announce("peer " + peer + " answers as epoch " + std::to_string(epoch) +
+                             ", which the coordinator has not shown here yet: not admitted yet");
             });
           },
           [](caf::error&) {});
@@ -406,15 +414,39 @@ caf::result<std::string, uint64_t, std::string> on_hello(caf::event_based_actor*
       rp.deliver(std::move(err));
       return;
     }
-    if (!admit(self, st, name, epoch, sender)) {
-      rp.deliver(
-          make_error(cluster_errc::fenced, "node " + name + " epoch " + std::to_string(epoch) +
-                                               " is fenced: it was declared dead or replaced"));
-      return;
-    }
-    rp.deliver(st->self.name, st->generation, st->current_leader());
+    // An epoch the coordinator's view has not shown here yet (the peer restarted, and its
+    // hello outran the view) waits for the next views, up to the connection timeout.
+    auto until = clock_type::now() + st->fd().connection_timeout;
+    auto answer = [self, st, rp, name, epoch, sender, until]() mutable {
+      auto verdict = admit(self, st, name, epoch, sender);
+      if (verdict == beat_verdict::unconfirmed && clock_type::now() < until)
+        return false;
+      if (verdict == beat_verdict::accepted)
+        rp.deliver(st->self.name, st->generation, st->current_leader());
+      else if (verdict == beat_verdict::refused)
+        rp.deliver(
+            make_error(cluster_errc::fenced, "node " + name + " epoch " + std::to_string(epoch) +
+                                                 " is fenced: it was declared dead or replaced"));
+      else
+        rp.deliver(make_error(cluster_errc::peer_unreachable,
+                              "node " + name + " epoch " + std::to_string(epoch) +
+                                  ": the coordinator has not shown that epoch to node " +
+                                  st->self.name + " yet; say hello again"));
+      return true;
+    };
+    if (!answer())
+      st->pending_hellos.emplace_back(std::move(answer));
   });
   return rp;
+}
+
+/// Tries the hellos that wait for a view again (see cluster_node::state::pending_hellos).
+void answer_pending_hellos(const state_ptr& st) {
+  auto todo = std::move(st->pending_hellos);
+  st->pending_hellos.clear();
+  for (auto& f : todo)
+    if (!f())
+      st->pending_hellos.push_back(std::move(f));
 }
 
 /// One round of the core: beats, detection, renewals when due; schedules the next.
@@ -422,6 +454,7 @@ void on_tick(caf::event_based_actor* self, const state_ptr& st) {
   auto now = clock_type::now();
   st->core->tick(now);
   run_actions(self, st);
+  answer_pending_hellos(st); // those past their deadline are answered
   auto next = st->core->next_tick(clock_type::now());
   auto wait = std::max<caf::timespan>(next - clock_type::now(), std::chrono::microseconds(200));
   self->delayed_send(self, wait, tick_atom::value);
@@ -464,6 +497,7 @@ caf::message_handler membership_handlers(caf::event_based_actor* self, const sta
           return;
         in.apply(*st->core, clock_type::now());
         run_actions(self, st);
+        answer_pending_hellos(st);
       },
   };
 }

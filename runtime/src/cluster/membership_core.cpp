@@ -227,24 +227,18 @@ void membership_core::detect(time_point now) {
   }
 }
 
-bool membership_core::beat(const std::string& name, uint64_t epoch, time_point now) {
+beat_verdict membership_core::beat(const std::string& name, uint64_t epoch, time_point now) {
   advance(now);
   auto* p = find(name);
   if (p == nullptr || epoch == 0 || epoch <= p->fenced || epoch < p->epoch)
-    return false;
+    return beat_verdict::refused;
+  // Epochs are the coordinator's: a newer one counts once a view shows it (view() takes it
+  // then, and fences the older incarnation). A restarted node's first beats can arrive before
+  // that view; a made-up epoch never gets one.
+  if (epoch > p->epoch)
+    return beat_verdict::unconfirmed;
   if (fenced_)
-    return true; // this node stops; the peer did nothing wrong
-  if (epoch > p->epoch) {
-    if (p->epoch != 0) {
-      // A restart: the old incarnation is fenced (its work is refused from now on).
-      p->fenced = std::max(p->fenced, p->epoch);
-      if (p->state == peer_state::alive || p->state == peer_state::suspected)
-        set_state(name, *p, peer_state::dead, "restarted as epoch " + std::to_string(epoch));
-    }
-    p->epoch = epoch;
-    p->detector = phi_accrual{s_.heartbeat_interval};
-    p->member_seen = false;
-  }
+    return beat_verdict::accepted; // this node stops; the peer did nothing wrong
   p->detector.heartbeat(observed_);
   if (p->declare_epoch != 0 && !p->declare_in_flight) {
     // The silence ended before the coordinator heard of it: nothing to declare.
@@ -258,7 +252,7 @@ bool membership_core::beat(const std::string& name, uint64_t epoch, time_point n
   }
   if (p->state != peer_state::alive && p->declare_epoch == 0)
     set_state(name, *p, peer_state::alive, "heartbeat at epoch " + std::to_string(epoch));
-  return true;
+  return beat_verdict::accepted;
 }
 
 void membership_core::connection_lost(const std::string& name, time_point now) {
@@ -556,7 +550,7 @@ std::vector<membership_action> membership_core::take_actions() {
 
 bool membership_core::accepts(const std::string& name, uint64_t epoch) const {
   auto* p = find(name);
-  return p != nullptr && epoch != 0 && epoch > p->fenced && epoch >= p->epoch;
+  return p != nullptr && epoch != 0 && epoch > p->fenced && epoch == p->epoch;
 }
 
 std::vector<peer_view> membership_core::peers() const {

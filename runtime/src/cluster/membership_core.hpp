@@ -28,9 +28,12 @@
 //   them: if it is the one cut off, its peers report it first. A connection that closes within a
 //   deadline after this process's own pause is reported a deadline later too (the peer closed
 //   it because it stopped hearing from this node), unless the peer beats again meanwhile.
-// - Epochs are fencing tokens: a message from an incarnation older than the newest one known,
-//   or at or below the highest fenced one, is refused (accepts()); a newer epoch is a restart,
-//   and the old incarnation is fenced.
+// - Epochs are fencing tokens, and only the coordinator gives them: a message from an
+//   incarnation older than the newest one known, or at or below the highest fenced one, is
+//   refused (accepts()); a newer epoch is believed only once the coordinator's view shows it
+//   (a restart: the old incarnation is fenced then). Until then a message at that epoch is
+//   not yet acted on (beat_verdict::unconfirmed): a node with a valid certificate that writes
+//   a made-up epoch into its messages cannot fence its own live incarnation at its peers.
 // - Leadership is the coordinator's: a node campaigns only when the view has no leader and it
 //   is the candidate whose turn it is; a leader whose last successful renewal was sent more
 //   than ttl − one heartbeat interval ago stops (fenced) before its lease can expire, and so
@@ -100,6 +103,16 @@ enum class membership_action_kind : uint8_t {
 /// Returns the name of `x`, e.g. "declare_dead".
 std::string to_string(membership_action_kind x);
 
+/// What the core made of a message that proves a peer lives (membership_core::beat).
+enum class beat_verdict {
+  /// The peer's current incarnation: it lives.
+  accepted,
+  /// An unknown peer, or an epoch older than its newest or fenced: refused for good.
+  refused,
+  /// An epoch newer than the coordinator's view has shown for the peer: not acted on yet.
+  unconfirmed,
+};
+
 /// One action of the core (the fields its kind names; the others stay empty).
 struct membership_action {
   membership_action_kind kind = membership_action_kind::note;
@@ -133,9 +146,10 @@ public:
   /// least four times per heartbeat interval (next_tick says when next).
   void tick(time_point now);
 
-  /// A heartbeat from `peer` (the name its connection authenticated) at `epoch`; false if
-  /// refused (stale or fenced epoch, unknown peer: the owner logs it).
-  bool beat(const std::string& peer, uint64_t epoch, time_point now);
+  /// A heartbeat from `peer` (the name its connection authenticated) at `epoch`: accepted,
+  /// refused (stale or fenced epoch, unknown peer: the owner logs it), or unconfirmed (an epoch
+  /// newer than the coordinator's view shows: not acted on; ask again after the next view).
+  beat_verdict beat(const std::string& peer, uint64_t epoch, time_point now);
 
   /// The connection to `peer` closed: it is reported to the coordinator.
   void connection_lost(const std::string& peer, time_point now);
@@ -163,8 +177,8 @@ public:
 
   // -- queries ---------------------------------------------------------------------------
 
-  /// Whether a message from `peer` at `epoch` may be acted on: a known peer, its newest known
-  /// incarnation or a newer one, above its fenced epoch.
+  /// Whether a message from `peer` at `epoch` may be acted on: a known peer, its newest
+  /// incarnation that the coordinator's view showed, above its fenced epoch.
   bool accepts(const std::string& peer, uint64_t epoch) const;
 
   /// Every peer: its state, epoch, suspicion and why it last changed.

@@ -143,6 +143,12 @@ coordination_view memory_coordination_service::view() const {
   return view_;
 }
 
+bool memory_coordination_service::gave(const std::string& node, uint64_t epoch) const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  auto i = given_.find(node);
+  return i != given_.end() && i->second.count(epoch) != 0;
+}
+
 void memory_coordination_service::watch(std::shared_ptr<memory_coordinator> c,
                                         std::function<void(const coordination_view&)> f) {
   std::lock_guard<std::mutex> post{post_mtx_};
@@ -302,6 +308,7 @@ void memory_coordinator::join(const std::string& name, callback<uint64_t> done) 
       svc.remove_locked(name);
     }
     auto epoch = ++svc.next_epoch_;
+    svc.given_[name].insert(epoch);
     v.members[name] = epoch;
     svc.sessions_[name] = {epoch, svc.clock_() + svc.ttl_};
     ++v.revision;

@@ -162,11 +162,31 @@ void store_replica(caf::event_based_actor* self, const state_ptr& st, const std:
     rp.deliver(std::move(err));
     return;
   }
+  // The store orders a sender's replicas by `epoch`: it must be the incarnation's own (an
+  // epoch written higher would make the store refuse that node's real replicas from then on).
+  if (epoch != gen) {
+    auto err =
+        make_error(cluster_errc::malformed_message,
+                   "node " + st->self.name + " refuses a replica said to be from " + shown(from) +
+                       ": it orders its versions by epoch " + std::to_string(epoch) +
+                       ", not its incarnation's " + std::to_string(gen));
+    st->announce(describe(err));
+    rp.deliver(std::move(err));
+    return;
+  }
   // An unknown node, a fenced epoch or one older than the newest incarnation known.
   if (!st->core->accepts(from, gen)) {
-    rp.deliver(make_error(cluster_errc::fenced, "replica from " + shown(from) + " epoch " +
-                                                    std::to_string(gen) +
-                                                    " refused: the node is fenced or replaced"));
+    // A newer epoch than the coordinator's view shows here: not (yet) the sender's; the
+    // store must not learn it, or it would refuse the real incarnation's replicas.
+    if (gen > st->core->epoch_of(from))
+      rp.deliver(make_error(cluster_errc::peer_unreachable,
+                            "replica from " + shown(from) + " epoch " + std::to_string(gen) +
+                                " refused: the coordinator has not shown that epoch to node " +
+                                st->self.name + " (yet)"));
+    else
+      rp.deliver(make_error(cluster_errc::fenced, "replica from " + shown(from) + " epoch " +
+                                                      std::to_string(gen) +
+                                                      " refused: the node is fenced or replaced"));
     return;
   }
   auto left = std::make_shared<size_t>(batch.items.size());

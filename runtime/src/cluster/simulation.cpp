@@ -248,6 +248,35 @@ simulation_report simulate(const simulation_options& opts) {
         schedule.begin(), schedule.end(),
         [](const scheduled_fault& a, const scheduled_fault& b) { return a.at < b.at; });
   }
+  // Forged heartbeats, from a stream of their own as well: a node that holds a valid
+  // certificate (compromised, or broken) writes an epoch the coordinator never gave it into
+  // heartbeats to every peer. Its connection still names it, so only the epoch can lie.
+  std::mt19937_64 forge_rng{opts.seed ^ 0xc2b2ae3d27d4eb4fULL};
+  const bool forging = opts.faults && forge_rng() % 2 == 0;
+  if (forging) {
+    auto count = 1 + forge_rng() % 5;
+    for (size_t k = 0; k < count; ++k) {
+      scheduled_fault f;
+      f.at = ms{static_cast<int64_t>(1000 + static_cast<double>(forge_rng() % 1000000) / 1e6 *
+                                                static_cast<double>(fault_end.count() - 1000))};
+      auto liar = node_name(forge_rng() % opts.nodes);
+      // Far above any epoch a run gives out (a join each): never a real one.
+      const uint64_t lift = 1000 + forge_rng() % 1000;
+      f.what =
+          liar + " claims its epoch + " + std::to_string(lift) + " in heartbeats to every peer";
+      f.apply = [liar, lift, names = o.names](cluster_sim& sim) {
+        if (sim.down(liar))
+          return;
+        const auto forged = sim.core(liar).epoch() + lift;
+        for (const auto& to : names)
+          sim.forge_beat(liar, to, forged);
+      };
+      schedule.push_back(std::move(f));
+    }
+    std::stable_sort(
+        schedule.begin(), schedule.end(),
+        [](const scheduled_fault& a, const scheduled_fault& b) { return a.at < b.at; });
+  }
   if (drift)
     rep.faults.push_back("clocks drift: " + drifts);
   std::mt19937_64 net_rng{opts.seed ^ 0x9e3779b97f4a7c15ULL};
@@ -357,6 +386,13 @@ simulation_report simulate(const simulation_options& opts) {
   sim.after_input = [&](size_t id) {
     const auto& name = sim.name_of(id);
     auto& core = sim.incarnation(id);
+    // Epochs are the coordinator's alone: no node believes a peer at one it never gave that
+    // peer (checked where heartbeats lie: it costs a lookup per node and input).
+    if (forging)
+      for (const auto& y : o.names)
+        if (auto e = core.epoch_of(y); e != 0 && !sim.service->gave(y, e))
+          violation(name + "@" + std::to_string(core.epoch()) + " takes " + y + " for epoch " +
+                    std::to_string(e) + ", which the coordinator never gave it");
     if (core.leads() && !core.fenced()) {
       if (core.term() < newest_term && newest_leader != name) {
         // A leader of an older term that has not heard of the newer one yet (paused, cut

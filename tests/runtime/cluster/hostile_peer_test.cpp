@@ -111,8 +111,14 @@ inspect(Inspector& f, forged_batch& x) {
 /// started in this process, recording its notes.
 struct target_node {
   test::temp_dir dir{"hostile"};
+  // Sessions that outlive every test: n2 joins once and never renews.
   std::shared_ptr<memory_coordination_service> service =
-      std::make_shared<memory_coordination_service>();
+      std::make_shared<memory_coordination_service>(std::chrono::hours(1));
+  /// n2 as the coordinator knows it (it joined before n1 started): the epoch it gave n2. The
+  /// hostile peers below hold n2's certificate; what they send is n2's as far as any
+  /// connection can tell.
+  std::vector<std::shared_ptr<memory_coordinator>> n2_sessions;
+  uint64_t n2_epoch = 0;
   node_config nc;
   std::unique_ptr<runtime> rt;
   std::shared_ptr<cluster_node> node;
@@ -121,8 +127,10 @@ struct target_node {
 
   /// `n2_port`: where n2 is said to listen (by default 1, where nothing does).
   explicit target_node(uint16_t n2_port = 1) {
+    // A deadline that no test reaches: a hostile peer that said hello never beats.
     std::string text = "[cluster]\nname = \"h\"\nstate_root = \"" + dir.path +
-                       "/state\"\n[cluster.security]\ndir = \"" + dir.path + "/certs\"\n";
+                       "/state\"\n[cluster.security]\ndir = \"" + dir.path +
+                       "/certs\"\n[cluster.failure_detection]\ndeadline = \"60s\"\n";
     // n2 never runs: its port is 1, where nothing listens, so n1's attempts to reach it
     // are refused at once (over TLS, CAF's openssl manager connects synchronously, and a
     // port that some other process took meanwhile could hold it in a handshake).
@@ -143,7 +151,8 @@ struct target_node {
     };
     rt = std::make_unique<runtime>(rc);
     REQUIRE(prepared);
-    // The node alone in an in-process coordination service: the hostile peers never join it.
+    // n1 in an in-process coordination service, where n2 joined first.
+    n2_epoch = join_n2();
     auto started =
         cluster_node::start(*rt, nc, "n1", nullptr, {}, memory_coordinator::make(service));
     REQUIRE(started);
@@ -154,6 +163,17 @@ struct target_node {
     });
   }
   ~target_node() { node.reset(); }
+
+  /// n2 joins (again) in the coordination service: its new epoch (an older one is fenced).
+  uint64_t join_n2() {
+    auto c = memory_coordinator::make(service);
+    std::promise<caf::expected<uint64_t>> joined;
+    c->join("n2", [&](caf::expected<uint64_t> e) { joined.set_value(std::move(e)); });
+    auto e = joined.get_future().get();
+    REQUIRE(e);
+    n2_sessions.push_back(c);
+    return *e;
+  }
 
   std::string all_notes() {
     std::lock_guard<std::mutex> guard{mtx};
@@ -203,15 +223,20 @@ struct forger {
   }
 };
 
-/// A local process with node n2's certificate and the real checkpoint batch type.
+/// A local process with node n2's certificate and the real checkpoint batch type. It says
+/// hello from `me`, which lives as long as it does: the node takes the actor that said hello
+/// for n2's agent, and its end for n2's.
 struct replicator {
   caf::actor_system_config conf;
   std::unique_ptr<caf::actor_system> sys;
+  std::unique_ptr<caf::scoped_actor> me;
   explicit replicator(const node_config& nc) {
     load_node_credentials(conf, nc, "n2");
     conf.add_message_type<checkpoint_batch>("understudy::checkpoint_batch");
     sys = std::make_unique<caf::actor_system>(conf);
+    me = std::make_unique<caf::scoped_actor>(*sys);
   }
+  ~replicator() { me.reset(); }
   caf::actor connect(uint16_t port) {
     auto agent = connect_to_peer(*sys, "127.0.0.1", port, 10s);
     REQUIRE(agent);
@@ -261,11 +286,31 @@ std::vector<std::pair<uint64_t, int>> stored(const state_store& store, const std
 /// Sends (replica, from, gen, epoch, batch) and returns the answer.
 template <class Batch>
 caf::expected<uint64_t> send_replica(caf::actor_system& sys, const caf::actor& agent,
-                                     const std::string& from, Batch batch, uint64_t epoch = 1) {
+                                     const std::string& from, Batch batch, uint64_t gen,
+                                     uint64_t epoch) {
   caf::expected<uint64_t> out{uint64_t{0}};
   caf::scoped_actor self{sys};
-  self->request(agent, 10s, caf::atom("us_nrepl"), from, uint64_t{1}, epoch, std::move(batch))
+  self->request(agent, 10s, caf::atom("us_nrepl"), from, gen, epoch, std::move(batch))
       .receive([&](uint64_t n) { out = n; }, [&](caf::error& err) { out = std::move(err); });
+  return out;
+}
+
+/// The same, from the incarnation at epoch `gen`.
+template <class Batch>
+caf::expected<uint64_t> send_replica(caf::actor_system& sys, const caf::actor& agent,
+                                     const std::string& from, Batch batch, uint64_t gen) {
+  return send_replica(sys, agent, from, std::move(batch), gen, gen);
+}
+
+/// Says hello to `agent` as n2 at `epoch`: the node's answer (its epoch), or why it refused.
+/// The node answers once its coordinator's view shows that epoch, so a replica sent after a
+/// successful hello meets a node that knows it.
+caf::expected<uint64_t> greet(replicator& r, const caf::actor& agent, uint64_t epoch) {
+  caf::expected<uint64_t> out{uint64_t{0}};
+  auto& self = *r.me;
+  self->request(agent, 10s, caf::atom("us_nhello"), std::string{"n2"}, epoch, std::string{})
+      .receive([&](const std::string&, uint64_t e, const std::string&) { out = e; },
+               [&](caf::error& err) { out = std::move(err); });
   return out;
 }
 
@@ -279,7 +324,7 @@ TEST_CASE("a replica whose tensor declares 2^62 bytes is refused and the node go
   forged_batch huge;
   huge.declared = uint64_t{1} << 62;
   huge.carried = 16;
-  auto res = send_replica(*f.sys, agent, "n2", huge);
+  auto res = send_replica(*f.sys, agent, "n2", huge, n.n2_epoch);
   REQUIRE_FALSE(res);
   CHECK(is(res.error(), cluster_errc::malformed_message));
   CHECK_THAT(describe(res.error()), Catch::Contains("4611686018427387904 bytes"));
@@ -294,7 +339,7 @@ TEST_CASE("a replica whose tensor declares 2^62 bytes is refused and the node go
   forged_batch short_one;
   short_one.declared = 1 << 20;
   short_one.carried = 8;
-  auto res2 = send_replica(*f.sys, agent, "n2", short_one);
+  auto res2 = send_replica(*f.sys, agent, "n2", short_one, n.n2_epoch);
   REQUIRE_FALSE(res2);
   CHECK(is(res2.error(), cluster_errc::malformed_message));
   CHECK(n.alive(*f.sys, agent));
@@ -309,7 +354,7 @@ TEST_CASE("a replica whose bytes do not match its checksums is refused and nothi
   changed.declared = 16;
   changed.carried = 16;
   changed.chunk_sum = 12345; // not the XXH3 of the 16 bytes sent
-  auto res = send_replica(*f.sys, agent, "n2", changed);
+  auto res = send_replica(*f.sys, agent, "n2", changed, n.n2_epoch);
   REQUIRE_FALSE(res);
   CHECK(is(res.error(), cluster_errc::replica_refused));
   CHECK_THAT(describe(res.error()), Catch::Contains("chunk 0: checksum mismatch"));
@@ -333,9 +378,10 @@ TEST_CASE("a replica at a lower step deletes no stored version", "[cluster][host
   REQUIRE(stored(store, "/job/shard-0") == versions{{5, 'a'}, {6, 'b'}});
   replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
+  REQUIRE(greet(r, agent, n.n2_epoch));
   checkpoint_batch old;
   old.items.push_back(make_checkpoint("/job/shard-0", 2, 'z'));
-  auto res = send_replica(*r.sys, agent, "n2", old);
+  auto res = send_replica(*r.sys, agent, "n2", old, n.n2_epoch);
   INFO((res ? std::string{} : describe(res.error())));
   REQUIRE(res);
   // Versions 5 and 6 stay: a replica never rolls an actor back.
@@ -394,9 +440,10 @@ TEST_CASE("a replica never replaces a stored version with other contents",
   auto created = store.versions("/job/shard-0")->at(0).created;
   replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
+  REQUIRE(greet(r, agent, n.n2_epoch));
   checkpoint_batch other;
   other.items.push_back(make_checkpoint("/job/shard-0", 6, 'x'));
-  auto res = send_replica(*r.sys, agent, "n2", other);
+  auto res = send_replica(*r.sys, agent, "n2", other, n.n2_epoch);
   REQUIRE_FALSE(res);
   CHECK(is(res.error(), state_errc::version_conflict));
   CHECK_THAT(n.all_notes(),
@@ -405,7 +452,7 @@ TEST_CASE("a replica never replaces a stored version with other contents",
   // The same contents again are accepted and leave the stored version as it was.
   checkpoint_batch same;
   same.items.push_back(make_checkpoint("/job/shard-0", 6, 'b'));
-  auto again = send_replica(*r.sys, agent, "n2", same);
+  auto again = send_replica(*r.sys, agent, "n2", same, n.n2_epoch);
   INFO((again ? std::string{} : describe(again.error())));
   REQUIRE(again);
   CHECK(stored(store, "/job/shard-0") == versions{{6, 'b'}});
@@ -413,30 +460,86 @@ TEST_CASE("a replica never replaces a stored version with other contents",
 }
 
 TEST_CASE(
-    "a replica from a lower epoch than one stored from its sender is refused and changes "
-    "nothing",
+    "a replica from an epoch the coordinator replaced, or one it never gave, is refused and "
+    "changes nothing",
     "[cluster][hostile][state][replication]") {
   target_node n;
   auto& store = *n.node->state_store().store;
   replicator r{n.nc};
   auto agent = r.connect(n.node->self().port);
+  const auto e1 = n.n2_epoch;
+  REQUIRE(greet(r, agent, e1));
   checkpoint_batch first;
   first.items.push_back(make_checkpoint("/job/shard-0", 5, 'a'));
-  auto res = send_replica(*r.sys, agent, "n2", first, 5);
+  auto res = send_replica(*r.sys, agent, "n2", first, e1);
   INFO((res ? std::string{} : describe(res.error())));
   REQUIRE(res);
-  CHECK(*store.replica_epoch("n2") == 5);
-  // n2 as it was before it was replaced: an older epoch, a newer step.
-  checkpoint_batch stale;
-  stale.items.push_back(make_checkpoint("/job/shard-0", 6, 'z'));
-  auto refused = send_replica(*r.sys, agent, "n2", stale, 4);
-  REQUIRE_FALSE(refused);
-  CHECK(is(refused.error(), state_errc::stale_epoch));
-  CHECK_THAT(describe(refused.error()), Catch::Contains("epoch 4, lower than epoch 5"));
-  CHECK_THAT(n.all_notes(), Catch::Contains("refuses a replica") && Catch::Contains("epoch 4"));
+  CHECK(*store.replica_epoch("n2") == e1);
   using versions = std::vector<std::pair<uint64_t, int>>;
+  auto newer = [] {
+    checkpoint_batch b;
+    b.items.push_back(make_checkpoint("/job/shard-0", 6, 'z'));
+    return b;
+  };
+  // An epoch written higher than the incarnation's own, to make the store refuse the real
+  // n2's replicas from then on: malformed.
+  auto lifted = send_replica(*r.sys, agent, "n2", newer(), e1, e1 + 1000);
+  REQUIRE_FALSE(lifted);
+  CHECK(is(lifted.error(), cluster_errc::malformed_message));
+  CHECK_THAT(describe(lifted.error()), Catch::Contains("not its incarnation's"));
+  // An incarnation the coordinator never gave: not acted on.
+  auto made_up = send_replica(*r.sys, agent, "n2", newer(), e1 + 1000);
+  REQUIRE_FALSE(made_up);
+  CHECK(is(made_up.error(), cluster_errc::peer_unreachable));
+  CHECK_THAT(describe(made_up.error()), Catch::Contains("has not shown that epoch"));
   CHECK(stored(store, "/job/shard-0") == versions{{5, 'a'}});
-  CHECK(*store.replica_epoch("n2") == 5);
+  CHECK(*store.replica_epoch("n2") == e1);
+  // n2 restarts (a new epoch from the coordinator): its new incarnation's replicas land, and
+  // the replaced one's are refused as fenced.
+  const auto e2 = n.join_n2();
+  REQUIRE(e2 > e1);
+  REQUIRE(greet(r, agent, e2));
+  auto fresh = send_replica(*r.sys, agent, "n2", newer(), e2);
+  INFO((fresh ? std::string{} : describe(fresh.error())));
+  REQUIRE(fresh);
+  CHECK(*store.replica_epoch("n2") == e2);
+  checkpoint_batch stale;
+  stale.items.push_back(make_checkpoint("/job/shard-0", 7, 'y'));
+  auto refused = send_replica(*r.sys, agent, "n2", stale, e1);
+  REQUIRE_FALSE(refused);
+  CHECK(is(refused.error(), cluster_errc::fenced));
+  CHECK_THAT(describe(refused.error()), Catch::Contains("epoch " + std::to_string(e1)));
+  CHECK(stored(store, "/job/shard-0") == versions{{5, 'a'}, {6, 'z'}});
+  CHECK(n.alive(*r.sys, agent));
+}
+
+TEST_CASE("a hello at an epoch the coordinator never gave is not admitted, and the real one is",
+          "[cluster][hostile]") {
+  target_node n;
+  replicator r{n.nc};
+  auto agent = r.connect(n.node->self().port);
+  // Made up: the node waits for a view that would show it, then says it has none.
+  auto forged = greet(r, agent, n.n2_epoch + 7);
+  REQUIRE_FALSE(forged);
+  CHECK(is(forged.error(), cluster_errc::peer_unreachable));
+  CHECK_THAT(describe(forged.error()), Catch::Contains("has not shown that epoch"));
+  // It fenced nothing: n2's real incarnation is admitted, and is alive at its own epoch.
+  auto real = greet(r, agent, n.n2_epoch);
+  INFO((real ? std::string{} : describe(real.error())));
+  REQUIRE(real);
+  CHECK(*real == n.node->generation());
+  bool seen = false;
+  for (const auto& p : n.node->peers())
+    if (p.name == "n2") {
+      seen = true;
+      CHECK(p.state == peer_state::alive);
+    }
+  CHECK(seen);
+  // A heartbeat at a made-up epoch changes nothing either.
+  caf::scoped_actor self{*r.sys};
+  self->send(agent, caf::atom("us_nbeat"), std::string{"n2"}, n.n2_epoch + 9, std::string{});
+  auto again = greet(r, agent, n.n2_epoch);
+  CHECK(again);
   CHECK(n.alive(*r.sys, agent));
 }
 
@@ -516,7 +619,7 @@ TEST_CASE("a hello or a replica that claims a huge node name is refused without 
   CHECK(describe(hello_err).size() < 1024);
   checkpoint_batch batch;
   batch.items.push_back(make_checkpoint("/job/shard-0", 1, 'a'));
-  auto res = send_replica(*r.sys, agent, huge, batch);
+  auto res = send_replica(*r.sys, agent, huge, batch, n.n2_epoch);
   REQUIRE_FALSE(res);
   // n2's certificate does not name it.
   CHECK(is(res.error(), cluster_errc::identity_mismatch));

@@ -250,7 +250,7 @@ TEST_CASE("membership core: a restarted node's newer epoch is accepted, its old 
     CHECK(c.accepts("n3", new_epoch));
     CHECK_FALSE(c.accepts("n3", old_epoch));
     // A stale message of the old incarnation arriving late is refused.
-    CHECK_FALSE(c.beat("n3", old_epoch, sim->now));
+    CHECK(c.beat("n3", old_epoch, sim->now) == beat_verdict::refused);
   }
   CHECK_FALSE(sim->core("n1").accepts("n3", 0));
   CHECK_FALSE(sim->core("n1").accepts("nobody", new_epoch));
@@ -267,8 +267,8 @@ TEST_CASE("membership core: stale epochs are refused after a node was declared d
   INFO(sim->text());
   REQUIRE(sim->core("n1").state_of("n3") == peer_state::dead);
   auto before = sim->refused.size();
-  CHECK_FALSE(sim->core("n1").beat("n3", e3, sim->now));
-  CHECK_FALSE(sim->core("n1").beat("n3", e3 - 1, sim->now));
+  CHECK(sim->core("n1").beat("n3", e3, sim->now) == beat_verdict::refused);
+  CHECK(sim->core("n1").beat("n3", e3 - 1, sim->now) == beat_verdict::refused);
   CHECK(sim->core("n1").state_of("n3") == peer_state::dead);
   (void)before;
   // The node comes back: its new epoch is accepted.
@@ -279,6 +279,37 @@ TEST_CASE("membership core: stale epochs are refused after a node was declared d
   CHECK(sim->core("n1").state_of("n3") == peer_state::alive);
   CHECK(sim->core("n1").accepts("n3", e3b));
   CHECK_FALSE(sim->core("n1").accepts("n3", e3));
+}
+
+TEST_CASE(
+    "membership core: a heartbeat at an epoch the coordinator never showed is not believed and "
+    "fences nobody",
+    "[cluster][membership_core]") {
+  auto sim = settled();
+  const auto e3 = sim->core("n3").epoch();
+  // n3 holds a valid certificate and writes a made-up epoch into a heartbeat: the old rule
+  // took any newer epoch for a restart and fenced the live incarnation e3.
+  for (auto& n : {"n1", "n2"}) {
+    auto& c = sim->core(n);
+    CHECK(c.beat("n3", e3 + 50, sim->now) == beat_verdict::unconfirmed);
+    CHECK(c.epoch_of("n3") == e3);
+    CHECK(c.accepts("n3", e3));
+    CHECK_FALSE(c.accepts("n3", e3 + 50));
+    CHECK(c.state_of("n3") == peer_state::alive);
+  }
+  sim->run_for(5s);
+  INFO(sim->text());
+  CHECK(sim->of(kind::declare_dead).empty());
+  CHECK(sim->of(kind::fenced).empty());
+  CHECK_FALSE(sim->core("n3").fenced());
+  CHECK(sim->core("n1").state_of("n3") == peer_state::alive);
+  // A real restart: its beats may come before the view, which alone makes its epoch count.
+  auto id = sim->start("n3");
+  sim->run_for(1s);
+  const auto e3b = sim->incarnation(id).epoch();
+  CHECK(sim->core("n1").epoch_of("n3") == e3b);
+  CHECK(sim->core("n1").accepts("n3", e3b));
+  CHECK(sim->core("n1").state_of("n3") == peer_state::alive);
 }
 
 TEST_CASE("membership core: exactly one leader per term across failovers",
@@ -425,9 +456,9 @@ struct lone_core {
       core.tick(t);
     }
     if (n1)
-      CHECK(core.beat("n1", 1, t));
+      CHECK(core.beat("n1", 1, t) == beat_verdict::accepted);
     if (n2)
-      CHECK(core.beat("n2", 2, t));
+      CHECK(core.beat("n2", 2, t) == beat_verdict::accepted);
   }
 
   std::vector<std::string> declared() {
@@ -446,7 +477,7 @@ TEST_CASE("membership core: its own pause is not its peers' silence",
   lone_core n;
   // Frozen for 1.05 s: when it resumes, n2's queued beat is handled first, then its tick.
   n.t += 1050ms;
-  CHECK(n.core.beat("n2", 2, n.t));
+  CHECK(n.core.beat("n2", 2, n.t) == beat_verdict::accepted);
   n.core.tick(n.t);
   CHECK(n.declared().empty());
   CHECK(n.core.observed() < n.t - 900ms);
@@ -501,7 +532,7 @@ TEST_CASE("membership core: a node with one peer reports it after the deadline, 
   v.revision = 3;
   v.members = {{"a", 2}, {"b", 1}};
   core.view(v, t);
-  CHECK(core.beat("b", 1, t));
+  CHECK(core.beat("b", 1, t) == beat_verdict::accepted);
   core.take_actions();
   auto declared = [&] {
     for (auto& a : core.take_actions())

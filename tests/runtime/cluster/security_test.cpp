@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -760,9 +761,14 @@ node_config tls_cluster(const std::string& dir) {
 
 } // namespace
 
-/// Node n1 of a TLS cluster, alone in an in-process coordination service.
+/// Node n1 of a TLS cluster in an in-process coordination service, which other nodes of the
+/// file can join (join()) to be peers it knows.
 struct tls_node {
   scratch_dir dir;
+  // Sessions that outlive every test: a node joined by join() never renews.
+  std::shared_ptr<memory_coordination_service> service =
+      std::make_shared<memory_coordination_service>(std::chrono::hours(1));
+  std::vector<std::shared_ptr<memory_coordinator>> sessions;
   std::optional<node_config> nc{tls_cluster(dir.path)};
   caf::expected<std::vector<std::string>> prepared{std::vector<std::string>{}};
   std::unique_ptr<runtime> rt;
@@ -776,14 +782,24 @@ struct tls_node {
     };
     rt = std::make_unique<runtime>(rc);
     REQUIRE(prepared);
-    auto started = cluster_node::start(
-        *rt, *nc, "n1", nullptr, {},
-        memory_coordinator::make(std::make_shared<memory_coordination_service>()));
+    auto started =
+        cluster_node::start(*rt, *nc, "n1", nullptr, {}, memory_coordinator::make(service));
     REQUIRE(started);
     node = std::move(*started);
   }
 
   ~tls_node() { node.reset(); }
+
+  /// Node `name` joins the coordination service: the epoch it was given.
+  uint64_t join(const std::string& name) {
+    auto c = memory_coordinator::make(service);
+    std::promise<caf::expected<uint64_t>> joined;
+    c->join(name, [&](caf::expected<uint64_t> e) { joined.set_value(std::move(e)); });
+    auto e = joined.get_future().get();
+    REQUIRE(e);
+    sessions.push_back(c);
+    return *e;
+  }
 };
 
 TEST_CASE("a node refuses a peer whose certificate names another node than it claims to be",
@@ -791,7 +807,9 @@ TEST_CASE("a node refuses a peer whose certificate names another node than it cl
   tls_node t;
   auto& nc = t.nc;
   auto node = std::make_optional(t.node);
-  // A peer with a valid certificate of the cluster CA: n3's.
+  // A peer with a valid certificate of the cluster CA: n3's, at the epoch the coordinator gave
+  // n3 (a hello at one it never gave waits for a view that shows it).
+  const auto n3_epoch = t.join("n3");
   const auto& n3 = *nc->find_node("n3");
   manual_tls_system rogue{n3.cert, n3.key, nc->cluster.security->ca};
   auto agent = connect_to_peer(*rogue.sys, "127.0.0.1", (*node)->self().port, 10s);
@@ -800,7 +818,7 @@ TEST_CASE("a node refuses a peer whose certificate names another node than it cl
   auto hello = [&](const std::string& name) {
     caf::expected<std::string> out{std::string{}};
     caf::scoped_actor self{*rogue.sys};
-    self->request(*agent, 10s, caf::atom("us_nhello"), name, uint64_t{1}, std::string{})
+    self->request(*agent, 10s, caf::atom("us_nhello"), name, n3_epoch, std::string{})
         .receive([&](const std::string& who, uint64_t, const std::string&) { out = who; },
                  [&](caf::error& err) { out = std::move(err); });
     return out;

@@ -60,6 +60,10 @@ public:
   /// The current view.
   coordination_view view() const;
 
+  /// Whether the service ever gave `node` the epoch `epoch` (a join's answer): what a
+  /// simulation checks the epochs that nodes believe against.
+  bool gave(const std::string& node, uint64_t epoch) const;
+
   /// The sessions' time to live.
   std::chrono::milliseconds ttl() const noexcept { return ttl_; }
 
@@ -96,6 +100,8 @@ private:
   bool available_ = true;
   std::set<std::string> unreachable_;
   uint64_t next_epoch_ = 0;
+  /// Every epoch each node was given.
+  std::map<std::string, std::set<uint64_t>> given_;
   coordination_view view_;
   std::map<std::string, session> sessions_;
   /// A watcher's newest undelivered view: a change while one is on its way replaces it, so a

@@ -10,7 +10,8 @@
 //   of any length (SIGSTOP, GC, VM steal), two-way partitions of a node from others, one-way
 //   cuts, heartbeats lost, duplicated, delayed and replayed seconds late (stale epochs), the
 //   coordination service down, one node cut off from it, clocks drifting up to 1% fast or slow
-//   and jumping ahead (each node reads a clock of its own);
+//   and jumping ahead (each node reads a clock of its own), and forged heartbeats: a node with
+//   a valid certificate writes an epoch it was never given into what it sends;
 // - faults happen in the first two thirds of the run; then everything heals, stopped nodes
 //   start again, and the cluster must settle.
 // Invariants, checked on every input a node processes:
@@ -18,6 +19,9 @@
 //   leads) of a term older than one another node has acted as leader of (it was paused or cut
 //   off and has not heard yet) is refused by every node that knows the newer term: its epoch is
 //   fenced there, so nothing it sends is acted on (no split brain);
+// - in runs with forged heartbeats: no node takes a peer for an epoch that the coordinator
+//   never gave it (epochs are fencing tokens: believing a made-up one fences the real
+//   incarnation);
 // - once the faults stop, within a bound (ttl + 2 deadlines + 2 s): exactly one leader, which
 //   every running node knows, and every running node sees every other alive; from then on
 //   nobody is declared dead or fenced.
@@ -25,8 +29,9 @@
 //
 // Past `monitors` + 1 nodes the nodes watch each other on a ring (membership_core.hpp).
 //
-// Not simulated: the training job's commit protocol (its actors run on CAF), disks, and forged
-// messages (the transport authenticates them; see hostile_peer_test).
+// Not simulated: the training job's commit protocol (its actors run on CAF), disks, and
+// messages forged under another node's name (the transport authenticates every message by its
+// connection; see hostile_peer_test).
 //
 // Threads: simulate() runs on the caller's thread. Errors: none (a run reports violations).
 
