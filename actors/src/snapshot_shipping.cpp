@@ -12,8 +12,10 @@
 #include <utility>
 
 #include <caf/actor_system.hpp>
+#include <caf/after.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
+#include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <nlohmann/json.hpp>
 
@@ -310,7 +312,13 @@ public:
       std::lock_guard<std::mutex> guard{handle_->mtx};
       handle_->node = nullptr;
     }
-    caf::anon_send_exit(tree_, caf::exit_reason::user_shutdown);
+    // A ship under way (a snapshot written, then the oldest pruned to keep_last) ends before
+    // the tree handles the exit: wait for it, so that a node that stops leaves no extra
+    // snapshot behind (bounded: a stuck write does not hold the node's exit forever).
+    caf::scoped_actor self{tree_.home_system()};
+    self->monitor(tree_);
+    self->send_exit(tree_, caf::exit_reason::user_shutdown);
+    self->receive([](const caf::down_msg&) {}, caf::after(std::chrono::seconds(30)) >> [] {});
   }
 
 private:
