@@ -7,6 +7,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 
@@ -82,6 +84,42 @@ int SSL_connect(SSL* ssl) {
 int SSL_accept(SSL* ssl) {
   static auto next = understudy::openssl_next<int (*)(SSL*)>("SSL_accept");
   return understudy::call_ssl(next, ssl);
+}
+
+// CAF's openssl session blocks SIGPIPE around every OpenSSL call (three
+// system calls each: block, sigtimedwait, restore). With the fast path every
+// write of its connections goes out with MSG_NOSIGNAL, so those calls change
+// nothing; they are skipped for that caller only, and in pairs: a restore is
+// skipped exactly when this thread's block before it was.
+namespace {
+thread_local bool sigpipe_block_skipped = false;
+}
+
+int pthread_sigmask(int how, const sigset_t* set, sigset_t* old) {
+  using fn = int (*)(int, const sigset_t*, sigset_t*);
+  static auto next = reinterpret_cast<fn>(::dlsym(RTLD_NEXT, "pthread_sigmask"));
+  if (how == SIG_BLOCK && !sigpipe_block_skipped &&
+      understudy::detail::tls_fast_path_sigpipe_free(__builtin_return_address(0))) {
+    sigpipe_block_skipped = true;
+    return 0;
+  }
+  if (how == SIG_SETMASK && sigpipe_block_skipped &&
+      understudy::detail::tls_fast_path_from_caf_openssl(__builtin_return_address(0))) {
+    sigpipe_block_skipped = false;
+    return 0;
+  }
+  return next(how, set, old);
+}
+
+int sigtimedwait(const sigset_t* set, siginfo_t* info, const struct timespec* timeout) {
+  using fn = int (*)(const sigset_t*, siginfo_t*, const struct timespec*);
+  static auto next = reinterpret_cast<fn>(::dlsym(RTLD_NEXT, "sigtimedwait"));
+  if (sigpipe_block_skipped &&
+      understudy::detail::tls_fast_path_from_caf_openssl(__builtin_return_address(0))) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return next(set, info, timeout);
 }
 
 } // extern "C"

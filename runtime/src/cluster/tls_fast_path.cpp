@@ -4,6 +4,7 @@
 #include "tls_fast_path.hpp"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <sys/socket.h>
@@ -198,14 +199,74 @@ const void* caf_openssl_base() {
   return base;
 }
 
+/// Connections of CAF's openssl module left without the fast path (its write
+/// BIO could not be made): their writes can raise SIGPIPE.
+std::atomic<bool> unguarded{false};
+
+/// SIGPIPE guards of CAF's openssl module skipped so far.
+std::atomic<uint64_t> skipped{0};
+
+/// [start, end) of the executable code of CAF's openssl module.
+std::pair<uintptr_t, uintptr_t> caf_openssl_text() {
+  static const auto range = [] {
+    std::pair<uintptr_t, uintptr_t> out{0, 0};
+    const void* base = caf_openssl_base();
+    if (base == nullptr)
+      return out;
+    struct search {
+      const void* base;
+      std::pair<uintptr_t, uintptr_t>* out;
+    } s{base, &out};
+    ::dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* data) -> int {
+          auto* s = static_cast<search*>(data);
+          for (int i = 0; i < info->dlpi_phnum; ++i) {
+            const auto& ph = info->dlpi_phdr[i];
+            if (ph.p_type != PT_LOAD || (ph.p_flags & PF_X) == 0)
+              continue;
+            auto start = static_cast<uintptr_t>(info->dlpi_addr + ph.p_vaddr);
+            auto end = start + ph.p_memsz;
+            auto b = reinterpret_cast<uintptr_t>(s->base);
+            // The object whose mapping holds the module's base.
+            if (reinterpret_cast<uintptr_t>(info->dlpi_addr) <= b && b < end) {
+              *s->out = {start, end};
+              return 1;
+            }
+          }
+          return 0;
+        },
+        &s);
+    return out;
+  }();
+  return range;
+}
+
 } // namespace
+
+bool tls_fast_path_from_caf_openssl(const void* caller) {
+  auto [start, end] = caf_openssl_text();
+  auto c = reinterpret_cast<uintptr_t>(caller);
+  return start <= c && c < end;
+}
+
+bool tls_fast_path_sigpipe_free(const void* caller) {
+  if (unguarded.load(std::memory_order_relaxed) || !tls_fast_path_from_caf_openssl(caller))
+    return false;
+  skipped.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+uint64_t tls_fast_path_sigpipe_guards_skipped() {
+  return skipped.load(std::memory_order_relaxed);
+}
 
 void tls_fast_path_attach(SSL* ssl, int fd, const void* caller) {
   Dl_info info{};
   const void* base = caf_openssl_base();
   if (base == nullptr || ::dladdr(caller, &info) == 0 || info.dli_fbase != base)
     return;
-  tls_fast_path_install(ssl, fd);
+  if (!tls_fast_path_install(ssl, fd))
+    unguarded.store(true, std::memory_order_relaxed);
 }
 
 bool tls_fast_path_install(SSL* ssl, int fd) {

@@ -14,10 +14,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <caf/openssl/session.hpp>
 #include <catch2/catch.hpp>
 
 #include "cluster/tls_fast_path.hpp"
@@ -231,4 +233,32 @@ TEST_CASE("the TLS fast path reports a write done only once every byte of it has
   read_available(tls.client, got, 65536);
   REQUIRE(got.size() == data.size());
   CHECK(got == data);
+}
+
+TEST_CASE(
+    "the SIGPIPE guards skipped are CAF's openssl module's only: other callers' signal "
+    "masks change as they ask",
+    "[security]") {
+  // Only return addresses inside CAF's openssl module count as its guards.
+  CHECK(detail::tls_fast_path_from_caf_openssl(
+      reinterpret_cast<const void*>(&caf::openssl::make_session)));
+  CHECK_FALSE(detail::tls_fast_path_from_caf_openssl(
+      reinterpret_cast<const void*>(&detail::tls_fast_path_installed)));
+  const auto skipped = detail::tls_fast_path_sigpipe_guards_skipped();
+  // This caller blocks SIGPIPE the way CAF's guard does: it really is blocked, and the
+  // restore really restores.
+  sigset_t pipe_only;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  sigset_t saved;
+  REQUIRE(pthread_sigmask(SIG_BLOCK, &pipe_only, &saved) == 0);
+  sigset_t now;
+  REQUIRE(pthread_sigmask(SIG_BLOCK, nullptr, &now) == 0);
+  CHECK(sigismember(&now, SIGPIPE) == 1);
+  timespec zero{};
+  CHECK(sigtimedwait(&pipe_only, nullptr, &zero) == -1);
+  REQUIRE(pthread_sigmask(SIG_SETMASK, &saved, nullptr) == 0);
+  REQUIRE(pthread_sigmask(SIG_BLOCK, nullptr, &now) == 0);
+  CHECK(sigismember(&now, SIGPIPE) == sigismember(&saved, SIGPIPE));
+  CHECK(detail::tls_fast_path_sigpipe_guards_skipped() == skipped);
 }

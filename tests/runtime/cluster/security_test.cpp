@@ -561,6 +561,7 @@ TEST_CASE("a peer with a certificate of the cluster CA connects over TLS and get
   CHECK(*port != 0);
   node_system client{c.cluster, "n2"};
   const auto fast_before = detail::tls_fast_path_installed();
+  const auto guards_before = detail::tls_fast_path_sigpipe_guards_skipped();
   auto proxy = connect_to_peer(*client.sys, "127.0.0.1", *port, 10s);
   INFO((proxy ? std::string{} : describe(proxy.error())));
   REQUIRE(proxy);
@@ -570,6 +571,8 @@ TEST_CASE("a peer with a certificate of the cluster CA connects over TLS and get
   CHECK(answer == 42);
   // Both ends of the connection (CAF's openssl sessions) took the fast path.
   CHECK(detail::tls_fast_path_installed() >= fast_before + 2);
+  // And their OpenSSL calls went without CAF's SIGPIPE guards (three system calls each).
+  CHECK(detail::tls_fast_path_sigpipe_guards_skipped() > guards_before);
   // The node speaks TLS only: a raw TLS client with n2's certificate gets the
   // node's first bytes, the same client without a certificate gets none.
   const auto& ca = c.cluster.cluster.security->ca;

@@ -222,7 +222,8 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 // -- OpenSSL interposition ------------------------------------------------------------------
 //
 // What: runtime/src/cluster/openssl_error_queue.cpp defines SSL_read,
-// SSL_write, SSL_connect, SSL_accept and SSL_set_fd. A static
+// SSL_write, SSL_connect, SSL_accept and SSL_set_fd, and libc's
+// pthread_sigmask and sigtimedwait. A static
 // runtime links them into every program that uses `prepare_node_system_config`,
 // `publish_at` or `connect_to_peer` (the cluster and the `understudy` command
 // do), a shared runtime into every program that loads it. There they take
@@ -240,7 +241,14 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 //     last are batched, the last goes OpenSSL's ordinary way, so a full socket
 //     still shows as SSL_ERROR_WANT_WRITE.
 //     For every other connection these calls return OpenSSL's results
-//     unchanged.
+//     unchanged;
+//   - pthread_sigmask and sigtimedwait, when they return into CAF's openssl
+//     module, skip the SIGPIPE guard CAF's session puts around every OpenSSL
+//     call (block SIGPIPE, consume a pending one, restore the mask: three
+//     system calls per call), as long as every connection that module made has
+//     the fast path, whose writes all use MSG_NOSIGNAL (no SIGPIPE can come);
+//     a block and its restore are skipped in pairs per thread. Every other
+//     caller's call goes to libc unchanged.
 //
 // Why: OpenSSL requires the thread's error queue to be empty before each of
 // these calls, as SSL_get_error reports any queued error instead of the
@@ -252,13 +260,16 @@ caf::expected<caf::actor> connect_to_peer(caf::actor_system& sys, const std::str
 // cluster lost its connections at once. The fast path: CAF's session writes
 // every 16 KiB record with a send of its own where plain CAF sends its whole
 // buffer at once (bench/cluster: 64 KiB messages over TLS reach about 0.35x
-// raw CAF without it). CAF gives no hook around these calls,
+// raw CAF without it), and its SIGPIPE guard costs 64 B messages over TLS
+// about a third of their rate. CAF gives no hook around these calls,
 // and its sessions keep their SSL objects private, so interposing is the only
 // place to clear the queue, to learn a peer's certificate, and to batch I/O.
 //
 // Effect on other code in the program: an OpenSSL user that relies on an
 // error queued before one of the four calls surviving the call loses it
-// (OpenSSL's documentation tells callers not to rely on that). Each call also
+// (OpenSSL's documentation tells callers not to rely on that). Every
+// pthread_sigmask and sigtimedwait call of the program compares its return
+// address with CAF's openssl module first (two integer comparisons). Each call also
 // costs a dlsym once per process and an ex-data lookup per call; the peer-name
 // table holds one entry per live TLS connection of the process; a connection
 // with the fast path holds up to 256 KiB of ciphertext.
