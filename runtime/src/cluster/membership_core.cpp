@@ -3,6 +3,7 @@
 #include "membership_core.hpp"
 
 #include <algorithm>
+#include <iterator>
 #include <utility>
 
 namespace understudy::cluster_detail {
@@ -69,10 +70,10 @@ membership_core::time_point membership_core::next_tick(time_point now) const {
   if (beaten_)
     t = std::min(t, last_beat_ + s_.heartbeat_interval);
   auto slack = std::chrono::microseconds(100);
-  for (auto& [name, p] : peers_) {
+  for (auto& name : watching_) {
+    auto& p = peers_.at(name);
     auto last = p.detector.last();
-    if (!last || (p.state != peer_state::alive && p.state != peer_state::suspected) ||
-        watching_.count(name) == 0)
+    if (!last || (p.state != peer_state::alive && p.state != peer_state::suspected))
       continue;
     auto due = *last + s_.deadline + s_.heartbeat_interval + slack;
     t = std::min(t, now + std::max<clock_type::duration>(due - observed_, {}));
@@ -197,15 +198,23 @@ void membership_core::detect(time_point now) {
   // reports them a deadline later, so that, if it is, the others report it first.
   size_t live = 0;
   size_t silent = 0;
-  for (auto& [name, p] : peers_)
+  for (auto& name : watching_) {
+    auto& p = peers_.at(name);
     if (watched(name, p)) {
       ++live;
       if (observed_ - *p.detector.last() > limit)
         ++silent;
     }
+  }
   // (One silent peer is no such sign: in a cluster of two it would always be "most".)
   const auto report_after = silent > 1 && 2 * silent > live ? limit + s_.deadline : limit;
-  for (auto& [name, p] : peers_) {
+  // The peers a tick can change, in name order: the watched ones and the suspected ones (no
+  // other peer's state depends on time).
+  std::vector<std::string> due;
+  std::set_union(watching_.begin(), watching_.end(), suspected_.begin(), suspected_.end(),
+                 std::back_inserter(due));
+  for (auto& name : due) {
+    auto& p = peers_.at(name);
     if (!watched(name, p)) {
       // On a ring, a peer this node does not watch and reports no more (the coordinator kept
       // it) is alive again while the view shows it a member.
@@ -452,6 +461,7 @@ void membership_core::want_declare(const std::string& name, peer& p, std::string
   if (p.epoch == 0 || p.state == peer_state::dead || p.declare_epoch == p.epoch)
     return;
   p.declare_epoch = p.epoch;
+  declaring_.insert(name);
   p.declare_reason = std::move(why);
   p.declare_in_flight = false;
   p.declare_next = now;
@@ -460,8 +470,15 @@ void membership_core::want_declare(const std::string& name, peer& p, std::string
 }
 
 void membership_core::send_declares(time_point now) {
-  for (auto& [name, p] : peers_)
-    if (p.declare_epoch != 0 && !p.declare_in_flight && now >= p.declare_next) {
+  for (auto i = declaring_.begin(); i != declaring_.end();) {
+    auto& name = *i;
+    auto& p = peers_.at(name);
+    if (p.declare_epoch == 0) {
+      i = declaring_.erase(i);
+      continue;
+    }
+    ++i;
+    if (!p.declare_in_flight && now >= p.declare_next) {
       p.declare_in_flight = true;
       push({membership_action_kind::declare_dead,
             name,
@@ -470,6 +487,7 @@ void membership_core::send_declares(time_point now) {
             p.declare_reason,
             {}});
     }
+  }
 }
 
 void membership_core::maybe_campaign(time_point now) {
@@ -521,6 +539,10 @@ void membership_core::set_state(const std::string& name, peer& p, peer_state s, 
     return;
   if ((p.state == peer_state::dead) != (s == peer_state::dead))
     ring_dirty_ = true;
+  if (s == peer_state::suspected)
+    suspected_.insert(name);
+  else if (p.state == peer_state::suspected)
+    suspected_.erase(name);
   p.state = s;
   p.reason = why;
   push({membership_action_kind::peer_changed, name, p.epoch, s, std::move(why), {}});

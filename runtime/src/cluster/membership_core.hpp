@@ -263,6 +263,11 @@ private:
   /// The ring: whom this node beats to and whom it watches; recomputed when dirty.
   std::vector<std::string> beat_to_;
   std::set<std::string> watching_;
+  /// The peers suspected now (set_state keeps it), and a superset of those with a declaration
+  /// wanted (want_declare adds, send_declares drops the rest): what a tick looks at besides the
+  /// watched peers, so that a tick costs the watched peers, not the whole cluster.
+  std::set<std::string> suspected_;
+  std::set<std::string> declaring_;
   bool ring_dirty_ = true;
 
   uint64_t epoch_ = 0;
