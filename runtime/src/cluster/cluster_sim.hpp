@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -90,7 +91,8 @@ public:
   time_point origin = time_point{} + std::chrono::hours(1);
   time_point now = origin;
   std::shared_ptr<memory_coordination_service> service;
-  std::vector<record> log;
+  /// Every action (a deque: a large cluster's log grows by millions without moving).
+  std::deque<record> log;
   /// Decides each beat's fate (default: delivered after the network latency).
   std::function<fate(const std::string& from, const std::string& to)> network;
   /// Refused beats: (receiver, sender, epoch).
@@ -426,10 +428,13 @@ private:
   void pump(size_t id) {
     auto& n = *nodes_[id];
     for (auto& a : n.core->take_actions()) {
+      // The log keeps a beat without its targets (the bulk of a large cluster's log).
+      std::vector<std::string> targets = std::move(a.targets);
+      a.targets.clear();
       log.push_back({now, n.name, n.core->epoch(), a});
       switch (a.kind) {
         case kind::send_beats:
-          send_beat(id, a.epoch, a.targets);
+          send_beat(id, a.epoch, targets);
           break;
         case kind::declare_dead:
           n.coord->declare_dead(a.peer, a.epoch,
