@@ -20,13 +20,13 @@ namespace understudy {
 
 namespace {
 
-/// OpenSSL's own definition of `name`: the next one in symbol lookup after
-/// this program's. Its absence is a broken installation: aborts.
+/// The definition of `name` next in symbol lookup after this program's (`lib`'s own: OpenSSL's
+/// or libc's). Its absence is a broken installation: aborts.
 template <class F>
-F openssl_next(const char* name) {
+F next_definition(const char* name, const char* lib = "OpenSSL") {
   auto f = reinterpret_cast<F>(::dlsym(RTLD_NEXT, name));
   if (f == nullptr) {
-    std::fprintf(stderr, "understudy: cannot find OpenSSL's %s: %s\n", name, ::dlerror());
+    std::fprintf(stderr, "understudy: cannot find %s's %s: %s\n", lib, name, ::dlerror());
     std::abort();
   }
   return f;
@@ -52,13 +52,13 @@ extern "C" {
 // static: one pointer per process, as the symbol it replaces is one per process).
 
 int SSL_read(SSL* ssl, void* buf, int num) {
-  static auto next = understudy::openssl_next<int (*)(SSL*, void*, int)>("SSL_read");
+  static auto next = understudy::next_definition<int (*)(SSL*, void*, int)>("SSL_read");
   return understudy::call_ssl(next, ssl, buf, num);
 }
 
 int SSL_write(SSL* ssl, const void* buf, int num) {
   using fn = int (*)(SSL*, const void*, int);
-  static auto next = understudy::openssl_next<fn>("SSL_write");
+  static auto next = understudy::next_definition<fn>("SSL_write");
   return understudy::call_ssl(
       [](SSL* s, const void* b, int n) {
         return understudy::detail::tls_fast_path_write(next, s, b, n);
@@ -69,7 +69,7 @@ int SSL_write(SSL* ssl, const void* buf, int num) {
 // CAF's openssl session hands each connection its socket here: those
 // connections (and no others) get the fast path of tls_fast_path.hpp.
 int SSL_set_fd(SSL* ssl, int fd) {
-  static auto next = understudy::openssl_next<int (*)(SSL*, int)>("SSL_set_fd");
+  static auto next = understudy::next_definition<int (*)(SSL*, int)>("SSL_set_fd");
   const int ret = next(ssl, fd);
   if (ret == 1)
     understudy::detail::tls_fast_path_attach(ssl, fd, __builtin_return_address(0));
@@ -77,12 +77,12 @@ int SSL_set_fd(SSL* ssl, int fd) {
 }
 
 int SSL_connect(SSL* ssl) {
-  static auto next = understudy::openssl_next<int (*)(SSL*)>("SSL_connect");
+  static auto next = understudy::next_definition<int (*)(SSL*)>("SSL_connect");
   return understudy::call_ssl(next, ssl);
 }
 
 int SSL_accept(SSL* ssl) {
-  static auto next = understudy::openssl_next<int (*)(SSL*)>("SSL_accept");
+  static auto next = understudy::next_definition<int (*)(SSL*)>("SSL_accept");
   return understudy::call_ssl(next, ssl);
 }
 
@@ -97,7 +97,7 @@ thread_local bool sigpipe_block_skipped = false;
 
 int pthread_sigmask(int how, const sigset_t* set, sigset_t* old) {
   using fn = int (*)(int, const sigset_t*, sigset_t*);
-  static auto next = reinterpret_cast<fn>(::dlsym(RTLD_NEXT, "pthread_sigmask"));
+  static auto next = understudy::next_definition<fn>("pthread_sigmask", "libc");
   if (how == SIG_BLOCK && !sigpipe_block_skipped &&
       understudy::detail::tls_fast_path_sigpipe_free(__builtin_return_address(0))) {
     sigpipe_block_skipped = true;
@@ -113,7 +113,7 @@ int pthread_sigmask(int how, const sigset_t* set, sigset_t* old) {
 
 int sigtimedwait(const sigset_t* set, siginfo_t* info, const struct timespec* timeout) {
   using fn = int (*)(const sigset_t*, siginfo_t*, const struct timespec*);
-  static auto next = reinterpret_cast<fn>(::dlsym(RTLD_NEXT, "sigtimedwait"));
+  static auto next = understudy::next_definition<fn>("sigtimedwait", "libc");
   if (sigpipe_block_skipped &&
       understudy::detail::tls_fast_path_from_caf_openssl(__builtin_return_address(0))) {
     errno = EAGAIN;
