@@ -19,9 +19,9 @@
 //   leads) of a term older than one another node has acted as leader of (it was paused or cut
 //   off and has not heard yet) is refused by every node that knows the newer term: its epoch is
 //   fenced there, so nothing it sends is acted on (no split brain);
-// - in runs with forged heartbeats: no node takes a peer for an epoch that the coordinator
-//   never gave it (epochs are fencing tokens: believing a made-up one fences the real
-//   incarnation);
+// - no node takes a peer for an epoch that the coordinator never gave it (checked in runs of
+//   up to 64 nodes, and in every run with forged heartbeats) (epochs are fencing tokens: believing
+//   a made-up one fences the real incarnation);
 // - once the faults stop, within a bound (ttl + 2 deadlines + 2 s): exactly one leader, which
 //   every running node knows, and every running node sees every other alive; from then on
 //   nobody is declared dead or fenced.
