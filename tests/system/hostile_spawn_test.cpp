@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,6 +18,7 @@
 #include <caf/scoped_actor.hpp>
 #include <catch2/catch.hpp>
 
+#include "support/etcd_fixture.hpp"
 #include "support/free_port.hpp"
 #include "support/temp_dir.hpp"
 #include "understudy/actors/cluster_training.hpp"
@@ -66,9 +66,7 @@ TEST_CASE("a spawn request with an out-of-range index is refused and the node go
   // its certificate, and says hello at the epoch the service gave it.
   auto service = std::make_shared<memory_coordination_service>(std::chrono::hours(1));
   auto n2_session = memory_coordinator::make(service);
-  std::promise<caf::expected<uint64_t>> joined;
-  n2_session->join("n2", [&](caf::expected<uint64_t> e) { joined.set_value(std::move(e)); });
-  auto n2_epoch = joined.get_future().get();
+  auto n2_epoch = etcd_test::join(*n2_session, "n2");
   REQUIRE(n2_epoch);
   auto node = cluster_node::start(rt, *nc, "n1", nullptr, {}, memory_coordinator::make(service));
   REQUIRE(node);

@@ -32,6 +32,7 @@
 #include <caf/serializer.hpp>
 #include <catch2/catch.hpp>
 
+#include "support/etcd_fixture.hpp"
 #include "support/free_port.hpp"
 #include "support/state_test_util.hpp"
 #include "support/temp_dir.hpp"
@@ -167,9 +168,7 @@ struct target_node {
   /// n2 joins (again) in the coordination service: its new epoch (an older one is fenced).
   uint64_t join_n2() {
     auto c = memory_coordinator::make(service);
-    std::promise<caf::expected<uint64_t>> joined;
-    c->join("n2", [&](caf::expected<uint64_t> e) { joined.set_value(std::move(e)); });
-    auto e = joined.get_future().get();
+    auto e = etcd_test::join(*c, "n2");
     REQUIRE(e);
     n2_sessions.push_back(c);
     return *e;

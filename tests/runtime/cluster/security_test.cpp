@@ -25,7 +25,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -47,6 +46,7 @@
 #include <catch2/catch.hpp>
 
 #include "cluster/tls_fast_path.hpp"
+#include "support/etcd_fixture.hpp"
 #include "support/state_test_util.hpp"
 #include "understudy/cluster/cluster.hpp"
 #include "understudy/cluster/errors.hpp"
@@ -796,9 +796,7 @@ struct tls_node {
   /// Node `name` joins the coordination service: the epoch it was given.
   uint64_t join(const std::string& name) {
     auto c = memory_coordinator::make(service);
-    std::promise<caf::expected<uint64_t>> joined;
-    c->join(name, [&](caf::expected<uint64_t> e) { joined.set_value(std::move(e)); });
-    auto e = joined.get_future().get();
+    auto e = etcd_test::join(*c, name);
     REQUIRE(e);
     sessions.push_back(c);
     return *e;
