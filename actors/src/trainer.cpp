@@ -23,6 +23,7 @@
 #include "understudy/actors/recovery.hpp"
 #include "understudy/schema/training.capnp.h"
 #include "understudy/state/persistent.hpp"
+#include "understudy/state/step_commit.hpp"
 
 namespace understudy::actors {
 
@@ -134,8 +135,11 @@ struct trainer_actor {
   /// Resolves, probes and rewinds the shards, loaders and workers (in this
   /// order); created once the role supervisors are found.
   std::unique_ptr<recovery_protocol> rp;
-  /// Last committed step and last applied step.
-  uint64_t committed = 0;
+  /// The commit rule (state/step_commit.hpp): the committed step and the
+  /// checkpoint steps started and not yet committed (at most the one applied
+  /// last and the one in flight), with what is durable of them so far.
+  step_commit ledger;
+  /// Last applied step.
   uint64_t done = 0;
   bool finished = false;
   bool announced = false;
@@ -144,14 +148,6 @@ struct trainer_actor {
   size_t applied = 0;
   float loss = 0;
   float last_loss = 0;
-  /// Checkpoint steps started and not yet committed (at most the one applied
-  /// last and the one in flight): what is durable of them so far.
-  struct commit_acks {
-    bool applied = false;
-    size_t stored = 0;  // shards whose state after the step is durable
-    size_t loaders = 0; // loaders whose cursor after the step is durable
-  };
-  std::map<uint64_t, commit_acks> commits;
   /// Liveness: a counter of progress (steps applied or committed, recoveries
   /// ended) and when it last moved; the durations of the last steps; whether
   /// the deadline ticks run and whether a liveness round runs.
@@ -184,7 +180,8 @@ struct trainer_actor {
         st(std::move(st)),
         job(token.supervisor),
         incarnation(token.incarnation),
-        token(std::move(token)) {
+        token(std::move(token)),
+        ledger(this->s->cfg.shards + this->s->cfg.loaders) {
     // nop
   }
 
@@ -340,12 +337,14 @@ struct trainer_actor {
           .then([done](uint64_t restored) { done(restored); },
                 [this, att, done](caf::error& err) { on_recovery_error(att, err, done); });
     };
-    h.probed = [this](uint64_t lowest, const std::vector<std::optional<uint64_t>>& newest) {
-      if (auto err = lost_state(newest))
-        return err;
-      if (auto err = past_last_step(lowest))
-        return err;
-      set_committed(lowest);
+    h.probed = [this](uint64_t, const std::vector<std::optional<uint64_t>>& newest) {
+      auto at =
+          step_commit::resume(newest, st->value().step, s->cfg.checkpoint_every, s->cfg.steps);
+      if (at.lost)
+        return lost_state(*at.lost, at.highest);
+      if (at.past_last)
+        return past_last_step(at.step);
+      set_committed(at.step);
       return caf::error{};
     };
     h.round_started = [this] {
@@ -359,7 +358,6 @@ struct trainer_actor {
     h.resume = [this](uint64_t) {
       end_incident();
       cur = 0;
-      commits.clear();
       moved();
       next();
     };
@@ -384,25 +382,15 @@ struct trainer_actor {
   /// A participant without any saved state, in a job that has committed
   /// steps, lost its state (e.g. it restarted on a node that holds no copy of
   /// it): rolling everyone back to the start would lose the job's progress.
-  caf::error lost_state(const std::vector<std::optional<uint64_t>>& newest) const {
-    uint64_t highest = 0;
-    for (auto& n : newest)
-      if (n)
-        highest = std::max(highest, *n);
-    // Without a commit, a participant may be up to two steps ahead of one that
-    // has nothing: at most the two checkpoints after the start.
-    auto recorded = st->value().step;
-    if (recorded == 0 && highest <= 2 * s->cfg.checkpoint_every)
-      return {};
-    for (size_t i = 0; i < newest.size(); ++i)
-      if (newest[i] && *newest[i] == 0)
-        return make_error(state_errc::not_found,
-                          rp->id(i) + " has no saved state although the job has committed step " +
-                              std::to_string(std::max(recorded, committed)) +
-                              " (others hold up to step " + std::to_string(highest) +
-                              "): it restarted where its checkpoints are not; refusing to roll "
-                              "the job back to the start");
-    return {};
+  /// (step_commit::resume decides when that is so: participant `i` holds
+  /// nothing while others hold up to `highest`.)
+  caf::error lost_state(size_t i, uint64_t highest) const {
+    return make_error(state_errc::not_found,
+                      rp->id(i) + " has no saved state although the job has committed step " +
+                          std::to_string(std::max(st->value().step, ledger.committed())) +
+                          " (others hold up to step " + std::to_string(highest) +
+                          "): it restarted where its checkpoints are not; refusing to roll "
+                          "the job back to the start");
   }
 
   /// The job runs again: an open incident cost the time since it began,
@@ -411,7 +399,7 @@ struct trainer_actor {
   void end_incident() {
     s->ran = true;
     auto lost = s->incident_lost;
-    while (!s->uncommitted.empty() && s->uncommitted.back().first > committed) {
+    while (!s->uncommitted.empty() && s->uncommitted.back().first > ledger.committed()) {
       lost += s->uncommitted.back().second;
       s->uncommitted.pop_back();
     }
@@ -423,7 +411,7 @@ struct trainer_actor {
     s->incident_lost = {};
     auto steps_lost = s->lost_steps.load() - s->lost_steps_before_incident;
     report_job(event_kind::job_resumed,
-               "resumed from committed step " + std::to_string(committed) + "; " +
+               "resumed from committed step " + std::to_string(ledger.committed()) + "; " +
                    std::to_string(steps_lost) + (steps_lost == 1 ? " step" : " steps") + " lost",
                std::chrono::duration_cast<std::chrono::milliseconds>(cost));
   }
@@ -446,20 +434,20 @@ struct trainer_actor {
   }
 
   void set_committed(uint64_t step) {
-    committed = step;
+    ledger.resumed(step);
     done = step;
     auto inflight = s->inflight.load();
-    if (inflight > committed) {
-      s->lost_steps += inflight - committed;
-      s->inflight = committed;
+    if (inflight > step) {
+      s->lost_steps += inflight - step;
+      s->inflight = step;
     }
     if (!announced) {
       announced = true;
       if (incarnation == 1) {
-        s->resumed_from = committed;
-        s->committed = committed;
+        s->resumed_from = step;
+        s->committed = step;
         if (s->started)
-          s->started(committed);
+          s->started(step);
       }
     }
   }
@@ -494,17 +482,17 @@ struct trainer_actor {
   void next() {
     if (rp->recovering() || finished || cur != 0)
       return;
-    if (!commits.empty() && commits.begin()->first != done)
+    if (!ledger.may_start_after(done))
       return;
     if (done >= s->cfg.steps) {
-      if (committed >= s->cfg.steps)
+      if (ledger.committed() >= s->cfg.steps)
         finish();
       return;
     }
     if (s->stop_requested) {
       // Asked to stop (training_job::request_stop): no new step; once nothing
       // waits to be committed, the job ends where it resumes.
-      if (commits.empty())
+      if (ledger.idle())
         halt();
       return;
     }
@@ -533,17 +521,14 @@ struct trainer_actor {
                  loaders, shards);
     if (!s->checkpoint_step(step))
       return;
-    commits[step];
+    ledger.open(step);
     auto att = attempt();
     for (size_t l = 0; l < s->cfg.loaders; ++l)
       self->request(loader(l), caf::infinite, commit_atom::value, step)
           .then(
-              [this, att, step](uint64_t) {
-                auto i = commits.find(step);
-                if (att != attempt() || i == commits.end())
-                  return;
-                ++i->second.loaders;
-                maybe_commit(step);
+              [this, att, step, l](uint64_t) {
+                if (att == attempt() && ledger.durable(step, loader_index(l)))
+                  committed_now(step);
               },
               [this, att, l](caf::error& err) { on_error(att, loader_index(l), err); });
   }
@@ -618,9 +603,9 @@ struct trainer_actor {
     stalls_in_a_row = 0;
     moved();
     judge_stragglers();
-    if (auto i = commits.find(step); i != commits.end()) {
-      i->second.applied = true;
-      maybe_commit(step);
+    if (ledger.pending(step)) {
+      if (ledger.applied(step))
+        committed_now(step);
     } else {
       report(step);
     }
@@ -638,23 +623,16 @@ struct trainer_actor {
     });
   }
 
-  void on_stored(uint64_t step, uint64_t att) {
-    auto i = commits.find(step);
-    if (!rp || att != attempt() || i == commits.end())
+  void on_stored(size_t k, uint64_t step, uint64_t att) {
+    if (!rp || att != attempt() || k >= s->cfg.shards)
       return;
-    ++i->second.stored;
-    maybe_commit(step);
+    if (ledger.durable(step, shard_index(k)))
+      committed_now(step);
   }
 
-  /// Commits `step` once it is applied and every shard and loader has it on
-  /// disk; the trainer's own record of it follows without being waited for.
-  void maybe_commit(uint64_t step) {
-    auto i = commits.find(step);
-    const auto& acks = i->second;
-    if (!acks.applied || acks.stored != s->cfg.shards || acks.loaders != s->cfg.loaders)
-      return;
-    commits.erase(i);
-    committed = step;
+  /// `step` is committed (applied, and every shard and loader has it on
+  /// disk); the trainer's own record of it follows without being waited for.
+  void committed_now(uint64_t step) {
     while (!s->uncommitted.empty() && s->uncommitted.front().first <= step) {
       s->kept += s->uncommitted.front().second;
       s->uncommitted.pop_front();
@@ -726,7 +704,7 @@ struct trainer_actor {
     // The trainer's own liveness, for its supervisor (training_config::hang_ceiling).
     report_progress(token);
     self->delayed_send(self, tick_interval(), deadline_atom::value);
-    bool waiting = cur != 0 || !commits.empty();
+    bool waiting = cur != 0 || !ledger.idle();
     if (rp && !rp->recovering() && !asking && waiting && steady::now() - progress_at >= deadline())
       ask_alive();
   }
@@ -759,7 +737,7 @@ struct trainer_actor {
                    static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                               steady::now() - progress_at)
                                               .count()),
-                   static_cast<unsigned long long>(committed));
+                   static_cast<unsigned long long>(ledger.committed()));
       rp->recover();
     };
     for (size_t i = 0; i < n; ++i) {
@@ -924,7 +902,7 @@ struct trainer_actor {
     finished = true;
     training_result r;
     r.stopped = true;
-    r.steps = committed;
+    r.steps = ledger.committed();
     r.restarts = s->restarts.load();
     r.lost_steps = s->lost_steps.load();
     r.resumed_from = s->resumed_from;
@@ -942,7 +920,7 @@ struct trainer_actor {
       if (att != attempt() || finished)
         return;
       training_result r;
-      r.steps = committed;
+      r.steps = ledger.committed();
       r.accuracy = evaluate(params);
       r.params_digest = params_digest(params.data(), params.size());
       r.restarts = s->restarts.load();
@@ -960,8 +938,8 @@ struct trainer_actor {
       r.params = std::move(params);
       auto& v = st->value();
       v.accuracy = r.accuracy;
-      v.eval_step = committed;
-      report(committed, true);
+      v.eval_step = ledger.committed();
+      report(ledger.committed(), true);
       finished = true;
       rp->stop();
       s->finish(std::move(r));
@@ -980,7 +958,7 @@ struct trainer_actor {
         [this](applied_atom, size_t k, uint64_t step, uint64_t att, float l) {
           on_applied(k, step, att, l);
         },
-        [this](stored_atom, size_t, uint64_t step, uint64_t att) { on_stored(step, att); },
+        [this](stored_atom, size_t k, uint64_t step, uint64_t att) { on_stored(k, step, att); },
         [this](deadline_atom) { on_deadline(); },
         [this](pushed_atom, uint64_t step, uint64_t att, size_t rank) {
           on_pushed(step, att, rank);
