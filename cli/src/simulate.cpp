@@ -39,6 +39,8 @@ CLI::App* add_simulate_command(CLI::App& app, simulate_options& opts) {
   sub->add_option("--trace", opts.trace, "write the run's trace (with --seed) to this file");
   sub->add_flag("--shrink", opts.shrink, "shrink a failing run's faults to those it needs");
   sub->add_flag("--no-faults", opts.no_faults, "runs without faults");
+  sub->add_flag("--no-training", opts.no_training,
+                "coordination only: no training job on the cluster, no disk faults");
   return sub;
 }
 
@@ -54,17 +56,26 @@ int run_simulate(const simulate_options& opts, std::ostream& out, std::ostream& 
   so.duration = std::chrono::milliseconds{static_cast<int64_t>(opts.seconds * 1000)};
   so.faults = !opts.no_faults;
   so.trace = !opts.trace.empty();
+  so.training = !opts.no_training;
   const uint64_t first = opts.seed != 0 ? opts.seed : opts.first;
   const uint64_t count = opts.seed != 0 ? 1 : opts.seeds;
   uint64_t passed = 0, failed = 0, events = 0;
-  std::vector<double> detection, failover;
-  double led = 0;
+  std::vector<double> detection, failover, finish_s;
+  double led = 0, simulated = 0;
+  uint64_t job_errors = 0, rounds = 0, bad_reads = 0;
   auto t0 = std::chrono::steady_clock::now();
   for (uint64_t seed = first; seed < first + count; ++seed) {
     so.seed = seed;
     auto rep = simulate(so);
     events += rep.events;
     led += rep.led_share;
+    simulated += rep.simulated_s;
+    if (rep.training_finished_ms > 0)
+      finish_s.push_back(rep.training_finished_ms / 1000);
+    if (!rep.training_error.empty())
+      ++job_errors;
+    rounds += rep.training_rounds;
+    bad_reads += rep.bad_reads;
     detection.insert(detection.end(), rep.detection_ms.begin(), rep.detection_ms.end());
     failover.insert(failover.end(), rep.failover_ms.begin(), rep.failover_ms.end());
     if (!opts.trace.empty()) {
@@ -78,7 +89,14 @@ int run_simulate(const simulate_options& opts, std::ostream& out, std::ostream& 
     if (rep.passed()) {
       ++passed;
       if (count == 1) {
-        out << "seed " << seed << ": passed; faults:\n";
+        out << "seed " << seed << ": passed";
+        if (so.training)
+          out << "; the training job "
+              << (rep.training_error.empty()
+                      ? "recorded its last step " + std::to_string(rep.training_steps) + " at " +
+                            std::to_string(rep.training_finished_ms / 1000) + " s"
+                      : "ended with an error: " + rep.training_error);
+        out << "; faults:\n";
         for (const auto& f : rep.faults)
           out << "  " << f << '\n';
       }
@@ -118,11 +136,21 @@ int run_simulate(const simulate_options& opts, std::ostream& out, std::ostream& 
                 opts.nodes, opts.seconds, static_cast<unsigned long long>(first),
                 static_cast<unsigned long long>(first + count - 1),
                 static_cast<unsigned long long>(passed), static_cast<unsigned long long>(failed),
-                static_cast<unsigned long long>(events), wall,
-                wall > 0 ? opts.seconds * static_cast<double>(count) / wall : 0.0,
+                static_cast<unsigned long long>(events), wall, wall > 0 ? simulated / wall : 0.0,
                 median(detection), detection.size(), median(failover), failover.size(),
                 100.0 * led / static_cast<double>(count));
   out << line;
+  if (so.training) {
+    std::snprintf(line, sizeof line,
+                  "training: %zu of %llu jobs recorded their last step with the fault-free "
+                  "states (median at %.1f simulated s), %llu ended with an explicit error; %llu "
+                  "recovery rounds, %llu disk reads refused (torn or corrupt)\n",
+                  finish_s.size(), static_cast<unsigned long long>(count), median(finish_s),
+                  static_cast<unsigned long long>(job_errors),
+                  static_cast<unsigned long long>(rounds),
+                  static_cast<unsigned long long>(bad_reads));
+    out << line;
+  }
   return failed == 0 ? exit_ok : exit_corrupt;
 }
 

@@ -29,6 +29,7 @@ struct simulate_options {
   bool shrink = false;
   /// Without faults (a baseline).
   bool no_faults = false;
+  bool no_training = false;
 };
 
 /// Adds the `simulate` subcommand to `app`.

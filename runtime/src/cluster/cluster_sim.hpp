@@ -209,6 +209,34 @@ public:
          [this, pid = dst->second, from, epoch] { receive_beat(pid, from, epoch); });
   }
 
+  /// A message of the job (not a heartbeat) from node incarnation `from` to the current
+  /// incarnation of `to`, arriving after the network latency plus `extra`: lost when the
+  /// sender does not run, `to` is cut off from it, or the receiving incarnation is gone by
+  /// then. `f` runs as an input of the receiver (waiting while it is paused), with its id.
+  void send(size_t from, const std::string& to, caf::timespan extra,
+            std::function<void(size_t to)> f) {
+    auto& src = *nodes_[from];
+    auto dst = current_.find(to);
+    if (src.killed || src.core->fenced() || dst == current_.end() ||
+        (src.name != to && cuts_.count({src.name, to}) != 0))
+      return;
+    const size_t pid = dst->second;
+    post(pid, now + (src.name == to ? caf::timespan{0} : o_.net_latency) + extra,
+         [pid, f = std::move(f)] { f(pid); });
+  }
+
+  /// Runs `f` as an input of node incarnation `id` once its own clock has advanced by `d` (a
+  /// timer of its process: it waits while the process is paused, dies with it).
+  void timer(size_t id, caf::timespan d, std::function<void()> f) {
+    post(id, to_sim(id, local(id) + d), std::move(f));
+  }
+
+  /// Whether node incarnation `id` runs (not killed, not fenced: paused counts as running).
+  bool running(size_t id) const {
+    auto& n = *nodes_[id];
+    return !n.killed && !n.core->fenced();
+  }
+
   /// Called after every input a node processed (and the actions it queued were carried out),
   /// with the incarnation's id: the simulation's invariants look at the node then.
   std::function<void(size_t id)> after_input;

@@ -377,4 +377,34 @@ void memory_coordinator::watch(std::function<void(const coordination_view&)> f) 
   service_->watch(shared_from_this(), std::move(f));
 }
 
+caf::expected<bool> memory_coordination_service::leader_raise(const std::string& node,
+                                                              uint64_t term, const std::string& key,
+                                                              uint64_t value) {
+  std::lock_guard<std::mutex> post{post_mtx_};
+  std::vector<delivery> ds;
+  caf::expected<bool> result{false};
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    expire_locked(ds);
+    if (!usable_locked(node)) {
+      result = unavailable(node);
+    } else if (view_.leader == node && view_.leader_term == term && term != 0) {
+      auto& v = numbers_[key];
+      v = std::max(v, value);
+      result = true;
+    }
+  }
+  deliver(ds);
+  return result;
+}
+
+caf::expected<uint64_t> memory_coordination_service::read(const std::string& node,
+                                                          const std::string& key) const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (!usable_locked(node))
+    return unavailable(node);
+  auto i = numbers_.find(key);
+  return i == numbers_.end() ? uint64_t{0} : i->second;
+}
+
 } // namespace understudy

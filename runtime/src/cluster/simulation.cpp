@@ -9,6 +9,7 @@
 #include <set>
 
 #include "cluster/cluster_sim.hpp"
+#include "cluster/training_sim.hpp"
 
 namespace understudy {
 
@@ -277,6 +278,103 @@ simulation_report simulate(const simulation_options& opts) {
         schedule.begin(), schedule.end(),
         [](const scheduled_fault& a, const scheduled_fault& b) { return a.at < b.at; });
   }
+  // The training job, and the disks' faults: a stream of their own again.
+  std::mt19937_64 disk_rng{opts.seed ^ 0x632be59bd9b4e019ULL};
+  std::unique_ptr<training_sim> job;
+  training_sim_options to;
+  if (opts.training) {
+    std::uniform_real_distribution<double> u(0, 1);
+    const auto per_step = to.compute + ms{6};
+    to.steps = opts.training_steps != 0
+                   ? opts.training_steps
+                   : std::max<uint64_t>(10, static_cast<uint64_t>(opts.duration / 2 / per_step));
+    to.data_seed = opts.seed;
+    to.disk_seed = disk_rng();
+    const bool corrupt = opts.faults && u(disk_rng) < 0.5;
+    const bool power = opts.faults && u(disk_rng) < 0.5;
+    const bool blackout = opts.faults && u(disk_rng) < 0.25;
+    const bool replace = opts.faults && u(disk_rng) < 0.5;
+    if (corrupt) {
+      to.corrupt_reads = 0.2 * u(disk_rng);
+      rep.faults.push_back("disk reads corrupt with probability " +
+                           std::to_string(to.corrupt_reads));
+    }
+    job = std::make_unique<training_sim>(sim, to, violation);
+    auto at_random = [&] {
+      return ms{
+          static_cast<int64_t>(1000 + u(disk_rng) * static_cast<double>(fault_end.count() - 1000))};
+    };
+    auto length = [&](double lo, double hi) {
+      return ms{static_cast<int64_t>(
+          std::exp(std::log(lo) + u(disk_rng) * (std::log(hi) - std::log(lo))))};
+    };
+    auto* j = job.get();
+    if (power) {
+      auto count = 1 + disk_rng() % 3;
+      for (size_t k = 0; k < count; ++k) {
+        scheduled_fault f;
+        f.at = at_random();
+        auto victim = node_name(disk_rng() % opts.nodes);
+        auto back = length(200, 8000);
+        f.what = "power loss at " + victim + " (unsynced writes lost or torn), back after " +
+                 std::to_string(back.count()) + " ms";
+        f.apply = [j, victim, back](cluster_sim& sim) {
+          if (sim.down(victim))
+            return;
+          j->power_loss(victim);
+          sim.kill(victim);
+          sim.at(sim.now + back, [&sim, victim] {
+            if (sim.down(victim))
+              sim.start(victim);
+          });
+        };
+        schedule.push_back(std::move(f));
+      }
+    }
+    if (blackout) {
+      scheduled_fault f;
+      f.at = at_random();
+      auto back = length(500, 5000);
+      f.what =
+          "power loss at every node at once, back after " + std::to_string(back.count()) + " ms";
+      f.apply = [j, back, names = o.names](cluster_sim& sim) {
+        for (const auto& n : names)
+          if (!sim.down(n)) {
+            j->power_loss(n);
+            sim.kill(n);
+          }
+        sim.at(sim.now + back, [&sim, names] {
+          for (const auto& n : names)
+            if (sim.down(n))
+              sim.start(n);
+        });
+      };
+      schedule.push_back(std::move(f));
+    }
+    if (replace) {
+      // One machine replaced: its disk comes back empty (with one buddy copy of each
+      // checkpoint, a second lost disk could take an acknowledged step with it).
+      scheduled_fault f;
+      f.at = at_random();
+      auto victim = node_name(disk_rng() % opts.nodes);
+      auto back = length(1000, 8000);
+      f.what = "the machine of " + victim + " replaced (its disk empty), back after " +
+               std::to_string(back.count()) + " ms";
+      f.apply = [j, victim, back](cluster_sim& sim) {
+        if (!sim.down(victim))
+          sim.kill(victim);
+        j->lose_disk(victim);
+        sim.at(sim.now + back, [&sim, victim] {
+          if (sim.down(victim))
+            sim.start(victim);
+        });
+      };
+      schedule.push_back(std::move(f));
+    }
+    std::stable_sort(
+        schedule.begin(), schedule.end(),
+        [](const scheduled_fault& a, const scheduled_fault& b) { return a.at < b.at; });
+  }
   if (drift)
     rep.faults.push_back("clocks drift: " + drifts);
   std::mt19937_64 net_rng{opts.seed ^ 0x9e3779b97f4a7c15ULL};
@@ -384,6 +482,8 @@ simulation_report simulate(const simulation_options& opts) {
   bool settled = false;
   size_t log_seen = 0;
   sim.after_input = [&](size_t id) {
+    if (job)
+      job->after_input(id);
     const auto& name = sim.name_of(id);
     auto& core = sim.incarnation(id);
     // Epochs are the coordinator's alone: no node believes a peer at one it never gave that
@@ -490,9 +590,28 @@ simulation_report simulate(const simulation_options& opts) {
     settled = true;
   });
   sim.run_for(opts.duration);
+  if (job) {
+    // Liveness: once the faults stop, the job ends within a bound (its steps at twice the
+    // fault-free pace after the cluster settled).
+    const auto bound = fault_end + settle + 2 * to.steps * (to.compute + ms{6}) + ms{5000};
+    while (!job->finished() && job->error().empty() && sim.now - origin < bound)
+      sim.run_for(std::chrono::seconds(1));
+    if (!job->finished() && job->error().empty())
+      violation("the training job did not finish " + fmt_ms(sim_ms(sim.now, origin + fault_end)) +
+                " after the faults ended (committed step " + std::to_string(job->committed()) +
+                " of " + std::to_string(to.steps) + ")");
+    job->check_end();
+    rep.training_steps = to.steps;
+    rep.training_committed = job->committed();
+    rep.training_finished_ms = job->finished_ms();
+    rep.training_error = job->error();
+    rep.training_rounds = job->rounds();
+    rep.training_applied = job->applied_steps();
+    rep.bad_reads = job->bad_reads();
+  }
   for (const auto& c : sim.term_conflicts())
     violation("a term gained by two nodes: " + c);
-  rep.simulated_s = std::chrono::duration<double>(opts.duration).count();
+  rep.simulated_s = std::chrono::duration<double>(sim.now - origin).count();
   rep.events = sim.events_run;
   rep.beats = sim.beats_sent;
   rep.terms = sim.terms().size();
@@ -509,6 +628,8 @@ simulation_report simulate(const simulation_options& opts) {
     for (const auto& f : rep.faults)
       rep.trace += "fault " + f + "\n";
     rep.trace += trace_of(sim, 0);
+    if (job)
+      rep.trace += "training job:\n" + job->trace();
   }
   return rep;
 }

@@ -67,6 +67,17 @@ public:
   /// The sessions' time to live.
   std::chrono::milliseconds ttl() const noexcept { return ttl_; }
 
+  /// As the leader of term `term`, raises the number under `key` to `value` in one step (etcd:
+  /// a transaction that compares the leader key): true if `node` leads in that term (the key
+  /// then holds at least `value`), false if it does not (nothing changes). Errors:
+  /// unavailable while the service, or `node`'s access to it, is off. What the simulator's
+  /// training job records its committed step with.
+  caf::expected<bool> leader_raise(const std::string& node, uint64_t term, const std::string& key,
+                                   uint64_t value);
+
+  /// The number under `key` (0 if none was written), read as `node`. Errors: unavailable.
+  caf::expected<uint64_t> read(const std::string& node, const std::string& key) const;
+
 private:
   friend class memory_coordinator;
 
@@ -104,6 +115,8 @@ private:
   std::map<std::string, std::set<uint64_t>> given_;
   coordination_view view_;
   std::map<std::string, session> sessions_;
+  /// Numbers that leaders raise (leader_raise).
+  std::map<std::string, uint64_t> numbers_;
   /// A watcher's newest undelivered view: a change while one is on its way replaces it, so a
   /// watcher that is behind gets the newest view once, not every one in between (with N
   /// nodes joining, N views to each of N watchers would be N^2).

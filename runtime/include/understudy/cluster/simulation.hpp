@@ -67,6 +67,10 @@ struct simulation_options {
   std::chrono::milliseconds freeze_leader_at{0};
   /// Keep the trace (every fault and every action but heartbeats and renewals).
   bool trace = false;
+  /// Run the training job on the cluster (runtime/src/cluster/training_sim.hpp), with disk
+  /// faults among the drawn ones: its steps (0: as many as take half the run without faults).
+  bool training = true;
+  uint64_t training_steps = 0;
 };
 
 /// What one simulated run did and found.
@@ -99,6 +103,17 @@ struct simulation_report {
   /// Share of the simulated time in which some node led (acted as leader within the last
   /// heartbeat interval).
   double led_share = 0;
+  /// The training job: its steps, the step the coordination service last recorded committed,
+  /// when the last step was recorded (simulated ms; 0: never), the explicit error that ended
+  /// it ("" if none), recovery rounds, participant steps applied (redone ones included), and
+  /// reads its disks refused (torn or corrupt records).
+  uint64_t training_steps = 0;
+  uint64_t training_committed = 0;
+  double training_finished_ms = 0;
+  std::string training_error;
+  uint64_t training_rounds = 0;
+  uint64_t training_applied = 0;
+  uint64_t bad_reads = 0;
   bool passed() const noexcept { return violations.empty(); }
 };
 
