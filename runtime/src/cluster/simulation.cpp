@@ -7,6 +7,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include "cluster/cluster_sim.hpp"
 #include "cluster/training_sim.hpp"
@@ -608,6 +609,7 @@ simulation_report simulate(const simulation_options& opts) {
     rep.training_rounds = job->rounds();
     rep.training_applied = job->applied_steps();
     rep.bad_reads = job->bad_reads();
+    std::tie(rep.training_stall_ms, rep.training_step_ms) = job->commit_gaps();
   }
   for (const auto& c : sim.term_conflicts())
     violation("a term gained by two nodes: " + c);

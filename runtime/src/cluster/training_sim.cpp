@@ -126,6 +126,8 @@ struct training_sim::impl {
   uint64_t applied_steps = 0;
   uint64_t bad_reads = 0;
   std::string trace;
+  /// When the job first committed each step past the newest one before (simulated ms).
+  std::vector<double> commit_times;
 
   impl(cluster_sim& s, training_sim_options opts, std::function<void(const std::string&)> v)
       : sim(s),
@@ -691,6 +693,8 @@ struct training_sim::impl {
   void on_commit(driver& d, uint64_t c) {
     d.progress_at = sim.local(d.me.id);
     d.durable_commit = std::max(d.durable_commit, c);
+    if (c > committed_seen)
+      commit_times.push_back(sim_ms(sim.now, sim.origin));
     committed_seen = std::max(committed_seen, c);
     if (auto v = d.values.find(c); v != d.values.end()) {
       for (size_t p = 0; p < parts; ++p)
@@ -851,6 +855,18 @@ uint64_t training_sim::applied_steps() const {
 uint64_t training_sim::bad_reads() const {
   return d_->bad_reads;
 }
+std::pair<double, double> training_sim::commit_gaps() const {
+  const auto& t = d_->commit_times;
+  std::vector<double> gaps;
+  for (size_t i = 1; i < t.size(); ++i)
+    gaps.push_back(t[i] - t[i - 1]);
+  if (gaps.empty())
+    return {0, 0};
+  auto longest = *std::max_element(gaps.begin(), gaps.end());
+  std::nth_element(gaps.begin(), gaps.begin() + static_cast<long>(gaps.size() / 2), gaps.end());
+  return {longest, gaps[gaps.size() / 2]};
+}
+
 const std::string& training_sim::trace() const {
   return d_->trace;
 }

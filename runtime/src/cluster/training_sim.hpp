@@ -43,6 +43,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace understudy::cluster_detail {
 
@@ -105,6 +106,9 @@ public:
   uint64_t rounds() const;
   uint64_t applied_steps() const;
   uint64_t bad_reads() const;
+  /// The longest time between two commits that each moved the job past every step before,
+  /// and the median one (a step), in simulated ms.
+  std::pair<double, double> commit_gaps() const;
   /// Lines for the trace (recoveries, placements, commits every 50 steps, errors).
   const std::string& trace() const;
 

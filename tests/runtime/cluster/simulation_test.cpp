@@ -289,3 +289,35 @@ TEST_CASE(
   REQUIRE(broken.size() == 1);
   CHECK(broken[0] == job.error());
 }
+
+TEST_CASE("a leader that cannot record its committed steps runs at most two steps past the "
+          "last recorded one, so the disks never prune it",
+          "[simulation]") {
+  cluster_detail::cluster_sim sim(cluster_detail::cluster_sim::options{});
+  std::vector<std::string> broken;
+  cluster_detail::training_sim_options to;
+  to.steps = 200;
+  cluster_detail::training_sim job(sim, to, [&](const std::string& v) { broken.push_back(v); });
+  sim.after_input = [&](size_t id) { job.after_input(id); };
+  sim.run_for(3s);
+  std::string leader;
+  for (const auto& n : {"n1", "n2", "n3"})
+    if (sim.core(n).leads())
+      leader = n;
+  REQUIRE_FALSE(leader.empty());
+  const auto acked = job.committed();
+  const auto applied = job.applied_steps();
+  REQUIRE(acked > 10);
+  // Cut off the coordination service, the leader drives on while its lease lasts.
+  sim.service->set_reachable(leader, false);
+  sim.run_for(1500ms);
+  CHECK(sim.core(leader).leads());
+  CHECK(job.committed() == acked);
+  // 4 participants, each step applied once by each: at most 2 steps past the recorded one
+  // (and the one in flight when it was cut off).
+  CHECK(job.applied_steps() - applied <= 4 * 3);
+  sim.service->set_reachable(leader, true);
+  sim.run_for(30s);
+  CHECK(job.finished());
+  CHECK(broken.empty());
+}

@@ -29,9 +29,17 @@
 //
 // Past `monitors` + 1 nodes the nodes watch each other on a ring (membership_core.hpp).
 //
-// Not simulated: the training job's commit protocol (its actors run on CAF), disks, and
-// messages forged under another node's name (the transport authenticates every message by its
-// connection; see hostile_peer_test).
+// With `training` (the default), the cluster also runs a training job whose commit rule is the
+// trainer's (state/step_commit.hpp), with simulated disks (runtime/src/cluster/training_sim.hpp):
+// power loss at one node or all at once (unsynced writes lost or torn), corrupt reads, one
+// machine replaced with an empty disk. Its invariants: no acknowledged (recorded) step lost,
+// committed steps never go back, every committed step has the fault-free run's states, every
+// sample consumed exactly once per epoch, and the job finishes within a bound once the faults
+// stop.
+//
+// Not simulated: the trainer's and placement's own code (they run on CAF: the simulator's job
+// is a model of them around the shared commit rule), and messages forged under another node's
+// name (the transport authenticates every message by its connection; see hostile_peer_test).
 //
 // Threads: simulate() runs on the caller's thread. Errors: none (a run reports violations).
 
@@ -114,6 +122,10 @@ struct simulation_report {
   uint64_t training_rounds = 0;
   uint64_t training_applied = 0;
   uint64_t bad_reads = 0;
+  /// The longest time the job went without committing a new step, and its median step time
+  /// (simulated ms): what an interruption cost it is the difference.
+  double training_stall_ms = 0;
+  double training_step_ms = 0;
   bool passed() const noexcept { return violations.empty(); }
 };
 
