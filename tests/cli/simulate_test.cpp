@@ -29,7 +29,7 @@ TEST_CASE("simulate runs seeds of a cluster watched on a ring and says how many 
 }
 
 TEST_CASE(
-    "simulate replays one seed with its training job and writes its trace; --no-training "
+    "simulate replays one seed with its training job and writes its trace, and --no-training "
     "runs the coordination alone",
     "[cli]") {
   scratch_dir scratch;
