@@ -33,6 +33,15 @@ std::string node_name(size_t i) {
   return "n" + std::to_string(i + 1);
 }
 
+/// In `after`, starts again each of `names` that is down then (its operator restarts it).
+void start_again(cluster_sim& sim, std::vector<std::string> names, ms after) {
+  sim.at(sim.now + after, [&sim, names = std::move(names)] {
+    for (const auto& n : names)
+      if (sim.down(n))
+        sim.start(n);
+  });
+}
+
 std::string fmt_ms(double x) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f ms", x);
@@ -83,10 +92,7 @@ std::vector<scheduled_fault> draw_faults(std::mt19937_64& rng, const simulation_
             if (sim.down(victim))
               return;
             sim.kill(victim);
-            sim.at(sim.now + back, [&sim, victim] {
-              if (sim.down(victim))
-                sim.start(victim);
-            });
+            start_again(sim, {victim}, back);
           };
           break;
         }
@@ -324,10 +330,7 @@ simulation_report simulate(const simulation_options& opts) {
             return;
           j->power_loss(victim);
           sim.kill(victim);
-          sim.at(sim.now + back, [&sim, victim] {
-            if (sim.down(victim))
-              sim.start(victim);
-          });
+          start_again(sim, {victim}, back);
         };
         schedule.push_back(std::move(f));
       }
@@ -344,11 +347,7 @@ simulation_report simulate(const simulation_options& opts) {
             j->power_loss(n);
             sim.kill(n);
           }
-        sim.at(sim.now + back, [&sim, names] {
-          for (const auto& n : names)
-            if (sim.down(n))
-              sim.start(n);
-        });
+        start_again(sim, names, back);
       };
       schedule.push_back(std::move(f));
     }
@@ -365,10 +364,7 @@ simulation_report simulate(const simulation_options& opts) {
         if (!sim.down(victim))
           sim.kill(victim);
         j->lose_disk(victim);
-        sim.at(sim.now + back, [&sim, victim] {
-          if (sim.down(victim))
-            sim.start(victim);
-        });
+        start_again(sim, {victim}, back);
       };
       schedule.push_back(std::move(f));
     }
