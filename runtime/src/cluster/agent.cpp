@@ -66,18 +66,19 @@ caf::behavior agent_actor(caf::event_based_actor* self, state_ptr st) {
                [self, st](stop_atom) -> caf::result<void> {
                  auto sender = caf::actor_cast<caf::actor>(self->current_sender());
                  auto rp = self->make_response_promise();
-                 authenticate(self, st, sender, "", [st, rp](caf::error err) mutable {
-                   if (err) {
-                     rp.deliver(std::move(err));
-                     return;
-                   }
-                   {
-                     std::lock_guard<std::mutex> guard{st->mtx};
-                     st->stop_requested = true;
-                     st->cv.notify_all();
-                   }
-                   rp.deliver(caf::unit);
-                 });
+                 authenticate_current(self, st, sender, "a stop request",
+                                      [st, rp](caf::error err) mutable {
+                                        if (err) {
+                                          rp.deliver(std::move(err));
+                                          return;
+                                        }
+                                        {
+                                          std::lock_guard<std::mutex> guard{st->mtx};
+                                          st->stop_requested = true;
+                                          st->cv.notify_all();
+                                        }
+                                        rp.deliver(caf::unit);
+                                      });
                  return rp;
                });
 }

@@ -59,6 +59,15 @@ void authenticate(caf::event_based_actor* self, const state_ptr& st, const caf::
                   const std::string& claimed, std::function<void(caf::error)> k,
                   bool reader_ok = false);
 
+/// authenticate, then also that `sender` is this process or the incarnation of a peer that
+/// this node admitted (its hello's connection) and does not hold dead: a fenced or replaced
+/// incarnation (an old process woken from a pause), or a connection that never said hello, is
+/// refused with `cluster_errc::fenced` (logged, naming `what`). For the requests that act on
+/// this node without carrying an epoch: stop and transfer.
+void authenticate_current(caf::event_based_actor* self, const state_ptr& st,
+                          const caf::actor& sender, const std::string& what,
+                          std::function<void(caf::error)> k);
+
 /// A node name a message claims, as the node's errors and notes show it: a
 /// name from the network is cut to 64 characters (with its size), so that a
 /// huge one is not echoed back or logged whole.

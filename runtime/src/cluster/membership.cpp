@@ -362,6 +362,34 @@ void authenticate(caf::event_based_actor* self, const state_ptr& st, const caf::
   check_peer(self, st, sender, claimed, std::move(refused), reader_ok);
 }
 
+void authenticate_current(caf::event_based_actor* self, const state_ptr& st,
+                          const caf::actor& sender, const std::string& what,
+                          std::function<void(caf::error)> k) {
+  authenticate(self, st, sender, "", [self, st, sender, what, k](caf::error err) {
+    if (err || (sender && sender.node() == self->node())) {
+      k(std::move(err));
+      return;
+    }
+    std::string from;
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      for (auto& [name, e] : st->peers)
+        if (sender && e.agent && e.state != peer_state::dead && e.agent.node() == sender.node())
+          from = name;
+    }
+    if (!from.empty()) {
+      k(caf::error{});
+      return;
+    }
+    auto refused = make_error(cluster_errc::fenced,
+                              "node " + st->self.name + " refuses " + what +
+                                  ": it comes from no incarnation of a live peer (one fenced, "
+                                  "replaced, or never admitted)");
+    st->announce(describe(refused));
+    k(std::move(refused));
+  });
+}
+
 namespace {
 
 /// The connector reached `dialed`: says hello to it and admits it once it

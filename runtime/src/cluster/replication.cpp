@@ -286,13 +286,14 @@ caf::message_handler replication_handlers(caf::event_based_actor* self, const st
                  const std::string& to) -> caf::result<uint64_t> {
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         auto rp = self->make_response_promise<uint64_t>();
-        authenticate(self, st, sender, "", [self, st, path, to, rp](caf::error err) mutable {
-          if (err) {
-            rp.deliver(std::move(err));
-            return;
-          }
-          transfer(self, st, path, to, rp);
-        });
+        authenticate_current(self, st, sender, "a transfer request",
+                             [self, st, path, to, rp](caf::error err) mutable {
+                               if (err) {
+                                 rp.deliver(std::move(err));
+                                 return;
+                               }
+                               transfer(self, st, path, to, rp);
+                             });
         return rp;
       },
       [self, st](export_atom, const std::string& prefix,

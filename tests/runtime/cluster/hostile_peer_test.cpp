@@ -722,21 +722,68 @@ TEST_CASE("holds and transfer requests with huge paths or an unknown target chan
   self->request(agent, 10s, caf::atom("us_nholds"), "/" + huge)
       .receive([&](uint64_t step) { held = step; }, [](caf::error&) {});
   CHECK(held == 0);
-  // transfer to a node this node has no connection to (a huge name, or one
-  // of its peers that never joined): refused, the error short.
-  for (const auto& to : {huge, std::string{"n2"}}) {
-    caf::error err;
-    self->request(agent, 10s, caf::atom("us_nxfer"), "/" + huge, to)
-        .receive([](uint64_t) {}, [&](caf::error& e) { err = std::move(e); });
-    REQUIRE(err);
-    CHECK(is(err, cluster_errc::peer_unreachable));
-    CHECK(describe(err).size() < 1024);
-  }
+  // A transfer from a connection that never said hello: refused (it is no incarnation of a
+  // live peer).
+  caf::error err;
+  self->request(agent, 10s, caf::atom("us_nxfer"), "/" + huge, std::string{"n2"})
+      .receive([](uint64_t) {}, [&](caf::error& e) { err = std::move(e); });
+  CHECK(is(err, cluster_errc::fenced));
+  // Admitted, a transfer to a node this node has no connection to (a huge name): refused, the
+  // error short.
+  REQUIRE(greet(r, agent, n.n2_epoch));
+  err = caf::error{};
+  self->request(agent, 10s, caf::atom("us_nxfer"), "/" + huge, huge)
+      .receive([](uint64_t) {}, [&](caf::error& e) { err = std::move(e); });
+  REQUIRE(err);
+  CHECK(is(err, cluster_errc::peer_unreachable));
+  CHECK(describe(err).size() < 1024);
   CHECK(n.alive(*r.sys, agent));
   CHECK(n.all_notes().size() < 4096);
   auto paths = n.node->state_store().store->paths();
   REQUIRE(paths);
   CHECK(paths->empty());
+}
+
+TEST_CASE(
+    "stop and transfer requests are heard only from the current incarnation of a live "
+    "peer",
+    "[cluster][hostile]") {
+  target_node n;
+  auto stop = [](caf::actor_system& sys, const caf::actor& agent) {
+    caf::error err;
+    caf::scoped_actor self{sys};
+    self->request(agent, 10s, caf::atom("us_nstop"))
+        .receive([] {}, [&](caf::error& e) { err = std::move(e); });
+    return err;
+  };
+  auto transfer = [](caf::actor_system& sys, const caf::actor& agent) {
+    caf::error err;
+    caf::scoped_actor self{sys};
+    self->request(agent, 10s, caf::atom("us_nxfer"), std::string{"/job/shard-0"}, std::string{"n2"})
+        .receive([](uint64_t) {}, [&](caf::error& e) { err = std::move(e); });
+    return err;
+  };
+  // n2's first incarnation (a process with its certificate): before its hello nothing it asks
+  // is acted on.
+  replicator old_n2{n.nc};
+  auto old_agent = old_n2.connect(n.node->self().port);
+  CHECK(is(stop(*old_n2.sys, old_agent), cluster_errc::fenced));
+  REQUIRE(greet(old_n2, old_agent, n.n2_epoch));
+  // n2 restarts: a new epoch, a new process, admitted in its turn.
+  const auto e2 = n.join_n2();
+  replicator new_n2{n.nc};
+  auto new_agent = new_n2.connect(n.node->self().port);
+  REQUIRE(greet(new_n2, new_agent, e2));
+  // The replaced incarnation (woken from a pause, say) stops nothing and moves nothing.
+  auto refused = stop(*old_n2.sys, old_agent);
+  CHECK(is(refused, cluster_errc::fenced));
+  CHECK_THAT(describe(refused), Catch::Contains("refuses a stop request"));
+  CHECK(is(transfer(*old_n2.sys, old_agent), cluster_errc::fenced));
+  CHECK_FALSE(n.node->await_stop_request(0ms));
+  CHECK_THAT(n.all_notes(), Catch::Contains("refuses a transfer request"));
+  // The current one is heard.
+  CHECK_FALSE(stop(*new_n2.sys, new_agent));
+  CHECK(n.node->await_stop_request(0ms));
 }
 
 TEST_CASE("a peer address that accepts but never completes TLS does not stall identity checks",
