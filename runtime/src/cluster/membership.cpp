@@ -381,12 +381,12 @@ void authenticate_current(caf::event_based_actor* self, const state_ptr& st,
       k(caf::error{});
       return;
     }
-    auto refused = make_error(cluster_errc::fenced,
-                              "node " + st->self.name + " refuses " + what +
-                                  ": it comes from no incarnation of a live peer (one fenced, "
-                                  "replaced, or never admitted)");
-    st->announce(describe(refused));
-    k(std::move(refused));
+    const auto why = "node " + st->self.name + " refuses " + what +
+                     ": it comes from no incarnation of a live peer (one fenced, replaced, or "
+                     "never admitted)";
+    // (Logged as the refusal it is: the note does not read as this node being fenced.)
+    st->announce(why);
+    k(make_error(cluster_errc::fenced, why));
   });
 }
 
