@@ -245,17 +245,23 @@ struct training_sim::impl {
     return sim.incarnation(to).accepts(from.node, from.epoch);
   }
 
+  /// The versions of participant `p` on `node`'s disk (null: none).
+  versions* on_disk(const std::string& node, size_t p) {
+    auto d = disks.find(node);
+    if (d == disks.end())
+      return nullptr;
+    auto v = d->second.find(p);
+    return v == d->second.end() ? nullptr : &v->second;
+  }
+
   /// Reads version `s` of participant `p` on `node`'s disk, verifying its checksum: a torn
   /// record never reads; a corrupt read is read again (up to 8 times).
   std::optional<uint64_t> read(const std::string& node, size_t p, uint64_t s) {
-    auto d = disks.find(node);
-    if (d == disks.end())
+    auto* v = on_disk(node, p);
+    if (v == nullptr)
       return std::nullopt;
-    auto v = d->second.find(p);
-    if (v == d->second.end())
-      return std::nullopt;
-    auto r = v->second.find(s);
-    if (r == v->second.end())
+    auto r = v->find(s);
+    if (r == v->end())
       return std::nullopt;
     if (r->second.sum != checksum(p, s, r->second.value)) {
       ++bad_reads;
@@ -293,14 +299,11 @@ struct training_sim::impl {
   }
 
   void sync(const std::string& node, size_t p, uint64_t s, uint64_t value) {
-    auto d = disks.find(node);
-    if (d == disks.end())
+    auto* v = on_disk(node, p);
+    if (v == nullptr)
       return;
-    auto v = d->second.find(p);
-    if (v == d->second.end())
-      return;
-    auto r = v->second.find(s);
-    if (r != v->second.end() && r->second.value == value)
+    auto r = v->find(s);
+    if (r != v->end() && r->second.value == value)
       r->second.synced = true;
   }
 
@@ -321,16 +324,15 @@ struct training_sim::impl {
       return;
     const auto& node = sim.name_of(to);
     std::vector<std::vector<uint64_t>> held(parts);
-    if (auto disk = disks.find(node); disk != disks.end())
-      for (size_t p = 0; p < parts; ++p)
-        if (auto v = disk->second.find(p); v != disk->second.end()) {
-          std::vector<uint64_t> steps;
-          for (const auto& kv : v->second)
-            steps.push_back(kv.first);
-          for (auto s : steps)
-            if (read(node, p, s))
-              held[p].push_back(s);
-        }
+    for (size_t p = 0; p < parts; ++p)
+      if (auto* v = on_disk(node, p)) {
+        std::vector<uint64_t> steps;
+        for (const auto& kv : *v)
+          steps.push_back(kv.first);
+        for (auto s : steps)
+          if (read(node, p, s))
+            held[p].push_back(s);
+      }
     to_driver(to, d, [this, node, held](driver& dr) { on_probe_answer(dr, node, held); });
   }
 
@@ -351,9 +353,8 @@ struct training_sim::impl {
       value = *v;
     }
     // The rollback the current leader ordered: versions above it are an abandoned attempt's.
-    if (auto disk = disks.find(node); disk != disks.end())
-      if (auto v = disk->second.find(p); v != disk->second.end())
-        v->second.erase(v->second.upper_bound(step), v->second.end());
+    if (auto* v = on_disk(node, p))
+      v->erase(v->upper_bound(step), v->end());
     pr.parts[p] = part_state{step, value, d.attempt};
     // The state it resumes from may have one copy (its buddy's was lost, or never made):
     // it is copied to the buddy again, and durable once there.

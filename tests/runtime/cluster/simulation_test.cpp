@@ -290,9 +290,10 @@ TEST_CASE(
   CHECK(broken[0] == job.error());
 }
 
-TEST_CASE("a leader that cannot record its committed steps runs at most two steps past the "
-          "last recorded one, so the disks never prune it",
-          "[simulation]") {
+TEST_CASE(
+    "a leader that cannot record its committed steps runs at most two steps past the "
+    "last recorded one, so the disks never prune it",
+    "[simulation]") {
   cluster_detail::cluster_sim sim(cluster_detail::cluster_sim::options{});
   std::vector<std::string> broken;
   cluster_detail::training_sim_options to;
